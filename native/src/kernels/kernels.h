@@ -52,7 +52,9 @@ struct KernelTable {
 
   // Threshold filter after a scan. For i < n: s = float(acc[i]) * a + b, then s = s + bias[i]
   // when bias != nullptr. Every i with s > thr is appended to out_idx / out_score in increasing i.
-  // Returns the number appended (out arrays must hold n entries).
+  // Returns the number appended (out arrays must hold n entries). Entries at positions >= the
+  // returned count (below n) may be overwritten with unspecified values (the SIMD levels store
+  // whole vectors of packed matches); nothing is written at positions >= n.
   size_t (*filter_scores)(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
                           uint32_t* out_idx, float* out_score);
 };

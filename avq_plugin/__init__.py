@@ -1,0 +1,61 @@
+"""avq-plugin: anisotropic vector quantization (ScaNN's score-aware loss) as a native ANN index.
+
+Public objects: AVQIndex, ExactIndex, build_info, set_simd_level, simd_level, eta_exact,
+eta_scann, __version__.
+"""
+
+from __future__ import annotations
+
+try:
+    from . import _native
+except ImportError as exc:  # pragma: no cover - depends on how the package was installed
+    raise ImportError(
+        "avq_plugin's compiled module is missing. If you are running from the source tree, "
+        "install the package (pip install .) and run from another directory, or use an "
+        f"in-place build. Original error: {exc}"
+    ) from exc
+
+from .index import AVQIndex, ExactIndex
+
+__version__ = _native.build_info()["version"]
+
+
+def build_info():
+    """Version, compiled SIMD levels, the level in use, compiler and flags (a dict)."""
+    return dict(_native.build_info())
+
+
+def set_simd_level(level):
+    """Use the 'scalar', 'avx2' or 'avx512' kernels (for tests and benchmarks).
+
+    The default is the best level the CPU supports, lowered by the environment variable
+    AVQ_SIMD_LEVEL. Raises ValueError for an unknown or unsupported level.
+    """
+    _native.set_simd_level(level)
+
+
+def simd_level():
+    """The SIMD level in use."""
+    return _native.simd_level()
+
+
+def eta_exact(t, d):
+    """Exact anisotropic weight eta for t = T / ||x|| in dimension d (Guo et al. 2020)."""
+    return _native.eta_exact(float(t), int(d))
+
+
+def eta_scann(t, d):
+    """ScaNN's large-d eta = (d - 1) t^2 / (1 - t^2)."""
+    return _native.eta_scann(float(t), int(d))
+
+
+__all__ = [
+    "AVQIndex",
+    "ExactIndex",
+    "build_info",
+    "set_simd_level",
+    "simd_level",
+    "eta_exact",
+    "eta_scann",
+    "__version__",
+]

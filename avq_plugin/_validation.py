@@ -1,0 +1,158 @@
+"""Every input check of the public API, in one place.
+
+Python normalises, C++ asserts: arrays reaching the native module are always float32 (or
+int64 ids), C-contiguous and of the right shape; the binding rejects anything else with a
+TypeError instead of silently converting it.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+
+METRICS = ("dot", "cosine", "l2")
+REORDER_MODES = ("float32", "int8", "none")
+
+
+def check_metric(metric):
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_int(name, value, *, minimum=None, maximum=None, allow_none=False):
+    """An integer parameter (bools and floats are rejected)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(name, value, *, minimum=None, exclusive_minimum=None, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if exclusive_minimum is not None and value <= exclusive_minimum:
+        raise ValueError(f"{name} must be > {exclusive_minimum}, got {value}")
+    return value
+
+
+def resolve_threads(num_threads, name="num_threads"):
+    """None or -1: every core of the machine; otherwise a positive integer."""
+    if num_threads is None:
+        return os.cpu_count() or 1
+    n = check_int(name, num_threads)
+    if n == -1:
+        return os.cpu_count() or 1
+    if n < 1:
+        raise ValueError(f"{name} must be a positive integer, -1 or None, got {n}")
+    return n
+
+
+def _to_array(X, name):
+    if isinstance(X, np.ndarray):
+        return X
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name}: sparse matrices are not supported; pass a dense array")
+    try:
+        return np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} could not be converted to a numeric array: {exc}") from None
+
+
+def as_float_matrix(X, name="X", *, d=None, allow_1d=False, nonzero_rows=False):
+    """Return X as a C-contiguous float32 (n, d) array, or raise TypeError/ValueError.
+
+    float64 and integer inputs are converted explicitly; bool, complex, string and object
+    arrays are rejected. A 1-D array is one row when ``allow_1d`` (queries), else rejected
+    with scikit-learn's wording.
+    """
+    A = _to_array(X, name)
+    kind = A.dtype.kind
+    if kind not in "fiu":
+        raise TypeError(
+            f"{name} must hold real numbers (float or int), got dtype {A.dtype}"
+        )
+    if A.ndim == 1 and allow_1d:
+        A = A.reshape(1, -1)
+    if A.ndim != 2:
+        if A.ndim == 1:
+            raise ValueError(
+                f"Expected 2D array for {name}, got 1D array instead: reshape your data with "
+                "X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample"
+            )
+        raise ValueError(f"{name} must be a 2-D array (n, d), got {A.ndim} dimensions")
+    if A.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has 0 rows")
+    if A.shape[1] == 0:
+        raise ValueError(f"{name} has 0 columns")
+    if d is not None and A.shape[1] != d:
+        raise ValueError(f"{name} has {A.shape[1]} features, but the index expects d={d}")
+    if A.dtype != np.float32 or not A.flags.c_contiguous:
+        if kind == "f" and A.dtype.itemsize > 4:
+            with np.errstate(over="ignore"):
+                B = np.ascontiguousarray(A, dtype=np.float32)
+            if not np.isfinite(B).all() and np.isfinite(A).all():
+                raise ValueError(f"{name} has values too large for float32")
+            A = B
+        else:
+            A = np.ascontiguousarray(A, dtype=np.float32)
+    if not np.isfinite(A).all():
+        bad = ~np.isfinite(A)
+        what = "NaN" if np.isnan(A[bad]).any() else "infinite values"
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{name} contains {what} (first in row {row})")
+    if nonzero_rows:
+        zero = ~A.any(axis=1)
+        if zero.any():
+            raise ValueError(
+                f"{name} has an all-zero row (row {int(np.argmax(zero))}), which has no direction "
+                "under the cosine metric"
+            )
+    return A
+
+
+def as_ids(ids, n, name="ids", *, unique=True):
+    """Return ids as a 1-D int64 array of length n (None stays None)."""
+    if ids is None:
+        return None
+    A = _to_array(ids, name)
+    if A.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {A.dtype}")
+    if A.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got {A.ndim} dimensions")
+    if n is not None and A.shape[0] != n:
+        raise ValueError(f"{name} has {A.shape[0]} entries, but there are {n} vectors")
+    if A.dtype.kind == "u" and A.size and A.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has values beyond the int64 range")
+    A = np.ascontiguousarray(A, dtype=np.int64)
+    if unique and A.size:
+        s = np.sort(A)
+        dup = s[1:][s[1:] == s[:-1]]
+        if dup.size:
+            raise ValueError(f"{name} has duplicates (e.g. {int(dup[0])})")
+    return A
+
+
+def check_k(k, name="k"):
+    return check_int(name, k, minimum=1)

@@ -1,0 +1,553 @@
+"""AVQIndex and ExactIndex: thin Python wrappers over the native core."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import _native
+from . import _validation as V
+
+__all__ = ["AVQIndex", "ExactIndex"]
+
+# Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
+# (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (README).
+AUTO_THRESHOLD = 0.2
+
+
+class _Progress:
+    """Progress lines on stderr for verbose training."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.last = None
+
+    def __call__(self, stage, done, total, info):
+        key = (stage, done)
+        if key == self.last:
+            return
+        self.last = key
+        msg = f"[avq {time.perf_counter() - self.t0:7.2f}s] {stage} {done}/{total}"
+        if info:
+            msg += f" ({info})"
+        print(msg, file=sys.stderr, flush=True)
+
+
+class AVQIndex:
+    """Approximate nearest-neighbour index with anisotropic vector quantization.
+
+    A k-means partition of the data into ``num_leaves`` leaves; every vector is stored as its
+    leaf plus a 4-bit product-quantization code of its residual, trained with the score-aware
+    (anisotropic) loss of Guo et al. (ICML 2020); a query probes ``leaves_to_search`` leaves
+    with a SIMD lookup-table scan and re-scores the best ``reorder_k`` candidates exactly.
+
+    Parameters
+    ----------
+    metric : {"dot", "cosine", "l2"}
+        Maximum inner product, cosine similarity (vectors normalised internally) or squared
+        Euclidean distance.
+    num_leaves : int or None
+        Number of partitions; None picks round(sqrt(n)) at training time.
+    dims_per_block : int, 1..8
+        Dimensions per 4-bit PQ block (the last block takes the remainder). Code size is
+        ceil(d / dims_per_block) / 2 bytes per vector.
+    anisotropic_threshold : float, "auto" or None
+        Score threshold T of the anisotropic loss (ScaNN's ``anisotropic_quantization_threshold``).
+        "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2.
+        None: plain reconstruction-loss PQ (eta = 1).
+    eta : float >= 1 or None
+        Use this anisotropic weight for every vector instead of deriving it from T.
+    eta_formula : {"exact", "scann"}
+        eta from T by the exact closed form (default) or ScaNN's large-d limit, which falls
+        below 1 (no effect) when T < ||x|| / sqrt(d).
+    reorder : {"float32", "int8", "none"}
+        Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
+        per-dimension scales (4x less memory), or none.
+    leaves_to_search, reorder_k : int or None
+        Default search budget; None chooses from num_leaves (see ``search``).
+    training_iterations : int
+        Alternations of (anisotropic encoding, least-squares codebook update); 0 keeps the
+        k-means codebooks and only encodes anisotropically (ScaNN's behaviour).
+    kmeans_iterations : int
+        Lloyd iterations of the partitioner.
+    training_sample_size : int or None
+        Vectors used for training; None: min(n, 100000).
+    num_threads : int or None
+        Threads for training and batched search; None or -1: all cores. Overridable per call.
+    seed : int
+        Seed of every random choice; the same seed and data give the same index.
+    verbose : bool
+        Print training progress to stderr.
+
+    Examples
+    --------
+    >>> import numpy as np, avq_plugin
+    >>> X = np.random.default_rng(0).standard_normal((2000, 32)).astype(np.float32)
+    >>> index = avq_plugin.AVQIndex(metric="dot", num_leaves=20, seed=0).fit(X)
+    >>> D, I = index.search(X[:3], k=5, leaves_to_search=20, reorder_k=50)
+    >>> I.shape, I.dtype.name, D.dtype.name
+    ((3, 5), 'int64', 'float32')
+    """
+
+    def __init__(
+        self,
+        metric="dot",
+        num_leaves=None,
+        dims_per_block=2,
+        anisotropic_threshold="auto",
+        *,
+        eta=None,
+        eta_formula="exact",
+        reorder="float32",
+        leaves_to_search=None,
+        reorder_k=None,
+        training_iterations=8,
+        kmeans_iterations=10,
+        training_sample_size=None,
+        num_threads=None,
+        seed=0,
+        verbose=False,
+    ):
+        self.metric = V.check_metric(metric)
+        self.num_leaves = V.check_int("num_leaves", num_leaves, minimum=1, maximum=2**31 - 1, allow_none=True)
+        self.dims_per_block = V.check_int("dims_per_block", dims_per_block, minimum=1, maximum=8)
+        if anisotropic_threshold is not None and not (
+            isinstance(anisotropic_threshold, str) and anisotropic_threshold == "auto"
+        ):
+            anisotropic_threshold = V.check_float("anisotropic_threshold", anisotropic_threshold, minimum=0.0)
+        self.anisotropic_threshold = anisotropic_threshold
+        self.eta = V.check_float("eta", eta, minimum=1.0, allow_none=True)
+        self.eta_formula = V.check_choice("eta_formula", eta_formula, ("exact", "scann"))
+        self.reorder = V.check_choice("reorder", reorder, V.REORDER_MODES)
+        self.leaves_to_search = V.check_int("leaves_to_search", leaves_to_search, minimum=1, allow_none=True)
+        self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+        self.training_iterations = V.check_int("training_iterations", training_iterations, minimum=0, maximum=1000)
+        self.kmeans_iterations = V.check_int("kmeans_iterations", kmeans_iterations, minimum=1, maximum=1000)
+        self.training_sample_size = V.check_int(
+            "training_sample_size", training_sample_size, minimum=1, allow_none=True
+        )
+        self.num_threads = V.resolve_threads(num_threads)
+        self.seed = V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
+        self.verbose = bool(verbose)
+        if self.anisotropic_threshold == 0.0 and self.eta is None:
+            warnings.warn(
+                "anisotropic_threshold=0 gives eta = 1: plain reconstruction-loss PQ "
+                "(use anisotropic_threshold=None to say so)",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._index = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_trained(self):
+        """True once ``train`` or ``fit`` has run."""
+        return self._index is not None and self._index.is_trained
+
+    @property
+    def ntotal(self):
+        """Number of indexed vectors."""
+        return 0 if self._index is None else self._index.ntotal
+
+    def __len__(self):
+        return self.ntotal
+
+    @property
+    def d(self):
+        """Dimension (None before training)."""
+        return None if self._index is None else self._index.d
+
+    @property
+    def num_blocks(self):
+        """Number of 4-bit PQ blocks, ceil(d / dims_per_block)."""
+        self._require_index()
+        return self._index.num_blocks
+
+    @property
+    def code_size(self):
+        """Bytes of PQ code per vector."""
+        self._require_index()
+        return self._index.code_size
+
+    @property
+    def num_leaves_(self):
+        """Number of leaves actually built."""
+        self._require_trained()
+        return self._index.num_leaves
+
+    @property
+    def is_mapped(self):
+        """True when the codes are memory-mapped from a file (``load(..., mmap=True)``)."""
+        return self._index is not None and self._index.is_mapped
+
+    def memory_usage(self):
+        """Bytes held by the index (codes, ids, reorder vectors, centres, codebooks)."""
+        return 0 if self._index is None else self._index.memory_usage()
+
+    @property
+    def train_stats_(self):
+        """Training diagnostics: eta range, threshold, sample size, loss per alternation."""
+        self._require_trained()
+        return self._index.train_stats()
+
+    def __repr__(self):
+        state = f"ntotal={self.ntotal}" if self.is_trained else "untrained"
+        return (
+            f"AVQIndex(metric={self.metric!r}, num_leaves={self.num_leaves}, dims_per_block={self.dims_per_block}, "
+            f"anisotropic_threshold={self.anisotropic_threshold!r}, reorder={self.reorder!r}; {state})"
+        )
+
+    def _require_index(self):
+        if self._index is None:
+            raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
+
+    def _require_trained(self):
+        if not self.is_trained:
+            raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
+
+    # ------------------------------------------------------------------ build
+    def _threshold_for(self, X):
+        T = self.anisotropic_threshold
+        if self.eta is not None:
+            return math.nan
+        if T is None:
+            return math.nan
+        if T == "auto":
+            if self.metric == "l2":
+                return math.nan
+            if self.metric == "cosine":
+                return AUTO_THRESHOLD
+            mean_norm = float(np.mean(np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))))
+            return AUTO_THRESHOLD * mean_norm
+        return float(T)
+
+    def train(self, X):
+        """Train the partition and the codebooks on X (n, d); drops any indexed vectors.
+
+        Returns self.
+        """
+        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
+        n, d = X.shape
+        if self.num_leaves is not None and self.num_leaves > n:
+            raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
+        threshold = self._threshold_for(X)
+        index = _native.Index(
+            metric=self.metric,
+            d=d,
+            num_leaves=self.num_leaves or 0,
+            dims_per_block=self.dims_per_block,
+            threshold=threshold,
+            eta=self.eta or 0.0,
+            eta_scann=self.eta_formula == "scann",
+            avq_iterations=self.training_iterations,
+            kmeans_iterations=self.kmeans_iterations,
+            pq_kmeans_iterations=20,
+            training_sample_size=self.training_sample_size or 0,
+            seed=self.seed,
+            reorder=self.reorder,
+            default_leaves_to_search=self.leaves_to_search or 0,
+            default_reorder_k=self.reorder_k or 0,
+        )
+        index.train(X, self.num_threads, _Progress() if self.verbose else None)
+        self._index = index
+        stats = index.train_stats()
+        if not math.isnan(threshold) and stats["eta_min"] <= 1.0:
+            warnings.warn(
+                f"anisotropic_threshold={threshold:.4g} gives eta <= 1 for some vectors "
+                f"(eta range {stats['eta_min']:.3g}..{stats['eta_max']:.3g} with eta_formula="
+                f"{self.eta_formula!r}); those vectors get plain PQ. Raise the threshold "
+                "(ScaNN's formula needs T > ||x|| / sqrt(d)).",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def add(self, X, ids=None):
+        """Encode and add vectors X (n, d) with int64 ``ids`` (default: max id + 1 onwards).
+
+        Returns self.
+        """
+        self._require_trained()
+        X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
+        ids = V.as_ids(ids, X.shape[0])
+        self._index.add(X, ids, self.num_threads, _Progress() if self.verbose else None)
+        return self
+
+    def fit(self, X, ids=None):
+        """``train(X)`` then ``add(X, ids)``. Returns self."""
+        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
+        ids = V.as_ids(ids, X.shape[0])
+        self.train(X)
+        self._index.add(X, ids, self.num_threads, _Progress() if self.verbose else None)
+        return self
+
+    def remove(self, ids):
+        """Delete vectors by id; other ids are unchanged. Returns the number removed."""
+        self._require_trained()
+        ids = V.as_ids(ids, None, unique=False)
+        return int(self._index.remove(ids))
+
+    def reset(self):
+        """Remove every vector, keep the training."""
+        self._require_trained()
+        self._index.reset()
+
+    # ------------------------------------------------------------------ search
+    def default_search_params(self):
+        """(leaves_to_search, reorder_k) used when search() is not given them."""
+        self._require_trained()
+        L = self._index.num_leaves
+        lts = self.leaves_to_search or max(1, min(L, int(math.ceil(0.08 * L))))
+        rk = self.reorder_k or 100
+        return lts, rk
+
+    def search(self, Q, k=10, leaves_to_search=None, reorder_k=None, num_threads=None):
+        """Find the k best vectors for each query.
+
+        Parameters
+        ----------
+        Q : array (nq, d) or (d,)
+        k : int
+            Results per query. When fewer than k vectors are found (small index, few leaves
+            probed), the rows are padded with id -1 and distance -FLT_MAX (dot, cosine) or
+            +FLT_MAX (l2), as Faiss does.
+        leaves_to_search : int, optional
+            Leaves probed per query (clamped to num_leaves).
+        reorder_k : int, optional
+            Candidates re-scored exactly (raised to k when smaller; ignored with reorder="none").
+        num_threads : int, optional
+            Threads for this call (queries are split across a native pool, GIL released).
+
+        Returns
+        -------
+        D : float32 (nq, k)
+            Inner product (dot), cosine similarity (cosine) or squared L2 distance (l2), best
+            first. Exact when reordering; the quantized estimate with reorder="none".
+        I : int64 (nq, k)
+            Ids, best first, -1 for padding.
+        """
+        self._require_trained()
+        k = V.check_k(k)
+        Q = V.as_float_matrix(Q, "Q", d=self._index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        lts, rk = self.default_search_params()
+        if leaves_to_search is not None:
+            lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+        if reorder_k is not None:
+            rk = V.check_int("reorder_k", reorder_k, minimum=1)
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return self._index.search(Q, k, lts, rk, nt)
+
+    # ------------------------------------------------------------------ inspection
+    def get_codes(self, ids):
+        """PQ codes (0..15) of the given ids, uint8 (n, num_blocks)."""
+        self._require_trained()
+        return self._index.get_codes(V.as_ids(ids, None, unique=False))
+
+    def get_ids(self):
+        """All indexed ids (storage order)."""
+        self._require_trained()
+        return self._index.all_ids()
+
+    # ------------------------------------------------------------------ persistence
+    def _python_state(self):
+        return {
+            "anisotropic_threshold": self.anisotropic_threshold,
+            "eta_formula": self.eta_formula,
+            "num_threads": self.num_threads,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def _from_native(cls, native):
+        p = native.params()
+        obj = cls.__new__(cls)
+        obj.metric = p["metric"]
+        obj.num_leaves = p["num_leaves"] or None
+        obj.dims_per_block = p["dims_per_block"]
+        T = p["threshold"]
+        obj.eta = p["eta"] if p["eta"] > 0 else None
+        obj.anisotropic_threshold = None if (math.isnan(T) and obj.eta is None) else (None if math.isnan(T) else T)
+        obj.eta_formula = "scann" if p["eta_scann"] else "exact"
+        obj.reorder = p["reorder"]
+        obj.leaves_to_search = p["default_leaves_to_search"] or None
+        obj.reorder_k = p["default_reorder_k"] or None
+        obj.training_iterations = p["avq_iterations"]
+        obj.kmeans_iterations = p["kmeans_iterations"]
+        obj.training_sample_size = p["training_sample_size"] or None
+        obj.num_threads = V.resolve_threads(None)
+        obj.seed = p["seed"]
+        obj.verbose = False
+        obj._index = native
+        return obj
+
+    def save(self, path):
+        """Write the index to one file, atomically (temporary file + rename)."""
+        self._require_index()
+        self._index.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path, mmap=False):
+        """Read an index written by ``save``.
+
+        With ``mmap=True`` the codes and reorder vectors stay in the file (mapped read-only,
+        their checksums are not verified) until the index is modified.
+        Raises ValueError on a truncated, corrupted or newer-format file.
+        """
+        return cls._from_native(_native.Index.load(os.fspath(path), bool(mmap)))
+
+    def to_bytes(self):
+        """The index serialized as bytes (the same format as ``save``)."""
+        self._require_index()
+        return self._index.serialize()
+
+    @classmethod
+    def from_bytes(cls, data):
+        """Inverse of ``to_bytes``."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__}")
+        return cls._from_native(_native.Index.deserialize(bytes(data)))
+
+    def __getstate__(self):
+        state = self._python_state()
+        state["index"] = None if self._index is None else self._index.serialize()
+        state["params"] = {
+            k: getattr(self, k)
+            for k in (
+                "metric", "num_leaves", "dims_per_block", "eta", "reorder", "leaves_to_search", "reorder_k",
+                "training_iterations", "kmeans_iterations", "training_sample_size", "seed",
+            )
+        }
+        return state
+
+    def __setstate__(self, state):
+        for k, v in state["params"].items():
+            setattr(self, k, v)
+        for k in ("anisotropic_threshold", "eta_formula", "num_threads", "verbose"):
+            setattr(self, k, state[k])
+        self._index = None if state["index"] is None else _native.Index.deserialize(state["index"])
+
+
+class ExactIndex:
+    """Exact brute-force search with the AVQIndex API: the recall oracle.
+
+    Parameters
+    ----------
+    metric : {"dot", "cosine", "l2"}
+    num_threads : int or None
+        Threads for batched search; None or -1: all cores.
+
+    Examples
+    --------
+    >>> import numpy as np, avq_plugin
+    >>> X = np.eye(4, dtype=np.float32)
+    >>> D, I = avq_plugin.ExactIndex(metric="dot").fit(X).search(X[1], k=1)
+    >>> int(I[0, 0]), float(D[0, 0])
+    (1, 1.0)
+    """
+
+    def __init__(self, metric="dot", *, num_threads=None):
+        self.metric = V.check_metric(metric)
+        self.num_threads = V.resolve_threads(num_threads)
+        self._index = None
+
+    @property
+    def ntotal(self):
+        return 0 if self._index is None else self._index.ntotal
+
+    def __len__(self):
+        return self.ntotal
+
+    @property
+    def d(self):
+        return None if self._index is None else self._index.d
+
+    @property
+    def is_trained(self):
+        return self._index is not None
+
+    def memory_usage(self):
+        return 0 if self._index is None else self._index.memory_usage()
+
+    def train(self, X):
+        """Fix the dimension from X (nothing to learn). Returns self."""
+        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
+        self._index = _native.ExactIndex(self.metric, X.shape[1])
+        return self
+
+    def add(self, X, ids=None):
+        """Add vectors with optional int64 ids. Returns self."""
+        X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
+        ids = V.as_ids(ids, X.shape[0])
+        if self._index is None:
+            self._index = _native.ExactIndex(self.metric, X.shape[1])
+        self._index.add(X, ids)
+        return self
+
+    def fit(self, X, ids=None):
+        """Index exactly X (replacing any content). Returns self."""
+        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
+        ids = V.as_ids(ids, X.shape[0])
+        self._index = _native.ExactIndex(self.metric, X.shape[1])
+        self._index.add(X, ids)
+        return self
+
+    def remove(self, ids):
+        if self._index is None:
+            return 0
+        return int(self._index.remove(V.as_ids(ids, None, unique=False)))
+
+    def reset(self):
+        if self._index is not None:
+            self._index.reset()
+
+    def get_ids(self):
+        return np.zeros(0, np.int64) if self._index is None else self._index.all_ids()
+
+    def search(self, Q, k=10, num_threads=None, **_ignored_budget):
+        """Exact top-k; same output contract as ``AVQIndex.search`` (budget arguments ignored)."""
+        if self._index is None:
+            raise ValueError("the index is empty: call fit(X) or add(X) first")
+        k = V.check_k(k)
+        Q = V.as_float_matrix(Q, "Q", d=self._index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return self._index.search(Q, k, nt)
+
+    def save(self, path):
+        if self._index is None:
+            raise ValueError("nothing to save: the index is empty")
+        self._index.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path):
+        obj = cls.__new__(cls)
+        obj._index = _native.ExactIndex.load(os.fspath(path))
+        obj.metric = obj._index.metric
+        obj.num_threads = V.resolve_threads(None)
+        return obj
+
+    def to_bytes(self):
+        if self._index is None:
+            raise ValueError("nothing to serialize: the index is empty")
+        return self._index.serialize()
+
+    @classmethod
+    def from_bytes(cls, data):
+        obj = cls.__new__(cls)
+        obj._index = _native.ExactIndex.deserialize(bytes(data))
+        obj.metric = obj._index.metric
+        obj.num_threads = V.resolve_threads(None)
+        return obj
+
+    def __getstate__(self):
+        return {"metric": self.metric, "num_threads": self.num_threads,
+                "index": None if self._index is None else self._index.serialize()}
+
+    def __setstate__(self, state):
+        self.metric = state["metric"]
+        self.num_threads = state["num_threads"]
+        self._index = None if state["index"] is None else _native.ExactIndex.deserialize(state["index"])

@@ -1,0 +1,439 @@
+// The only translation unit that includes pybind11. Python (avq_plugin/_validation.py)
+// normalises every input; this layer only accepts exactly-typed C-contiguous arrays
+// (.noconvert(): anything else is a TypeError, never a silent copy) and re-checks shapes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common.h"
+#include "exact_index.h"
+#include "index.h"
+#include "io.h"
+#include "kernels/kernels.h"
+
+namespace py = pybind11;
+using avq::ExactIndex;
+using avq::Index;
+
+namespace {
+
+using FArray = py::array_t<float, py::array::c_style>;
+using IArray = py::array_t<int64_t, py::array::c_style>;
+
+// Progress and Ctrl-C for long operations: briefly re-acquires the GIL.
+class PyMonitor : public avq::Monitor {
+ public:
+  explicit PyMonitor(py::object cb) : cb_(std::move(cb)) {}
+  bool should_stop() override {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+      err_ = std::make_unique<py::error_already_set>();
+      return true;
+    }
+    return err_ != nullptr;
+  }
+  void progress(const char* stage, size_t done, size_t total, const std::string& info) override {
+    if (err_) return;
+    py::gil_scoped_acquire gil;
+    if (cb_.is_none()) return;
+    try {
+      cb_(stage, done, total, info);
+    } catch (py::error_already_set& e) {
+      err_ = std::make_unique<py::error_already_set>(std::move(e));
+    }
+  }
+  // Call with the GIL held after the core threw Interrupted.
+  [[noreturn]] void rethrow() {
+    if (err_) {
+      err_->restore();
+      err_.reset();
+      throw py::error_already_set();
+    }
+    throw py::error_already_set();
+  }
+
+ private:
+  py::object cb_;
+  std::unique_ptr<py::error_already_set> err_;
+};
+
+template <class F>
+void run_interruptible(PyMonitor& mon, F&& f) {
+  bool interrupted = false;
+  {
+    py::gil_scoped_release release;
+    try {
+      f();
+    } catch (const avq::Interrupted&) {
+      interrupted = true;
+    }
+  }
+  if (interrupted) mon.rethrow();
+}
+
+size_t check_matrix(const FArray& x, size_t d, const char* what) {
+  if (x.ndim() != 2) throw py::value_error(std::string(what) + " must be a 2-D array");
+  if (static_cast<size_t>(x.shape(1)) != d)
+    throw py::value_error(std::string(what) + " has " + std::to_string(x.shape(1)) + " columns, expected " +
+                          std::to_string(d));
+  return static_cast<size_t>(x.shape(0));
+}
+
+const int64_t* check_ids(const std::optional<IArray>& ids, size_t n) {
+  if (!ids) return nullptr;
+  if (ids->ndim() != 1 || static_cast<size_t>(ids->shape(0)) != n)
+    throw py::value_error("ids must be a 1-D array with one id per vector");
+  return ids->data();
+}
+
+avq::Metric parse_metric(const std::string& s) {
+  if (s == "dot") return avq::Metric::kDot;
+  if (s == "cosine") return avq::Metric::kCosine;
+  if (s == "l2") return avq::Metric::kL2;
+  throw py::value_error("unknown metric '" + s + "'");
+}
+
+avq::ReorderMode parse_reorder(const std::string& s) {
+  if (s == "none") return avq::ReorderMode::kNone;
+  if (s == "float32") return avq::ReorderMode::kFloat32;
+  if (s == "int8") return avq::ReorderMode::kInt8;
+  throw py::value_error("unknown reorder mode '" + s + "'");
+}
+
+py::tuple make_result(size_t nq, size_t k, const std::function<void(float*, int64_t*)>& fill) {
+  py::array_t<float> D({nq, k});
+  py::array_t<int64_t> I({nq, k});
+  float* dp = D.mutable_data();
+  int64_t* ip = I.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fill(dp, ip);
+  }
+  return py::make_tuple(D, I);
+}
+
+py::bytes to_bytes(const std::string& s) { return py::bytes(s.data(), s.size()); }
+
+std::string_view bytes_view(const py::bytes& b) {
+  char* p = nullptr;
+  Py_ssize_t n = 0;
+  if (PyBytes_AsStringAndSize(b.ptr(), &p, &n) != 0) throw py::error_already_set();
+  return std::string_view(p, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "avq-plugin native core (private: use the avq_plugin package)";
+
+  py::register_exception<avq::IOError>(m, "IOError", PyExc_OSError);
+
+  m.def(
+      "build_info",
+      [] {
+        using namespace avq::kernels;
+        py::dict d;
+        d["version"] = AVQ_VERSION_STR;
+        py::list compiled;
+        compiled.append("scalar");
+#if defined(AVQ_HAVE_X86_KERNELS)
+        compiled.append("avx2");
+        compiled.append("avx512");
+#endif
+        d["compiled_simd_levels"] = compiled;
+        py::list supported;
+        for (SimdLevel l : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512})
+          if (table_for(l)) supported.append(level_name(l));
+        d["supported_simd_levels"] = supported;
+        d["best_simd_level"] = level_name(best_supported_level());
+        d["default_simd_level"] = level_name(default_level());
+        d["simd_level"] = level_name(active().level);
+        d["compiler"] = AVQ_COMPILER_STR;
+        d["build_type"] = AVQ_BUILD_TYPE_STR;
+        d["flags"] = AVQ_FLAGS_STR;
+        d["avx2_flags"] = AVQ_AVX2_FLAGS_STR;
+        d["avx512_flags"] = AVQ_AVX512_FLAGS_STR;
+        d["format_version"] = avq::kFormatVersion;
+        d["hardware_threads"] = avq::hardware_threads();
+        return d;
+      },
+      "Version, compiled and supported SIMD levels, the level in use, compiler and flags.");
+  m.def(
+      "set_simd_level",
+      [](const std::string& name) {
+        avq::kernels::SimdLevel l;
+        if (!avq::kernels::parse_level(name.c_str(), &l))
+          throw py::value_error("unknown SIMD level '" + name + "' (expected scalar, avx2 or avx512)");
+        if (!avq::kernels::set_active_level(l))
+          throw py::value_error("SIMD level '" + name + "' is not available on this CPU or build");
+      },
+      py::arg("level"));
+  m.def("simd_level", [] { return std::string(avq::kernels::level_name(avq::kernels::active().level)); });
+  m.def("eta_exact", &avq::eta_exact, py::arg("t"), py::arg("d"),
+        "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
+  m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");
+
+  py::class_<Index>(m, "Index")
+      .def(py::init([](const std::string& metric, uint32_t d, uint32_t num_leaves, uint32_t dims_per_block,
+                       double threshold, double eta, bool eta_scann, uint32_t avq_iterations,
+                       uint32_t kmeans_iterations, uint32_t pq_kmeans_iterations, uint64_t training_sample_size,
+                       uint64_t seed, const std::string& reorder, uint32_t default_leaves_to_search,
+                       uint32_t default_reorder_k) {
+             avq::IndexParams p;
+             p.metric = parse_metric(metric);
+             p.d = d;
+             p.num_leaves = num_leaves;
+             p.dims_per_block = dims_per_block;
+             p.threshold = threshold;
+             p.eta = eta;
+             p.eta_scann = eta_scann;
+             p.avq_iterations = avq_iterations;
+             p.kmeans_iterations = kmeans_iterations;
+             p.pq_kmeans_iterations = pq_kmeans_iterations;
+             p.training_sample_size = training_sample_size;
+             p.seed = seed;
+             p.reorder = parse_reorder(reorder);
+             p.default_leaves_to_search = default_leaves_to_search;
+             p.default_reorder_k = default_reorder_k;
+             return std::make_unique<Index>(p);
+           }),
+           py::arg("metric"), py::arg("d"), py::arg("num_leaves"), py::arg("dims_per_block"), py::arg("threshold"),
+           py::arg("eta"), py::arg("eta_scann"), py::arg("avq_iterations"), py::arg("kmeans_iterations"),
+           py::arg("pq_kmeans_iterations"), py::arg("training_sample_size"), py::arg("seed"), py::arg("reorder"),
+           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0)
+      .def(
+          "train",
+          [](Index& self, FArray x, int nthreads, py::object callback) {
+            size_t n = check_matrix(x, self.params().d, "X");
+            PyMonitor mon(std::move(callback));
+            const float* p = x.data();
+            run_interruptible(mon, [&] { self.train(p, n, nthreads, &mon); });
+          },
+          py::arg("x").noconvert(), py::arg("nthreads"), py::arg("callback") = py::none())
+      .def(
+          "add",
+          [](Index& self, FArray x, std::optional<IArray> ids, int nthreads, py::object callback) {
+            size_t n = check_matrix(x, self.params().d, "X");
+            const int64_t* ip = check_ids(ids, n);
+            PyMonitor mon(std::move(callback));
+            const float* p = x.data();
+            run_interruptible(mon, [&] { self.add(p, n, ip, nthreads, &mon); });
+          },
+          py::arg("x").noconvert(), py::arg("ids").noconvert() = py::none(), py::arg("nthreads") = 1,
+          py::arg("callback") = py::none())
+      .def(
+          "search",
+          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads) {
+            size_t nq = check_matrix(q, self.params().d, "queries");
+            const float* qp = q.data();
+            return make_result(nq, k, [&](float* D, int64_t* I) {
+              self.search(qp, nq, k, leaves_to_search, reorder_k, nthreads, D, I);
+            });
+          },
+          py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
+          py::arg("nthreads"))
+      .def(
+          "remove",
+          [](Index& self, IArray ids) {
+            if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+            const int64_t* p = ids.data();
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::gil_scoped_release release;
+            return self.remove(p, n);
+          },
+          py::arg("ids").noconvert())
+      .def("reset", &Index::reset, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "get_codes",
+          [](const Index& self, IArray ids) {
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::array_t<uint8_t> out({n, self.num_blocks()});
+            self.get_codes(ids.data(), n, out.mutable_data());
+            return out;
+          },
+          py::arg("ids").noconvert())
+      .def(
+          "get_leaves",
+          [](const Index& self, IArray ids) {
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::array_t<int64_t> out(n);
+            self.get_leaves(ids.data(), n, out.mutable_data());
+            return out;
+          },
+          py::arg("ids").noconvert())
+      .def("all_ids",
+           [](const Index& self) {
+             std::vector<int64_t> v = self.all_ids();
+             py::array_t<int64_t> out(v.size());
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           })
+      .def("leaf_sizes",
+           [](const Index& self) {
+             std::vector<uint64_t> v = self.leaf_sizes();
+             py::array_t<int64_t> out(v.size());
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           })
+      .def("codebooks",
+           [](const Index& self) {
+             const auto& c = self.codebooks();
+             py::array_t<float> out(c.size());
+             std::copy(c.begin(), c.end(), out.mutable_data());
+             return out;
+           })
+      .def("centers",
+           [](const Index& self) {
+             const auto& c = self.centers();
+             py::array_t<float> out(c.size());
+             std::copy(c.begin(), c.end(), out.mutable_data());
+             return out;
+           })
+      .def("train_stats",
+           [](const Index& self) {
+             avq::TrainStats s = self.train_stats();
+             py::dict d;
+             d["eta_min"] = s.eta_min;
+             d["eta_max"] = s.eta_max;
+             d["eta_mean"] = s.eta_mean;
+             d["threshold"] = s.threshold;
+             d["sample_size"] = s.sample_size;
+             d["loss"] = s.loss;
+             return d;
+           })
+      .def("params",
+           [](const Index& self) {
+             const avq::IndexParams& p = self.params();
+             py::dict d;
+             d["metric"] = avq::metric_name(p.metric);
+             d["d"] = p.d;
+             d["num_leaves"] = p.num_leaves;
+             d["dims_per_block"] = p.dims_per_block;
+             d["threshold"] = p.threshold;
+             d["eta"] = p.eta;
+             d["eta_scann"] = p.eta_scann;
+             d["avq_iterations"] = p.avq_iterations;
+             d["kmeans_iterations"] = p.kmeans_iterations;
+             d["pq_kmeans_iterations"] = p.pq_kmeans_iterations;
+             d["training_sample_size"] = p.training_sample_size;
+             d["seed"] = p.seed;
+             d["reorder"] = avq::reorder_name(p.reorder);
+             d["default_leaves_to_search"] = p.default_leaves_to_search;
+             d["default_reorder_k"] = p.default_reorder_k;
+             return d;
+           })
+      .def_property_readonly("ntotal", &Index::ntotal)
+      .def_property_readonly("d", [](const Index& self) { return self.params().d; })
+      .def_property_readonly("is_trained", &Index::is_trained)
+      .def_property_readonly("num_leaves", &Index::num_leaves)
+      .def_property_readonly("num_blocks", &Index::num_blocks)
+      .def_property_readonly("code_size", &Index::code_size)
+      .def_property_readonly("is_mapped", &Index::is_mapped)
+      .def("memory_usage", &Index::memory_usage)
+      .def("serialize",
+           [](const Index& self) {
+             std::string s;
+             {
+               py::gil_scoped_release release;
+               s = self.serialize();
+             }
+             return to_bytes(s);
+           })
+      .def("save",
+           [](const Index& self, const std::string& path) {
+             py::gil_scoped_release release;
+             avq::write_file_atomic(path, self.serialize());
+           })
+      .def_static("deserialize",
+                  [](const py::bytes& b) {
+                    std::string_view v = bytes_view(b);
+                    py::gil_scoped_release release;
+                    return Index::deserialize(reinterpret_cast<const uint8_t*>(v.data()), v.size(), nullptr);
+                  })
+      .def_static(
+          "load",
+          [](const std::string& path, bool mmap) {
+            py::gil_scoped_release release;
+            auto map = avq::Mapping::open(path);
+            return Index::deserialize(map->data(), map->size(), mmap ? map : nullptr);
+          },
+          py::arg("path"), py::arg("mmap") = false);
+
+  py::class_<ExactIndex>(m, "ExactIndex")
+      .def(py::init([](const std::string& metric, uint32_t d) {
+             return std::make_unique<ExactIndex>(parse_metric(metric), d);
+           }),
+           py::arg("metric"), py::arg("d"))
+      .def(
+          "add",
+          [](ExactIndex& self, FArray x, std::optional<IArray> ids) {
+            size_t n = check_matrix(x, self.d(), "X");
+            const int64_t* ip = check_ids(ids, n);
+            const float* p = x.data();
+            py::gil_scoped_release release;
+            self.add(p, n, ip);
+          },
+          py::arg("x").noconvert(), py::arg("ids").noconvert() = py::none())
+      .def(
+          "search",
+          [](const ExactIndex& self, FArray q, size_t k, int nthreads) {
+            size_t nq = check_matrix(q, self.d(), "queries");
+            const float* qp = q.data();
+            return make_result(nq, k, [&](float* D, int64_t* I) { self.search(qp, nq, k, nthreads, D, I); });
+          },
+          py::arg("q").noconvert(), py::arg("k"), py::arg("nthreads"))
+      .def(
+          "remove",
+          [](ExactIndex& self, IArray ids) {
+            if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+            const int64_t* p = ids.data();
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::gil_scoped_release release;
+            return self.remove(p, n);
+          },
+          py::arg("ids").noconvert())
+      .def("reset", &ExactIndex::reset, py::call_guard<py::gil_scoped_release>())
+      .def("all_ids",
+           [](const ExactIndex& self) {
+             std::vector<int64_t> v = self.all_ids();
+             py::array_t<int64_t> out(v.size());
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           })
+      .def_property_readonly("ntotal", &ExactIndex::ntotal)
+      .def_property_readonly("d", &ExactIndex::d)
+      .def_property_readonly("metric", [](const ExactIndex& self) { return std::string(avq::metric_name(self.metric())); })
+      .def("memory_usage", &ExactIndex::memory_usage)
+      .def("serialize",
+           [](const ExactIndex& self) {
+             std::string s;
+             {
+               py::gil_scoped_release release;
+               s = self.serialize();
+             }
+             return to_bytes(s);
+           })
+      .def("save",
+           [](const ExactIndex& self, const std::string& path) {
+             py::gil_scoped_release release;
+             avq::write_file_atomic(path, self.serialize());
+           })
+      .def_static("deserialize",
+                  [](const py::bytes& b) {
+                    std::string_view v = bytes_view(b);
+                    py::gil_scoped_release release;
+                    return ExactIndex::deserialize(reinterpret_cast<const uint8_t*>(v.data()), v.size());
+                  })
+      .def_static(
+          "load",
+          [](const std::string& path) {
+            py::gil_scoped_release release;
+            auto map = avq::Mapping::open(path);
+            return ExactIndex::deserialize(map->data(), map->size());
+          },
+          py::arg("path"));
+}

@@ -1,0 +1,647 @@
+#include "index.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+#include <random>
+
+#include "io.h"
+#include "kernels/kernels.h"
+#include "kmeans.h"
+
+namespace avq {
+
+const char* metric_name(Metric m) {
+  switch (m) {
+    case Metric::kDot: return "dot";
+    case Metric::kCosine: return "cosine";
+    case Metric::kL2: return "l2";
+  }
+  return "?";
+}
+
+const char* reorder_name(ReorderMode r) {
+  switch (r) {
+    case ReorderMode::kNone: return "none";
+    case ReorderMode::kFloat32: return "float32";
+    case ReorderMode::kInt8: return "int8";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr float kPadBest = std::numeric_limits<float>::max();
+
+struct Cand {
+  float score;
+  uint32_t leaf, pos;
+};
+
+inline bool better(const Cand& a, const Cand& b) {
+  if (a.score != b.score) return a.score > b.score;
+  if (a.leaf != b.leaf) return a.leaf < b.leaf;
+  return a.pos < b.pos;
+}
+
+// Keeps the `cap` best candidates: an append buffer of up to 2*cap entries, cut back to the
+// best cap by nth_element when full (amortised O(1) per push, as ScaNN's FastTopNeighbors).
+class TopN {
+ public:
+  void reset(size_t cap) {
+    cap_ = cap;
+    buf_.clear();
+    buf_.reserve(2 * cap + 1);
+    thr_ = -std::numeric_limits<float>::infinity();
+  }
+  float threshold() const { return thr_; }
+  void push(float s, uint32_t leaf, uint32_t pos) {
+    buf_.push_back({s, leaf, pos});
+    if (buf_.size() >= 2 * cap_) shrink();
+  }
+  // Sorted best first, at most cap entries.
+  std::vector<Cand>& finish() {
+    if (buf_.size() > cap_) shrink();
+    std::sort(buf_.begin(), buf_.end(), better);
+    return buf_;
+  }
+
+ private:
+  void shrink() {
+    std::nth_element(buf_.begin(), buf_.begin() + (cap_ - 1), buf_.end(), better);
+    buf_.resize(cap_);
+    float worst = buf_[0].score;
+    for (const Cand& c : buf_) worst = std::min(worst, c.score);
+    thr_ = worst;
+  }
+  size_t cap_ = 1;
+  std::vector<Cand> buf_;
+  float thr_;
+};
+
+inline void set_nibble(uint8_t* group, size_t m, size_t j, uint8_t code) {
+  uint8_t& b = group[m * 16 + (j & 15)];
+  if (j < 16)
+    b = static_cast<uint8_t>((b & 0xF0) | code);
+  else
+    b = static_cast<uint8_t>((b & 0x0F) | (code << 4));
+}
+
+inline uint8_t get_nibble(const uint8_t* group, size_t m, size_t j) {
+  uint8_t b = group[m * 16 + (j & 15)];
+  return j < 16 ? (b & 0x0F) : (b >> 4);
+}
+
+double norm_of(const float* x, size_t d) {
+  double s = 0;
+  for (size_t j = 0; j < d; ++j) s += double(x[j]) * x[j];
+  return std::sqrt(s);
+}
+
+}  // namespace
+
+struct Index::Scratch {
+  std::vector<float> q, leaf_scores, lut, exact, w;
+  std::vector<uint32_t> leaf_order, idx;
+  std::vector<uint8_t> lut8;
+  std::vector<uint16_t> acc;
+  std::vector<float> sc;
+  std::vector<const float*> rows;
+  std::vector<const int8_t*> rows8;
+  std::vector<Cand> final_cands;
+  TopN topn;
+};
+
+Index::Index(const IndexParams& p) : p_(p) {
+  if (p_.d == 0) throw InvalidArgument("d must be positive");
+  if (p_.d > (1u << 20)) throw InvalidArgument("d is too large (max 1048576)");
+  if (static_cast<uint32_t>(p_.metric) > 2) throw InvalidArgument("unknown metric");
+  if (static_cast<uint32_t>(p_.reorder) > 2) throw InvalidArgument("unknown reorder mode");
+  layout_ = BlockLayout(p_.d, p_.dims_per_block);
+}
+
+Index::~Index() = default;
+
+size_t Index::ntotal() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return ntotal_;
+}
+
+TrainStats Index::train_stats() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return stats_;
+}
+
+std::vector<uint64_t> Index::leaf_sizes() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<uint64_t> out;
+  for (const Leaf& l : leaves_) out.push_back(l.n);
+  return out;
+}
+
+void Index::prepare_vector(const float* x, float* out) const {
+  const size_t d = p_.d;
+  if (p_.metric == Metric::kCosine) {
+    double nrm = norm_of(x, d);
+    if (!(nrm > 0)) throw InvalidArgument("zero vector under the cosine metric");
+    float inv = static_cast<float>(1.0 / nrm);
+    for (size_t j = 0; j < d; ++j) out[j] = x[j] * inv;
+  } else {
+    std::memcpy(out, x, d * sizeof(float));
+  }
+}
+
+void Index::sync_views(Leaf& l) {
+  l.codes_p = l.codes.data();
+  l.ids_p = l.ids.data();
+  l.vecs_p = l.vecs.empty() ? nullptr : l.vecs.data();
+  l.vecs8_p = l.vecs8.empty() ? nullptr : l.vecs8.data();
+  l.bias_p = l.bias.empty() ? nullptr : l.bias.data();
+}
+
+void Index::materialize() {
+  if (!mapping_) return;
+  const size_t d = p_.d, gb = group_bytes();
+  for (Leaf& l : leaves_) {
+    size_t ng = (l.n + 31) / 32;
+    l.codes.assign(l.codes_p, l.codes_p + ng * gb);
+    l.ids.assign(l.ids_p, l.ids_p + l.n);
+    if (l.vecs_p) l.vecs.assign(l.vecs_p, l.vecs_p + size_t(l.n) * d);
+    if (l.vecs8_p) l.vecs8.assign(l.vecs8_p, l.vecs8_p + size_t(l.n) * d);
+    if (l.bias_p) l.bias.assign(l.bias_p, l.bias_p + l.n);
+    sync_views(l);
+  }
+  mapping_.reset();
+}
+
+void Index::ensure_id_map() const {
+  std::lock_guard<std::mutex> lock(id_map_mu_);
+  if (id_map_valid_) return;
+  id_map_.clear();
+  id_map_.reserve(ntotal_);
+  for (size_t l = 0; l < leaves_.size(); ++l)
+    for (uint32_t i = 0; i < leaves_[l].n; ++i) id_map_[leaves_[l].ids_p[i]] = (uint64_t(l) << 32) | i;
+  id_map_valid_ = true;
+}
+
+void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  const size_t d = p_.d;
+  if (n == 0) throw InvalidArgument("cannot train on an empty array");
+  size_t L = p_.num_leaves ? p_.num_leaves : std::max<size_t>(1, size_t(std::lround(std::sqrt(double(n)))));
+  if (L > n)
+    throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
+                          std::to_string(n) + ")");
+  // Training sample (sorted random subset, deterministic for the seed).
+  size_t S = p_.training_sample_size ? std::min<size_t>(n, p_.training_sample_size) : std::min<size_t>(n, 100000);
+  S = std::max(S, std::min(n, L));
+  std::vector<size_t> sample(n);
+  std::iota(sample.begin(), sample.end(), 0);
+  if (S < n) {
+    std::mt19937_64 rng(p_.seed * 0x2545F4914F6CDD1DULL + 7);
+    for (size_t i = 0; i < S; ++i) std::swap(sample[i], sample[i + std::uniform_int_distribution<size_t>(0, n - 1 - i)(rng)]);
+    sample.resize(S);
+    std::sort(sample.begin(), sample.end());
+  }
+  std::vector<float> xs(S * d);
+  for (size_t i = 0; i < S; ++i) prepare_vector(x + sample[i] * d, xs.data() + i * d);
+
+  // Partitioning.
+  const bool spherical = p_.metric != Metric::kL2;
+  KMeansOptions ko;
+  ko.k = L;
+  ko.iterations = static_cast<int>(p_.kmeans_iterations);
+  ko.spherical = spherical;
+  ko.seed = p_.seed;
+  ko.nthreads = nthreads;
+  ko.stage = "partition k-means";
+  std::vector<uint32_t> assign;
+  std::vector<float> probe = train_kmeans(xs.data(), S, d, ko, mon, &assign);
+  std::vector<float> resid = probe;
+  if (spherical) {
+    // Residuals are taken to the cluster means (the L2-optimal centre); probing uses directions.
+    std::vector<double> sums(L * d, 0.0);
+    std::vector<size_t> cnt(L, 0);
+    for (size_t i = 0; i < S; ++i) {
+      cnt[assign[i]]++;
+      for (size_t j = 0; j < d; ++j) sums[assign[i] * d + j] += xs[i * d + j];
+    }
+    for (size_t l = 0; l < L; ++l)
+      if (cnt[l])
+        for (size_t j = 0; j < d; ++j) resid[l * d + j] = static_cast<float>(sums[l * d + j] / double(cnt[l]));
+  }
+  check_stop(mon);
+
+  // Codebooks on the residuals of the sample.
+  threshold_used_ = p_.threshold;
+  auto eta_fn = EtaFunction(p_.threshold, p_.eta, p_.eta_scann, static_cast<int>(d));
+  std::vector<float> R(S * d), U(S * d, 0.f);
+  std::vector<double> eta(S, 1.0);
+  TrainStats st;
+  st.threshold = p_.threshold;
+  st.sample_size = S;
+  st.eta_min = std::numeric_limits<double>::infinity();
+  st.eta_max = -st.eta_min;
+  double eta_sum = 0;
+  for (size_t i = 0; i < S; ++i) {
+    const float* xi = xs.data() + i * d;
+    const float* c = resid.data() + size_t(assign[i]) * d;
+    for (size_t j = 0; j < d; ++j) R[i * d + j] = xi[j] - c[j];
+    double nrm = norm_of(xi, d);
+    if (nrm > 0) {
+      for (size_t j = 0; j < d; ++j) U[i * d + j] = static_cast<float>(xi[j] / nrm);
+      eta[i] = eta_fn(nrm);
+    }
+    st.eta_min = std::min(st.eta_min, eta[i]);
+    st.eta_max = std::max(st.eta_max, eta[i]);
+    eta_sum += eta[i];
+  }
+  st.eta_mean = eta_sum / double(S);
+  // eta < 1 (ScaNN formula with T < norm/sqrt(d)) would reward parallel error: clamp to plain
+  // PQ for those points, as ScaNN effectively does; the Python layer warns.
+  for (double& e : eta) e = std::max(e, 1.0);
+  CodebookTrainOptions co;
+  co.kmeans_iterations = static_cast<int>(p_.pq_kmeans_iterations);
+  co.avq_iterations = eta_fn.plain() ? 0 : static_cast<int>(p_.avq_iterations);
+  co.seed = p_.seed;
+  co.nthreads = nthreads;
+  CodebookTrainStats cs;
+  std::vector<float> cb = train_codebooks(R.data(), eta_fn.plain() ? nullptr : U.data(),
+                                          eta_fn.plain() ? nullptr : eta.data(), S, layout_, co, mon, &cs);
+  st.loss = cs.loss;
+
+  std::vector<float> scale(d, 1.f);
+  if (p_.reorder == ReorderMode::kInt8) {
+    for (size_t j = 0; j < d; ++j) {
+      float mx = 0;
+      for (size_t i = 0; i < S; ++i) mx = std::max(mx, std::fabs(xs[i * d + j]));
+      scale[j] = mx > 0 ? mx / 127.f : 1.f;
+    }
+  }
+
+  // Commit.
+  mapping_.reset();
+  nleaves_ = L;
+  probe_centers_ = std::move(probe);
+  resid_centers_ = std::move(resid);
+  codebooks_ = std::move(cb);
+  int8_scale_ = std::move(scale);
+  stats_ = st;
+  leaves_.assign(L, Leaf());
+  for (Leaf& l : leaves_) sync_views(l);
+  ntotal_ = 0;
+  next_id_ = 0;
+  {
+    std::lock_guard<std::mutex> g(id_map_mu_);
+    id_map_.clear();
+    id_map_valid_ = false;
+  }
+  trained_ = true;
+}
+
+void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
+                          std::vector<uint8_t>& codes) const {
+  const size_t d = p_.d, M = layout_.num_blocks, L = nleaves_;
+  const bool by_dot = p_.metric != Metric::kL2;
+  EtaFunction eta_fn(threshold_used_, p_.eta, p_.eta_scann, static_cast<int>(d));
+  leaf_of.resize(n);
+  codes.resize(n * M);
+  const size_t step = 8192;
+  for (size_t b0 = 0; b0 < n; b0 += step) {
+    check_stop(mon);
+    size_t e0 = std::min(n, b0 + step);
+    parallel_for(e0 - b0, nthreads, 256, [&](size_t b, size_t e) {
+      const kernels::KernelTable& kt = kernels::active();
+      std::vector<float> v(d), r(d), u(d), scores(L);
+      EncodeScratch sc;
+      for (size_t ii = b; ii < e; ++ii) {
+        size_t i = b0 + ii;
+        prepare_vector(x + i * d, v.data());
+        uint32_t best = 0;
+        if (by_dot) {
+          kt.dot_batch(v.data(), probe_centers_.data(), L, d, scores.data());
+          for (size_t l = 1; l < L; ++l)
+            if (scores[l] > scores[best]) best = static_cast<uint32_t>(l);
+        } else {
+          kt.l2sqr_batch(v.data(), probe_centers_.data(), L, d, scores.data());
+          for (size_t l = 1; l < L; ++l)
+            if (scores[l] < scores[best]) best = static_cast<uint32_t>(l);
+        }
+        leaf_of[i] = best;
+        const float* c = resid_centers_.data() + size_t(best) * d;
+        for (size_t j = 0; j < d; ++j) r[j] = v[j] - c[j];
+        double nrm = norm_of(v.data(), d);
+        double eta = 1.0;
+        if (nrm > 0 && !eta_fn.plain()) {
+          for (size_t j = 0; j < d; ++j) u[j] = static_cast<float>(v[j] / nrm);
+          eta = std::max(1.0, eta_fn(nrm));
+        }
+        encode_anisotropic(r.data(), eta != 1.0 ? u.data() : nullptr, eta, layout_, codebooks_.data(),
+                           codes.data() + i * M, sc);
+      }
+    });
+    if (mon) mon->progress("encode", e0, n, "");
+  }
+}
+
+void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Monitor* mon) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (n == 0) return;
+  const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
+  std::vector<int64_t> new_ids(n);
+  if (ids) {
+    std::memcpy(new_ids.data(), ids, n * sizeof(int64_t));
+    std::vector<int64_t> sorted(new_ids);
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 1; i < n; ++i)
+      if (sorted[i] == sorted[i - 1]) throw InvalidArgument("duplicate id " + std::to_string(sorted[i]) + " in ids");
+    if (ntotal_ > 0) {
+      ensure_id_map();
+      for (int64_t id : new_ids)
+        if (id_map_.count(id)) throw InvalidArgument("id " + std::to_string(id) + " is already in the index");
+    }
+  } else {
+    if (next_id_ > std::numeric_limits<int64_t>::max() - int64_t(n)) throw InvalidArgument("id space exhausted");
+    for (size_t i = 0; i < n; ++i) new_ids[i] = next_id_ + int64_t(i);
+  }
+  std::vector<uint32_t> leaf_of;
+  std::vector<uint8_t> codes;
+  encode_points(x, n, nthreads, mon, leaf_of, codes);
+  materialize();
+  std::vector<float> v(d);
+  for (size_t i = 0; i < n; ++i) {
+    Leaf& l = leaves_[leaf_of[i]];
+    size_t pos = l.n;
+    if (pos % 32 == 0) l.codes.resize(l.codes.size() + gb, 0);
+    uint8_t* group = l.codes.data() + (pos / 32) * gb;
+    for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, codes[i * M + m]);
+    l.ids.push_back(new_ids[i]);
+    prepare_vector(x + i * d, v.data());
+    if (p_.reorder == ReorderMode::kFloat32) l.vecs.insert(l.vecs.end(), v.begin(), v.end());
+    if (p_.reorder == ReorderMode::kInt8)
+      for (size_t j = 0; j < d; ++j) {
+        float t = std::nearbyint(v[j] / int8_scale_[j]);
+        l.vecs8.push_back(static_cast<int8_t>(std::max(-127.f, std::min(127.f, t))));
+      }
+    if (p_.metric == Metric::kL2) {
+      double s = 0;
+      for (size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
+      l.bias.push_back(static_cast<float>(-0.5 * s));
+    }
+    if (id_map_valid_) id_map_[new_ids[i]] = (uint64_t(leaf_of[i]) << 32) | pos;
+    l.n++;
+  }
+  for (Leaf& l : leaves_) sync_views(l);
+  for (int64_t id : new_ids) next_id_ = std::max(next_id_, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
+  ntotal_ += n;
+}
+
+size_t Index::remove(const int64_t* ids, size_t n) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (n == 0 || ntotal_ == 0) return 0;
+  materialize();
+  ensure_id_map();
+  const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
+  size_t removed = 0;
+  for (size_t t = 0; t < n; ++t) {
+    auto it = id_map_.find(ids[t]);
+    if (it == id_map_.end()) continue;
+    size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu;
+    Leaf& l = leaves_[li];
+    size_t last = l.n - 1;
+    uint8_t* gl = l.codes.data() + (last / 32) * gb;
+    if (pos != last) {
+      uint8_t* gp = l.codes.data() + (pos / 32) * gb;
+      for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
+      l.ids[pos] = l.ids[last];
+      if (!l.vecs.empty()) std::memcpy(&l.vecs[pos * d], &l.vecs[last * d], d * sizeof(float));
+      if (!l.vecs8.empty()) std::memcpy(&l.vecs8[pos * d], &l.vecs8[last * d], d);
+      if (!l.bias.empty()) l.bias[pos] = l.bias[last];
+      id_map_[l.ids[pos]] = (uint64_t(li) << 32) | pos;
+    }
+    for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
+    l.ids.pop_back();
+    if (!l.vecs.empty()) l.vecs.resize(last * d);
+    if (!l.vecs8.empty()) l.vecs8.resize(last * d);
+    if (!l.bias.empty()) l.bias.pop_back();
+    l.n--;
+    if (l.n % 32 == 0) l.codes.resize((l.n / 32) * gb);
+    id_map_.erase(it);
+    sync_views(l);
+    ++removed;
+  }
+  ntotal_ -= removed;
+  return removed;
+}
+
+void Index::reset() {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  mapping_.reset();
+  leaves_.assign(nleaves_, Leaf());
+  for (Leaf& l : leaves_) sync_views(l);
+  ntotal_ = 0;
+  next_id_ = 0;
+  std::lock_guard<std::mutex> g(id_map_mu_);
+  id_map_.clear();
+  id_map_valid_ = false;
+}
+
+std::vector<int64_t> Index::all_ids() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<int64_t> out;
+  out.reserve(ntotal_);
+  for (const Leaf& l : leaves_) out.insert(out.end(), l.ids_p, l.ids_p + l.n);
+  return out;
+}
+
+void Index::get_codes(const int64_t* ids, size_t n, uint8_t* out) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  ensure_id_map();
+  const size_t M = layout_.num_blocks, gb = group_bytes();
+  for (size_t t = 0; t < n; ++t) {
+    auto it = id_map_.find(ids[t]);
+    if (it == id_map_.end()) throw InvalidArgument("unknown id " + std::to_string(ids[t]));
+    const Leaf& l = leaves_[it->second >> 32];
+    size_t pos = it->second & 0xFFFFFFFFu;
+    const uint8_t* g = l.codes_p + (pos / 32) * gb;
+    for (size_t m = 0; m < M; ++m) out[t * M + m] = get_nibble(g, m, pos % 32);
+  }
+}
+
+void Index::get_leaves(const int64_t* ids, size_t n, int64_t* out) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  ensure_id_map();
+  for (size_t t = 0; t < n; ++t) {
+    auto it = id_map_.find(ids[t]);
+    if (it == id_map_.end()) throw InvalidArgument("unknown id " + std::to_string(ids[t]));
+    out[t] = int64_t(it->second >> 32);
+  }
+}
+
+size_t Index::memory_usage() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  size_t b = sizeof(Index);
+  b += (probe_centers_.capacity() + resid_centers_.capacity() + codebooks_.capacity() + int8_scale_.capacity()) *
+       sizeof(float);
+  for (const Leaf& l : leaves_) {
+    b += sizeof(Leaf);
+    if (mapping_) {
+      size_t ng = (l.n + 31) / 32;
+      b += ng * group_bytes() + l.n * sizeof(int64_t);
+      if (l.vecs_p) b += size_t(l.n) * p_.d * sizeof(float);
+      if (l.vecs8_p) b += size_t(l.n) * p_.d;
+      if (l.bias_p) b += l.n * sizeof(float);
+    } else {
+      b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) + l.vecs.capacity() * sizeof(float) +
+           l.vecs8.capacity() + l.bias.capacity() * sizeof(float);
+    }
+  }
+  std::lock_guard<std::mutex> g(id_map_mu_);
+  if (id_map_valid_) b += id_map_.bucket_count() * sizeof(void*) + id_map_.size() * 32;
+  return b;
+}
+
+void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads,
+                   float* D, int64_t* I) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (k == 0) throw InvalidArgument("k must be positive");
+  size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
+  size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
+  parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
+    Scratch s;
+    for (size_t i = b; i < e; ++i) search_one(q + i * p_.d, k, nprobe, reorder_k, s, D + i * k, I + i * k);
+  });
+}
+
+void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
+                       int64_t* I) const {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t d = p_.d, L = nleaves_, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
+  const bool l2 = p_.metric == Metric::kL2;
+  const float pad = l2 ? kPadBest : -kPadBest;
+  for (size_t j = 0; j < k; ++j) {
+    D[j] = pad;
+    I[j] = -1;
+  }
+  if (ntotal_ == 0) return;
+  s.q.resize(d);
+  prepare_vector(q_in, s.q.data());
+  const float* q = s.q.data();
+
+  // 1. Leaves to probe: best nprobe by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id.
+  s.leaf_scores.resize(L);
+  if (l2) {
+    kt.l2sqr_batch(q, probe_centers_.data(), L, d, s.leaf_scores.data());
+    for (float& v : s.leaf_scores) v = -v;
+  } else {
+    kt.dot_batch(q, probe_centers_.data(), L, d, s.leaf_scores.data());
+  }
+  s.leaf_order.resize(L);
+  std::iota(s.leaf_order.begin(), s.leaf_order.end(), 0u);
+  auto leaf_better = [&](uint32_t a, uint32_t b) {
+    float sa = s.leaf_scores[a], sb = s.leaf_scores[b];
+    return sa != sb ? sa > sb : a < b;
+  };
+  if (nprobe < L)
+    std::partial_sort(s.leaf_order.begin(), s.leaf_order.begin() + nprobe, s.leaf_order.end(), leaf_better);
+  else
+    std::sort(s.leaf_order.begin(), s.leaf_order.end(), leaf_better);
+
+  // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
+  //    global scale chosen so that the 16-bit accumulators cannot overflow.
+  s.lut.assign(Mp * 16, 0.f);
+  s.lut8.assign(Mp * 16, 0);
+  double range_sum = 0, range_max = 0, offset = 0;
+  for (size_t m = 0; m < M; ++m) {
+    const size_t off = layout_.offset[m], dm = layout_.dims[m];
+    const float* C = codebooks_.data() + 16 * off;
+    float* lut = s.lut.data() + m * 16;
+    float mn = std::numeric_limits<float>::infinity(), mx = -mn;
+    for (size_t c = 0; c < 16; ++c) {
+      float acc = 0.f;
+      for (size_t j = 0; j < dm; ++j) acc += q[off + j] * C[c * dm + j];
+      lut[c] = acc;
+      mn = std::min(mn, acc);
+      mx = std::max(mx, acc);
+    }
+    for (size_t c = 0; c < 16; ++c) lut[c] -= mn;
+    offset += mn;
+    range_sum += double(mx) - mn;
+    range_max = std::max(range_max, double(mx) - mn);
+  }
+  double scale = 1.0;
+  if (range_max > 0) scale = std::min(255.0 / range_max, (65535.0 - double(M)) / range_sum);
+  for (size_t m = 0; m < M; ++m)
+    for (size_t c = 0; c < 16; ++c) {
+      double v = std::nearbyint(double(s.lut[m * 16 + c]) * scale);
+      s.lut8[m * 16 + c] = static_cast<uint8_t>(std::max(0.0, std::min(255.0, v)));
+    }
+  const float inv_scale = static_cast<float>(1.0 / scale);
+
+  // 3. Scan the probed leaves; keep the best `cap` approximate scores.
+  const bool reorder = p_.reorder != ReorderMode::kNone;
+  const size_t cap = reorder ? std::max(k, reorder_k) : k;
+  s.topn.reset(cap);
+  for (size_t t = 0; t < nprobe; ++t) {
+    const uint32_t li = s.leaf_order[t];
+    const Leaf& leaf = leaves_[li];
+    if (leaf.n == 0) continue;
+    const size_t ng = (leaf.n + 31) / 32;
+    if (s.acc.size() < ng * 32) {
+      s.acc.resize(ng * 32);
+      s.idx.resize(ng * 32);
+      s.sc.resize(ng * 32);
+    }
+    kt.scan_lut16(leaf.codes_p, ng, Mp, s.lut8.data(), s.acc.data());
+    const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
+    size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias,
+                                  s.topn.threshold(), s.idx.data(), s.sc.data());
+    for (size_t c = 0; c < cnt; ++c) s.topn.push(s.sc[c], li, s.idx[c]);
+  }
+  std::vector<Cand>& cands = s.topn.finish();
+
+  // 4. Exact re-scoring of the candidates.
+  if (reorder && !cands.empty()) {
+    const size_t nc = cands.size();
+    s.exact.resize(nc);
+    if (p_.reorder == ReorderMode::kFloat32) {
+      s.rows.resize(nc);
+      for (size_t c = 0; c < nc; ++c) s.rows[c] = leaves_[cands[c].leaf].vecs_p + size_t(cands[c].pos) * d;
+      kt.dot_gather(q, s.rows.data(), nc, d, s.exact.data());
+    } else {
+      s.w.resize(d);
+      for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
+      s.rows8.resize(nc);
+      for (size_t c = 0; c < nc; ++c) s.rows8[c] = leaves_[cands[c].leaf].vecs8_p + size_t(cands[c].pos) * d;
+      kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());
+    }
+    for (size_t c = 0; c < nc; ++c) {
+      float v = s.exact[c];
+      if (l2) v += leaves_[cands[c].leaf].bias_p[cands[c].pos];
+      cands[c].score = v;
+    }
+    size_t keep = std::min(k, nc);
+    std::partial_sort(cands.begin(), cands.begin() + keep, cands.end(), better);
+    cands.resize(keep);
+  }
+
+  // 5. Output in the metric's units.
+  float qn2 = 0;
+  if (l2) {
+    double t = 0;
+    for (size_t j = 0; j < d; ++j) t += double(q[j]) * q[j];
+    qn2 = static_cast<float>(t);
+  }
+  const size_t nout = std::min(k, cands.size());
+  for (size_t j = 0; j < nout; ++j) {
+    const Cand& c = cands[j];
+    I[j] = leaves_[c.leaf].ids_p[c.pos];
+    D[j] = l2 ? std::max(0.f, qn2 - 2.f * c.score) : c.score;
+  }
+}
+
+}  // namespace avq

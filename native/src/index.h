@@ -1,0 +1,154 @@
+// The AVQ index: k-means partitioning, anisotropic 4-bit PQ of residuals, LUT16 SIMD scan,
+// exact reordering. See the README for the parameter glossary.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "anisotropic.h"
+#include "common.h"
+
+namespace avq {
+
+enum class Metric : uint32_t { kDot = 0, kCosine = 1, kL2 = 2 };
+enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
+
+const char* metric_name(Metric m);
+const char* reorder_name(ReorderMode r);
+
+struct IndexParams {
+  Metric metric = Metric::kDot;
+  uint32_t d = 0;
+  uint32_t num_leaves = 0;  // 0: about sqrt(n) at train time
+  uint32_t dims_per_block = 2;
+  double threshold = std::numeric_limits<double>::quiet_NaN();  // T; NaN: none
+  double eta = 0;            // > 0: fixed eta for every point (overrides threshold)
+  bool eta_scann = false;    // ScaNN's limit formula instead of the exact one
+  uint32_t avq_iterations = 8;      // encode / codebook-update alternations (0: encode-only)
+  uint32_t kmeans_iterations = 10;  // partitioner Lloyd iterations
+  uint32_t pq_kmeans_iterations = 20;
+  uint64_t training_sample_size = 0;  // 0: min(n, 100000)
+  uint64_t seed = 0;
+  ReorderMode reorder = ReorderMode::kFloat32;
+  // Search defaults stored with the index (0: chosen from num_leaves by the Python layer).
+  uint32_t default_leaves_to_search = 0;
+  uint32_t default_reorder_k = 0;
+};
+
+struct TrainStats {
+  double eta_min = 0, eta_max = 0, eta_mean = 0;
+  double threshold = 0;
+  size_t sample_size = 0;
+  std::vector<double> loss;  // mean anisotropic loss per alternation
+};
+
+class Mapping;  // a read-only memory-mapped file (io.h)
+
+// Thread safety: search() and the const accessors take a shared lock; train/add/remove/reset
+// take an exclusive lock. Many threads may search at once.
+class Index {
+ public:
+  explicit Index(const IndexParams& p);
+  ~Index();
+
+  // Trains the partitioner and the codebooks on x (layout (n, d)). Replaces any previous state.
+  void train(const float* x, size_t n, int nthreads, Monitor* mon);
+  // Adds x (layout (n, d)) with ids (n; nullptr: max existing id + 1 onwards). Requires training.
+  // Throws InvalidArgument on an id already present (checked before anything is added).
+  void add(const float* x, size_t n, const int64_t* ids, int nthreads, Monitor* mon);
+  // Removes the given ids (unknown ids are ignored); returns the number removed. Other ids keep
+  // their values.
+  size_t remove(const int64_t* ids, size_t n);
+  // Drops all vectors, keeps the training.
+  void reset();
+
+  // Searches nq queries (layout (nq, d)). Outputs D (nq, k) float and I (nq, k) int64, best
+  // first, padded with id -1 and -FLT_MAX (dot, cosine) / +FLT_MAX (l2). D is the inner product
+  // (dot), the cosine similarity (cosine) or the squared L2 distance (l2); exact when reordering,
+  // else the quantized estimate. leaves_to_search is clamped to num_leaves. reorder_k: number of
+  // candidates re-scored exactly (ignored when reorder is none; raised to k if smaller).
+  void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads,
+              float* D, int64_t* I) const;
+
+  // Codes of the given ids, layout (n, num_blocks) uint8; throws InvalidArgument on unknown id.
+  void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
+  // Leaf of each given id.
+  void get_leaves(const int64_t* ids, size_t n, int64_t* out) const;
+  // All ids in storage order (leaf by leaf).
+  std::vector<int64_t> all_ids() const;
+
+  const IndexParams& params() const { return p_; }
+  bool is_trained() const { return trained_; }
+  size_t ntotal() const;
+  size_t num_leaves() const { return nleaves_; }
+  size_t num_blocks() const { return layout_.num_blocks; }
+  size_t code_size() const { return (layout_.num_blocks + 1) / 2; }  // bytes per vector
+  size_t memory_usage() const;
+  bool is_mapped() const { return mapping_ != nullptr; }
+  TrainStats train_stats() const;
+  const std::vector<float>& codebooks() const { return codebooks_; }
+  const std::vector<float>& centers() const { return resid_centers_; }
+  std::vector<uint64_t> leaf_sizes() const;
+
+  // Serialization (io.cpp). serialize() writes the whole index into a byte string;
+  // deserialize() validates everything it reads and throws InvalidArgument on a bad file.
+  std::string serialize() const;
+  static std::unique_ptr<Index> deserialize(const uint8_t* data, size_t size, std::shared_ptr<Mapping> mapping);
+
+ private:
+  struct Leaf {
+    uint32_t n = 0;
+    std::vector<uint8_t> codes;  // packed: (ceil(n/32), num_blocks_pad, 16)
+    std::vector<int64_t> ids;
+    std::vector<float> vecs;    // (n, d) float32 reorder vectors (normalised for cosine)
+    std::vector<int8_t> vecs8;  // (n, d) int8 reorder vectors
+    std::vector<float> bias;    // l2 only: -0.5 * ||x||^2 per point
+    // Views used by search: point into the vectors above or into a mapped file.
+    const uint8_t* codes_p = nullptr;
+    const int64_t* ids_p = nullptr;
+    const float* vecs_p = nullptr;
+    const int8_t* vecs8_p = nullptr;
+    const float* bias_p = nullptr;
+  };
+  struct Scratch;
+
+  void sync_views(Leaf& leaf);
+  void materialize();  // copy mapped data into owned storage before a mutation
+  void ensure_id_map() const;
+  void prepare_vector(const float* x, float* out) const;  // cosine: normalise
+  void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
+                  int64_t* I) const;
+  void encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
+                     std::vector<uint8_t>& codes) const;
+  size_t group_bytes() const { return layout_.num_blocks_pad * 16; }
+
+  IndexParams p_;
+  BlockLayout layout_;
+  bool trained_ = false;
+  size_t nleaves_ = 0;
+  std::vector<float> probe_centers_;  // (L, d): unit directions (dot/cosine) or means (l2)
+  std::vector<float> resid_centers_;  // (L, d): cluster means; residual = x - center
+  std::vector<float> codebooks_;      // (16, d) per block, see BlockLayout
+  std::vector<float> int8_scale_;     // (d) per-dimension scale of the int8 reorder vectors
+  TrainStats stats_;
+  double threshold_used_ = std::numeric_limits<double>::quiet_NaN();
+  std::vector<Leaf> leaves_;
+  int64_t next_id_ = 0;
+  size_t ntotal_ = 0;
+  std::shared_ptr<Mapping> mapping_;
+  mutable bool id_map_valid_ = false;
+  mutable std::unordered_map<int64_t, uint64_t> id_map_;  // id -> (leaf << 32) | position
+  mutable std::shared_mutex mu_;
+  mutable std::mutex id_map_mu_;
+
+  friend class IndexIO;
+};
+
+}  // namespace avq

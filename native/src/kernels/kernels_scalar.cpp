@@ -1,0 +1,155 @@
+// Portable reference implementation of every KernelTable entry (namespace avq::kernels::scalar).
+//
+// This file is the definition of the results every other SIMD level must reproduce bit for bit
+// (see the determinism contract in kernels.h). It is compiled with the project's baseline flags
+// (plain x86-64 / SSE2 on x86, whatever the platform default is elsewhere) and -ffp-contract=off,
+// so every product and every sum below is rounded to float separately. The compiler may
+// auto-vectorise the 16-lane loops; that never changes the order of the float operations.
+//
+// Float reductions follow the canonical 16-lane order:
+//   acc[i % 16] += term(i) for i = 0 .. d-1, then acc[j] += acc[j + s] for s = 8, 4, 2, 1.
+
+#include "kernels/kernels.h"
+
+namespace avq {
+namespace kernels {
+
+const char* level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kScalar:
+      return "scalar";
+    case SimdLevel::kAvx2:
+      return "avx2";
+    case SimdLevel::kAvx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+namespace scalar {
+namespace {
+
+// Canonical pairwise fold of the 16 lane sums: s = 8, 4, 2, 1; result in acc[0].
+inline float fold16(float* acc) {
+  for (int s = 8; s >= 1; s >>= 1) {
+    for (int j = 0; j < s; ++j) acc[j] += acc[j + s];
+  }
+  return acc[0];
+}
+
+// term(i) = a[i] * b[i]
+struct DotTerm {
+  static inline float term(float a, float b) { return a * b; }
+};
+// term(i) = t * t with t = a[i] - b[i]
+struct L2Term {
+  static inline float term(float a, float b) {
+    const float t = a - b;
+    return t * t;
+  }
+};
+
+// Canonical 16-lane reduction of term(a[i], b[i]) over i < d.
+template <class Term>
+inline float reduce16(const float* a, const float* b, size_t d) {
+  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f,
+                   0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += Term::term(a[i + j], b[i + j]);
+  }
+  // Tail: element i + j lands in lane (i + j) % 16 == j because i is a multiple of 16.
+  for (size_t j = 0; i + j < d; ++j) acc[j] += Term::term(a[i + j], b[i + j]);
+  return fold16(acc);
+}
+
+// Canonical 16-lane reduction of w[i] * float(x[i]) over i < d.
+inline float reduce16_i8(const float* w, const int8_t* x, size_t d) {
+  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f,
+                   0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += w[i + j] * static_cast<float>(x[i + j]);
+  }
+  for (size_t j = 0; i + j < d; ++j) acc[j] += w[i + j] * static_cast<float>(x[i + j]);
+  return fold16(acc);
+}
+
+float dot(const float* a, const float* b, size_t d) { return reduce16<DotTerm>(a, b, d); }
+
+float l2sqr(const float* a, const float* b, size_t d) { return reduce16<L2Term>(a, b, d); }
+
+void dot_batch(const float* q, const float* x, size_t n, size_t d, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = reduce16<DotTerm>(q, x + i * d, d);
+}
+
+void l2sqr_batch(const float* q, const float* x, size_t n, size_t d, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = reduce16<L2Term>(q, x + i * d, d);
+}
+
+void dot_gather(const float* q, const float* const* rows, size_t n, size_t d, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = reduce16<DotTerm>(q, rows[i], d);
+}
+
+void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = reduce16_i8(w, rows[i], d);
+}
+
+// codes: (ngroups, nblocks_pad, 16) bytes. In group g, block m, byte j holds the code of point
+// 32g+j in its low nibble and the code of point 32g+j+16 in its high nibble.
+// lut: (nblocks_pad, 16). out: (ngroups * 32) uint16 in natural point order.
+void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut,
+                uint16_t* out) {
+  const size_t group_bytes = nblocks_pad * 16;
+  for (size_t g = 0; g < ngroups; ++g) {
+    const uint8_t* c = codes + g * group_bytes;
+    uint32_t acc[32] = {0};
+    for (size_t m = 0; m < nblocks_pad; ++m) {
+      const uint8_t* cb = c + m * 16;
+      const uint8_t* lm = lut + m * 16;
+      for (int j = 0; j < 16; ++j) {
+        acc[j] += lm[cb[j] & 0x0F];
+        acc[j + 16] += lm[cb[j] >> 4];
+      }
+    }
+    // The caller guarantees the sums fit; the cast matches the SIMD levels' 16-bit wrap-around.
+    for (int p = 0; p < 32; ++p) out[g * 32 + p] = static_cast<uint16_t>(acc[p]);
+  }
+}
+
+template <bool kHasBias>
+inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b,
+                          float thr, uint32_t* out_idx, float* out_score) {
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    float s = static_cast<float>(acc[i]) * a;
+    s = s + b;
+    if (kHasBias) s = s + bias[i];
+    if (s > thr) {
+      out_idx[k] = static_cast<uint32_t>(i);
+      out_score[k] = s;
+      ++k;
+    }
+  }
+  return k;
+}
+
+size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
+                     uint32_t* out_idx, float* out_score) {
+  if (bias != nullptr) return filter_impl<true>(acc, bias, n, a, b, thr, out_idx, out_score);
+  return filter_impl<false>(acc, nullptr, n, a, b, thr, out_idx, out_score);
+}
+
+// Constant-initialised (no dynamic initialiser runs at load time).
+constexpr KernelTable kTable = {
+    SimdLevel::kScalar, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
+    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores,
+};
+
+}  // namespace
+
+const KernelTable& table() { return kTable; }
+
+}  // namespace scalar
+}  // namespace kernels
+}  // namespace avq

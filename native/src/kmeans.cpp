@@ -1,0 +1,191 @@
+#include "kmeans.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+
+#include "kernels/kernels.h"
+
+namespace avq {
+
+namespace {
+
+// Few-dimensional distances (PQ blocks, d <= 8) are inlined: the same code at every SIMD level.
+inline float small_l2(const float* a, const float* b, size_t d) {
+  float s = 0.f;
+  for (size_t j = 0; j < d; ++j) {
+    float t = a[j] - b[j];
+    s += t * t;
+  }
+  return s;
+}
+
+void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, size_t k, bool by_dot,
+                  uint32_t* out, float* out_score) {
+  const kernels::KernelTable& kt = kernels::active();
+  std::vector<float> scores(d <= 8 ? 0 : k);
+  for (size_t i = begin; i < end; ++i) {
+    const float* xi = x + i * d;
+    uint32_t best = 0;
+    float best_s;
+    if (d <= 8 && !by_dot) {
+      best_s = small_l2(xi, c, d);
+      for (size_t j = 1; j < k; ++j) {
+        float s = small_l2(xi, c + j * d, d);
+        if (s < best_s) {
+          best_s = s;
+          best = static_cast<uint32_t>(j);
+        }
+      }
+    } else {
+      if (scores.size() < k) scores.resize(k);
+      if (by_dot) {
+        kt.dot_batch(xi, c, k, d, scores.data());
+        best_s = scores[0];
+        for (size_t j = 1; j < k; ++j)
+          if (scores[j] > best_s) {
+            best_s = scores[j];
+            best = static_cast<uint32_t>(j);
+          }
+      } else {
+        kt.l2sqr_batch(xi, c, k, d, scores.data());
+        best_s = scores[0];
+        for (size_t j = 1; j < k; ++j)
+          if (scores[j] < best_s) {
+            best_s = scores[j];
+            best = static_cast<uint32_t>(j);
+          }
+      }
+    }
+    out[i] = best;
+    if (out_score) out_score[i] = best_s;
+  }
+}
+
+void normalize_rows(float* c, size_t k, size_t d) {
+  for (size_t j = 0; j < k; ++j) {
+    double s = 0;
+    for (size_t t = 0; t < d; ++t) s += double(c[j * d + t]) * c[j * d + t];
+    if (s > 0) {
+      float inv = static_cast<float>(1.0 / std::sqrt(s));
+      for (size_t t = 0; t < d; ++t) c[j * d + t] *= inv;
+    }
+  }
+}
+
+}  // namespace
+
+void assign_centers(const float* x, size_t n, size_t d, const float* c, size_t k, bool by_dot, uint32_t* out,
+                    float* out_score, int nthreads) {
+  if (k == 0) throw InvalidArgument("assign_centers: no centers");
+  size_t chunk = std::max<size_t>(64, std::min<size_t>(4096, 2000000 / std::max<size_t>(1, k * d)));
+  parallel_for(n, nthreads, chunk,
+               [&](size_t b, size_t e) { assign_block(x, b, e, d, c, k, by_dot, out, out_score); });
+}
+
+std::vector<float> train_kmeans(const float* x, size_t n, size_t d, const KMeansOptions& opt, Monitor* mon,
+                                std::vector<uint32_t>* assign_out) {
+  const size_t k = opt.k;
+  if (n == 0 || k == 0) throw InvalidArgument("k-means needs at least one point and one center");
+  std::mt19937_64 rng(opt.seed * 0x9E3779B97F4A7C15ULL + 12345);
+  std::vector<float> c(k * d);
+
+  // Seeding.
+  if (opt.kmeanspp && n > k) {
+    std::vector<double> dmin(n, std::numeric_limits<double>::infinity());
+    size_t first = std::uniform_int_distribution<size_t>(0, n - 1)(rng);
+    std::memcpy(c.data(), x + first * d, d * sizeof(float));
+    for (size_t j = 1; j < k; ++j) {
+      const float* prev = c.data() + (j - 1) * d;
+      double total = 0;
+      for (size_t i = 0; i < n; ++i) {
+        double dist = small_l2(x + i * d, prev, d);
+        if (dist < dmin[i]) dmin[i] = dist;
+        total += dmin[i];
+      }
+      size_t pick = 0;
+      if (total > 0) {
+        double r = std::uniform_real_distribution<double>(0, total)(rng);
+        double acc = 0;
+        pick = n - 1;
+        for (size_t i = 0; i < n; ++i) {
+          acc += dmin[i];
+          if (acc >= r && dmin[i] > 0) {
+            pick = i;
+            break;
+          }
+        }
+      } else {
+        pick = std::uniform_int_distribution<size_t>(0, n - 1)(rng);
+      }
+      std::memcpy(c.data() + j * d, x + pick * d, d * sizeof(float));
+    }
+  } else {
+    std::vector<size_t> perm(n);
+    std::iota(perm.begin(), perm.end(), 0);
+    for (size_t j = 0; j < k; ++j) {
+      size_t src;
+      if (j < n) {
+        size_t r = j + std::uniform_int_distribution<size_t>(0, n - 1 - j)(rng);
+        std::swap(perm[j], perm[r]);
+        src = perm[j];
+      } else {
+        src = perm[j % n];
+      }
+      std::memcpy(c.data() + j * d, x + src * d, d * sizeof(float));
+    }
+  }
+  if (opt.spherical) normalize_rows(c.data(), k, d);
+
+  std::vector<uint32_t> assign(n, 0), prev(n, UINT32_MAX);
+  std::vector<double> sums(k * d);
+  std::vector<size_t> counts(k);
+  for (int it = 0; it < std::max(1, opt.iterations); ++it) {
+    check_stop(mon);
+    assign_centers(x, n, d, c.data(), k, opt.spherical, assign.data(), nullptr, opt.nthreads);
+    size_t changed = 0;
+    for (size_t i = 0; i < n; ++i) changed += assign[i] != prev[i];
+    prev = assign;
+    if (mon) mon->progress(opt.stage, it + 1, opt.iterations, "changed " + std::to_string(changed));
+    // Means, accumulated in double in row order (deterministic).
+    std::fill(sums.begin(), sums.end(), 0.0);
+    std::fill(counts.begin(), counts.end(), 0);
+    for (size_t i = 0; i < n; ++i) {
+      double* s = sums.data() + size_t(assign[i]) * d;
+      const float* xi = x + i * d;
+      for (size_t t = 0; t < d; ++t) s[t] += xi[t];
+      counts[assign[i]]++;
+    }
+    for (size_t j = 0; j < k; ++j) {
+      if (counts[j] == 0) continue;
+      for (size_t t = 0; t < d; ++t) c[j * d + t] = static_cast<float>(sums[j * d + t] / double(counts[j]));
+    }
+    // Empty clusters: split the currently largest cluster (ties: lowest index).
+    for (size_t j = 0; j < k; ++j) {
+      if (counts[j] != 0) continue;
+      size_t big = static_cast<size_t>(std::max_element(counts.begin(), counts.end()) - counts.begin());
+      if (counts[big] <= 1) break;
+      for (size_t t = 0; t < d; ++t) {
+        float v = c[big * d + t];
+        float eps = (t % 2 == 0 ? 1.f : -1.f) * (std::fabs(v) + 1e-6f) / 1024.f;
+        c[j * d + t] = v + eps;
+        c[big * d + t] = v - eps;
+      }
+      counts[j] = counts[big] / 2;
+      counts[big] -= counts[j];
+    }
+    if (opt.spherical) normalize_rows(c.data(), k, d);
+    if (changed == 0) break;
+  }
+  if (assign_out) {
+    assign_out->resize(n);
+    assign_centers(x, n, d, c.data(), k, opt.spherical, assign_out->data(), nullptr, opt.nthreads);
+  }
+  return c;
+}
+
+}  // namespace avq

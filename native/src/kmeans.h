@@ -1,0 +1,37 @@
+// k-means used by the partitioner (num_leaves centers over the data) and by the PQ codebook
+// initialisation (16 centers per block over a few dimensions).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+
+namespace avq {
+
+// Assigns each row of x (layout (n, d)) to its best center in c (layout (k, d)): the largest
+// inner product when by_dot, else the smallest squared L2 distance. Ties go to the lower center
+// index. out: n center ids; out_score (nullable): n best scores (dot or squared L2).
+// Deterministic and identical at every SIMD level. O(n k d), parallel over rows.
+void assign_centers(const float* x, size_t n, size_t d, const float* c, size_t k, bool by_dot, uint32_t* out,
+                    float* out_score, int nthreads);
+
+struct KMeansOptions {
+  size_t k = 16;
+  int iterations = 10;
+  bool spherical = false;  // assignment by max inner product; centers renormalised to unit length
+  bool kmeanspp = false;   // k-means++ seeding (else k distinct random rows)
+  uint64_t seed = 0;
+  int nthreads = 1;
+  const char* stage = "k-means";
+};
+
+// Lloyd's k-means on x (layout (n, d)); returns centers, layout (k, d). Requires n >= 1; when
+// n < k some centers are duplicates (perturbed). Empty clusters are re-seeded by splitting the
+// largest cluster. Deterministic for a given seed whatever the thread count or SIMD level.
+// `assign_out` (nullable) receives the final assignment of every row.
+std::vector<float> train_kmeans(const float* x, size_t n, size_t d, const KMeansOptions& opt, Monitor* mon,
+                                std::vector<uint32_t>* assign_out = nullptr);
+
+}  // namespace avq
