@@ -331,15 +331,35 @@ class AVQIndex:
         I : int64 (nq, k)
             Ids, best first, -1 for padding.
         """
-        self._require_trained()
-        k = V.check_k(k)
-        Q = V.as_float_matrix(Q, "Q", d=self._index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
-        lts, rk = self.default_search_params()
+        index = self._index
+        if index is None or not index.is_trained:
+            self._require_trained()
+        if type(k) is not int or k < 1:
+            k = V.check_k(k)
+        # Fast path for the common case (a C-contiguous float32 array of the right width);
+        # the native layer re-checks every query for NaN/inf and, under cosine, zero norm.
+        if (
+            type(Q) is np.ndarray
+            and Q.dtype == np.float32
+            and Q.flags.c_contiguous
+            and Q.shape[-1] == index.d
+            and Q.size
+            and Q.ndim in (1, 2)
+        ):
+            if Q.ndim == 1:
+                Q = Q.reshape(1, -1)
+        else:
+            Q = V.as_float_matrix(Q, "Q", d=index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        if leaves_to_search is None or reorder_k is None:
+            lts, rk = self.default_search_params()
         if leaves_to_search is not None:
-            lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+            lts = leaves_to_search if type(leaves_to_search) is int and leaves_to_search > 0 else \
+                V.check_int("leaves_to_search", leaves_to_search, minimum=1)
         if reorder_k is not None:
-            rk = V.check_int("reorder_k", reorder_k, minimum=1)
-        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+            rk = reorder_k if type(reorder_k) is int and reorder_k > 0 else \
+                V.check_int("reorder_k", reorder_k, minimum=1)
+        nt = self.num_threads if num_threads is None else (
+            num_threads if type(num_threads) is int and num_threads > 0 else V.resolve_threads(num_threads))
         return self._index.search(Q, k, lts, rk, nt)
 
     # ------------------------------------------------------------------ inspection

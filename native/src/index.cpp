@@ -53,13 +53,14 @@ class TopN {
   void reset(size_t cap) {
     cap_ = cap;
     buf_.clear();
-    buf_.reserve(2 * cap + 1);
+    limit_ = cap + std::max<size_t>(cap, 256);
+    buf_.reserve(limit_ + 1);
     thr_ = -std::numeric_limits<float>::infinity();
   }
   float threshold() const { return thr_; }
   void push(float s, uint32_t leaf, uint32_t pos) {
     buf_.push_back({s, leaf, pos});
-    if (buf_.size() >= 2 * cap_) shrink();
+    if (buf_.size() >= limit_) shrink();
   }
   // Sorted best first, at most cap entries.
   std::vector<Cand>& finish() {
@@ -76,7 +77,7 @@ class TopN {
     for (const Cand& c : buf_) worst = std::min(worst, c.score);
     thr_ = worst;
   }
-  size_t cap_ = 1;
+  size_t cap_ = 1, limit_ = 2;
   std::vector<Cand> buf_;
   float thr_;
 };
@@ -104,7 +105,8 @@ double norm_of(const float* x, size_t d) {
 
 struct Index::Scratch {
   std::vector<float> q, leaf_scores, lut, exact, w;
-  std::vector<uint32_t> leaf_order, idx;
+  std::vector<uint32_t> idx;
+  std::vector<std::pair<float, uint32_t>> leaf_sel;
   std::vector<uint8_t> lut8;
   std::vector<uint16_t> acc;
   std::vector<float> sc;
@@ -150,6 +152,16 @@ void Index::prepare_vector(const float* x, float* out) const {
     for (size_t j = 0; j < d; ++j) out[j] = x[j] * inv;
   } else {
     std::memcpy(out, x, d * sizeof(float));
+  }
+}
+
+void Index::build_codebooks_t() {
+  // Per block m: (dims[m], 16) so that kernels::dot_t16 builds the block's 16 LUT entries.
+  codebooks_t_.assign(codebooks_.size(), 0.f);
+  for (size_t m = 0; m < layout_.num_blocks; ++m) {
+    const size_t off = layout_.offset[m], dm = layout_.dims[m];
+    for (size_t c = 0; c < 16; ++c)
+      for (size_t j = 0; j < dm; ++j) codebooks_t_[16 * off + j * 16 + c] = codebooks_[16 * off + c * dm + j];
   }
 }
 
@@ -285,8 +297,10 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   mapping_.reset();
   nleaves_ = L;
   probe_centers_ = std::move(probe);
+  probe_table_.build(probe_centers_.data(), L, d);
   resid_centers_ = std::move(resid);
   codebooks_ = std::move(cb);
+  build_codebooks_t();
   int8_scale_ = std::move(scale);
   stats_ = st;
   leaves_.assign(L, Leaf());
@@ -313,22 +327,15 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
     check_stop(mon);
     size_t e0 = std::min(n, b0 + step);
     parallel_for(e0 - b0, nthreads, 256, [&](size_t b, size_t e) {
-      const kernels::KernelTable& kt = kernels::active();
-      std::vector<float> v(d), r(d), u(d), scores(L);
+      std::vector<float> v(d), r(d), u(d), scores(probe_table_.ngroups * 16);
       EncodeScratch sc;
       for (size_t ii = b; ii < e; ++ii) {
         size_t i = b0 + ii;
         prepare_vector(x + i * d, v.data());
         uint32_t best = 0;
-        if (by_dot) {
-          kt.dot_batch(v.data(), probe_centers_.data(), L, d, scores.data());
-          for (size_t l = 1; l < L; ++l)
-            if (scores[l] > scores[best]) best = static_cast<uint32_t>(l);
-        } else {
-          kt.l2sqr_batch(v.data(), probe_centers_.data(), L, d, scores.data());
-          for (size_t l = 1; l < L; ++l)
-            if (scores[l] < scores[best]) best = static_cast<uint32_t>(l);
-        }
+        probe_table_.score(v.data(), by_dot, scores.data());
+        for (size_t l = 1; l < L; ++l)
+          if (scores[l] > scores[best]) best = static_cast<uint32_t>(l);
         leaf_of[i] = best;
         const float* c = resid_centers_.data() + size_t(best) * d;
         for (size_t j = 0; j < d; ++j) r[j] = v[j] - c[j];
@@ -511,8 +518,19 @@ void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search,
   if (k == 0) throw InvalidArgument("k must be positive");
   size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
   size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
+  // Queries are checked here too (the Python layer already did): a bad one fails the call.
+  for (size_t i = 0; i < nq; ++i) {
+    const float* qi = q + i * p_.d;
+    bool nonzero = false;
+    for (size_t j = 0; j < p_.d; ++j) {
+      if (!std::isfinite(qi[j])) throw InvalidArgument("query " + std::to_string(i) + " contains NaN or infinity");
+      nonzero |= qi[j] != 0.f;
+    }
+    if (!nonzero && p_.metric == Metric::kCosine)
+      throw InvalidArgument("query " + std::to_string(i) + " is a zero vector, which has no direction under cosine");
+  }
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
-    Scratch s;
+    static thread_local Scratch s;
     for (size_t i = b; i < e; ++i) search_one(q + i * p_.d, k, nprobe, reorder_k, s, D + i * k, I + i * k);
   });
 }
@@ -533,23 +551,15 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const float* q = s.q.data();
 
   // 1. Leaves to probe: best nprobe by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id.
-  s.leaf_scores.resize(L);
-  if (l2) {
-    kt.l2sqr_batch(q, probe_centers_.data(), L, d, s.leaf_scores.data());
-    for (float& v : s.leaf_scores) v = -v;
-  } else {
-    kt.dot_batch(q, probe_centers_.data(), L, d, s.leaf_scores.data());
-  }
-  s.leaf_order.resize(L);
-  std::iota(s.leaf_order.begin(), s.leaf_order.end(), 0u);
-  auto leaf_better = [&](uint32_t a, uint32_t b) {
-    float sa = s.leaf_scores[a], sb = s.leaf_scores[b];
-    return sa != sb ? sa > sb : a < b;
+  s.leaf_scores.resize(probe_table_.ngroups * 16);
+  probe_table_.score(q, !l2, s.leaf_scores.data());
+  s.leaf_sel.resize(L);
+  for (uint32_t l = 0; l < L; ++l) s.leaf_sel[l] = {s.leaf_scores[l], l};
+  auto leaf_better = [](const std::pair<float, uint32_t>& a, const std::pair<float, uint32_t>& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
-  if (nprobe < L)
-    std::partial_sort(s.leaf_order.begin(), s.leaf_order.begin() + nprobe, s.leaf_order.end(), leaf_better);
-  else
-    std::sort(s.leaf_order.begin(), s.leaf_order.end(), leaf_better);
+  if (nprobe < L) std::nth_element(s.leaf_sel.begin(), s.leaf_sel.begin() + (nprobe - 1), s.leaf_sel.end(), leaf_better);
+  std::sort(s.leaf_sel.begin(), s.leaf_sel.begin() + nprobe, leaf_better);
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
   //    global scale chosen so that the 16-bit accumulators cannot overflow.
@@ -558,15 +568,12 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   double range_sum = 0, range_max = 0, offset = 0;
   for (size_t m = 0; m < M; ++m) {
     const size_t off = layout_.offset[m], dm = layout_.dims[m];
-    const float* C = codebooks_.data() + 16 * off;
     float* lut = s.lut.data() + m * 16;
-    float mn = std::numeric_limits<float>::infinity(), mx = -mn;
-    for (size_t c = 0; c < 16; ++c) {
-      float acc = 0.f;
-      for (size_t j = 0; j < dm; ++j) acc += q[off + j] * C[c * dm + j];
-      lut[c] = acc;
-      mn = std::min(mn, acc);
-      mx = std::max(mx, acc);
+    kt.dot_t16(q + off, codebooks_t_.data() + 16 * off, 1, dm, lut);
+    float mn = lut[0], mx = lut[0];
+    for (size_t c = 1; c < 16; ++c) {
+      mn = std::min(mn, lut[c]);
+      mx = std::max(mx, lut[c]);
     }
     for (size_t c = 0; c < 16; ++c) lut[c] -= mn;
     offset += mn;
@@ -575,11 +582,18 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   }
   double scale = 1.0;
   if (range_max > 0) scale = std::min(255.0 / range_max, (65535.0 - double(M)) / range_sum);
-  for (size_t m = 0; m < M; ++m)
-    for (size_t c = 0; c < 16; ++c) {
-      double v = std::nearbyint(double(s.lut[m * 16 + c]) * scale);
-      s.lut8[m * 16 + c] = static_cast<uint8_t>(std::max(0.0, std::min(255.0, v)));
+  {
+    // Round half up (entries are >= 0); the float product is the same at every SIMD level.
+    const float fs = static_cast<float>(scale);
+    const float* lut = s.lut.data();
+    uint8_t* lut8 = s.lut8.data();
+    for (size_t i = 0; i < M * 16; ++i) {
+      float v = lut[i] * fs + 0.5f;
+      v = v < 255.f ? v : 255.f;
+      lut8[i] = static_cast<uint8_t>(static_cast<int>(v));
     }
+    scale = fs;
+  }
   const float inv_scale = static_cast<float>(1.0 / scale);
 
   // 3. Scan the probed leaves; keep the best `cap` approximate scores.
@@ -587,7 +601,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t cap = reorder ? std::max(k, reorder_k) : k;
   s.topn.reset(cap);
   for (size_t t = 0; t < nprobe; ++t) {
-    const uint32_t li = s.leaf_order[t];
+    const uint32_t li = s.leaf_sel[t].second;
     const Leaf& leaf = leaves_[li];
     if (leaf.n == 0) continue;
     const size_t ng = (leaf.n + 31) / 32;
@@ -600,7 +614,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
     size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias,
                                   s.topn.threshold(), s.idx.data(), s.sc.data());
-    for (size_t c = 0; c < cnt; ++c) s.topn.push(s.sc[c], li, s.idx[c]);
+    for (size_t c = 0; c < cnt; ++c)
+      if (s.sc[c] > s.topn.threshold()) s.topn.push(s.sc[c], li, s.idx[c]);
   }
   std::vector<Cand>& cands = s.topn.finish();
 
@@ -610,13 +625,20 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     s.exact.resize(nc);
     if (p_.reorder == ReorderMode::kFloat32) {
       s.rows.resize(nc);
-      for (size_t c = 0; c < nc; ++c) s.rows[c] = leaves_[cands[c].leaf].vecs_p + size_t(cands[c].pos) * d;
+      for (size_t c = 0; c < nc; ++c) {
+        s.rows[c] = leaves_[cands[c].leaf].vecs_p + size_t(cands[c].pos) * d;
+        const char* row = reinterpret_cast<const char*>(s.rows[c]);
+        for (size_t off = 0; off < d * sizeof(float); off += 64) __builtin_prefetch(row + off);
+      }
       kt.dot_gather(q, s.rows.data(), nc, d, s.exact.data());
     } else {
       s.w.resize(d);
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
       s.rows8.resize(nc);
-      for (size_t c = 0; c < nc; ++c) s.rows8[c] = leaves_[cands[c].leaf].vecs8_p + size_t(cands[c].pos) * d;
+      for (size_t c = 0; c < nc; ++c) {
+        s.rows8[c] = leaves_[cands[c].leaf].vecs8_p + size_t(cands[c].pos) * d;
+        for (size_t off = 0; off < d; off += 64) __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
+      }
       kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());
     }
     for (size_t c = 0; c < nc; ++c) {

@@ -14,6 +14,7 @@
 
 #include "anisotropic.h"
 #include "common.h"
+#include "kmeans.h"
 
 namespace avq {
 
@@ -135,7 +136,10 @@ class Index {
   size_t nleaves_ = 0;
   std::vector<float> probe_centers_;  // (L, d): unit directions (dot/cosine) or means (l2)
   std::vector<float> resid_centers_;  // (L, d): cluster means; residual = x - center
+  CenterTable probe_table_;           // probe_centers_ laid out for kernels::dot_t16
   std::vector<float> codebooks_;      // (16, d) per block, see BlockLayout
+  std::vector<float> codebooks_t_;    // per block (dims, 16): the LUT-building layout
+  void build_codebooks_t();
   std::vector<float> int8_scale_;     // (d) per-dimension scale of the int8 reorder vectors
   TrainStats stats_;
   double threshold_used_ = std::numeric_limits<double>::quiet_NaN();

@@ -364,8 +364,10 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   check_finite(cb, 16 * d, "CBOK");
   check_finite(sc, d, "SCAL");
   idx->probe_centers_.assign(pc, pc + L * d);
+  idx->probe_table_.build(pc, L, d);
   idx->resid_centers_.assign(rc, rc + L * d);
   idx->codebooks_.assign(cb, cb + 16 * d);
+  idx->build_codebooks_t();
   idx->int8_scale_.assign(sc, sc + d);
   for (float s : idx->int8_scale_)
     if (!(s > 0)) throw InvalidArgument("corrupted index file: invalid int8 scale");

@@ -24,10 +24,9 @@ inline float small_l2(const float* a, const float* b, size_t d) {
   return s;
 }
 
-void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, size_t k, bool by_dot,
-                  uint32_t* out, float* out_score) {
-  const kernels::KernelTable& kt = kernels::active();
-  std::vector<float> scores(d <= 8 ? 0 : k);
+void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, const CenterTable* ct,
+                  size_t k, bool by_dot, uint32_t* out, float* out_score) {
+  std::vector<float> scores((d <= 8 && !by_dot) ? 0 : ct->ngroups * 16);
   for (size_t i = begin; i < end; ++i) {
     const float* xi = x + i * d;
     uint32_t best = 0;
@@ -42,23 +41,17 @@ void assign_block(const float* x, size_t begin, size_t end, size_t d, const floa
         }
       }
     } else {
-      if (scores.size() < k) scores.resize(k);
-      if (by_dot) {
-        kt.dot_batch(xi, c, k, d, scores.data());
-        best_s = scores[0];
-        for (size_t j = 1; j < k; ++j)
-          if (scores[j] > best_s) {
-            best_s = scores[j];
-            best = static_cast<uint32_t>(j);
-          }
-      } else {
-        kt.l2sqr_batch(xi, c, k, d, scores.data());
-        best_s = scores[0];
-        for (size_t j = 1; j < k; ++j)
-          if (scores[j] < best_s) {
-            best_s = scores[j];
-            best = static_cast<uint32_t>(j);
-          }
+      ct->score(xi, by_dot, scores.data());
+      best_s = scores[0];
+      for (size_t j = 1; j < k; ++j)
+        if (scores[j] > best_s) {
+          best_s = scores[j];
+          best = static_cast<uint32_t>(j);
+        }
+      if (!by_dot) {
+        float n2 = 0.f;
+        for (size_t t = 0; t < d; ++t) n2 += xi[t] * xi[t];
+        best_s = std::max(0.f, n2 - best_s);
       }
     }
     out[i] = best;
@@ -79,12 +72,37 @@ void normalize_rows(float* c, size_t k, size_t d) {
 
 }  // namespace
 
+void CenterTable::build(const float* c, size_t k_, size_t d_) {
+  k = k_;
+  d = d_;
+  ngroups = (k + 15) / 16;
+  t.assign(ngroups * 16 * d, 0.f);
+  norm2.assign(ngroups * 16, 0.f);
+  for (size_t i = 0; i < k; ++i) {
+    size_t g = i / 16, l = i % 16;
+    float n2 = 0.f;
+    for (size_t j = 0; j < d; ++j) {
+      t[(g * d + j) * 16 + l] = c[i * d + j];
+      n2 += c[i * d + j] * c[i * d + j];
+    }
+    norm2[i] = n2;
+  }
+}
+
+void CenterTable::score(const float* q, bool by_dot, float* out) const {
+  kernels::active().dot_t16(q, t.data(), ngroups, d, out);
+  if (!by_dot)
+    for (size_t i = 0; i < ngroups * 16; ++i) out[i] = (out[i] + out[i]) - norm2[i];
+}
+
 void assign_centers(const float* x, size_t n, size_t d, const float* c, size_t k, bool by_dot, uint32_t* out,
                     float* out_score, int nthreads) {
   if (k == 0) throw InvalidArgument("assign_centers: no centers");
+  CenterTable ct;
+  if (d > 8 || by_dot) ct.build(c, k, d);
   size_t chunk = std::max<size_t>(64, std::min<size_t>(4096, 2000000 / std::max<size_t>(1, k * d)));
   parallel_for(n, nthreads, chunk,
-               [&](size_t b, size_t e) { assign_block(x, b, e, d, c, k, by_dot, out, out_score); });
+               [&](size_t b, size_t e) { assign_block(x, b, e, d, c, &ct, k, by_dot, out, out_score); });
 }
 
 std::vector<float> train_kmeans(const float* x, size_t n, size_t d, const KMeansOptions& opt, Monitor* mon,

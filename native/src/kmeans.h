@@ -10,6 +10,16 @@
 
 namespace avq {
 
+// Centres laid out for fast scoring with kernels::dot_t16: transposed groups of 16, zero
+// padded, plus squared norms. score() fills ngroups*16 floats where larger is better:
+// <q, c> (by_dot) or 2 <q, c> - ||c||^2 (= ||q||^2 - ||q - c||^2, for L2).
+struct CenterTable {
+  size_t k = 0, d = 0, ngroups = 0;
+  std::vector<float> t, norm2;
+  void build(const float* c, size_t k, size_t d);
+  void score(const float* q, bool by_dot, float* out) const;
+};
+
 // Assigns each row of x (layout (n, d)) to its best center in c (layout (k, d)): the largest
 // inner product when by_dot, else the smallest squared L2 distance. Ties go to the lower center
 // index. out: n center ids; out_score (nullable): n best scores (dot or squared L2).

@@ -57,6 +57,13 @@ struct KernelTable {
   // whole vectors of packed matches); nothing is written at positions >= n.
   size_t (*filter_scores)(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
                           uint32_t* out_idx, float* out_score);
+
+  // Inner products of one query with many rows stored transposed in groups of 16 (partition
+  // centres): ct layout (ngroups, d, 16), ct[(g*d + j)*16 + l] = row(16g + l)[j], zero padded.
+  // out[16g + l] = sum over j = 0..d-1 in increasing order of q[j]*ct[...] (each product and
+  // each sum rounded to float; a different order from `dot`, identical at every level).
+  // out holds ngroups*16 floats.
+  void (*dot_t16)(const float* q, const float* ct, size_t ngroups, size_t d, float* out);
 };
 
 // Implementations (each defined in its own TU; the AVX ones only exist on x86-64 builds).

@@ -141,9 +141,21 @@ size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, 
 }
 
 // Constant-initialised (no dynamic initialiser runs at load time).
+void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* out) {
+  for (size_t g = 0; g < ngroups; ++g) {
+    float acc[16] = {0.f};
+    const float* c = ct + g * d * 16;
+    for (size_t j = 0; j < d; ++j) {
+      const float qj = q[j];
+      for (int l = 0; l < 16; ++l) acc[l] = acc[l] + qj * c[j * 16 + l];
+    }
+    for (int l = 0; l < 16; ++l) out[g * 16 + l] = acc[l];
+  }
+}
+
 constexpr KernelTable kTable = {
     SimdLevel::kScalar, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
-    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores,
+    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16,
 };
 
 }  // namespace
