@@ -351,12 +351,15 @@ std::vector<float> train_codebooks(const float* R, const float* U, const double*
   const size_t d = L.d, M = L.num_blocks, K = kCentersPerBlock;
   std::vector<float> cb(L.codebook_size());
   // (0) k-means codebooks per block.
+  // k-means runs on an evenly strided subset (the alternations below then use all n rows).
+  const size_t nk = std::min(n, opt.kmeans_sample);
   std::vector<float> sub;
   for (size_t m = 0; m < M; ++m) {
     check_stop(mon);
     const size_t off = L.offset[m], dm = L.dims[m];
-    sub.resize(n * dm);
-    for (size_t i = 0; i < n; ++i) std::memcpy(sub.data() + i * dm, R + i * d + off, dm * sizeof(float));
+    sub.resize(nk * dm);
+    for (size_t i = 0; i < nk; ++i)
+      std::memcpy(sub.data() + i * dm, R + (i * n / nk) * d + off, dm * sizeof(float));
     KMeansOptions ko;
     ko.k = K;
     ko.iterations = opt.kmeans_iterations;
@@ -364,7 +367,7 @@ std::vector<float> train_codebooks(const float* R, const float* U, const double*
     ko.seed = opt.seed * 1000003ULL + m;
     ko.nthreads = opt.nthreads;
     ko.stage = "pq k-means";
-    std::vector<float> c = train_kmeans(sub.data(), n, dm, ko, nullptr);
+    std::vector<float> c = train_kmeans(sub.data(), nk, dm, ko, nullptr);
     std::memcpy(cb.data() + K * off, c.data(), K * dm * sizeof(float));
     if (mon) mon->progress("pq k-means", m + 1, M, "");
   }

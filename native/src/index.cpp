@@ -276,7 +276,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   for (double& e : eta) e = std::max(e, 1.0);
   CodebookTrainOptions co;
   co.kmeans_iterations = static_cast<int>(p_.pq_kmeans_iterations);
-  co.avq_iterations = eta_fn.plain() ? 0 : static_cast<int>(p_.avq_iterations);
+  co.avq_iterations = static_cast<int>(p_.avq_iterations);
   co.seed = p_.seed;
   co.nthreads = nthreads;
   CodebookTrainStats cs;

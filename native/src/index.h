@@ -32,9 +32,9 @@ struct IndexParams {
   double threshold = std::numeric_limits<double>::quiet_NaN();  // T; NaN: none
   double eta = 0;            // > 0: fixed eta for every point (overrides threshold)
   bool eta_scann = false;    // ScaNN's limit formula instead of the exact one
-  uint32_t avq_iterations = 8;      // encode / codebook-update alternations (0: encode-only)
+  uint32_t avq_iterations = 4;      // encode / codebook-update alternations (0: encode-only)
   uint32_t kmeans_iterations = 10;  // partitioner Lloyd iterations
-  uint32_t pq_kmeans_iterations = 20;
+  uint32_t pq_kmeans_iterations = 15;
   uint64_t training_sample_size = 0;  // 0: min(n, 100000)
   uint64_t seed = 0;
   ReorderMode reorder = ReorderMode::kFloat32;

@@ -359,6 +359,37 @@ void test_dispatch() {
 
 }  // namespace
 
+// dot_t16: transposed groups of 16 rows, sequential summation over d; bit-identical to scalar
+// and close to a double-precision reference.
+void test_dot_t16(const k::KernelTable& t, const k::KernelTable& ref) {
+  std::mt19937 rng(77);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (size_t d : {1, 2, 3, 7, 16, 17, 50, 97}) {
+    for (size_t ng : {1, 2, 3, 4, 5, 9, 28}) {
+      std::vector<float> q(d), ct(ng * d * 16), a(ng * 16), b(ng * 16);
+      for (float& v : q) v = u(rng);
+      for (float& v : ct) v = u(rng);
+      t.dot_t16(q.data(), ct.data(), ng, d, a.data());
+      ref.dot_t16(q.data(), ct.data(), ng, d, b.data());
+      check(bits_equal(a.data(), b.data(), ng * 16),
+            std::string(k::level_name(t.level)) + " dot_t16 bit-identical d=" + std::to_string(d) + " ng=" +
+                std::to_string(ng));
+      bool ok = true;
+      for (size_t g = 0; g < ng; ++g)
+        for (size_t l = 0; l < 16; ++l) {
+          double r = 0, ra = 0;
+          for (size_t j = 0; j < d; ++j) {
+            double p = double(q[j]) * ct[(g * d + j) * 16 + l];
+            r += p;
+            ra += std::fabs(p);
+          }
+          ok &= std::fabs(a[g * 16 + l] - r) <= 1e-5 * ra + 1e-6;
+        }
+      check(ok, std::string(k::level_name(t.level)) + " dot_t16 vs double d=" + std::to_string(d));
+    }
+  }
+}
+
 int main() {
   test_dispatch();
   std::printf("best level: %s, active level: %s\n", k::level_name(k::best_supported_level()),
@@ -375,6 +406,7 @@ int main() {
     test_float_kernels(*t, ref);
     test_scan(*t);
     test_filter(*t, ref);
+    test_dot_t16(*t, ref);
     std::printf("level %s: %s\n", k::level_name(t->level), g_failed == before ? "ok" : "FAILURES");
   }
   // The active table (whatever AVQ_SIMD_LEVEL selected) is one of the tables tested above.
