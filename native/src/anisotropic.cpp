@@ -103,32 +103,48 @@ BlockLayout::BlockLayout(size_t d_, size_t dpb) : d(d_), dims_per_block(dpb) {
   }
 }
 
-double encode_anisotropic(const float* r, const float* u, double eta, const BlockLayout& L, const float* cb,
+void transpose_codebook(const BlockLayout& L, const float* cb, float* cbt) {
+  const int K = kCentersPerBlock;
+  for (size_t m = 0; m < L.num_blocks; ++m) {
+    const size_t off = L.offset[m], dm = L.dims[m];
+    for (int c = 0; c < K; ++c)
+      for (size_t j = 0; j < dm; ++j) cbt[K * off + j * K + c] = cb[K * off + c * dm + j];
+  }
+}
+
+double encode_anisotropic(const float* r, const float* u, double eta, const BlockLayout& L, const float* cbt,
                           uint8_t* codes, EncodeScratch& sc, int max_rounds) {
   const size_t M = L.num_blocks;
-  const int K = kCentersPerBlock;
+  constexpr int K = kCentersPerBlock;
   const bool aniso = u != nullptr && eta != 1.0;
   sc.norm2.resize(M * K);
   if (aniso) sc.par.resize(M * K);
   double total = 0, s = 0;
   for (size_t m = 0; m < M; ++m) {
     const size_t off = L.offset[m], dm = L.dims[m];
-    const float* rm = r + off;
-    const float* C = cb + size_t(K) * off;
+    const float* C = cbt + size_t(K) * off;  // (dm, 16)
     float* n2 = sc.norm2.data() + m * K;
+    float acc[K] = {0.f}, par[K] = {0.f};
+    // 16 centres at once (vectorised at the baseline ISA; the same code at every SIMD level).
+    for (size_t j = 0; j < dm; ++j) {
+      const float rj = r[off + j];
+      const float* Cj = C + j * K;
+      for (int k = 0; k < K; ++k) {
+        float e = rj - Cj[k];
+        acc[k] += e * e;
+      }
+      if (aniso) {
+        const float uj = u[off + j];
+        for (int k = 0; k < K; ++k) par[k] += uj * (rj - Cj[k]);
+      }
+    }
     int best = 0;
     for (int k = 0; k < K; ++k) {
-      const float* c = C + size_t(k) * dm;
-      float acc = 0.f, par = 0.f;
-      for (size_t j = 0; j < dm; ++j) {
-        float e = rm[j] - c[j];
-        acc += e * e;
-        if (aniso) par += u[off + j] * e;
-      }
-      n2[k] = acc;
-      if (aniso) sc.par[m * K + k] = par;
-      if (acc < n2[best]) best = k;
+      n2[k] = acc[k];
+      if (acc[k] < acc[best]) best = k;
     }
+    if (aniso)
+      for (int k = 0; k < K; ++k) sc.par[m * K + k] = par[k];
     codes[m] = static_cast<uint8_t>(best);
     total += n2[best];
     if (aniso) s += sc.par[m * K + best];
@@ -174,6 +190,8 @@ constexpr size_t kReduceChunks = 32;
 double encode_all(const float* R, const float* U, const double* eta, size_t n, const BlockLayout& L,
                   const float* cb, uint8_t* codes, int nthreads) {
   const size_t d = L.d, M = L.num_blocks;
+  std::vector<float> cbt(L.codebook_size());
+  transpose_codebook(L, cb, cbt.data());
   std::vector<double> chunk_loss(kReduceChunks, 0.0);
   size_t per = (n + kReduceChunks - 1) / kReduceChunks;
   parallel_for(kReduceChunks, nthreads, 1, [&](size_t cb_, size_t ce) {
@@ -182,7 +200,8 @@ double encode_all(const float* R, const float* U, const double* eta, size_t n, c
       size_t b = c * per, e = std::min(n, b + per);
       double acc = 0;
       for (size_t i = b; i < e; ++i)
-        acc += encode_anisotropic(R + i * d, U ? U + i * d : nullptr, eta ? eta[i] : 1.0, L, cb, codes + i * M, sc);
+        acc += encode_anisotropic(R + i * d, U ? U + i * d : nullptr, eta ? eta[i] : 1.0, L, cbt.data(),
+                                  codes + i * M, sc);
       chunk_loss[c] = acc;
     }
   });

@@ -59,12 +59,15 @@ struct EncodeScratch {
   std::vector<float> norm2, par;  // (num_blocks, 16): ||r_m - C_m[k]||^2 and u_m . (r_m - C_m[k])
 };
 
-// Encodes residual r (d floats) with codebook cb under the anisotropic loss with direction u
+// Codebook in the encoding/LUT layout: per block m, (dims[m], 16) floats at 16 * offset[m].
+void transpose_codebook(const BlockLayout& layout, const float* cb, float* cbt);
+
+// Encodes residual r (d floats) with the transposed codebook cbt under the anisotropic loss with direction u
 // (unit, d floats; nullptr or eta == 1 gives plain nearest-center PQ). Starts from the
 // per-block nearest centers, then runs exact coordinate descent over blocks (each block takes
 // the center minimising the total loss given the other blocks), at most `max_rounds` rounds,
 // stopping when a round changes nothing. codes: num_blocks bytes (0..15). Returns the loss.
-double encode_anisotropic(const float* r, const float* u, double eta, const BlockLayout& layout, const float* cb,
+double encode_anisotropic(const float* r, const float* u, double eta, const BlockLayout& layout, const float* cbt,
                           uint8_t* codes, EncodeScratch& scratch, int max_rounds = 10);
 
 struct CodebookTrainOptions {

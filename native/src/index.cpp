@@ -156,13 +156,8 @@ void Index::prepare_vector(const float* x, float* out) const {
 }
 
 void Index::build_codebooks_t() {
-  // Per block m: (dims[m], 16) so that kernels::dot_t16 builds the block's 16 LUT entries.
   codebooks_t_.assign(codebooks_.size(), 0.f);
-  for (size_t m = 0; m < layout_.num_blocks; ++m) {
-    const size_t off = layout_.offset[m], dm = layout_.dims[m];
-    for (size_t c = 0; c < 16; ++c)
-      for (size_t j = 0; j < dm; ++j) codebooks_t_[16 * off + j * 16 + c] = codebooks_[16 * off + c * dm + j];
-  }
+  transpose_codebook(layout_, codebooks_.data(), codebooks_t_.data());
 }
 
 void Index::sync_views(Leaf& l) {
@@ -345,7 +340,7 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
           for (size_t j = 0; j < d; ++j) u[j] = static_cast<float>(v[j] / nrm);
           eta = std::max(1.0, eta_fn(nrm));
         }
-        encode_anisotropic(r.data(), eta != 1.0 ? u.data() : nullptr, eta, layout_, codebooks_.data(),
+        encode_anisotropic(r.data(), eta != 1.0 ? u.data() : nullptr, eta, layout_, codebooks_t_.data(),
                            codes.data() + i * M, sc);
       }
     });
