@@ -132,11 +132,13 @@ def as_float_matrix(X, name="X", *, d=None, allow_1d=False, nonzero_rows=False):
     return A
 
 
-def as_ids(ids, n, name="ids", *, unique=True):
+def as_ids(ids, n, name="ids", *, unique=True, reject_padding=True):
     """Return ids as a 1-D int64 array of length n (None stays None)."""
     if ids is None:
         return None
     A = _to_array(ids, name)
+    if A.size == 0 and A.ndim == 1:
+        A = A.astype(np.int64)  # [] is float64 to numpy
     if A.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integers, got dtype {A.dtype}")
     if A.ndim != 1:
@@ -146,6 +148,8 @@ def as_ids(ids, n, name="ids", *, unique=True):
     if A.dtype.kind == "u" and A.size and A.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} has values beyond the int64 range")
     A = np.ascontiguousarray(A, dtype=np.int64)
+    if reject_padding and A.size and (A == -1).any():
+        raise ValueError(f"{name} contains -1, which is reserved for padding in search results")
     if unique and A.size:
         s = np.sort(A)
         dup = s[1:][s[1:] == s[:-1]]
@@ -154,5 +158,18 @@ def as_ids(ids, n, name="ids", *, unique=True):
     return A
 
 
+# Results are allocated up front (nq * k * 12 bytes): refuse absurd requests instead of letting
+# the operating system kill the process.
+MAX_RESULT_BYTES = 8 << 30
+
+
 def check_k(k, name="k"):
     return check_int(name, k, minimum=1)
+
+
+def check_result_size(nq, k):
+    if nq * k * 12 > MAX_RESULT_BYTES:
+        raise ValueError(
+            f"k={k} for {nq} queries needs {nq * k * 12 / 2**30:.1f} GiB of results; "
+            f"the limit is {MAX_RESULT_BYTES >> 30} GiB (search in smaller batches)"
+        )

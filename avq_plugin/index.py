@@ -18,6 +18,10 @@ __all__ = ["AVQIndex", "ExactIndex"]
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
 # (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (README).
 AUTO_THRESHOLD = 0.2
+# Search defaults (leaves_to_search = ceil(fraction * num_leaves)); chosen so that the shipped
+# GloVe subset reaches recall@10 >= 0.9 (tests/test_recall.py checks it).
+DEFAULT_PROBE_FRACTION = 0.15
+DEFAULT_REORDER_K = 100
 
 
 class _Progress:
@@ -106,7 +110,7 @@ class AVQIndex:
         reorder="float32",
         leaves_to_search=None,
         reorder_k=None,
-        training_iterations=8,
+        training_iterations=4,
         kmeans_iterations=10,
         training_sample_size=None,
         num_threads=None,
@@ -231,7 +235,9 @@ class AVQIndex:
 
         Returns self.
         """
-        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
+        return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
+
+    def _train(self, X, stacklevel):
         n, d = X.shape
         if self.num_leaves is not None and self.num_leaves > n:
             raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
@@ -246,24 +252,26 @@ class AVQIndex:
             eta_scann=self.eta_formula == "scann",
             avq_iterations=self.training_iterations,
             kmeans_iterations=self.kmeans_iterations,
-            pq_kmeans_iterations=20,
+            pq_kmeans_iterations=15,
             training_sample_size=self.training_sample_size or 0,
             seed=self.seed,
             reorder=self.reorder,
             default_leaves_to_search=self.leaves_to_search or 0,
             default_reorder_k=self.reorder_k or 0,
+            threshold_mode=(1 if self.anisotropic_threshold == "auto" else
+                            2 if self.anisotropic_threshold is None else 0),
         )
         index.train(X, self.num_threads, _Progress() if self.verbose else None)
         self._index = index
         stats = index.train_stats()
-        if not math.isnan(threshold) and stats["eta_min"] <= 1.0:
+        if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
             warnings.warn(
                 f"anisotropic_threshold={threshold:.4g} gives eta <= 1 for some vectors "
                 f"(eta range {stats['eta_min']:.3g}..{stats['eta_max']:.3g} with eta_formula="
                 f"{self.eta_formula!r}); those vectors get plain PQ. Raise the threshold "
                 "(ScaNN's formula needs T > ||x|| / sqrt(d)).",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
         return self
 
@@ -282,14 +290,14 @@ class AVQIndex:
         """``train(X)`` then ``add(X, ids)``. Returns self."""
         X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
-        self.train(X)
+        self._train(X, stacklevel=3)
         self._index.add(X, ids, self.num_threads, _Progress() if self.verbose else None)
         return self
 
     def remove(self, ids):
         """Delete vectors by id; other ids are unchanged. Returns the number removed."""
         self._require_trained()
-        ids = V.as_ids(ids, None, unique=False)
+        ids = V.as_ids(ids, None, unique=False, reject_padding=False)
         return int(self._index.remove(ids))
 
     def reset(self):
@@ -302,8 +310,8 @@ class AVQIndex:
         """(leaves_to_search, reorder_k) used when search() is not given them."""
         self._require_trained()
         L = self._index.num_leaves
-        lts = self.leaves_to_search or max(1, min(L, int(math.ceil(0.08 * L))))
-        rk = self.reorder_k or 100
+        lts = self.leaves_to_search or max(1, min(L, int(math.ceil(DEFAULT_PROBE_FRACTION * L))))
+        rk = self.reorder_k or DEFAULT_REORDER_K
         return lts, rk
 
     def search(self, Q, k=10, leaves_to_search=None, reorder_k=None, num_threads=None):
@@ -340,16 +348,18 @@ class AVQIndex:
         # the native layer re-checks every query for NaN/inf and, under cosine, zero norm.
         if (
             type(Q) is np.ndarray
+            and 1 <= Q.ndim <= 2
             and Q.dtype == np.float32
             and Q.flags.c_contiguous
             and Q.shape[-1] == index.d
             and Q.size
-            and Q.ndim in (1, 2)
         ):
             if Q.ndim == 1:
                 Q = Q.reshape(1, -1)
         else:
             Q = V.as_float_matrix(Q, "Q", d=index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        if k > 4096:
+            V.check_result_size(Q.shape[0], k)
         if leaves_to_search is None or reorder_k is None:
             lts, rk = self.default_search_params()
         if leaves_to_search is not None:
@@ -366,7 +376,7 @@ class AVQIndex:
     def get_codes(self, ids):
         """PQ codes (0..15) of the given ids, uint8 (n, num_blocks)."""
         self._require_trained()
-        return self._index.get_codes(V.as_ids(ids, None, unique=False))
+        return self._index.get_codes(V.as_ids(ids, None, unique=False, reject_padding=False))
 
     def get_ids(self):
         """All indexed ids (storage order)."""
@@ -391,7 +401,8 @@ class AVQIndex:
         obj.dims_per_block = p["dims_per_block"]
         T = p["threshold"]
         obj.eta = p["eta"] if p["eta"] > 0 else None
-        obj.anisotropic_threshold = None if (math.isnan(T) and obj.eta is None) else (None if math.isnan(T) else T)
+        mode = p["threshold_mode"]
+        obj.anisotropic_threshold = "auto" if mode == 1 else None if (mode == 2 or math.isnan(T)) else T
         obj.eta_formula = "scann" if p["eta_scann"] else "exact"
         obj.reorder = p["reorder"]
         obj.leaves_to_search = p["default_leaves_to_search"] or None
@@ -519,7 +530,7 @@ class ExactIndex:
     def remove(self, ids):
         if self._index is None:
             return 0
-        return int(self._index.remove(V.as_ids(ids, None, unique=False)))
+        return int(self._index.remove(V.as_ids(ids, None, unique=False, reject_padding=False)))
 
     def reset(self):
         if self._index is not None:
@@ -534,6 +545,7 @@ class ExactIndex:
             raise ValueError("the index is empty: call fit(X) or add(X) first")
         k = V.check_k(k)
         Q = V.as_float_matrix(Q, "Q", d=self._index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        V.check_result_size(Q.shape[0], k)
         nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
         return self._index.search(Q, k, nt)
 

@@ -93,9 +93,9 @@ size_t ExactIndex::remove(const int64_t* ids, size_t n) {
 
 void ExactIndex::reset() {
   std::unique_lock<std::shared_mutex> lock(mu_);
-  vecs_.clear();
-  ids_.clear();
-  pos_.clear();
+  std::vector<float>().swap(vecs_);
+  std::vector<int64_t>().swap(ids_);
+  std::unordered_map<int64_t, size_t>().swap(pos_);
   next_id_ = 0;
 }
 

@@ -242,8 +242,8 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   check_stop(mon);
 
   // Codebooks on the residuals of the sample.
-  threshold_used_ = p_.threshold;
-  auto eta_fn = EtaFunction(p_.threshold, p_.eta, p_.eta_scann, static_cast<int>(d));
+  auto eta_fn_ptr = std::make_shared<EtaFunction>(p_.threshold, p_.eta, p_.eta_scann, static_cast<int>(d));
+  const EtaFunction& eta_fn = *eta_fn_ptr;
   std::vector<float> R(S * d), U(S * d, 0.f);
   std::vector<double> eta(S, 1.0);
   TrainStats st;
@@ -252,20 +252,24 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   st.eta_min = std::numeric_limits<double>::infinity();
   st.eta_max = -st.eta_min;
   double eta_sum = 0;
+  size_t with_direction = 0;
   for (size_t i = 0; i < S; ++i) {
     const float* xi = xs.data() + i * d;
     const float* c = resid.data() + size_t(assign[i]) * d;
     for (size_t j = 0; j < d; ++j) R[i * d + j] = xi[j] - c[j];
     double nrm = norm_of(xi, d);
     if (nrm > 0) {
+      // Zero vectors have no direction: they get plain PQ and stay out of the eta statistics.
       for (size_t j = 0; j < d; ++j) U[i * d + j] = static_cast<float>(xi[j] / nrm);
       eta[i] = eta_fn(nrm);
+      st.eta_min = std::min(st.eta_min, eta[i]);
+      st.eta_max = std::max(st.eta_max, eta[i]);
+      eta_sum += eta[i];
+      ++with_direction;
     }
-    st.eta_min = std::min(st.eta_min, eta[i]);
-    st.eta_max = std::max(st.eta_max, eta[i]);
-    eta_sum += eta[i];
   }
-  st.eta_mean = eta_sum / double(S);
+  if (with_direction == 0) st.eta_min = st.eta_max = 1.0;
+  st.eta_mean = with_direction ? eta_sum / double(with_direction) : 1.0;
   // eta < 1 (ScaNN formula with T < norm/sqrt(d)) would reward parallel error: clamp to plain
   // PQ for those points, as ScaNN effectively does; the Python layer warns.
   for (double& e : eta) e = std::max(e, 1.0);
@@ -290,6 +294,8 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
 
   // Commit.
   mapping_.reset();
+  threshold_used_ = p_.threshold;
+  eta_fn_ = eta_fn_ptr;
   nleaves_ = L;
   probe_centers_ = std::move(probe);
   probe_table_.build(probe_centers_.data(), L, d);
@@ -314,7 +320,7 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
                           std::vector<uint8_t>& codes) const {
   const size_t d = p_.d, M = layout_.num_blocks, L = nleaves_;
   const bool by_dot = p_.metric != Metric::kL2;
-  EtaFunction eta_fn(threshold_used_, p_.eta, p_.eta_scann, static_cast<int>(d));
+  const EtaFunction& eta_fn = *eta_fn_;
   leaf_of.resize(n);
   codes.resize(n * M);
   const size_t step = 8192;
@@ -442,12 +448,12 @@ size_t Index::remove(const int64_t* ids, size_t n) {
 void Index::reset() {
   std::unique_lock<std::shared_mutex> lock(mu_);
   mapping_.reset();
-  leaves_.assign(nleaves_, Leaf());
+  std::vector<Leaf>(nleaves_).swap(leaves_);  // frees the storage (assign would keep capacity)
   for (Leaf& l : leaves_) sync_views(l);
   ntotal_ = 0;
   next_id_ = 0;
   std::lock_guard<std::mutex> g(id_map_mu_);
-  id_map_.clear();
+  std::unordered_map<int64_t, uint64_t>().swap(id_map_);
   id_map_valid_ = false;
 }
 

@@ -41,6 +41,8 @@ struct IndexParams {
   // Search defaults stored with the index (0: chosen from num_leaves by the Python layer).
   uint32_t default_leaves_to_search = 0;
   uint32_t default_reorder_k = 0;
+  // How the Python layer specified T: 0 a number, 1 "auto", 2 none (kept for round trips).
+  uint32_t threshold_mode = 0;
 };
 
 struct TrainStats {
@@ -143,6 +145,7 @@ class Index {
   std::vector<float> int8_scale_;     // (d) per-dimension scale of the int8 reorder vectors
   TrainStats stats_;
   double threshold_used_ = std::numeric_limits<double>::quiet_NaN();
+  std::shared_ptr<const EtaFunction> eta_fn_;  // per-point eta (tabulated once per training)
   std::vector<Leaf> leaves_;
   int64_t next_id_ = 0;
   size_t ntotal_ = 0;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -259,6 +260,7 @@ std::string Index::serialize() const {
   pw.put<double>(threshold_used_);
   pw.put<uint32_t>(p_.default_leaves_to_search);
   pw.put<uint32_t>(p_.default_reorder_k);
+  pw.put<uint32_t>(p_.threshold_mode);
   w.add_owned("PARM", pw.take());
   if (trained_) {
     ByteWriter sw;
@@ -335,15 +337,18 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   double threshold_used = pr.get<double>();
   p.default_leaves_to_search = pr.get<uint32_t>();
   p.default_reorder_k = pr.get<uint32_t>();
+  p.threshold_mode = pr.get<uint32_t>();
+  if (p.threshold_mode > 2) throw InvalidArgument("corrupted index file: invalid threshold mode");
   if (p.d == 0 || p.d > (1u << 20) || p.dims_per_block < 1 || p.dims_per_block > 8)
     throw InvalidArgument("corrupted index file: invalid dimension or dims_per_block");
   std::unique_ptr<Index> idx(new Index(p));
   idx->threshold_used_ = threshold_used;
   if (!trained) return idx;
+  idx->eta_fn_ = std::make_shared<EtaFunction>(threshold_used, p.eta, p.eta_scann, static_cast<int>(p.d));
   const size_t d = p.d;
   if (L == 0 || L > (uint64_t(1) << 31) || L > size / (d * sizeof(float)))
     throw InvalidArgument("corrupted index file: invalid number of leaves");
-  if (ntotal > size) throw InvalidArgument("corrupted index file: invalid vector count");
+  if (ntotal > size / sizeof(int64_t)) throw InvalidArgument("corrupted index file: invalid vector count");
 
   ByteReader sr(r.get("STAT"), "STAT");
   idx->stats_.eta_min = sr.get<double>();
@@ -386,13 +391,20 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   const float* vecs = nullptr;
   const int8_t* vecs8 = nullptr;
   const float* bias = nullptr;
-  if (ntotal > size / d) throw InvalidArgument("corrupted index file: invalid vector count");
+  if (p.reorder != ReorderMode::kNone && ntotal > size / d)
+    throw InvalidArgument("corrupted index file: invalid vector count");
   if (p.reorder == ReorderMode::kFloat32) vecs = expect_array<float>(r, "RVEC", ntotal * d);
   if (p.reorder == ReorderMode::kInt8) vecs8 = expect_array<int8_t>(r, "RV8_", ntotal * d);
   if (p.metric == Metric::kL2) bias = expect_array<float>(r, "BIAS", ntotal);
   for (uint64_t i = 0; i < ntotal; ++i) {
     if (ids[i] >= next_id && next_id != std::numeric_limits<int64_t>::max())
       throw InvalidArgument("corrupted index file: id beyond the recorded next id");
+  }
+  {
+    std::vector<int64_t> sorted(ids, ids + ntotal);
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+      throw InvalidArgument("corrupted index file: duplicate id");
   }
   if (bias) check_finite(bias, ntotal, "BIAS");
 
