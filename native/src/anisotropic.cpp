@@ -13,17 +13,17 @@ namespace avq {
 namespace {
 
 constexpr double kGridMax = 0.999;
-constexpr int kGridSize = 4096;
+constexpr int kGridSize = 1024;
 
 // R(alpha) = int_0^alpha (sin t / sin alpha)^d dt by composite Simpson on the part of the
 // interval where the integrand is not negligible (it decays like exp(-d (alpha - t) cot alpha)).
-double ratio_integral(double alpha, int d) {
+double ratio_integral(double alpha, int d, int steps = 4000) {
   double sa = std::sin(alpha);
   double w = alpha;
   double ta = std::tan(alpha);
   if (std::isfinite(ta) && ta > 0) w = std::min(alpha, 60.0 * ta / std::max(1, d) + 1e-12);
   double lo = alpha - w;
-  const int steps = 4000;  // even
+  // steps is even.
   double h = w / steps;
   double log_sa = std::log(sa);
   auto f = [&](double t) {
@@ -36,6 +36,18 @@ double ratio_integral(double alpha, int d) {
   return acc * h / 3.0;
 }
 
+}  // namespace
+
+namespace {
+double eta_exact_steps(double t, int d, int steps) {
+  if (!(t > 0)) return 1.0;
+  if (t >= 1.0) return kMaxEta;
+  double alpha = std::acos(t);
+  double r = ratio_integral(alpha, d, steps);
+  if (!(r > 0)) return kMaxEta;
+  double eta = 1.0 + std::cos(alpha) / (std::sin(alpha) * r);
+  return std::min(eta, kMaxEta);
+}
 }  // namespace
 
 double eta_exact(double t, int d) {
@@ -70,7 +82,7 @@ EtaFunction::EtaFunction(double threshold, double fixed_eta, bool scann_formula,
     grid_.resize(kGridSize + 1);
     for (int i = 1; i <= kGridSize; ++i) {
       double t = kGridMax * i / kGridSize;
-      double e = eta_exact(t, d_);
+      double e = eta_exact_steps(t, d_, 1000);
       grid_[i] = std::log(std::max(e - 1.0, 1e-300)) - std::log(t) + std::log1p(-t);
     }
     grid_[0] = 2 * grid_[1] - grid_[2];
@@ -151,28 +163,26 @@ double encode_anisotropic(const float* r, const float* u, double eta, const Bloc
   }
   if (!aniso) return total;
   const double w = eta - 1.0;
+  const float wf = static_cast<float>(w);
   for (int round = 0; round < max_rounds; ++round) {
     bool changed = false;
     for (size_t m = 0; m < M; ++m) {
       const float* n2 = sc.norm2.data() + m * K;
       const float* par = sc.par.data() + m * K;
       const int cur = codes[m];
-      const double rest = s - par[cur];
-      int best = cur;
-      double v = rest + par[cur];
-      double best_cost = n2[cur] + w * v * v;
+      const float rest = static_cast<float>(s - par[cur]);
+      float cost[K];
       for (int k = 0; k < K; ++k) {
-        double vk = rest + par[k];
-        double cost = n2[k] + w * vk * vk;
-        if (cost < best_cost) {
-          best_cost = cost;
-          best = k;
-        }
+        float v = rest + par[k];
+        cost[k] = n2[k] + wf * (v * v);
       }
+      int best = cur;
+      for (int k = 0; k < K; ++k)
+        if (cost[k] < cost[best]) best = k;
       if (best != cur) {
         changed = true;
         codes[m] = static_cast<uint8_t>(best);
-        s = rest + par[best];
+        s = s - par[cur] + par[best];
       }
     }
     if (!changed) break;

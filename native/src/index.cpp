@@ -202,7 +202,10 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
     throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
                           std::to_string(n) + ")");
   // Training sample (sorted random subset, deterministic for the seed).
-  size_t S = p_.training_sample_size ? std::min<size_t>(n, p_.training_sample_size) : std::min<size_t>(n, 100000);
+  // Default sample: enough rows for the partitioner (64 per leaf, at least 50k); the codebooks
+  // (16 x d numbers) are then trained on at most 50k of them. An explicit size is used for both.
+  size_t S = p_.training_sample_size ? std::min<size_t>(n, p_.training_sample_size)
+                                     : std::min<size_t>(n, std::max<size_t>(50000, 64 * L));
   S = std::max(S, std::min(n, L));
   std::vector<size_t> sample(n);
   std::iota(sample.begin(), sample.end(), 0);
@@ -244,18 +247,20 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   // Codebooks on the residuals of the sample.
   auto eta_fn_ptr = std::make_shared<EtaFunction>(p_.threshold, p_.eta, p_.eta_scann, static_cast<int>(d));
   const EtaFunction& eta_fn = *eta_fn_ptr;
-  std::vector<float> R(S * d), U(S * d, 0.f);
-  std::vector<double> eta(S, 1.0);
+  const size_t Sq = p_.training_sample_size ? S : std::min<size_t>(S, 50000);
+  std::vector<float> R(Sq * d), U(Sq * d, 0.f);
+  std::vector<double> eta(Sq, 1.0);
   TrainStats st;
   st.threshold = p_.threshold;
-  st.sample_size = S;
+  st.sample_size = Sq;
   st.eta_min = std::numeric_limits<double>::infinity();
   st.eta_max = -st.eta_min;
   double eta_sum = 0;
   size_t with_direction = 0;
-  for (size_t i = 0; i < S; ++i) {
-    const float* xi = xs.data() + i * d;
-    const float* c = resid.data() + size_t(assign[i]) * d;
+  for (size_t i = 0; i < Sq; ++i) {
+    const size_t src = i * S / Sq;  // evenly strided over the (random) sample
+    const float* xi = xs.data() + src * d;
+    const float* c = resid.data() + size_t(assign[src]) * d;
     for (size_t j = 0; j < d; ++j) R[i * d + j] = xi[j] - c[j];
     double nrm = norm_of(xi, d);
     if (nrm > 0) {
@@ -280,7 +285,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   co.nthreads = nthreads;
   CodebookTrainStats cs;
   std::vector<float> cb = train_codebooks(R.data(), eta_fn.plain() ? nullptr : U.data(),
-                                          eta_fn.plain() ? nullptr : eta.data(), S, layout_, co, mon, &cs);
+                                          eta_fn.plain() ? nullptr : eta.data(), Sq, layout_, co, mon, &cs);
   st.loss = cs.loss;
 
   std::vector<float> scale(d, 1.f);

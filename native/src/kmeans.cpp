@@ -26,20 +26,33 @@ inline float small_l2(const float* a, const float* b, size_t d) {
 
 void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, const CenterTable* ct,
                   size_t k, bool by_dot, uint32_t* out, float* out_score) {
-  std::vector<float> scores((d <= 8 && !by_dot) ? 0 : ct->ngroups * 16);
+  std::vector<float> scores(ct->ngroups * 16);
   for (size_t i = begin; i < end; ++i) {
     const float* xi = x + i * d;
     uint32_t best = 0;
     float best_s;
     if (d <= 8 && !by_dot) {
-      best_s = small_l2(xi, c, d);
-      for (size_t j = 1; j < k; ++j) {
-        float s = small_l2(xi, c + j * d, d);
-        if (s < best_s) {
-          best_s = s;
+      // Few dimensions (PQ blocks): all centres at once from the transposed table, vectorised at
+      // the baseline ISA (the same code at every SIMD level).
+      const size_t kp = ct->ngroups * 16;
+      const float* T = ct->t.data();
+      for (size_t j = 0; j < kp; ++j) scores[j] = 0.f;
+      for (size_t g = 0; g < ct->ngroups; ++g)
+        for (size_t t = 0; t < d; ++t) {
+          const float xv = xi[t];
+          const float* row = T + (g * d + t) * 16;
+          float* sg = scores.data() + g * 16;
+          for (int l = 0; l < 16; ++l) {
+            float e = xv - row[l];
+            sg[l] += e * e;
+          }
+        }
+      best_s = scores[0];
+      for (size_t j = 1; j < k; ++j)
+        if (scores[j] < best_s) {
+          best_s = scores[j];
           best = static_cast<uint32_t>(j);
         }
-      }
     } else {
       ct->score(xi, by_dot, scores.data());
       best_s = scores[0];
@@ -99,7 +112,7 @@ void assign_centers(const float* x, size_t n, size_t d, const float* c, size_t k
                     float* out_score, int nthreads) {
   if (k == 0) throw InvalidArgument("assign_centers: no centers");
   CenterTable ct;
-  if (d > 8 || by_dot) ct.build(c, k, d);
+  ct.build(c, k, d);
   size_t chunk = std::max<size_t>(64, std::min<size_t>(4096, 2000000 / std::max<size_t>(1, k * d)));
   parallel_for(n, nthreads, chunk,
                [&](size_t b, size_t e) { assign_block(x, b, e, d, c, &ct, k, by_dot, out, out_score); });
