@@ -1,8 +1,11 @@
 #include "index.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -62,23 +65,37 @@ class TopN {
     buf_.push_back({s, leaf, pos});
     if (buf_.size() >= limit_) shrink();
   }
-  // Sorted best first, at most cap entries.
-  std::vector<Cand>& finish() {
+  // At most cap entries; sorted best first when `sorted`.
+  std::vector<Cand>& finish(bool sorted) {
     if (buf_.size() > cap_) shrink();
-    std::sort(buf_.begin(), buf_.end(), better);
+    if (sorted) std::sort(buf_.begin(), buf_.end(), better);
     return buf_;
   }
 
  private:
   void shrink() {
-    std::nth_element(buf_.begin(), buf_.begin() + (cap_ - 1), buf_.end(), better);
-    buf_.resize(cap_);
-    float worst = buf_[0].score;
-    for (const Cand& c : buf_) worst = std::min(worst, c.score);
-    thr_ = worst;
+    // Select on the scores alone (a float nth_element), then compact in place keeping the
+    // original order: everything above the cut, then ties with it up to cap.
+    tmp_.resize(buf_.size());
+    for (size_t i = 0; i < buf_.size(); ++i) tmp_[i] = buf_[i].score;
+    std::nth_element(tmp_.begin(), tmp_.begin() + (cap_ - 1), tmp_.end(), std::greater<float>());
+    const float cut = tmp_[cap_ - 1];
+    size_t above = 0;
+    for (const Cand& c : buf_) above += c.score > cut;
+    size_t ties = cap_ - above, w = 0;
+    for (size_t i = 0; i < buf_.size(); ++i) {
+      const Cand& c = buf_[i];
+      if (c.score > cut || (c.score == cut && ties > 0)) {
+        if (c.score == cut) --ties;
+        buf_[w++] = c;
+      }
+    }
+    buf_.resize(w);
+    thr_ = cut;
   }
   size_t cap_ = 1, limit_ = 2;
   std::vector<Cand> buf_;
+  std::vector<float> tmp_;
   float thr_;
 };
 
@@ -102,6 +119,18 @@ double norm_of(const float* x, size_t d) {
 }
 
 }  // namespace
+
+void advise_huge_pages(void* p, size_t bytes) {
+#if defined(MADV_HUGEPAGE)
+  const uintptr_t kHuge = uintptr_t(2) << 20;
+  uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);  // advice only: failure is harmless
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 struct Index::Scratch {
   std::vector<float> q, leaf_scores, lut, exact, w;
@@ -163,9 +192,12 @@ void Index::build_codebooks_t() {
 void Index::sync_views(Leaf& l) {
   l.codes_p = l.codes.data();
   l.ids_p = l.ids.data();
-  l.vecs_p = l.vecs.empty() ? nullptr : l.vecs.data();
-  l.vecs8_p = l.vecs8.empty() ? nullptr : l.vecs8.data();
   l.bias_p = l.bias.empty() ? nullptr : l.bias.data();
+}
+
+void Index::sync_store_views() {
+  rvec_p_ = rvec_.empty() ? nullptr : rvec_.data();
+  rvec8_p_ = rvec8_.empty() ? nullptr : rvec8_.data();
 }
 
 void Index::materialize() {
@@ -175,11 +207,18 @@ void Index::materialize() {
     size_t ng = (l.n + 31) / 32;
     l.codes.assign(l.codes_p, l.codes_p + ng * gb);
     l.ids.assign(l.ids_p, l.ids_p + l.n);
-    if (l.vecs_p) l.vecs.assign(l.vecs_p, l.vecs_p + size_t(l.n) * d);
-    if (l.vecs8_p) l.vecs8.assign(l.vecs8_p, l.vecs8_p + size_t(l.n) * d);
     if (l.bias_p) l.bias.assign(l.bias_p, l.bias_p + l.n);
     sync_views(l);
   }
+  if (rvec_p_ && rvec_.empty()) {
+    reserve_huge(rvec_, nslots_ * d);
+    rvec_.assign(rvec_p_, rvec_p_ + nslots_ * d);
+  }
+  if (rvec8_p_ && rvec8_.empty()) {
+    reserve_huge(rvec8_, nslots_ * d);
+    rvec8_.assign(rvec8_p_, rvec8_p_ + nslots_ * d);
+  }
+  sync_store_views();
   mapping_.reset();
 }
 
@@ -311,6 +350,11 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   stats_ = st;
   leaves_.assign(L, Leaf());
   for (Leaf& l : leaves_) sync_views(l);
+  std::vector<float>().swap(rvec_);
+  std::vector<int8_t>().swap(rvec8_);
+  std::vector<uint32_t>().swap(free_slots_);
+  nslots_ = 0;
+  sync_store_views();
   ntotal_ = 0;
   next_id_ = 0;
   {
@@ -384,6 +428,20 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   std::vector<uint8_t> codes;
   encode_points(x, n, nthreads, mon, leaf_of, codes);
   materialize();
+  // Slots for the new rows: freed ones first, then new ones at the end of the store.
+  std::vector<uint32_t> slot_of(n);
+  {
+    size_t reuse = std::min(n, free_slots_.size());
+    for (size_t i = 0; i < reuse; ++i) {
+      slot_of[i] = free_slots_.back();
+      free_slots_.pop_back();
+    }
+    if (nslots_ + (n - reuse) > 0xFFFFFFFFull) throw InvalidArgument("too many vectors (max 2^32 - 1)");
+    for (size_t i = reuse; i < n; ++i) slot_of[i] = static_cast<uint32_t>(nslots_++);
+    if (p_.reorder == ReorderMode::kFloat32) grow_huge(rvec_, nslots_ * d);
+    if (p_.reorder == ReorderMode::kInt8) grow_huge(rvec8_, nslots_ * d);
+    sync_store_views();
+  }
   std::vector<float> v(d);
   for (size_t i = 0; i < n; ++i) {
     Leaf& l = leaves_[leaf_of[i]];
@@ -392,12 +450,13 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     uint8_t* group = l.codes.data() + (pos / 32) * gb;
     for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, codes[i * M + m]);
     l.ids.push_back(new_ids[i]);
+    l.slots.push_back(slot_of[i]);
     prepare_vector(x + i * d, v.data());
-    if (p_.reorder == ReorderMode::kFloat32) l.vecs.insert(l.vecs.end(), v.begin(), v.end());
+    if (p_.reorder == ReorderMode::kFloat32) std::memcpy(&rvec_[size_t(slot_of[i]) * d], v.data(), d * sizeof(float));
     if (p_.reorder == ReorderMode::kInt8)
       for (size_t j = 0; j < d; ++j) {
         float t = std::nearbyint(v[j] / int8_scale_[j]);
-        l.vecs8.push_back(static_cast<int8_t>(std::max(-127.f, std::min(127.f, t))));
+        rvec8_[size_t(slot_of[i]) * d + j] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, t)));
       }
     if (p_.metric == Metric::kL2) {
       double s = 0;
@@ -430,15 +489,16 @@ size_t Index::remove(const int64_t* ids, size_t n) {
       uint8_t* gp = l.codes.data() + (pos / 32) * gb;
       for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
       l.ids[pos] = l.ids[last];
-      if (!l.vecs.empty()) std::memcpy(&l.vecs[pos * d], &l.vecs[last * d], d * sizeof(float));
-      if (!l.vecs8.empty()) std::memcpy(&l.vecs8[pos * d], &l.vecs8[last * d], d);
+      free_slots_.push_back(l.slots[pos]);
+      l.slots[pos] = l.slots[last];
       if (!l.bias.empty()) l.bias[pos] = l.bias[last];
       id_map_[l.ids[pos]] = (uint64_t(li) << 32) | pos;
+    } else {
+      free_slots_.push_back(l.slots[pos]);
     }
     for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
     l.ids.pop_back();
-    if (!l.vecs.empty()) l.vecs.resize(last * d);
-    if (!l.vecs8.empty()) l.vecs8.resize(last * d);
+    l.slots.pop_back();
     if (!l.bias.empty()) l.bias.pop_back();
     l.n--;
     if (l.n % 32 == 0) l.codes.resize((l.n / 32) * gb);
@@ -454,6 +514,11 @@ void Index::reset() {
   std::unique_lock<std::shared_mutex> lock(mu_);
   mapping_.reset();
   std::vector<Leaf>(nleaves_).swap(leaves_);  // frees the storage (assign would keep capacity)
+  std::vector<float>().swap(rvec_);
+  std::vector<int8_t>().swap(rvec8_);
+  std::vector<uint32_t>().swap(free_slots_);
+  nslots_ = 0;
+  sync_store_views();
   for (Leaf& l : leaves_) sync_views(l);
   ntotal_ = 0;
   next_id_ = 0;
@@ -504,14 +569,19 @@ size_t Index::memory_usage() const {
     if (mapping_) {
       size_t ng = (l.n + 31) / 32;
       b += ng * group_bytes() + l.n * sizeof(int64_t);
-      if (l.vecs_p) b += size_t(l.n) * p_.d * sizeof(float);
-      if (l.vecs8_p) b += size_t(l.n) * p_.d;
       if (l.bias_p) b += l.n * sizeof(float);
     } else {
-      b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) + l.vecs.capacity() * sizeof(float) +
-           l.vecs8.capacity() + l.bias.capacity() * sizeof(float);
+      b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) + l.bias.capacity() * sizeof(float);
     }
+    b += l.slots.capacity() * sizeof(uint32_t);
   }
+  if (mapping_) {
+    if (rvec_p_) b += nslots_ * p_.d * sizeof(float);
+    if (rvec8_p_) b += nslots_ * p_.d;
+  } else {
+    b += rvec_.capacity() * sizeof(float) + rvec8_.capacity();
+  }
+  b += free_slots_.capacity() * sizeof(uint32_t);
   std::lock_guard<std::mutex> g(id_map_mu_);
   if (id_map_valid_) b += id_map_.bucket_count() * sizeof(void*) + id_map_.size() * 32;
   return b;
@@ -623,7 +693,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     for (size_t c = 0; c < cnt; ++c)
       if (s.sc[c] > s.topn.threshold()) s.topn.push(s.sc[c], li, s.idx[c]);
   }
-  std::vector<Cand>& cands = s.topn.finish();
+  std::vector<Cand>& cands = s.topn.finish(!reorder);
 
   // 4. Exact re-scoring of the candidates.
   if (reorder && !cands.empty()) {
@@ -632,7 +702,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     if (p_.reorder == ReorderMode::kFloat32) {
       s.rows.resize(nc);
       for (size_t c = 0; c < nc; ++c) {
-        s.rows[c] = leaves_[cands[c].leaf].vecs_p + size_t(cands[c].pos) * d;
+        s.rows[c] = rvec_p_ + size_t(leaves_[cands[c].leaf].slots[cands[c].pos]) * d;
         const char* row = reinterpret_cast<const char*>(s.rows[c]);
         for (size_t off = 0; off < d * sizeof(float); off += 64) __builtin_prefetch(row + off);
       }
@@ -642,7 +712,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
       s.rows8.resize(nc);
       for (size_t c = 0; c < nc; ++c) {
-        s.rows8[c] = leaves_[cands[c].leaf].vecs8_p + size_t(cands[c].pos) * d;
+        s.rows8[c] = rvec8_p_ + size_t(leaves_[cands[c].leaf].slots[cands[c].pos]) * d;
         for (size_t off = 0; off < d; off += 64) __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
       }
       kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());

@@ -18,6 +18,31 @@
 
 namespace avq {
 
+// Advises the kernel to back [p, p + bytes) with transparent huge pages (no-op elsewhere).
+void advise_huge_pages(void* p, size_t bytes);
+
+// Grows v to n elements; a new buffer is reserved with room to grow and advised to use huge
+// pages before it is touched.
+template <class T>
+void grow_huge(std::vector<T>& v, size_t n) {
+  if (n > v.capacity()) {
+    std::vector<T> bigger;
+    bigger.reserve(std::max(n, v.capacity() + v.capacity() / 2));
+    advise_huge_pages(bigger.data(), bigger.capacity() * sizeof(T));
+    bigger.assign(v.begin(), v.end());
+    v.swap(bigger);
+  }
+  v.resize(n);
+}
+
+template <class T>
+void reserve_huge(std::vector<T>& v, size_t n) {
+  std::vector<T>().swap(v);
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(T));
+}
+
+
 enum class Metric : uint32_t { kDot = 0, kCosine = 1, kL2 = 2 };
 enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
 
@@ -110,14 +135,11 @@ class Index {
     uint32_t n = 0;
     std::vector<uint8_t> codes;  // packed: (ceil(n/32), num_blocks_pad, 16)
     std::vector<int64_t> ids;
-    std::vector<float> vecs;    // (n, d) float32 reorder vectors (normalised for cosine)
-    std::vector<int8_t> vecs8;  // (n, d) int8 reorder vectors
+    std::vector<uint32_t> slots;  // row of each point in the reorder store (rvec_ / rvec8_)
     std::vector<float> bias;    // l2 only: -0.5 * ||x||^2 per point
     // Views used by search: point into the vectors above or into a mapped file.
     const uint8_t* codes_p = nullptr;
     const int64_t* ids_p = nullptr;
-    const float* vecs_p = nullptr;
-    const int8_t* vecs8_p = nullptr;
     const float* bias_p = nullptr;
   };
   struct Scratch;
@@ -147,6 +169,16 @@ class Index {
   double threshold_used_ = std::numeric_limits<double>::quiet_NaN();
   std::shared_ptr<const EtaFunction> eta_fn_;  // per-point eta (tabulated once per training)
   std::vector<Leaf> leaves_;
+  // Reorder store: one allocation for all rows (advised to use huge pages: reordering reads
+  // random rows, and 4 KiB pages would cost a TLB miss per row). Layout (nslots, d), indexed
+  // by Leaf::slots; freed slots are reused by add(). Views point to owned or mapped data.
+  std::vector<float> rvec_;
+  std::vector<int8_t> rvec8_;
+  const float* rvec_p_ = nullptr;
+  const int8_t* rvec8_p_ = nullptr;
+  size_t nslots_ = 0;
+  std::vector<uint32_t> free_slots_;
+  void sync_store_views();
   int64_t next_id_ = 0;
   size_t ntotal_ = 0;
   std::shared_ptr<Mapping> mapping_;

@@ -281,11 +281,23 @@ std::string Index::serialize() const {
     w.add_owned("LSIZ", lw.take());
     ContainerWriter::Pieces ids, codes, vecs, vecs8, bias;
     const size_t d = p_.d, gb = group_bytes();
+    // Reorder rows are written in leaf order (a loaded index gets a compact store). Runs of
+    // consecutive slots become one piece (after a load or without removals: one per leaf).
+    const size_t row_bytes = p_.reorder == ReorderMode::kFloat32 ? d * sizeof(float) : d;
+    const uint8_t* store = p_.reorder == ReorderMode::kFloat32 ? reinterpret_cast<const uint8_t*>(rvec_p_)
+                                                               : reinterpret_cast<const uint8_t*>(rvec8_p_);
     for (const Leaf& l : leaves_) {
       ids.push_back({l.ids_p, l.n * sizeof(int64_t)});
       codes.push_back({l.codes_p, ((l.n + 31) / 32) * gb});
-      if (p_.reorder == ReorderMode::kFloat32) vecs.push_back({l.vecs_p, size_t(l.n) * d * sizeof(float)});
-      if (p_.reorder == ReorderMode::kInt8) vecs8.push_back({l.vecs8_p, size_t(l.n) * d});
+      if (p_.reorder != ReorderMode::kNone) {
+        for (size_t i = 0; i < l.n;) {
+          size_t j = i + 1;
+          while (j < l.n && l.slots[j] == l.slots[j - 1] + 1) ++j;
+          auto& pieces = p_.reorder == ReorderMode::kFloat32 ? vecs : vecs8;
+          pieces.push_back({store + size_t(l.slots[i]) * row_bytes, (j - i) * row_bytes});
+          i = j;
+        }
+      }
       if (p_.metric == Metric::kL2) bias.push_back({l.bias_p, l.n * sizeof(float)});
     }
     w.add("IDS_", ids);
@@ -415,22 +427,35 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     Leaf& leaf = idx->leaves_[l];
     leaf.n = static_cast<uint32_t>(sizes[l]);
     size_t ng = (leaf.n + 31) / 32;
+    leaf.slots.resize(leaf.n);
+    for (uint32_t i = 0; i < leaf.n; ++i) leaf.slots[i] = static_cast<uint32_t>(off + i);
     if (mapping) {
       leaf.codes_p = codes + goff * gb;
       leaf.ids_p = ids + off;
-      leaf.vecs_p = vecs ? vecs + off * d : nullptr;
-      leaf.vecs8_p = vecs8 ? vecs8 + off * d : nullptr;
       leaf.bias_p = bias ? bias + off : nullptr;
     } else {
       leaf.codes.assign(codes + goff * gb, codes + (goff + ng) * gb);
       leaf.ids.assign(ids + off, ids + off + leaf.n);
-      if (vecs) leaf.vecs.assign(vecs + off * d, vecs + (off + leaf.n) * d);
-      if (vecs8) leaf.vecs8.assign(vecs8 + off * d, vecs8 + (off + leaf.n) * d);
       if (bias) leaf.bias.assign(bias + off, bias + off + leaf.n);
       idx->sync_views(leaf);
     }
     off += leaf.n;
     goff += ng;
+  }
+  idx->nslots_ = ntotal;
+  if (mapping) {
+    idx->rvec_p_ = vecs;
+    idx->rvec8_p_ = vecs8;
+  } else {
+    if (vecs) {
+      reserve_huge(idx->rvec_, ntotal * d);
+      idx->rvec_.assign(vecs, vecs + ntotal * d);
+    }
+    if (vecs8) {
+      reserve_huge(idx->rvec8_, ntotal * d);
+      idx->rvec8_.assign(vecs8, vecs8 + ntotal * d);
+    }
+    idx->sync_store_views();
   }
   idx->ntotal_ = ntotal;
   idx->next_id_ = next_id;
