@@ -74,28 +74,63 @@ class TopN {
 
  private:
   void shrink() {
-    // Select on the scores alone (a float nth_element), then compact in place keeping the
+    // Find the cap-th best score with a branch-free quickselect (std::nth_element's
+    // mispredicted branches dominated the search profile), then compact in place keeping the
     // original order: everything above the cut, then ties with it up to cap.
     tmp_.resize(buf_.size());
     for (size_t i = 0; i < buf_.size(); ++i) tmp_[i] = buf_[i].score;
-    std::nth_element(tmp_.begin(), tmp_.begin() + (cap_ - 1), tmp_.end(), std::greater<float>());
-    const float cut = tmp_[cap_ - 1];
+    const float cut = kth_largest(tmp_, cap_ - 1, aux_);
     size_t above = 0;
     for (const Cand& c : buf_) above += c.score > cut;
     size_t ties = cap_ - above, w = 0;
     for (size_t i = 0; i < buf_.size(); ++i) {
       const Cand& c = buf_[i];
-      if (c.score > cut || (c.score == cut && ties > 0)) {
-        if (c.score == cut) --ties;
-        buf_[w++] = c;
-      }
+      const bool keep = c.score > cut || (c.score == cut && ties > 0);
+      ties -= keep && c.score == cut;
+      buf_[w] = c;
+      w += keep;
     }
     buf_.resize(w);
     thr_ = cut;
   }
+
+  // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch.
+ public:
+  static float kth_largest(std::vector<float>& v, size_t k, std::vector<float>& aux) {
+    aux.resize(v.size());
+    float* a = v.data();
+    float* b = aux.data();
+    size_t n = v.size();
+    while (n > 24) {
+      float x = a[0], y = a[n / 2], z = a[n - 1];
+      float pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+      size_t gt = 0, eq = 0;
+      for (size_t i = 0; i < n; ++i) {  // values > pivot to the front of b
+        b[gt] = a[i];
+        gt += a[i] > pivot;
+      }
+      if (k < gt) {
+        std::swap(a, b);
+        n = gt;
+        continue;
+      }
+      for (size_t i = 0; i < n; ++i) eq += a[i] == pivot;
+      if (k < gt + eq) return pivot;
+      size_t lt = 0;
+      for (size_t i = 0; i < n; ++i) {  // values < pivot
+        b[lt] = a[i];
+        lt += a[i] < pivot;
+      }
+      k -= gt + eq;
+      std::swap(a, b);
+      n = lt;
+    }
+    std::sort(a, a + n, std::greater<float>());
+    return a[k];
+  }
   size_t cap_ = 1, limit_ = 2;
   std::vector<Cand> buf_;
-  std::vector<float> tmp_;
+  std::vector<float> tmp_, aux_;
   float thr_;
 };
 
@@ -136,6 +171,7 @@ struct Index::Scratch {
   std::vector<float> q, leaf_scores, lut, exact, w;
   std::vector<uint32_t> idx;
   std::vector<std::pair<float, uint32_t>> leaf_sel;
+  std::vector<float> sel_tmp, sel_aux;
   std::vector<uint8_t> lut8;
   std::vector<uint16_t> acc;
   std::vector<float> sc;
@@ -629,13 +665,20 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   // 1. Leaves to probe: best nprobe by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id.
   s.leaf_scores.resize(probe_table_.ngroups * 16);
   probe_table_.score(q, !l2, s.leaf_scores.data());
-  s.leaf_sel.resize(L);
-  for (uint32_t l = 0; l < L; ++l) s.leaf_sel[l] = {s.leaf_scores[l], l};
+  // Branch-free: the nprobe-th best score, then the leaves above it (and ties, lowest id
+  // first), sorted best first.
+  s.sel_tmp.assign(s.leaf_scores.begin(), s.leaf_scores.begin() + L);
+  const float cut = nprobe < L ? TopN::kth_largest(s.sel_tmp, nprobe - 1, s.sel_aux)
+                               : -std::numeric_limits<float>::infinity();
+  s.leaf_sel.clear();
+  for (uint32_t l = 0; l < L; ++l)
+    if (s.leaf_scores[l] > cut) s.leaf_sel.push_back({s.leaf_scores[l], l});
+  for (uint32_t l = 0; l < L && s.leaf_sel.size() < nprobe; ++l)
+    if (s.leaf_scores[l] == cut) s.leaf_sel.push_back({cut, l});
   auto leaf_better = [](const std::pair<float, uint32_t>& a, const std::pair<float, uint32_t>& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
-  if (nprobe < L) std::nth_element(s.leaf_sel.begin(), s.leaf_sel.begin() + (nprobe - 1), s.leaf_sel.end(), leaf_better);
-  std::sort(s.leaf_sel.begin(), s.leaf_sel.begin() + nprobe, leaf_better);
+  std::sort(s.leaf_sel.begin(), s.leaf_sel.end(), leaf_better);
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
   //    global scale chosen so that the 16-bit accumulators cannot overflow.
