@@ -543,3 +543,19 @@ else:
 
     def test_fuzz_search_valid_or_clean_error():
         pytest.importorskip("hypothesis")
+
+
+def test_cosine_with_subnormal_norm_vectors_stays_finite():
+    """1/||x|| overflows float32 for subnormal-norm rows: normalisation must not produce inf/NaN."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 12)).astype(np.float32)
+    X[:5] *= np.float32(1e-39)
+    for cls_kwargs in ({"num_leaves": 4, "seed": 0}, None):
+        index = (avq_plugin.AVQIndex(metric="cosine", **cls_kwargs) if cls_kwargs
+                 else avq_plugin.ExactIndex("cosine"))
+        index.fit(X)
+        kw = {"leaves_to_search": 4, "reorder_k": 50} if cls_kwargs else {}
+        D, I = index.search(X[:10], k=5, **kw)
+        assert np.isfinite(D).all() and (I >= 0).all()
+        # A tiny vector is its own best match (cosine similarity 1).
+        assert I[0, 0] == 0 and abs(D[0, 0] - 1.0) < 1e-4

@@ -60,8 +60,8 @@ void ExactIndex::add(const float* x, size_t n, const int64_t* ids) {
     if (metric_ == Metric::kCosine) {
       double s = 0;
       for (size_t j = 0; j < d; ++j) s += double(xi[j]) * xi[j];
-      float inv = static_cast<float>(1.0 / std::sqrt(s));
-      for (size_t j = 0; j < d; ++j) vecs_.push_back(xi[j] * inv);
+      double nrm = std::sqrt(s);
+      for (size_t j = 0; j < d; ++j) vecs_.push_back(static_cast<float>(xi[j] / nrm));
     } else {
       vecs_.insert(vecs_.end(), xi, xi + d);
     }
@@ -116,8 +116,8 @@ void ExactIndex::search(const float* q, size_t nq, size_t k, int nthreads, float
         double s = 0;
         for (size_t j = 0; j < d; ++j) s += double(qi[j]) * qi[j];
         if (!(s > 0)) throw InvalidArgument("zero query vector under the cosine metric");
-        float inv = static_cast<float>(1.0 / std::sqrt(s));
-        for (size_t j = 0; j < d; ++j) qv[j] = qi[j] * inv;
+        double nrm = std::sqrt(s);
+        for (size_t j = 0; j < d; ++j) qv[j] = static_cast<float>(qi[j] / nrm);
       } else {
         std::memcpy(qv.data(), qi, d * sizeof(float));
       }

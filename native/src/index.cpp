@@ -213,8 +213,8 @@ void Index::prepare_vector(const float* x, float* out) const {
   if (p_.metric == Metric::kCosine) {
     double nrm = norm_of(x, d);
     if (!(nrm > 0)) throw InvalidArgument("zero vector under the cosine metric");
-    float inv = static_cast<float>(1.0 / nrm);
-    for (size_t j = 0; j < d; ++j) out[j] = x[j] * inv;
+    // Divide in double: 1/||x|| overflows float for subnormal-norm vectors.
+    for (size_t j = 0; j < d; ++j) out[j] = static_cast<float>(x[j] / nrm);
   } else {
     std::memcpy(out, x, d * sizeof(float));
   }
@@ -679,6 +679,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
   std::sort(s.leaf_sel.begin(), s.leaf_sel.end(), leaf_better);
+  nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
   //    global scale chosen so that the 16-bit accumulators cannot overflow.

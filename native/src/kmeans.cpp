@@ -77,8 +77,8 @@ void normalize_rows(float* c, size_t k, size_t d) {
     double s = 0;
     for (size_t t = 0; t < d; ++t) s += double(c[j * d + t]) * c[j * d + t];
     if (s > 0) {
-      float inv = static_cast<float>(1.0 / std::sqrt(s));
-      for (size_t t = 0; t < d; ++t) c[j * d + t] *= inv;
+      double nrm = std::sqrt(s);
+      for (size_t t = 0; t < d; ++t) c[j * d + t] = static_cast<float>(c[j * d + t] / nrm);
     }
   }
 }
