@@ -51,16 +51,20 @@ inline bool better(const Cand& a, const Cand& b) {
 
 // Keeps the `cap` best candidates: an append buffer of up to 2*cap entries, cut back to the
 // best cap by nth_element when full (amortised O(1) per push, as ScaNN's FastTopNeighbors).
+constexpr size_t kTopNSlack = 256;  // buffer room above cap before a cut
 class TopN {
  public:
   void reset(size_t cap) {
     cap_ = cap;
     buf_.clear();
-    limit_ = cap + std::max<size_t>(cap, 256);
+    limit_ = cap + std::max<size_t>(cap, kTopNSlack);
     buf_.reserve(limit_ + 1);
     thr_ = -std::numeric_limits<float>::infinity();
   }
   float threshold() const { return thr_; }
+  size_t size() const { return buf_.size(); }
+  // Raise the threshold when the buffer holds exactly the cap best seen so far.
+  void set_threshold(float t) { thr_ = t; }
   void push(float s, uint32_t leaf, uint32_t pos) {
     buf_.push_back({s, leaf, pos});
     if (buf_.size() >= limit_) shrink();
@@ -94,16 +98,17 @@ class TopN {
     thr_ = cut;
   }
 
-  // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch.
+  // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
  public:
-  static float kth_largest(std::vector<float>& v, size_t k, std::vector<float>& aux) {
+  template <class T>
+  static T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
     aux.resize(v.size());
-    float* a = v.data();
-    float* b = aux.data();
+    T* a = v.data();
+    T* b = aux.data();
     size_t n = v.size();
     while (n > 24) {
-      float x = a[0], y = a[n / 2], z = a[n - 1];
-      float pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+      T x = a[0], y = a[n / 2], z = a[n - 1];
+      T pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
       size_t gt = 0, eq = 0;
       for (size_t i = 0; i < n; ++i) {  // values > pivot to the front of b
         b[gt] = a[i];
@@ -125,7 +130,7 @@ class TopN {
       std::swap(a, b);
       n = lt;
     }
-    std::sort(a, a + n, std::greater<float>());
+    std::sort(a, a + n, std::greater<T>());
     return a[k];
   }
   size_t cap_ = 1, limit_ = 2;
@@ -172,6 +177,7 @@ struct Index::Scratch {
   std::vector<uint32_t> idx;
   std::vector<std::pair<float, uint32_t>> leaf_sel;
   std::vector<float> sel_tmp, sel_aux;
+  std::vector<uint64_t> keys, keys_tmp, keys_aux;
   std::vector<uint8_t> lut8;
   std::vector<uint16_t> acc;
   std::vector<float> sc;
@@ -665,20 +671,32 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   // 1. Leaves to probe: best nprobe by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id.
   s.leaf_scores.resize(probe_table_.ngroups * 16);
   probe_table_.score(q, !l2, s.leaf_scores.data());
-  // Branch-free: the nprobe-th best score, then the leaves above it (and ties, lowest id
-  // first), sorted best first.
-  s.sel_tmp.assign(s.leaf_scores.begin(), s.leaf_scores.begin() + L);
-  const float cut = nprobe < L ? TopN::kth_largest(s.sel_tmp, nprobe - 1, s.sel_aux)
-                               : -std::numeric_limits<float>::infinity();
-  s.leaf_sel.clear();
-  for (uint32_t l = 0; l < L; ++l)
-    if (s.leaf_scores[l] > cut) s.leaf_sel.push_back({s.leaf_scores[l], l});
-  for (uint32_t l = 0; l < L && s.leaf_sel.size() < nprobe; ++l)
-    if (s.leaf_scores[l] == cut) s.leaf_sel.push_back({cut, l});
-  auto leaf_better = [](const std::pair<float, uint32_t>& a, const std::pair<float, uint32_t>& b) {
-    return a.first != b.first ? a.first > b.first : a.second < b.second;
-  };
-  std::sort(s.leaf_sel.begin(), s.leaf_sel.end(), leaf_better);
+  // Best nprobe leaves, branch-free: one 64-bit key per leaf (order-preserving bits of the score,
+  // then the inverted leaf id so that ties go to the lower id), the nprobe-th largest key by
+  // selection, the keys at or above it, sorted.
+  {
+    s.keys.resize(L);
+    for (uint32_t l = 0; l < L; ++l) {
+      uint32_t u;
+      std::memcpy(&u, &s.leaf_scores[l], 4);
+      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+      s.keys[l] = (uint64_t(u) << 32) | uint32_t(~l);
+    }
+    s.keys_tmp.assign(s.keys.begin(), s.keys.end());  // the selection scrambles its input
+    const uint64_t cut = nprobe < L ? TopN::kth_largest(s.keys_tmp, nprobe - 1, s.keys_aux) : 0;
+    s.keys_aux.resize(L);
+    size_t w = 0;
+    for (uint32_t l = 0; l < L; ++l) {
+      s.keys_aux[w] = s.keys[l];
+      w += s.keys[l] >= cut;
+    }
+    std::sort(s.keys_aux.begin(), s.keys_aux.begin() + w, std::greater<uint64_t>());
+    s.leaf_sel.resize(w);
+    for (size_t i = 0; i < w; ++i) {
+      const uint32_t l = ~uint32_t(s.keys_aux[i]);
+      s.leaf_sel[i] = {s.leaf_scores[l], l};
+    }
+  }
   nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
@@ -734,6 +752,23 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
     size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias,
                                   s.topn.threshold(), s.idx.data(), s.sc.data());
+    if (s.topn.size() == 0 && cnt > cap) {
+      // First leaf: set the threshold to its cap-th best score directly instead of pushing
+      // every point and cutting back.
+      s.sel_tmp.assign(s.sc.begin(), s.sc.begin() + cnt);
+      const float cut0 = TopN::kth_largest(s.sel_tmp, cap - 1, s.sel_aux);
+      size_t ties = cap;
+      for (size_t c = 0; c < cnt; ++c) ties -= s.sc[c] > cut0;
+      for (size_t c = 0; c < cnt; ++c) {
+        const bool keep = s.sc[c] > cut0 || (s.sc[c] == cut0 && ties > 0);
+        if (keep) {
+          if (s.sc[c] == cut0) --ties;
+          s.topn.push(s.sc[c], li, s.idx[c]);
+        }
+      }
+      s.topn.set_threshold(cut0);
+      continue;
+    }
     for (size_t c = 0; c < cnt; ++c)
       if (s.sc[c] > s.topn.threshold()) s.topn.push(s.sc[c], li, s.idx[c]);
   }
