@@ -76,24 +76,28 @@ EtaFunction::EtaFunction(double threshold, double fixed_eta, bool scann_formula,
     plain_ = true;
     return;
   }
-  if (!scann_) {
-    // h(t) = log(eta(t) - 1) - log(t) + log(1 - t) is smooth on (0, 1): eta - 1 ~ c t near 0
-    // and ~ c' / (1 - t) near 1. Tabulate it on t_i = kGridMax * i / kGridSize, i >= 1.
-    grid_.resize(kGridSize + 1);
-    for (int i = 1; i <= kGridSize; ++i) {
-      double t = kGridMax * i / kGridSize;
-      double e = eta_exact_steps(t, d_, 1000);
-      grid_[i] = std::log(std::max(e - 1.0, 1e-300)) - std::log(t) + std::log1p(-t);
-    }
-    grid_[0] = 2 * grid_[1] - grid_[2];
+  unit_eta_ = scann_ ? eta_scann(threshold_, d_) : eta_exact(threshold_, d_);
+}
+
+void EtaFunction::build_grid() const {
+  // h(t) = log(eta(t) - 1) - log(t) + log(1 - t) is smooth on (0, 1): eta - 1 ~ c t near 0
+  // and ~ c' / (1 - t) near 1. Tabulate it on t_i = kGridMax * i / kGridSize, i >= 1.
+  grid_.resize(kGridSize + 1);
+  for (int i = 1; i <= kGridSize; ++i) {
+    double t = kGridMax * i / kGridSize;
+    double e = eta_exact_steps(t, d_, 1000);
+    grid_[i] = std::log(std::max(e - 1.0, 1e-300)) - std::log(t) + std::log1p(-t);
   }
+  grid_[0] = 2 * grid_[1] - grid_[2];
 }
 
 double EtaFunction::operator()(double norm) const {
   if (fixed_eta_ > 0) return fixed_eta_;
   if (plain_ || !(norm > 0)) return 1.0;
+  if (norm == 1.0) return unit_eta_;
   double t = threshold_ / norm;
   if (scann_) return eta_scann(t, d_);
+  std::call_once(grid_once_, [this] { build_grid(); });
   if (t >= kGridMax) return eta_exact(t, d_);
   double pos = t / kGridMax * kGridSize;
   int i = static_cast<int>(pos);

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "common.h"
@@ -37,10 +38,13 @@ class EtaFunction {
   bool plain() const { return plain_; }  // eta == 1 for every point (plain PQ)
 
  private:
+  void build_grid() const;
   double threshold_, fixed_eta_;
   bool scann_, plain_;
   int d_;
-  std::vector<double> grid_;  // g(t) on [0, kGridMax], see .cpp
+  double unit_eta_ = 1.0;             // eta at ||x|| = 1 (every vector under cosine)
+  mutable std::once_flag grid_once_;  // the grid is built on first use for another norm
+  mutable std::vector<double> grid_;  // h(t) on [0, kGridMax], see .cpp
 };
 
 // How d dimensions are cut into blocks: blocks of dims_per_block, the last takes the remainder.

@@ -52,52 +52,70 @@ inline bool better(const Cand& a, const Cand& b) {
 // Keeps the `cap` best candidates: an append buffer of up to 2*cap entries, cut back to the
 // best cap by nth_element when full (amortised O(1) per push, as ScaNN's FastTopNeighbors).
 constexpr size_t kTopNSlack = 256;  // buffer room above cap before a cut
+// Keeps the `cap` best approximate scores of a query. Survivors of each leaf's SIMD threshold
+// test are appended in bulk to a structure-of-arrays buffer; when it reaches cap + slack, it is
+// cut back to the cap best (a branch-free selection) and the threshold rises to the cut (the
+// scheme of ScaNN's FastTopNeighbors: amortised O(1) per candidate).
 class TopN {
  public:
   void reset(size_t cap) {
     cap_ = cap;
-    buf_.clear();
+    n_ = 0;
     limit_ = cap + std::max<size_t>(cap, kTopNSlack);
-    buf_.reserve(limit_ + 1);
     thr_ = -std::numeric_limits<float>::infinity();
   }
   float threshold() const { return thr_; }
-  size_t size() const { return buf_.size(); }
-  // Raise the threshold when the buffer holds exactly the cap best seen so far.
-  void set_threshold(float t) { thr_ = t; }
-  void push(float s, uint32_t leaf, uint32_t pos) {
-    buf_.push_back({s, leaf, pos});
-    if (buf_.size() >= limit_) shrink();
+  // Appends the candidates (sc[c], position idx[c] in `leaf`) whose score beats the threshold.
+  void append(const float* sc, const uint32_t* idx, size_t cnt, uint32_t leaf) {
+    if (n_ + cnt > scores_.size()) {
+      scores_.resize(n_ + cnt + limit_);
+      refs_.resize(n_ + cnt + limit_);
+    }
+    float* s = scores_.data() + n_;
+    uint64_t* r = refs_.data() + n_;
+    const uint64_t hi = uint64_t(leaf) << 32;
+    const float thr = thr_;
+    size_t w = 0;
+    for (size_t c = 0; c < cnt; ++c) {
+      s[w] = sc[c];
+      r[w] = hi | idx[c];
+      w += sc[c] > thr;
+    }
+    n_ += w;
+    if (n_ >= limit_) shrink();
   }
   // At most cap entries; sorted best first when `sorted`.
   std::vector<Cand>& finish(bool sorted) {
-    if (buf_.size() > cap_) shrink();
-    if (sorted) std::sort(buf_.begin(), buf_.end(), better);
-    return buf_;
+    if (n_ > cap_) shrink();
+    out_.resize(n_);
+    for (size_t i = 0; i < n_; ++i)
+      out_[i] = {scores_[i], static_cast<uint32_t>(refs_[i] >> 32), static_cast<uint32_t>(refs_[i])};
+    if (sorted) std::sort(out_.begin(), out_.end(), better);
+    return out_;
   }
 
  private:
   void shrink() {
-    // Find the cap-th best score with a branch-free quickselect (std::nth_element's
-    // mispredicted branches dominated the search profile), then compact in place keeping the
-    // original order: everything above the cut, then ties with it up to cap.
-    tmp_.resize(buf_.size());
-    for (size_t i = 0; i < buf_.size(); ++i) tmp_[i] = buf_[i].score;
+    // The cap-th best score, then an order-keeping compaction: everything above the cut, then
+    // ties with it (earliest first) up to cap.
+    tmp_.assign(scores_.begin(), scores_.begin() + n_);
     const float cut = kth_largest(tmp_, cap_ - 1, aux_);
     size_t above = 0;
-    for (const Cand& c : buf_) above += c.score > cut;
+    for (size_t i = 0; i < n_; ++i) above += scores_[i] > cut;
     size_t ties = cap_ - above, w = 0;
-    for (size_t i = 0; i < buf_.size(); ++i) {
-      const Cand& c = buf_[i];
-      const bool keep = c.score > cut || (c.score == cut && ties > 0);
-      ties -= keep && c.score == cut;
-      buf_[w] = c;
+    for (size_t i = 0; i < n_; ++i) {
+      const float v = scores_[i];
+      const bool keep = v > cut || (v == cut && ties > 0);
+      ties -= keep && v == cut;
+      scores_[w] = v;
+      refs_[w] = refs_[i];
       w += keep;
     }
-    buf_.resize(w);
+    n_ = w;
     thr_ = cut;
   }
 
+ public:
   // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
  public:
   template <class T>
@@ -133,10 +151,14 @@ class TopN {
     std::sort(a, a + n, std::greater<T>());
     return a[k];
   }
-  size_t cap_ = 1, limit_ = 2;
-  std::vector<Cand> buf_;
+
+ private:
+  size_t cap_ = 1, limit_ = 2, n_ = 0;
+  std::vector<float> scores_;
+  std::vector<uint64_t> refs_;  // (leaf << 32) | position
+  std::vector<Cand> out_;
   std::vector<float> tmp_, aux_;
-  float thr_;
+  float thr_ = 0;
 };
 
 inline void set_nibble(uint8_t* group, size_t m, size_t j, uint8_t code) {
@@ -347,7 +369,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
     if (nrm > 0) {
       // Zero vectors have no direction: they get plain PQ and stay out of the eta statistics.
       for (size_t j = 0; j < d; ++j) U[i * d + j] = static_cast<float>(xi[j] / nrm);
-      eta[i] = eta_fn(nrm);
+      eta[i] = eta_fn(p_.metric == Metric::kCosine ? 1.0 : nrm);  // cosine: unit by construction
       st.eta_min = std::min(st.eta_min, eta[i]);
       st.eta_max = std::max(st.eta_max, eta[i]);
       eta_sum += eta[i];
@@ -435,7 +457,7 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
         double eta = 1.0;
         if (nrm > 0 && !eta_fn.plain()) {
           for (size_t j = 0; j < d; ++j) u[j] = static_cast<float>(v[j] / nrm);
-          eta = std::max(1.0, eta_fn(nrm));
+          eta = std::max(1.0, eta_fn(p_.metric == Metric::kCosine ? 1.0 : nrm));
         }
         encode_anisotropic(r.data(), eta != 1.0 ? u.data() : nullptr, eta, layout_, codebooks_t_.data(),
                            codes.data() + i * M, sc);
@@ -752,25 +774,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
     size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias,
                                   s.topn.threshold(), s.idx.data(), s.sc.data());
-    if (s.topn.size() == 0 && cnt > cap) {
-      // First leaf: set the threshold to its cap-th best score directly instead of pushing
-      // every point and cutting back.
-      s.sel_tmp.assign(s.sc.begin(), s.sc.begin() + cnt);
-      const float cut0 = TopN::kth_largest(s.sel_tmp, cap - 1, s.sel_aux);
-      size_t ties = cap;
-      for (size_t c = 0; c < cnt; ++c) ties -= s.sc[c] > cut0;
-      for (size_t c = 0; c < cnt; ++c) {
-        const bool keep = s.sc[c] > cut0 || (s.sc[c] == cut0 && ties > 0);
-        if (keep) {
-          if (s.sc[c] == cut0) --ties;
-          s.topn.push(s.sc[c], li, s.idx[c]);
-        }
-      }
-      s.topn.set_threshold(cut0);
-      continue;
-    }
-    for (size_t c = 0; c < cnt; ++c)
-      if (s.sc[c] > s.topn.threshold()) s.topn.push(s.sc[c], li, s.idx[c]);
+    s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
 
