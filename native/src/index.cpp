@@ -102,11 +102,15 @@ class TopN {
     const float cut = kth_largest(tmp_, cap_ - 1, aux_);
     size_t above = 0;
     for (size_t i = 0; i < n_; ++i) above += scores_[i] > cut;
-    size_t ties = cap_ - above, w = 0;
+    // Ties with the cut are kept up to (not including) position tie_end: find it first, so that
+    // the compaction below has no loop-carried dependency but its write cursor.
+    size_t need = cap_ - above, tie_end = 0;
+    for (size_t i = 0; i < n_ && need > 0; ++i)
+      if (scores_[i] == cut && --need == 0) tie_end = i + 1;
+    size_t w = 0;
     for (size_t i = 0; i < n_; ++i) {
       const float v = scores_[i];
-      const bool keep = v > cut || (v == cut && ties > 0);
-      ties -= keep && v == cut;
+      const bool keep = (v > cut) | ((v == cut) & (i < tie_end));
       scores_[w] = v;
       refs_[w] = refs_[i];
       w += keep;
