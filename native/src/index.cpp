@@ -98,8 +98,7 @@ class TopN {
   void shrink() {
     // The cap-th best score, then an order-keeping compaction: everything above the cut, then
     // ties with it (earliest first) up to cap.
-    tmp_.assign(scores_.begin(), scores_.begin() + n_);
-    const float cut = kth_largest(tmp_, cap_ - 1, aux_);
+    const float cut = kth_largest_f32(scores_.data(), n_, cap_ - 1, sel_);
     size_t above = 0;
     for (size_t i = 0; i < n_; ++i) above += scores_[i] > cut;
     // Ties with the cut are kept up to (not including) position tie_end: find it first, so that
@@ -120,8 +119,41 @@ class TopN {
   }
 
  public:
-  // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
+  // The (k+1)-th largest of src[0..n) (k < n), src unchanged: quickselect whose order-keeping
+  // three-way partitions are the SIMD kernel partition_f32. scratch: 3 (n + 16) floats.
  public:
+  static float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch) {
+    const kernels::KernelTable& kt = kernels::active();
+    const size_t stride = n + 16;
+    if (scratch.size() < 3 * stride) scratch.resize(3 * stride);
+    float* buf[3] = {scratch.data(), scratch.data() + stride, scratch.data() + 2 * stride};
+    const float* a = src;
+    int cur = -1;  // which buffer holds a (-1: src)
+    while (n > 24) {
+      float x = a[0], y = a[n / 2], z = a[n - 1];
+      float pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+      const int o1 = cur == 0 ? 1 : 0, o2 = cur == 2 ? 1 : 2;
+      size_t g = 0, l = 0;
+      kt.partition_f32(a, n, pivot, buf[o1], buf[o2], &g, &l);
+      if (k < g) {
+        a = buf[o1];
+        cur = o1;
+        n = g;
+        continue;
+      }
+      if (k < n - l) return pivot;  // k falls among the values equal to the pivot
+      k -= n - l;
+      a = buf[o2];
+      cur = o2;
+      n = l;
+    }
+    float tail[24];
+    std::copy(a, a + n, tail);
+    std::sort(tail, tail + n, std::greater<float>());
+    return tail[k];
+  }
+
+  // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
   template <class T>
   static T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
     aux.resize(v.size());
@@ -161,7 +193,7 @@ class TopN {
   std::vector<float> scores_;
   std::vector<uint64_t> refs_;  // (leaf << 32) | position
   std::vector<Cand> out_;
-  std::vector<float> tmp_, aux_;
+  std::vector<float> sel_;
   float thr_ = 0;
 };
 

@@ -390,6 +390,29 @@ void test_dot_t16(const k::KernelTable& t, const k::KernelTable& ref) {
   }
 }
 
+// partition_f32: order-keeping split, identical counts and contents at every level.
+void test_partition(const k::KernelTable& t) {
+  std::mt19937 rng(99);
+  std::uniform_int_distribution<int> u(-20, 20);  // small integers: many ties with the pivot
+  for (size_t n : {0, 1, 7, 8, 15, 16, 17, 31, 100, 337}) {
+    std::vector<float> src(n);
+    for (float& v : src) v = static_cast<float>(u(rng)) * 0.25f;
+    for (float pivot : {-1.0f, 0.0f, 2.5f, 100.f}) {
+      std::vector<float> g(n + 16), l(n + 16);
+      size_t ng = 0, nl = 0;
+      t.partition_f32(src.data(), n, pivot, g.data(), l.data(), &ng, &nl);
+      std::vector<float> rg, rl;
+      for (float v : src) {
+        if (v > pivot) rg.push_back(v);
+        if (v < pivot) rl.push_back(v);
+      }
+      bool ok = ng == rg.size() && nl == rl.size() && std::equal(rg.begin(), rg.end(), g.begin()) &&
+                std::equal(rl.begin(), rl.end(), l.begin());
+      check(ok, std::string(k::level_name(t.level)) + " partition_f32 n=" + std::to_string(n));
+    }
+  }
+}
+
 int main() {
   test_dispatch();
   std::printf("best level: %s, active level: %s\n", k::level_name(k::best_supported_level()),
@@ -407,6 +430,7 @@ int main() {
     test_scan(*t);
     test_filter(*t, ref);
     test_dot_t16(*t, ref);
+    test_partition(*t);
     std::printf("level %s: %s\n", k::level_name(t->level), g_failed == before ? "ok" : "FAILURES");
   }
   // The active table (whatever AVQ_SIMD_LEVEL selected) is one of the tables tested above.

@@ -64,6 +64,12 @@ struct KernelTable {
   // each sum rounded to float; a different order from `dot`, identical at every level).
   // out holds ngroups*16 floats.
   void (*dot_t16)(const float* q, const float* ct, size_t ngroups, size_t d, float* out);
+
+  // Order-keeping three-way split around pivot (the step of the top-N selection): the values
+  // > pivot go to gt_out, the values < pivot to lt_out, in their original order; returns the
+  // two counts. Both outputs must hold n + 16 floats (entries past the counts are unspecified).
+  void (*partition_f32)(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
+                        size_t* n_lt);
 };
 
 // Implementations (each defined in its own TU; the AVX ones only exist on x86-64 builds).

@@ -382,9 +382,41 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
   }
 }
 
+// 8 values per step; the compare masks pick left-packing permutations (kCompress) and full
+// 8-lane stores go to the current counts (outputs have 16 floats of slack).
+void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
+                   size_t* n_lt) {
+  const __m256 vp = _mm256_set1_ps(pivot);
+  const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i nibble_mask = _mm256_set1_epi32(0xF);
+  size_t g = 0, l = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(src + i);
+    const unsigned mg = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, vp, _CMP_GT_OQ)));
+    const unsigned ml = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, vp, _CMP_LT_OQ)));
+    const __m256i pg = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.v[mg])), nibble_shifts), nibble_mask);
+    const __m256i pl = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.v[ml])), nibble_shifts), nibble_mask);
+    _mm256_storeu_ps(gt_out + g, _mm256_permutevar8x32_ps(v, pg));
+    _mm256_storeu_ps(lt_out + l, _mm256_permutevar8x32_ps(v, pl));
+    g += static_cast<size_t>(__builtin_popcount(mg));
+    l += static_cast<size_t>(__builtin_popcount(ml));
+  }
+  for (; i < n; ++i) {
+    const float v = src[i];
+    gt_out[g] = v;
+    g += v > pivot;
+    lt_out[l] = v;
+    l += v < pivot;
+  }
+  *n_gt = g;
+  *n_lt = l;
+}
+
 constexpr KernelTable kTable = {
     SimdLevel::kAvx2, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
-    &dot_gather,      &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16,
+    &dot_gather,      &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16, &partition_f32,
 };
 
 }  // namespace

@@ -153,9 +153,23 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
   }
 }
 
+void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
+                   size_t* n_lt) {
+  size_t g = 0, l = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = src[i];
+    gt_out[g] = v;
+    g += v > pivot;
+    lt_out[l] = v;
+    l += v < pivot;
+  }
+  *n_gt = g;
+  *n_lt = l;
+}
+
 constexpr KernelTable kTable = {
     SimdLevel::kScalar, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
-    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16,
+    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16, &partition_f32,
 };
 
 }  // namespace
