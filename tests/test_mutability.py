@@ -282,3 +282,35 @@ def test_properties_follow_content(data):
     assert e.ntotal == len(e) == 3 and e.d == X.shape[1] and e.is_trained
     e.fit(X[:5])  # fit replaces the content
     assert e.ntotal == 5 and sorted(e.get_ids().tolist()) == list(range(5))
+
+
+@pytest.mark.parametrize("reorder", ["float32", "int8"])
+def test_many_small_adds_and_removes_keep_rows_consistent(reorder):
+    """Leaves outgrow their room in the re-ranking store (they move; holes are compacted later):
+    every stored row must stay attached to its id through adds, removes and a save/load."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((3000, 20)).astype(np.float32)
+    index = avq_plugin.AVQIndex(metric="dot", num_leaves=8, reorder=reorder, seed=0).fit(X[:200])
+    present = {i: X[i] for i in range(200)}
+    next_id = 200
+    for step in range(40):
+        batch = X[next_id:next_id + 70]
+        ids = np.arange(next_id, next_id + len(batch))
+        index.add(batch, ids=ids)
+        present.update(zip(ids.tolist(), batch))
+        next_id += len(batch)
+        victims = rng.choice(sorted(present), size=25, replace=False)
+        assert index.remove(victims) == 25
+        for v in victims.tolist():
+            del present[v]
+    assert index.ntotal == len(present)
+    probe_ids = np.array(sorted(present)[::37])
+    for idx in (index, avq_plugin.AVQIndex.from_bytes(index.to_bytes())):
+        Q = np.stack([present[i] for i in probe_ids])
+        D, I = idx.search(Q, k=5, leaves_to_search=8, reorder_k=idx.ntotal)
+        # Exhaustive re-ranking: the returned scores are the exact (or int8) inner products of
+        # the returned ids' own vectors.
+        exact = np.einsum("ij,ij->i", Q, np.stack([present[i] for i in I[:, 0]]))
+        tol = 1e-4 if reorder == "float32" else 0.05 * np.abs(exact).max()
+        assert np.allclose(D[:, 0], exact, atol=tol)
+        assert set(I.ravel().tolist()) <= set(present)

@@ -295,6 +295,41 @@ void Index::sync_views(Leaf& l) {
   l.bias_p = l.bias.empty() ? nullptr : l.bias.data();
 }
 
+void Index::clear_arena() {
+  std::vector<float>().swap(rvec_);
+  std::vector<int8_t>().swap(rvec8_);
+  arena_rows_ = hole_rows_ = 0;
+  for (Leaf& l : leaves_) l.row_off = l.row_cap = 0;
+  sync_store_views();
+}
+
+void Index::compact_arena() {
+  // Rewrite the arena leaf by leaf without holes (room = size).
+  if (p_.reorder == ReorderMode::kNone) return;
+  const size_t d = p_.d;
+  size_t rows = 0;
+  for (const Leaf& l : leaves_) rows += l.n;
+  std::vector<float> nv;
+  std::vector<int8_t> n8;
+  if (p_.reorder == ReorderMode::kFloat32) reserve_huge(nv, rows * d);
+  if (p_.reorder == ReorderMode::kInt8) reserve_huge(n8, rows * d);
+  size_t off = 0;
+  for (Leaf& l : leaves_) {
+    if (p_.reorder == ReorderMode::kFloat32)
+      nv.insert(nv.end(), rvec_.begin() + l.row_off * d, rvec_.begin() + (l.row_off + l.n) * d);
+    if (p_.reorder == ReorderMode::kInt8)
+      n8.insert(n8.end(), rvec8_.begin() + l.row_off * d, rvec8_.begin() + (l.row_off + l.n) * d);
+    l.row_off = off;
+    l.row_cap = l.n;
+    off += l.n;
+  }
+  rvec_.swap(nv);
+  rvec8_.swap(n8);
+  arena_rows_ = rows;
+  hole_rows_ = 0;
+  sync_store_views();
+}
+
 void Index::sync_store_views() {
   rvec_p_ = rvec_.empty() ? nullptr : rvec_.data();
   rvec8_p_ = rvec8_.empty() ? nullptr : rvec8_.data();
@@ -311,12 +346,12 @@ void Index::materialize() {
     sync_views(l);
   }
   if (rvec_p_ && rvec_.empty()) {
-    reserve_huge(rvec_, nslots_ * d);
-    rvec_.assign(rvec_p_, rvec_p_ + nslots_ * d);
+    reserve_huge(rvec_, arena_rows_ * d);
+    rvec_.assign(rvec_p_, rvec_p_ + arena_rows_ * d);
   }
   if (rvec8_p_ && rvec8_.empty()) {
-    reserve_huge(rvec8_, nslots_ * d);
-    rvec8_.assign(rvec8_p_, rvec8_p_ + nslots_ * d);
+    reserve_huge(rvec8_, arena_rows_ * d);
+    rvec8_.assign(rvec8_p_, rvec8_p_ + arena_rows_ * d);
   }
   sync_store_views();
   mapping_.reset();
@@ -450,11 +485,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   stats_ = st;
   leaves_.assign(L, Leaf());
   for (Leaf& l : leaves_) sync_views(l);
-  std::vector<float>().swap(rvec_);
-  std::vector<int8_t>().swap(rvec8_);
-  std::vector<uint32_t>().swap(free_slots_);
-  nslots_ = 0;
-  sync_store_views();
+  clear_arena();
   ntotal_ = 0;
   next_id_ = 0;
   {
@@ -528,18 +559,32 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   std::vector<uint8_t> codes;
   encode_points(x, n, nthreads, mon, leaf_of, codes);
   materialize();
-  // Slots for the new rows: freed ones first, then new ones at the end of the store.
-  std::vector<uint32_t> slot_of(n);
-  {
-    size_t reuse = std::min(n, free_slots_.size());
-    for (size_t i = 0; i < reuse; ++i) {
-      slot_of[i] = free_slots_.back();
-      free_slots_.pop_back();
+  if (p_.reorder != ReorderMode::kNone) {
+    // Room in the arena: a leaf that needs more moves to the end (exactly sized when it was
+    // empty, as in fit(); with 50% slack when it grows).
+    std::vector<size_t> more(nleaves_, 0);
+    for (size_t i = 0; i < n; ++i) more[leaf_of[i]]++;
+    std::vector<std::pair<size_t, size_t>> moves;  // (leaf, old offset)
+    for (size_t l = 0; l < nleaves_; ++l) {
+      Leaf& leaf = leaves_[l];
+      const size_t need = leaf.n + more[l];
+      if (need <= leaf.row_cap) continue;
+      const size_t cap = leaf.n == 0 ? need : need + need / 2;
+      if (cap > 0xFFFFFFFFull) throw InvalidArgument("too many vectors in one leaf");
+      if (leaf.n) moves.push_back({l, leaf.row_off});
+      hole_rows_ += leaf.row_cap;
+      leaf.row_off = arena_rows_;
+      leaf.row_cap = static_cast<uint32_t>(cap);
+      arena_rows_ += cap;
     }
-    if (nslots_ + (n - reuse) > 0xFFFFFFFFull) throw InvalidArgument("too many vectors (max 2^32 - 1)");
-    for (size_t i = reuse; i < n; ++i) slot_of[i] = static_cast<uint32_t>(nslots_++);
-    if (p_.reorder == ReorderMode::kFloat32) grow_huge(rvec_, nslots_ * d);
-    if (p_.reorder == ReorderMode::kInt8) grow_huge(rvec8_, nslots_ * d);
+    if (p_.reorder == ReorderMode::kFloat32) grow_huge(rvec_, arena_rows_ * d);
+    if (p_.reorder == ReorderMode::kInt8) grow_huge(rvec8_, arena_rows_ * d);
+    for (const auto& mv : moves) {
+      const Leaf& leaf = leaves_[mv.first];
+      if (!rvec_.empty())
+        std::memcpy(&rvec_[leaf.row_off * d], &rvec_[mv.second * d], size_t(leaf.n) * d * sizeof(float));
+      if (!rvec8_.empty()) std::memcpy(&rvec8_[leaf.row_off * d], &rvec8_[mv.second * d], size_t(leaf.n) * d);
+    }
     sync_store_views();
   }
   std::vector<float> v(d);
@@ -550,13 +595,13 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     uint8_t* group = l.codes.data() + (pos / 32) * gb;
     for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, codes[i * M + m]);
     l.ids.push_back(new_ids[i]);
-    l.slots.push_back(slot_of[i]);
+    const size_t row = l.row_off + pos;
     prepare_vector(x + i * d, v.data());
-    if (p_.reorder == ReorderMode::kFloat32) std::memcpy(&rvec_[size_t(slot_of[i]) * d], v.data(), d * sizeof(float));
+    if (p_.reorder == ReorderMode::kFloat32) std::memcpy(&rvec_[row * d], v.data(), d * sizeof(float));
     if (p_.reorder == ReorderMode::kInt8)
       for (size_t j = 0; j < d; ++j) {
         float t = std::nearbyint(v[j] / int8_scale_[j]);
-        rvec8_[size_t(slot_of[i]) * d + j] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, t)));
+        rvec8_[row * d + j] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, t)));
       }
     if (p_.metric == Metric::kL2) {
       double s = 0;
@@ -569,6 +614,7 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   for (Leaf& l : leaves_) sync_views(l);
   for (int64_t id : new_ids) next_id_ = std::max(next_id_, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
   ntotal_ += n;
+  if (hole_rows_ > arena_rows_ / 2) compact_arena();
 }
 
 size_t Index::remove(const int64_t* ids, size_t n) {
@@ -589,16 +635,13 @@ size_t Index::remove(const int64_t* ids, size_t n) {
       uint8_t* gp = l.codes.data() + (pos / 32) * gb;
       for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
       l.ids[pos] = l.ids[last];
-      free_slots_.push_back(l.slots[pos]);
-      l.slots[pos] = l.slots[last];
+      if (!rvec_.empty()) std::memcpy(&rvec_[(l.row_off + pos) * d], &rvec_[(l.row_off + last) * d], d * sizeof(float));
+      if (!rvec8_.empty()) std::memcpy(&rvec8_[(l.row_off + pos) * d], &rvec8_[(l.row_off + last) * d], d);
       if (!l.bias.empty()) l.bias[pos] = l.bias[last];
       id_map_[l.ids[pos]] = (uint64_t(li) << 32) | pos;
-    } else {
-      free_slots_.push_back(l.slots[pos]);
     }
     for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
     l.ids.pop_back();
-    l.slots.pop_back();
     if (!l.bias.empty()) l.bias.pop_back();
     l.n--;
     if (l.n % 32 == 0) l.codes.resize((l.n / 32) * gb);
@@ -614,11 +657,7 @@ void Index::reset() {
   std::unique_lock<std::shared_mutex> lock(mu_);
   mapping_.reset();
   std::vector<Leaf>(nleaves_).swap(leaves_);  // frees the storage (assign would keep capacity)
-  std::vector<float>().swap(rvec_);
-  std::vector<int8_t>().swap(rvec8_);
-  std::vector<uint32_t>().swap(free_slots_);
-  nslots_ = 0;
-  sync_store_views();
+  clear_arena();
   for (Leaf& l : leaves_) sync_views(l);
   ntotal_ = 0;
   next_id_ = 0;
@@ -673,15 +712,13 @@ size_t Index::memory_usage() const {
     } else {
       b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) + l.bias.capacity() * sizeof(float);
     }
-    b += l.slots.capacity() * sizeof(uint32_t);
   }
   if (mapping_) {
-    if (rvec_p_) b += nslots_ * p_.d * sizeof(float);
-    if (rvec8_p_) b += nslots_ * p_.d;
+    if (rvec_p_) b += arena_rows_ * p_.d * sizeof(float);
+    if (rvec8_p_) b += arena_rows_ * p_.d;
   } else {
     b += rvec_.capacity() * sizeof(float) + rvec8_.capacity();
   }
-  b += free_slots_.capacity() * sizeof(uint32_t);
   std::lock_guard<std::mutex> g(id_map_mu_);
   if (id_map_valid_) b += id_map_.bucket_count() * sizeof(void*) + id_map_.size() * 32;
   return b;
@@ -821,7 +858,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     if (p_.reorder == ReorderMode::kFloat32) {
       s.rows.resize(nc);
       for (size_t c = 0; c < nc; ++c) {
-        s.rows[c] = rvec_p_ + size_t(leaves_[cands[c].leaf].slots[cands[c].pos]) * d;
+        s.rows[c] = rvec_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
         const char* row = reinterpret_cast<const char*>(s.rows[c]);
         for (size_t off = 0; off < d * sizeof(float); off += 64) __builtin_prefetch(row + off);
       }
@@ -831,7 +868,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
       s.rows8.resize(nc);
       for (size_t c = 0; c < nc; ++c) {
-        s.rows8[c] = rvec8_p_ + size_t(leaves_[cands[c].leaf].slots[cands[c].pos]) * d;
+        s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
         for (size_t off = 0; off < d; off += 64) __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
       }
       kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());

@@ -135,7 +135,8 @@ class Index {
     uint32_t n = 0;
     std::vector<uint8_t> codes;  // packed: (ceil(n/32), num_blocks_pad, 16)
     std::vector<int64_t> ids;
-    std::vector<uint32_t> slots;  // row of each point in the reorder store (rvec_ / rvec8_)
+    uint64_t row_off = 0;  // the leaf's rows in the reorder arena: [row_off, row_off + n)
+    uint32_t row_cap = 0;  // rows reserved there
     std::vector<float> bias;    // l2 only: -0.5 * ||x||^2 per point
     // Views used by search: point into the vectors above or into a mapped file.
     const uint8_t* codes_p = nullptr;
@@ -169,15 +170,17 @@ class Index {
   double threshold_used_ = std::numeric_limits<double>::quiet_NaN();
   std::shared_ptr<const EtaFunction> eta_fn_;  // per-point eta (tabulated once per training)
   std::vector<Leaf> leaves_;
-  // Reorder store: one allocation for all rows (advised to use huge pages: reordering reads
-  // random rows, and 4 KiB pages would cost a TLB miss per row). Layout (nslots, d), indexed
-  // by Leaf::slots; freed slots are reused by add(). Views point to owned or mapped data.
+  // Reorder arena: one allocation for all rows (advised to use huge pages), leaf by leaf, so a
+  // candidate's row is at leaf.row_off + position with no indirection. A leaf that outgrows its
+  // room moves to the end (its old rows become a hole; the arena is compacted when holes pass
+  // half of it, and files are always written compact). Layout (arena_rows_, d).
   std::vector<float> rvec_;
   std::vector<int8_t> rvec8_;
   const float* rvec_p_ = nullptr;
   const int8_t* rvec8_p_ = nullptr;
-  size_t nslots_ = 0;
-  std::vector<uint32_t> free_slots_;
+  size_t arena_rows_ = 0, hole_rows_ = 0;
+  void compact_arena();
+  void clear_arena();
   void sync_store_views();
   int64_t next_id_ = 0;
   size_t ntotal_ = 0;

@@ -281,23 +281,15 @@ std::string Index::serialize() const {
     w.add_owned("LSIZ", lw.take());
     ContainerWriter::Pieces ids, codes, vecs, vecs8, bias;
     const size_t d = p_.d, gb = group_bytes();
-    // Reorder rows are written in leaf order (a loaded index gets a compact store). Runs of
-    // consecutive slots become one piece (after a load or without removals: one per leaf).
+    // Reorder rows are written leaf by leaf, without the arena's holes.
     const size_t row_bytes = p_.reorder == ReorderMode::kFloat32 ? d * sizeof(float) : d;
     const uint8_t* store = p_.reorder == ReorderMode::kFloat32 ? reinterpret_cast<const uint8_t*>(rvec_p_)
                                                                : reinterpret_cast<const uint8_t*>(rvec8_p_);
     for (const Leaf& l : leaves_) {
       ids.push_back({l.ids_p, l.n * sizeof(int64_t)});
       codes.push_back({l.codes_p, ((l.n + 31) / 32) * gb});
-      if (p_.reorder != ReorderMode::kNone) {
-        for (size_t i = 0; i < l.n;) {
-          size_t j = i + 1;
-          while (j < l.n && l.slots[j] == l.slots[j - 1] + 1) ++j;
-          auto& pieces = p_.reorder == ReorderMode::kFloat32 ? vecs : vecs8;
-          pieces.push_back({store + size_t(l.slots[i]) * row_bytes, (j - i) * row_bytes});
-          i = j;
-        }
-      }
+      if (p_.reorder != ReorderMode::kNone)
+        (p_.reorder == ReorderMode::kFloat32 ? vecs : vecs8).push_back({store + l.row_off * row_bytes, l.n * row_bytes});
       if (p_.metric == Metric::kL2) bias.push_back({l.bias_p, l.n * sizeof(float)});
     }
     w.add("IDS_", ids);
@@ -427,8 +419,8 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     Leaf& leaf = idx->leaves_[l];
     leaf.n = static_cast<uint32_t>(sizes[l]);
     size_t ng = (leaf.n + 31) / 32;
-    leaf.slots.resize(leaf.n);
-    for (uint32_t i = 0; i < leaf.n; ++i) leaf.slots[i] = static_cast<uint32_t>(off + i);
+    leaf.row_off = off;
+    leaf.row_cap = leaf.n;
     if (mapping) {
       leaf.codes_p = codes + goff * gb;
       leaf.ids_p = ids + off;
@@ -442,7 +434,7 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     off += leaf.n;
     goff += ng;
   }
-  idx->nslots_ = ntotal;
+  idx->arena_rows_ = (vecs || vecs8) ? ntotal : 0;
   if (mapping) {
     idx->rvec_p_ = vecs;
     idx->rvec8_p_ = vecs8;
