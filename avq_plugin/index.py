@@ -253,7 +253,7 @@ class AVQIndex:
             eta_scann=self.eta_formula == "scann",
             avq_iterations=self.training_iterations,
             kmeans_iterations=self.kmeans_iterations,
-            pq_kmeans_iterations=15,
+            pq_kmeans_iterations=10,
             training_sample_size=self.training_sample_size or 0,
             seed=self.seed,
             reorder=self.reorder,

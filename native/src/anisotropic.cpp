@@ -154,11 +154,17 @@ double encode_anisotropic(const float* r, const float* u, double eta, const Bloc
         for (int k = 0; k < K; ++k) par[k] += uj * (rj - Cj[k]);
       }
     }
-    int best = 0;
+    // Branch-free argmin (the winner is unpredictable): the values are >= 0, so their bit
+    // patterns order like them; the low word breaks ties towards the lower index.
+    uint64_t key = UINT64_MAX;
     for (int k = 0; k < K; ++k) {
       n2[k] = acc[k];
-      if (acc[k] < acc[best]) best = k;
+      uint32_t bits;
+      std::memcpy(&bits, &acc[k], 4);
+      const uint64_t kk = (uint64_t(bits) << 32) | uint32_t(k);
+      key = kk < key ? kk : key;
     }
+    const int best = static_cast<int>(uint32_t(key));
     if (aniso)
       for (int k = 0; k < K; ++k) sc.par[m * K + k] = par[k];
     codes[m] = static_cast<uint8_t>(best);
@@ -180,9 +186,16 @@ double encode_anisotropic(const float* r, const float* u, double eta, const Bloc
         float v = rest + par[k];
         cost[k] = n2[k] + wf * (v * v);
       }
-      int best = cur;
-      for (int k = 0; k < K; ++k)
-        if (cost[k] < cost[best]) best = k;
+      // The smallest cost, keeping the current centre on ties, then the lowest index.
+      uint64_t key = UINT64_MAX;
+      for (int k = 0; k < K; ++k) {
+        uint32_t bits;
+        std::memcpy(&bits, &cost[k], 4);
+        const uint64_t kk = (uint64_t(bits) << 32) | uint32_t(k == cur ? 0 : k + 1);
+        key = kk < key ? kk : key;
+      }
+      const uint32_t low = uint32_t(key);
+      const int best = low == 0 ? cur : int(low) - 1;
       if (best != cur) {
         changed = true;
         codes[m] = static_cast<uint8_t>(best);

@@ -75,8 +75,8 @@ double encode_anisotropic(const float* r, const float* u, double eta, const Bloc
                           uint8_t* codes, EncodeScratch& scratch, int max_rounds = 10);
 
 struct CodebookTrainOptions {
-  int kmeans_iterations = 15;
-  size_t kmeans_sample = 32768;  // rows used by the per-block k-means initialisation
+  int kmeans_iterations = 10;
+  size_t kmeans_sample = 16384;  // rows used by the per-block k-means initialisation (1k per centre)
   int avq_iterations = 8;  // alternations of (encode, least-squares codebook update); 0 = encode-only
   int cg_iterations = 12;
   uint64_t seed = 0;

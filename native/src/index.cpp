@@ -559,11 +559,21 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   std::vector<uint8_t> codes;
   encode_points(x, n, nthreads, mon, leaf_of, codes);
   materialize();
+  std::vector<size_t> more(nleaves_, 0);
+  for (size_t i = 0; i < n; ++i) more[leaf_of[i]]++;
+  // Per-leaf arrays grow exactly when the leaf was empty (fit), else with 50% slack: vector
+  // doubling would waste up to half of the codes and ids.
+  for (size_t l = 0; l < nleaves_; ++l) {
+    if (more[l] == 0) continue;
+    Leaf& leaf = leaves_[l];
+    const size_t need = leaf.n + more[l], room = leaf.n == 0 ? need : need + need / 2;
+    if (leaf.ids.capacity() < need) leaf.ids.reserve(room);
+    if (leaf.codes.capacity() < ((need + 31) / 32) * gb) leaf.codes.reserve(((room + 31) / 32) * gb);
+    if (p_.metric == Metric::kL2 && leaf.bias.capacity() < need) leaf.bias.reserve(room);
+  }
   if (p_.reorder != ReorderMode::kNone) {
     // Room in the arena: a leaf that needs more moves to the end (exactly sized when it was
     // empty, as in fit(); with 50% slack when it grows).
-    std::vector<size_t> more(nleaves_, 0);
-    for (size_t i = 0; i < n; ++i) more[leaf_of[i]]++;
     std::vector<std::pair<size_t, size_t>> moves;  // (leaf, old offset)
     for (size_t l = 0; l < nleaves_; ++l) {
       Leaf& leaf = leaves_[l];

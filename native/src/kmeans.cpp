@@ -47,12 +47,17 @@ void assign_block(const float* x, size_t begin, size_t end, size_t d, const floa
             sg[l] += e * e;
           }
         }
-      best_s = scores[0];
-      for (size_t j = 1; j < k; ++j)
-        if (scores[j] < best_s) {
-          best_s = scores[j];
-          best = static_cast<uint32_t>(j);
-        }
+      // Branch-free argmin (the winner is unpredictable): squared distances are >= 0, so their
+      // bit patterns order like the values; the low word breaks ties towards the lower index.
+      uint64_t key = UINT64_MAX;
+      for (size_t j = 0; j < k; ++j) {
+        uint32_t bits;
+        std::memcpy(&bits, &scores[j], 4);
+        const uint64_t kj = (uint64_t(bits) << 32) | j;
+        key = kj < key ? kj : key;
+      }
+      best = static_cast<uint32_t>(key);
+      best_s = scores[best];
     } else {
       ct->score(xi, by_dot, scores.data());
       best_s = scores[0];
