@@ -111,7 +111,7 @@ class AVQIndex:
         reorder="float32",
         leaves_to_search=None,
         reorder_k=None,
-        training_iterations=4,
+        training_iterations=3,
         kmeans_iterations=10,
         training_sample_size=None,
         num_threads=None,

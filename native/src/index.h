@@ -57,7 +57,7 @@ struct IndexParams {
   double threshold = std::numeric_limits<double>::quiet_NaN();  // T; NaN: none
   double eta = 0;            // > 0: fixed eta for every point (overrides threshold)
   bool eta_scann = false;    // ScaNN's limit formula instead of the exact one
-  uint32_t avq_iterations = 4;      // encode / codebook-update alternations (0: encode-only)
+  uint32_t avq_iterations = 3;      // encode / codebook-update alternations (0: encode-only)
   uint32_t kmeans_iterations = 10;  // partitioner Lloyd iterations
   uint32_t pq_kmeans_iterations = 10;
   uint64_t training_sample_size = 0;  // 0: min(n, 100000)
