@@ -42,7 +42,30 @@ class _Progress:
         print(msg, file=sys.stderr, flush=True)
 
 
-class AVQIndex:
+class _NativeWrapper:
+    """What both index types share: the wrapped native object and its size."""
+
+    _index = None
+
+    @property
+    def ntotal(self):
+        """Number of indexed vectors."""
+        return 0 if self._index is None else self._index.ntotal
+
+    def __len__(self):
+        return self.ntotal
+
+    @property
+    def d(self):
+        """Dimension (None before the first training or add)."""
+        return None if self._index is None else self._index.d
+
+    def memory_usage(self):
+        """Bytes held by the index."""
+        return 0 if self._index is None else self._index.memory_usage()
+
+
+class AVQIndex(_NativeWrapper):
     """Approximate nearest-neighbour index with anisotropic vector quantization.
 
     A k-means partition of the data into ``num_leaves`` leaves; every vector is stored as its
@@ -155,19 +178,6 @@ class AVQIndex:
         return self._index is not None and self._index.is_trained
 
     @property
-    def ntotal(self):
-        """Number of indexed vectors."""
-        return 0 if self._index is None else self._index.ntotal
-
-    def __len__(self):
-        return self.ntotal
-
-    @property
-    def d(self):
-        """Dimension (None before training)."""
-        return None if self._index is None else self._index.d
-
-    @property
     def num_blocks(self):
         """Number of 4-bit PQ blocks, ceil(d / dims_per_block)."""
         self._require_index()
@@ -189,10 +199,6 @@ class AVQIndex:
     def is_mapped(self):
         """True when the codes are memory-mapped from a file (``load(..., mmap=True)``)."""
         return self._index is not None and self._index.is_mapped
-
-    def memory_usage(self):
-        """Bytes held by the index (codes, ids, reorder vectors, centres, codebooks)."""
-        return 0 if self._index is None else self._index.memory_usage()
 
     @property
     def train_stats_(self):
@@ -464,7 +470,7 @@ class AVQIndex:
         self._index = None if state["index"] is None else _native.Index.deserialize(state["index"])
 
 
-class ExactIndex:
+class ExactIndex(_NativeWrapper):
     """Exact brute-force search with the AVQIndex API: the recall oracle.
 
     Parameters
@@ -488,22 +494,8 @@ class ExactIndex:
         self._index = None
 
     @property
-    def ntotal(self):
-        return 0 if self._index is None else self._index.ntotal
-
-    def __len__(self):
-        return self.ntotal
-
-    @property
-    def d(self):
-        return None if self._index is None else self._index.d
-
-    @property
     def is_trained(self):
         return self._index is not None
-
-    def memory_usage(self):
-        return 0 if self._index is None else self._index.memory_usage()
 
     def train(self, X):
         """Fix the dimension from X (nothing to learn). Returns self."""

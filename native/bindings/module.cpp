@@ -125,6 +125,44 @@ std::string_view bytes_view(const py::bytes& b) {
   return std::string_view(p, static_cast<size_t>(n));
 }
 
+// Methods with the same meaning on both index types: removal, reset, ids, size, bytes, files.
+template <class T>
+void bind_common(py::class_<T>& cls) {
+  cls.def(
+         "remove",
+         [](T& self, IArray ids) {
+           if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+           const int64_t* p = ids.data();
+           size_t n = static_cast<size_t>(ids.shape(0));
+           py::gil_scoped_release release;
+           return self.remove(p, n);
+         },
+         py::arg("ids").noconvert())
+      .def("reset", &T::reset, py::call_guard<py::gil_scoped_release>())
+      .def("all_ids",
+           [](const T& self) {
+             std::vector<int64_t> v = self.all_ids();
+             py::array_t<int64_t> out(v.size());
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           })
+      .def_property_readonly("ntotal", &T::ntotal)
+      .def("memory_usage", &T::memory_usage)
+      .def("serialize",
+           [](const T& self) {
+             std::string s;
+             {
+               py::gil_scoped_release release;
+               s = self.serialize();
+             }
+             return to_bytes(s);
+           })
+      .def("save", [](const T& self, const std::string& path) {
+        py::gil_scoped_release release;
+        avq::write_file_atomic(path, self.serialize());
+      });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -177,7 +215,9 @@ PYBIND11_MODULE(_native, m) {
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");
 
-  py::class_<Index>(m, "Index")
+  py::class_<Index> index_cls(m, "Index");
+  bind_common(index_cls);
+  index_cls
       .def(py::init([](const std::string& metric, uint32_t d, uint32_t num_leaves, uint32_t dims_per_block,
                        double threshold, double eta, bool eta_scann, uint32_t avq_iterations,
                        uint32_t kmeans_iterations, uint32_t pq_kmeans_iterations, uint64_t training_sample_size,
@@ -239,17 +279,6 @@ PYBIND11_MODULE(_native, m) {
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
           py::arg("nthreads"))
       .def(
-          "remove",
-          [](Index& self, IArray ids) {
-            if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
-            const int64_t* p = ids.data();
-            size_t n = static_cast<size_t>(ids.shape(0));
-            py::gil_scoped_release release;
-            return self.remove(p, n);
-          },
-          py::arg("ids").noconvert())
-      .def("reset", &Index::reset, py::call_guard<py::gil_scoped_release>())
-      .def(
           "get_codes",
           [](const Index& self, IArray ids) {
             size_t n = static_cast<size_t>(ids.shape(0));
@@ -267,13 +296,6 @@ PYBIND11_MODULE(_native, m) {
             return out;
           },
           py::arg("ids").noconvert())
-      .def("all_ids",
-           [](const Index& self) {
-             std::vector<int64_t> v = self.all_ids();
-             py::array_t<int64_t> out(v.size());
-             std::copy(v.begin(), v.end(), out.mutable_data());
-             return out;
-           })
       .def("leaf_sizes",
            [](const Index& self) {
              std::vector<uint64_t> v = self.leaf_sizes();
@@ -329,28 +351,12 @@ PYBIND11_MODULE(_native, m) {
              d["threshold_mode"] = p.threshold_mode;
              return d;
            })
-      .def_property_readonly("ntotal", &Index::ntotal)
       .def_property_readonly("d", [](const Index& self) { return self.params().d; })
       .def_property_readonly("is_trained", &Index::is_trained)
       .def_property_readonly("num_leaves", &Index::num_leaves)
       .def_property_readonly("num_blocks", &Index::num_blocks)
       .def_property_readonly("code_size", &Index::code_size)
       .def_property_readonly("is_mapped", &Index::is_mapped)
-      .def("memory_usage", &Index::memory_usage)
-      .def("serialize",
-           [](const Index& self) {
-             std::string s;
-             {
-               py::gil_scoped_release release;
-               s = self.serialize();
-             }
-             return to_bytes(s);
-           })
-      .def("save",
-           [](const Index& self, const std::string& path) {
-             py::gil_scoped_release release;
-             avq::write_file_atomic(path, self.serialize());
-           })
       .def_static("deserialize",
                   [](const py::bytes& b) {
                     std::string_view v = bytes_view(b);
@@ -366,7 +372,9 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("path"), py::arg("mmap") = false);
 
-  py::class_<ExactIndex>(m, "ExactIndex")
+  py::class_<ExactIndex> exact_cls(m, "ExactIndex");
+  bind_common(exact_cls);
+  exact_cls
       .def(py::init([](const std::string& metric, uint32_t d) {
              return std::make_unique<ExactIndex>(parse_metric(metric), d);
            }),
@@ -389,42 +397,8 @@ PYBIND11_MODULE(_native, m) {
             return make_result(nq, k, [&](float* D, int64_t* I) { self.search(qp, nq, k, nthreads, D, I); });
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("nthreads"))
-      .def(
-          "remove",
-          [](ExactIndex& self, IArray ids) {
-            if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
-            const int64_t* p = ids.data();
-            size_t n = static_cast<size_t>(ids.shape(0));
-            py::gil_scoped_release release;
-            return self.remove(p, n);
-          },
-          py::arg("ids").noconvert())
-      .def("reset", &ExactIndex::reset, py::call_guard<py::gil_scoped_release>())
-      .def("all_ids",
-           [](const ExactIndex& self) {
-             std::vector<int64_t> v = self.all_ids();
-             py::array_t<int64_t> out(v.size());
-             std::copy(v.begin(), v.end(), out.mutable_data());
-             return out;
-           })
-      .def_property_readonly("ntotal", &ExactIndex::ntotal)
       .def_property_readonly("d", &ExactIndex::d)
       .def_property_readonly("metric", [](const ExactIndex& self) { return std::string(avq::metric_name(self.metric())); })
-      .def("memory_usage", &ExactIndex::memory_usage)
-      .def("serialize",
-           [](const ExactIndex& self) {
-             std::string s;
-             {
-               py::gil_scoped_release release;
-               s = self.serialize();
-             }
-             return to_bytes(s);
-           })
-      .def("save",
-           [](const ExactIndex& self, const std::string& path) {
-             py::gil_scoped_release release;
-             avq::write_file_atomic(path, self.serialize());
-           })
       .def_static("deserialize",
                   [](const py::bytes& b) {
                     std::string_view v = bytes_view(b);

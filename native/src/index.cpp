@@ -49,9 +49,76 @@ inline bool better(const Cand& a, const Cand& b) {
   return a.pos < b.pos;
 }
 
-// Keeps the `cap` best candidates: an append buffer of up to 2*cap entries, cut back to the
-// best cap by nth_element when full (amortised O(1) per push, as ScaNN's FastTopNeighbors).
-constexpr size_t kTopNSlack = 256;  // buffer room above cap before a cut
+constexpr size_t kTopNSlack = 256;  // top-N buffer room above cap before a cut
+
+// The (k+1)-th largest of src[0..n) (k < n), src unchanged: quickselect whose order-keeping
+// three-way partitions are the SIMD kernel partition_f32. scratch: 3 (n + 16) floats.
+float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch) {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t stride = n + 16;
+  if (scratch.size() < 3 * stride) scratch.resize(3 * stride);
+  float* buf[3] = {scratch.data(), scratch.data() + stride, scratch.data() + 2 * stride};
+  const float* a = src;
+  int cur = -1;  // which buffer holds a (-1: src)
+  while (n > 24) {
+    float x = a[0], y = a[n / 2], z = a[n - 1];
+    float pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    const int o1 = cur == 0 ? 1 : 0, o2 = cur == 2 ? 1 : 2;
+    size_t g = 0, l = 0;
+    kt.partition_f32(a, n, pivot, buf[o1], buf[o2], &g, &l);
+    if (k < g) {
+      a = buf[o1];
+      cur = o1;
+      n = g;
+      continue;
+    }
+    if (k < n - l) return pivot;  // k falls among the values equal to the pivot
+    k -= n - l;
+    a = buf[o2];
+    cur = o2;
+    n = l;
+  }
+  float tail[24];
+  std::copy(a, a + n, tail);
+  std::sort(tail, tail + n, std::greater<float>());
+  return tail[k];
+}
+
+// The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
+template <class T>
+T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
+  aux.resize(v.size());
+  T* a = v.data();
+  T* b = aux.data();
+  size_t n = v.size();
+  while (n > 24) {
+    T x = a[0], y = a[n / 2], z = a[n - 1];
+    T pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    size_t gt = 0, eq = 0;
+    for (size_t i = 0; i < n; ++i) {  // values > pivot to the front of b
+      b[gt] = a[i];
+      gt += a[i] > pivot;
+    }
+    if (k < gt) {
+      std::swap(a, b);
+      n = gt;
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) eq += a[i] == pivot;
+    if (k < gt + eq) return pivot;
+    size_t lt = 0;
+    for (size_t i = 0; i < n; ++i) {  // values < pivot
+      b[lt] = a[i];
+      lt += a[i] < pivot;
+    }
+    k -= gt + eq;
+    std::swap(a, b);
+    n = lt;
+  }
+  std::sort(a, a + n, std::greater<T>());
+  return a[k];
+}
+
 // Keeps the `cap` best approximate scores of a query. Survivors of each leaf's SIMD threshold
 // test are appended in bulk to a structure-of-arrays buffer; when it reaches cap + slack, it is
 // cut back to the cap best (a branch-free selection) and the threshold rises to the cut (the
@@ -116,76 +183,6 @@ class TopN {
     }
     n_ = w;
     thr_ = cut;
-  }
-
- public:
-  // The (k+1)-th largest of src[0..n) (k < n), src unchanged: quickselect whose order-keeping
-  // three-way partitions are the SIMD kernel partition_f32. scratch: 3 (n + 16) floats.
- public:
-  static float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch) {
-    const kernels::KernelTable& kt = kernels::active();
-    const size_t stride = n + 16;
-    if (scratch.size() < 3 * stride) scratch.resize(3 * stride);
-    float* buf[3] = {scratch.data(), scratch.data() + stride, scratch.data() + 2 * stride};
-    const float* a = src;
-    int cur = -1;  // which buffer holds a (-1: src)
-    while (n > 24) {
-      float x = a[0], y = a[n / 2], z = a[n - 1];
-      float pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
-      const int o1 = cur == 0 ? 1 : 0, o2 = cur == 2 ? 1 : 2;
-      size_t g = 0, l = 0;
-      kt.partition_f32(a, n, pivot, buf[o1], buf[o2], &g, &l);
-      if (k < g) {
-        a = buf[o1];
-        cur = o1;
-        n = g;
-        continue;
-      }
-      if (k < n - l) return pivot;  // k falls among the values equal to the pivot
-      k -= n - l;
-      a = buf[o2];
-      cur = o2;
-      n = l;
-    }
-    float tail[24];
-    std::copy(a, a + n, tail);
-    std::sort(tail, tail + n, std::greater<float>());
-    return tail[k];
-  }
-
-  // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
-  template <class T>
-  static T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
-    aux.resize(v.size());
-    T* a = v.data();
-    T* b = aux.data();
-    size_t n = v.size();
-    while (n > 24) {
-      T x = a[0], y = a[n / 2], z = a[n - 1];
-      T pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
-      size_t gt = 0, eq = 0;
-      for (size_t i = 0; i < n; ++i) {  // values > pivot to the front of b
-        b[gt] = a[i];
-        gt += a[i] > pivot;
-      }
-      if (k < gt) {
-        std::swap(a, b);
-        n = gt;
-        continue;
-      }
-      for (size_t i = 0; i < n; ++i) eq += a[i] == pivot;
-      if (k < gt + eq) return pivot;
-      size_t lt = 0;
-      for (size_t i = 0; i < n; ++i) {  // values < pivot
-        b[lt] = a[i];
-        lt += a[i] < pivot;
-      }
-      k -= gt + eq;
-      std::swap(a, b);
-      n = lt;
-    }
-    std::sort(a, a + n, std::greater<T>());
-    return a[k];
   }
 
  private:
@@ -788,7 +785,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       s.keys[l] = (uint64_t(u) << 32) | uint32_t(~l);
     }
     s.keys_tmp.assign(s.keys.begin(), s.keys.end());  // the selection scrambles its input
-    const uint64_t cut = nprobe < L ? TopN::kth_largest(s.keys_tmp, nprobe - 1, s.keys_aux) : 0;
+    const uint64_t cut = nprobe < L ? kth_largest(s.keys_tmp, nprobe - 1, s.keys_aux) : 0;
     s.keys_aux.resize(L);
     size_t w = 0;
     for (uint32_t l = 0; l < L; ++l) {
