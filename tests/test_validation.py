@@ -559,3 +559,9 @@ def test_cosine_with_subnormal_norm_vectors_stays_finite():
         assert np.isfinite(D).all() and (I >= 0).all()
         # A tiny vector is its own best match (cosine similarity 1).
         assert I[0, 0] == 0 and abs(D[0, 0] - 1.0) < 1e-4
+
+
+def test_too_many_blocks_is_a_clear_error():
+    X = np.ones((20, 8200), np.float32)
+    with pytest.raises(ValueError, match="blocks"):
+        avq_plugin.AVQIndex(dims_per_block=1, num_leaves=1).fit(X)

@@ -112,6 +112,11 @@ BlockLayout::BlockLayout(size_t d_, size_t dpb) : d(d_), dims_per_block(dpb) {
   if (d == 0) throw InvalidArgument("dimension must be positive");
   if (dpb < 1 || dpb > 8) throw InvalidArgument("dims_per_block must be between 1 and 8");
   num_blocks = (d + dpb - 1) / dpb;
+  // The scan sums one 8-bit table entry per block in 16-bit lanes: the table scale leaves
+  // (65535 - num_blocks) / num_blocks levels per block on average, so cap the block count.
+  if (num_blocks > kMaxBlocks)
+    throw InvalidArgument("d / dims_per_block gives " + std::to_string(num_blocks) + " blocks; at most " +
+                          std::to_string(kMaxBlocks) + " are supported (raise dims_per_block)");
   num_blocks_pad = std::max<size_t>(2, num_blocks + (num_blocks % 2));
   for (size_t m = 0; m < num_blocks; ++m) {
     offset.push_back(static_cast<uint32_t>(m * dpb));

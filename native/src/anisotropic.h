@@ -20,7 +20,8 @@
 namespace avq {
 
 constexpr int kCentersPerBlock = 16;  // 4-bit codes
-constexpr double kMaxEta = 1e4;       // cap when T approaches ||x|| (the exact eta diverges)
+constexpr double kMaxEta = 1e4;
+constexpr size_t kMaxBlocks = 8192;  // 16-bit accumulation keeps >= 7 table levels per block       // cap when T approaches ||x|| (the exact eta diverges)
 
 // Exact eta for t = T / ||x|| in [0, 1) and dimension d (>= 1). t <= 0 gives 1.
 double eta_exact(double t, int d);

@@ -231,14 +231,12 @@ struct Index::Scratch {
   std::vector<float> q, leaf_scores, lut, exact, w;
   std::vector<uint32_t> idx;
   std::vector<std::pair<float, uint32_t>> leaf_sel;
-  std::vector<float> sel_tmp, sel_aux;
   std::vector<uint64_t> keys, keys_tmp, keys_aux;
   std::vector<uint8_t> lut8;
   std::vector<uint16_t> acc;
   std::vector<float> sc;
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
-  std::vector<Cand> final_cands;
   TopN topn;
 };
 
