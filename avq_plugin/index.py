@@ -103,7 +103,7 @@ class AVQIndex(_NativeWrapper):
     kmeans_iterations : int
         Lloyd iterations of the partitioner.
     training_sample_size : int or None
-        Vectors used for training; None: min(n, max(50000, 64 * num_leaves)) for the
+        Vectors used for training; None: min(n, max(100000, 64 * num_leaves)) for the
         partition, of which at most 50000 train the codebooks.
     num_threads : int or None
         Threads for training and batched search; None or -1: all cores. Overridable per call.

@@ -371,10 +371,10 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
     throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
                           std::to_string(n) + ")");
   // Training sample (sorted random subset, deterministic for the seed).
-  // Default sample: enough rows for the partitioner (64 per leaf, at least 50k); the codebooks
+  // Default sample: enough rows for the partitioner (64 per leaf, at least 100k); the codebooks
   // (16 x d numbers) are then trained on at most 50k of them. An explicit size is used for both.
   size_t S = p_.training_sample_size ? std::min<size_t>(n, p_.training_sample_size)
-                                     : std::min<size_t>(n, std::max<size_t>(50000, 64 * L));
+                                     : std::min<size_t>(n, std::max<size_t>(100000, 64 * L));
   S = std::max(S, std::min(n, L));
   std::vector<size_t> sample(n);
   std::iota(sample.begin(), sample.end(), 0);
