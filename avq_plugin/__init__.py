@@ -1,7 +1,8 @@
 """avq-plugin: anisotropic vector quantization (ScaNN's score-aware loss) as a native ANN index.
 
 Public objects: AVQIndex, ExactIndex, build_info, set_simd_level, simd_level, eta_exact,
-eta_scann, __version__.
+eta_scann, __version__; with scikit-learn installed (the "sklearn" extra), also the estimators
+AVQNearestNeighbors and AVQKNeighborsTransformer of avq_plugin.neighbors, imported on first use.
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ def eta_exact(t, d):
 def eta_scann(t, d):
     """ScaNN's large-d eta = (d - 1) t^2 / (1 - t^2)."""
     return _native.eta_scann(float(t), int(d))
+
+
+# scikit-learn is optional: its estimators are imported on first access (PEP 562).
+_SKLEARN_ESTIMATORS = ("AVQNearestNeighbors", "AVQKNeighborsTransformer")
+
+
+def __getattr__(name):
+    if name in _SKLEARN_ESTIMATORS:
+        try:
+            from . import neighbors
+        except ImportError as exc:
+            raise ImportError(
+                f"avq_plugin.{name} needs scikit-learn >= 1.6, an optional dependency: "
+                f"pip install 'avq-plugin[sklearn]' (original error: {exc})"
+            ) from exc
+        return getattr(neighbors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SKLEARN_ESTIMATORS))
 
 
 __all__ = [
