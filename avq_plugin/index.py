@@ -11,9 +11,11 @@ import warnings
 import numpy as np
 
 from . import _native
+from . import _tune
 from . import _validation as V
+from ._tune import TuneReport
 
-__all__ = ["AVQIndex", "ExactIndex"]
+__all__ = ["AVQIndex", "ExactIndex", "TuneReport"]
 
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
 # (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (README).
@@ -379,6 +381,95 @@ class AVQIndex(_NativeWrapper):
             num_threads if type(num_threads) is int and num_threads > 0 else V.resolve_threads(num_threads))
         return self._index.search(Q, k, lts, rk, nt)
 
+    def tune(self, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X=None, ids=None,
+             ground_truth=None, num_queries=None, reorder_k=None, margin=None, seed=None):
+        """Choose the fastest search budget that reaches a target recall, and make it the default.
+
+        Finds, for a geometric grid of ``reorder_k`` values (k to 64k), the smallest
+        ``leaves_to_search`` whose mean recall@k on tuning queries reaches ``target_recall``
+        plus a small safety margin, times each of these settings (one thread, all tuning
+        queries in one call) and keeps the fastest. The chosen pair becomes the index's default
+        budget: ``search`` without budget arguments uses it, and it is kept by ``save``/``load``,
+        ``to_bytes``/``from_bytes`` and pickle.
+
+        Tuning queries and their exact neighbours come from one of:
+
+        - **held-out points** (``queries=None``, the default): ``num_queries`` indexed vectors
+          drawn at random (seeded) from ``X``; each one's own id is removed from its exact
+          neighbours and from the search results, so the estimate is not optimistic. Needs
+          ``X``, because the index keeps only compressed codes (and, with
+          ``reorder="float32"``, normalised re-ranking vectors that may differ from the input);
+        - **given queries** (``queries=Q``): the exact neighbours come from ``ground_truth`` if
+          given, else from brute force over ``X`` if given, else, for ``reorder="float32"``,
+          from the index itself (every leaf probed, every candidate re-scored exactly).
+
+        Parameters
+        ----------
+        target_recall : float in (0, 1]
+            Mean recall@k to reach (fraction of the true k nearest neighbours returned).
+        k : int >= 1
+            Neighbours per query the recall refers to.
+        queries : array (nq, d), optional
+            Tuning queries from the distribution the index will serve. Default: held-out points.
+        time_budget_s : float > 0, optional
+            Soft limit on the tuning time: no new setting is explored once it has passed (the
+            fastest setting found so far is kept). Default: no limit.
+        X : array (ntotal, d), optional
+            Exactly the indexed vectors, with ``ids`` (default ``0..ntotal-1`` in row order,
+            which is what ``fit(X)`` assigns).
+        ids : int64 array (ntotal,), optional
+            Ids of the rows of X, when ``add``/``fit`` was given ids.
+        ground_truth : int array (nq, >= k), optional
+            Exact neighbour ids of ``queries``, best first.
+        num_queries : int, optional
+            Number of tuning queries: held-out points drawn (default 1000, at most ntotal), or
+            a random subset of ``queries`` (default: all of them).
+        reorder_k : int, optional
+            Keep this ``reorder_k`` and tune ``leaves_to_search`` alone (fully deterministic).
+        margin : float >= 0, optional
+            Recall added to the target on the tuning queries. Default: two standard errors of
+            the measured mean recall (about 0.005 to 0.01 with 1000 queries).
+        seed : int, optional
+            Seed of the held-out sample (default: the index's seed).
+
+        Returns
+        -------
+        TuneReport
+            The chosen ``leaves_to_search`` and ``reorder_k``, the recall measured on the
+            tuning queries, the expected QPS (one thread, batched), the number of tuning
+            queries and every setting evaluated.
+
+        Raises
+        ------
+        ValueError
+            target_recall outside (0, 1], k < 1, an untrained or empty index, X that is not the
+            indexed set, or no way to get the exact neighbours.
+
+        Warns
+        -----
+        UserWarning
+            When no setting reaches the target (or the time budget ends first): the largest
+            budget tried is chosen and the warning gives the recall it reaches.
+
+        Notes
+        -----
+        The setting returned is the fastest among those measured, so which of two nearly
+        equally fast settings wins can depend on timing noise; pass ``reorder_k`` for a fully
+        deterministic choice.
+
+        Examples
+        --------
+        >>> import numpy as np, avq_plugin
+        >>> X = np.random.default_rng(0).standard_normal((5000, 16)).astype(np.float32)
+        >>> index = avq_plugin.AVQIndex(metric="l2", seed=0).fit(X)
+        >>> report = index.tune(target_recall=0.9, k=10, X=X, num_queries=200)
+        >>> report.recall >= 0.9, index.default_search_params() == (report.leaves_to_search, report.reorder_k)
+        (True, True)
+        """
+        return _tune.tune(self, target_recall, k, queries, time_budget_s, X=X, ids=ids,
+                          ground_truth=ground_truth, num_queries=num_queries, reorder_k=reorder_k,
+                          margin=margin, seed=seed)
+
     # ------------------------------------------------------------------ inspection
     def get_codes(self, ids):
         """PQ codes (0..15) of the given ids, uint8 (n, num_blocks)."""
@@ -423,9 +514,17 @@ class AVQIndex(_NativeWrapper):
         obj._index = native
         return obj
 
+    def _sync_search_defaults(self):
+        # The native index stores the default budget in its files; attributes set after
+        # construction (by tune or by hand) reach it here.
+        setter = getattr(self._index, "set_default_search_params", None)
+        if setter is not None:
+            setter(int(self.leaves_to_search or 0), int(self.reorder_k or 0))
+
     def save(self, path):
         """Write the index to one file, atomically (temporary file + rename)."""
         self._require_index()
+        self._sync_search_defaults()
         self._index.save(os.fspath(path))
 
     @classmethod
@@ -441,6 +540,7 @@ class AVQIndex(_NativeWrapper):
     def to_bytes(self):
         """The index serialized as bytes (the same format as ``save``)."""
         self._require_index()
+        self._sync_search_defaults()
         return self._index.serialize()
 
     @classmethod

@@ -351,6 +351,8 @@ PYBIND11_MODULE(_native, m) {
              d["threshold_mode"] = p.threshold_mode;
              return d;
            })
+      .def("set_default_search_params", &Index::set_default_search_params, py::arg("leaves_to_search"),
+           py::arg("reorder_k"), "Search defaults stored with the index (0: chosen by the Python layer).")
       .def_property_readonly("d", [](const Index& self) { return self.params().d; })
       .def_property_readonly("is_trained", &Index::is_trained)
       .def_property_readonly("num_leaves", &Index::num_leaves)

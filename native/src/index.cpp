@@ -658,6 +658,12 @@ size_t Index::remove(const int64_t* ids, size_t n) {
   return removed;
 }
 
+void Index::set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  p_.default_leaves_to_search = leaves_to_search;
+  p_.default_reorder_k = reorder_k;
+}
+
 void Index::reset() {
   std::unique_lock<std::shared_mutex> lock(mu_);
   mapping_.reset();

@@ -113,6 +113,9 @@ class Index {
   std::vector<int64_t> all_ids() const;
 
   const IndexParams& params() const { return p_; }
+  // Replaces the search defaults stored with the index (0: chosen by the Python layer); they are
+  // serialized with it. Takes the exclusive lock. Used by AVQIndex.tune (issue 6).
+  void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
   bool is_trained() const { return trained_; }
   size_t ntotal() const;
   size_t num_leaves() const { return nleaves_; }
