@@ -140,6 +140,16 @@ class _AVQNeighborsBase(BaseEstimator):
         if not (T is None or (isinstance(T, str) and T == "auto")):
             _check_real("anisotropic_threshold", T, minimum=0.0)
         _resolve_n_jobs(self.n_jobs)
+        if self.target_recall is not None:
+            tr = _check_real("target_recall", self.target_recall, minimum=0.0)
+            if not 0.0 < tr <= 1.0:
+                raise ValueError(f"target_recall must be in (0, 1], got {tr}")
+            if self.leaves_to_search is not None:
+                raise ValueError("give leaves_to_search or target_recall, not both")
+
+    def _tune_k(self):
+        """Neighbours per query that target_recall refers to."""
+        return self.n_neighbors
 
     def fit(self, X, y=None):
         """Index the training data X.
@@ -164,6 +174,7 @@ class _AVQNeighborsBase(BaseEstimator):
             _reject_zero_rows(X, "X")
         n_threads = _resolve_n_jobs(self.n_jobs)
         seed = _seed_from(self.random_state)
+        tune_report = None
         use_exact = self.algorithm == "brute" or (self.algorithm == "auto" and n < EXACT_SEARCH_THRESHOLD)
         if use_exact:
             index = ExactIndex(metric=native_metric, num_threads=n_threads).fit(X)
@@ -182,7 +193,18 @@ class _AVQNeighborsBase(BaseEstimator):
                 num_threads=n_threads,
                 seed=seed,
             ).fit(X)
+            if self.target_recall is not None:
+                k = min(self._tune_k(), n - 1) if n > 1 else 1
+                # reorder_k is fixed so that the choice does not depend on timings (determinism).
+                tune_report = index.tune(
+                    target_recall=float(self.target_recall),
+                    k=k,
+                    X=X,
+                    reorder_k=self.reorder_k or max(REORDER_MIN, REORDER_PER_NEIGHBOR * k),
+                    seed=seed,
+                )
         self.index_ = index
+        self.tune_report_ = tune_report
         self.n_samples_fit_ = n
         self._fit_X = X
         self._sq_norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
@@ -370,7 +392,13 @@ default="euclidean"
     num_leaves : int, default=None
         Partitions of the index; None: round(sqrt(n_samples)).
     leaves_to_search : int, default=None
-        Partitions probed per query; None: ceil(3.5 * sqrt(num_leaves)) (at most num_leaves).
+        Partitions probed per query; None: ceil(3.5 * sqrt(num_leaves)) (at most num_leaves),
+        or the value chosen by ``target_recall``.
+    target_recall : float in (0, 1], default=None
+        Instead of ``leaves_to_search``: at fit time, :meth:`avq_plugin.AVQIndex.tune` picks
+        the smallest ``leaves_to_search`` whose recall@n_neighbors on 1000 held-out training
+        points reaches this target (plus a safety margin), with ``reorder_k`` fixed (so the
+        choice is deterministic). Ignored by exact search.
     reorder_k : int, default=None
         Candidates re-scored exactly; None: max(200, 20 * n_neighbors of the call).
     dims_per_block : int, default=2
@@ -417,6 +445,8 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         Column names, when fit on a DataFrame with string column names.
     n_samples_fit_ : int
         Number of training rows.
+    tune_report_ : avq_plugin TuneReport or None
+        What ``target_recall`` chose and measured; None without it (or with exact search).
 
     Notes
     -----
@@ -448,6 +478,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         num_leaves=None,
         leaves_to_search=None,
         reorder_k=None,
+        target_recall=None,
         dims_per_block=2,
         anisotropic_threshold="auto",
         n_jobs=None,
@@ -460,6 +491,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         self.num_leaves = num_leaves
         self.leaves_to_search = leaves_to_search
         self.reorder_k = reorder_k
+        self.target_recall = target_recall
         self.dims_per_block = dims_per_block
         self.anisotropic_threshold = anisotropic_threshold
         self.n_jobs = n_jobs
@@ -591,6 +623,7 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
     n_samples_fit_ : int
+    tune_report_ : avq_plugin TuneReport or None
 
     Examples
     --------
@@ -616,6 +649,7 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         num_leaves=None,
         leaves_to_search=None,
         reorder_k=None,
+        target_recall=None,
         dims_per_block=2,
         anisotropic_threshold="auto",
         n_jobs=None,
@@ -628,6 +662,7 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         self.num_leaves = num_leaves
         self.leaves_to_search = leaves_to_search
         self.reorder_k = reorder_k
+        self.target_recall = target_recall
         self.dims_per_block = dims_per_block
         self.anisotropic_threshold = anisotropic_threshold
         self.n_jobs = n_jobs
@@ -637,6 +672,9 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         super()._validate_params()
         if self.mode not in ("distance", "connectivity"):
             raise ValueError(f"mode must be 'distance' or 'connectivity', got {self.mode!r}")
+
+    def _tune_k(self):
+        return self.n_neighbors + (self.mode == "distance")
 
     def fit(self, X, y=None):
         """Index the training data X (see :meth:`AVQNearestNeighbors.fit`). Returns self."""

@@ -416,3 +416,28 @@ def test_transformer_set_output(digits):
     X, _ = digits
     t = AVQKNeighborsTransformer(n_neighbors=3).set_output(transform="default")
     assert sp.issparse(t.fit_transform(X[:50]))
+
+
+# ---------------------------------------------------------------------------------- target_recall
+def test_target_recall_tunes_the_budget(glove_xq):
+    X, Q = glove_xq
+    Ie = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(X).kneighbors(
+        Q, return_distance=False)
+    chosen = []
+    for target in (0.8, 0.95):
+        nn = AVQNearestNeighbors(n_neighbors=10, metric="cosine", target_recall=target, random_state=0).fit(X)
+        report = nn.tune_report_
+        assert report.k == 10 and report.reached and report.recall >= target
+        lts, rk = nn.index_.default_search_params()
+        assert lts == report.leaves_to_search and rk == report.reorder_k == 200
+        # Fresh queries (not in the index): at the target, within sampling noise.
+        assert recall_at(nn.kneighbors(Q)[1], Ie) >= target - 0.015
+        chosen.append(lts)
+    assert chosen[0] < chosen[1]
+    again = AVQNearestNeighbors(n_neighbors=10, metric="cosine", target_recall=0.95, random_state=0).fit(X)
+    assert again.index_.default_search_params()[0] == chosen[1]  # deterministic choice
+    assert AVQNearestNeighbors().fit(X[:100]).tune_report_ is None
+    with pytest.raises(ValueError, match="not both"):
+        AVQNearestNeighbors(target_recall=0.9, leaves_to_search=3).fit(X[:100])
+    with pytest.raises(ValueError, match="target_recall must be in"):
+        AVQNearestNeighbors(target_recall=1.5).fit(X[:100])
