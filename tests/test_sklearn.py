@@ -441,3 +441,10 @@ def test_target_recall_tunes_the_budget(glove_xq):
         AVQNearestNeighbors(target_recall=0.9, leaves_to_search=3).fit(X[:100])
     with pytest.raises(ValueError, match="target_recall must be in"):
         AVQNearestNeighbors(target_recall=1.5).fit(X[:100])
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(avq_neighbors, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10 and result.failed == 0
