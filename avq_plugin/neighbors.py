@@ -140,6 +140,12 @@ class _AVQNeighborsBase(BaseEstimator):
         if not (T is None or (isinstance(T, str) and T == "auto")):
             _check_real("anisotropic_threshold", T, minimum=0.0)
         _resolve_n_jobs(self.n_jobs)
+        rs = self.random_state
+        if not (rs is None or isinstance(rs, np.random.RandomState)
+                or (isinstance(rs, numbers.Integral) and not isinstance(rs, (bool, np.bool_)))):
+            raise TypeError(
+                f"random_state must be None, an int or a numpy.random.RandomState, got {type(rs).__name__}"
+            )
         if self.target_recall is not None:
             tr = _check_real("target_recall", self.target_recall, minimum=0.0)
             if not 0.0 < tr <= 1.0:
@@ -173,12 +179,12 @@ class _AVQNeighborsBase(BaseEstimator):
         if native_metric == "cosine":
             _reject_zero_rows(X, "X")
         n_threads = _resolve_n_jobs(self.n_jobs)
-        seed = _seed_from(self.random_state)
         tune_report = None
         use_exact = self.algorithm == "brute" or (self.algorithm == "auto" and n < EXACT_SEARCH_THRESHOLD)
         if use_exact:
             index = ExactIndex(metric=native_metric, num_threads=n_threads).fit(X)
         else:
+            seed = _seed_from(self.random_state)  # exact search draws nothing
             num_leaves = self.num_leaves or max(1, round(math.sqrt(n)))
             if num_leaves > n:
                 raise ValueError(f"num_leaves={num_leaves} exceeds the number of samples ({n})")

@@ -263,7 +263,7 @@ def test_n_neighbors_limits_and_bad_input(digits):
 
 
 def test_dataframe_feature_names(digits):
-    pd = pytest.importorskip("pandas")  # in the [test] extra; optional for users
+    import pandas as pd  # in the [test] extra (optional for users)
     X, _ = digits
     df = pd.DataFrame(X[:100], columns=[f"px{i}" for i in range(X.shape[1])])
     nn = AVQNearestNeighbors(n_neighbors=3).fit(df)
