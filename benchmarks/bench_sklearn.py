@@ -3,7 +3,7 @@ NearestNeighbors(algorithm="brute"), both single-threaded, on an ann-benchmarks 
 
 Usage (hold the benchmark lock on shared machines)::
 
-    flock /tmp/avq-bench.lock python tools/bench_sklearn.py \\
+    flock /tmp/avq-bench.lock python benchmarks/bench_sklearn.py \\
         --dataset /work/shared/data/glove6b-50-angular-200k.hdf5
 
 Prints recall@10 (against the file's ground truth), the kneighbors time for all queries and the
