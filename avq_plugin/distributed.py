@@ -765,7 +765,7 @@ class ShardedAVQIndex:
             hint = ("" if self._saved is not None else
                     " (save() the index, or load it from files, so that lost shards can be reloaded)")
             raise ShardLostError(
-                f"shard(s) {', '.join(map(str, sorted(lost)))} lost with their worker and could not be "
+                f"shard(s) {', '.join(map(str, sorted(lost)))} lost (a worker died) and could not be "
                 f"recovered{hint}: {detail}", sorted(lost))
 
     def _reload_shards(self, shard_ids):
