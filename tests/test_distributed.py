@@ -58,33 +58,35 @@ def single_like(sharded, X):
 
 
 class ExitOnSearch(WorkerPlugin):
-    """Kills the worker process at `target` as soon as it starts executing a shard search."""
+    """Kills the first worker process that starts executing a shard search (once per flag file:
+    creating the file with O_EXCL elects exactly one victim across the worker processes)."""
 
     name = "avq-test-exit-on-search"
 
-    def __init__(self, target):
-        self.target = target
-        self.armed = False
-
-    def setup(self, worker):
-        self.armed = worker.address == self.target
+    def __init__(self, flag):
+        self.flag = str(flag)
 
     def transition(self, key, start, finish, **kwargs):
-        if self.armed and finish == "executing" and str(key).startswith("avq-search"):
+        if finish == "executing" and str(key).startswith("avq-search"):
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
             os._exit(1)
 
 
-def search_with_worker_killed(client, index, Q, **kw):
-    """index.search(Q) while the worker holding shard 0 dies in the middle of it."""
+def search_with_worker_killed(client, index, Q, flag, **kw):
+    """index.search(Q) while a worker dies in the middle of it; returns (D, I), dead address."""
     client.wait_for_workers(2)
-    victim = index.shard_info()[0]["workers"][0]
-    client.register_plugin(ExitOnSearch(victim))
+    before = set(client.scheduler_info(n_workers=-1)["workers"])
+    client.register_plugin(ExitOnSearch(flag))
     try:
         result = index.search(Q, **kw)
     finally:
         client.unregister_worker_plugin(ExitOnSearch.name)
-    assert victim not in client.scheduler_info(n_workers=-1)["workers"], "the worker was not killed"
-    return result
+    dead = before - set(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(dead) == 1 and os.path.exists(flag), "no worker was killed during the search"
+    return result, dead.pop()
 
 
 # ---------------------------------------------------------------------------------- merging
@@ -192,6 +194,7 @@ def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_round_trip(client, sharded, glove, tmp_path, mmap):
     _, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
     path = tmp_path / "glove.avqs"
     manifest = sharded.save(path)
     on_disk = json.loads((path / MANIFEST_NAME).read_text())
@@ -250,11 +253,12 @@ def test_corrupted_or_missing_shard_raises(client, sharded, tmp_path):
 # ---------------------------------------------------------------------------------- failures
 def test_worker_killed_mid_search_loaded_index_survives(client, sharded, glove, tmp_path):
     _, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
     sharded.save(tmp_path / "s.avqs")
     loaded = ShardedAVQIndex.load(tmp_path / "s.avqs", client=client, mmap=True)
     expected = loaded.search(Q, k=10)
     # The lost shards are re-read from their files on the surviving worker.
-    D, I = search_with_worker_killed(client, loaded, Q, k=10)
+    (D, I), _ = search_with_worker_killed(client, loaded, Q, tmp_path / "kill", k=10)
     np.testing.assert_array_equal(I, expected[1])
     np.testing.assert_array_equal(D, expected[0])
     np.testing.assert_array_equal(loaded.search(Q, k=10)[1], expected[1])
@@ -262,6 +266,7 @@ def test_worker_killed_mid_search_loaded_index_survives(client, sharded, glove, 
 
 def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove, tmp_path):
     X, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
@@ -270,13 +275,15 @@ def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove,
     expected = index.search(Q, k=10)
     index.save(tmp_path / "s.avqs")
     shutil.rmtree(src)  # Dask can no longer rebuild a lost shard from its source files ...
-    D, I = search_with_worker_killed(client, index, Q, k=10)  # ... so it is reloaded from the save
+    # ... so it is reloaded from the save.
+    (D, I), _ = search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
     np.testing.assert_array_equal(I, expected[1])
     np.testing.assert_array_equal(D, expected[0])
 
 
 def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_path):
     X, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
@@ -284,10 +291,13 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
     index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     shutil.rmtree(src)
     infos = index.shard_info()
-    on_victim = {i["shard"] for i in infos if i["workers"] == infos[0]["workers"]}
-    assert on_victim != {0, 1, 2, 3}  # the shards are spread over both workers
+    assert {w for i in infos for w in i["workers"]} == set(client.scheduler_info(n_workers=-1)["workers"])
     with pytest.raises(ShardLostError, match="lost .a worker died. and could not be recovered") as err:
-        search_with_worker_killed(client, index, Q, k=10)
+        search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
+    dead = {w for i in infos for w in i["workers"]} - set(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(dead) == 1
+    on_victim = {i["shard"] for i in infos if set(i["workers"]) & dead}
+    assert on_victim and on_victim != {0, 1, 2, 3}
     # Every shard of the dead worker is named (shards elsewhere can be lost too: when Dask fails
     # to recompute the shared quantizer it also fails the shards built from it).
     assert on_victim <= set(err.value.shards)
