@@ -63,6 +63,17 @@ def _rss_of_workers(client):
     return client.run(rss)
 
 
+def _cpu_of_workers(client):
+    """Total user + system CPU seconds of the worker processes so far."""
+    def cpu():
+        import psutil
+
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    return sum(client.run(cpu).values())
+
+
 def _cluster(n_workers, threads):
     from distributed import Client, LocalCluster
 
@@ -218,13 +229,16 @@ def main(argv=None):
     rows = []
     for threads in (1, 2):
         for lts, rk in budgets:
+            own0 = time.process_time()
             t, out = _best_time(lambda: [single.search(q, k=K, leaves_to_search=lts, reorder_k=rk,
                                                        num_threads=threads) for q in Qb], args.repeats)
+            own = (time.process_time() - own0) / args.repeats / len(Q)
             I = np.concatenate([o[1] for o in out])
             rows.append({"system": f"AVQIndex in-process, {threads} thread(s)", "workers": 0, "threads": threads,
-                         "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt)})
+                         "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt),
+                         "client_cpu_us_per_query": own * 1e6})
             print(f"  {rows[-1]['system']}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} "
-                  f"recall {rows[-1]['recall']:.4f}", flush=True)
+                  f"recall {rows[-1]['recall']:.4f}; CPU per query {own * 1e6:.1f} us", flush=True)
     del single
     memory = {}
     for workers, mmap in ((1, False), (2, False), (2, True)):
@@ -236,14 +250,18 @@ def main(argv=None):
             index.search(Qb[0][:100], k=K)  # warm-up
             loaded = _rss_of_workers(client)
             for lts, rk in budgets:
+                cpu0, own0 = _cpu_of_workers(client), time.process_time()
                 t, out = _best_time(lambda: [index.search(q, k=K, leaves_to_search=lts, reorder_k=rk) for q in Qb],
                                     args.repeats)
+                cpu = (_cpu_of_workers(client) - cpu0) / args.repeats / len(Q)
+                own = (time.process_time() - own0) / args.repeats / len(Q)
                 I = np.concatenate([o[1] for o in out])
                 name = f"ShardedAVQIndex, {workers} worker(s) x 1 thread" + (", mmap" if mmap else "")
                 rows.append({"system": name, "workers": workers, "threads": 1, "mmap": mmap,
-                             "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt)})
-                print(f"  {name}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} recall {rows[-1]['recall']:.4f}",
-                      flush=True)
+                             "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt),
+                             "worker_cpu_us_per_query": cpu * 1e6, "client_cpu_us_per_query": own * 1e6})
+                print(f"  {name}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} recall {rows[-1]['recall']:.4f}; "
+                      f"CPU per query: workers {cpu * 1e6:.1f} us, client {own * 1e6:.1f} us", flush=True)
             after = _rss_of_workers(client)
             memory[f"{workers}w{' mmap' if mmap else ''}"] = {
                 "idle_rss": list(idle.values()), "loaded_rss": list(loaded.values()),
