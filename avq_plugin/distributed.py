@@ -561,16 +561,18 @@ class ShardedAVQIndex:
         ----------
         X : dask.array (n, d), a list of .npy / HDF5 paths, or a NumPy array
             A dask array is split by rows (shards follow its row chunks when ``n_shards`` is
-            None). Files are read lazily in the workers, ``_FILE_CHUNK_ROWS`` rows at a time:
+            None). Files are read lazily in the workers, 262,144 rows at a time:
             .npy files whole, .h5/.hdf5 files through their "train" dataset (or pass
             ``(path, dataset)``); they must be readable at the same path from every worker.
             A NumPy array is embedded in the task graph: convenient on one machine only.
 
-        Ids are global row numbers: row i of the concatenated input gets id i.
+        Ids are global row numbers: row i of the concatenated input gets id i. Fitting again
+        replaces the shards (and forgets any saved files: save again to enable reloading).
 
         Returns self.
         """
         client = self.client
+        self._reset_state()
         specs = _as_sources(X)
         file_bounds = None
         if specs is not None:
@@ -846,6 +848,8 @@ class ShardedAVQIndex:
             manifest is malformed or of a newer format version.
         """
         directory = os.path.abspath(os.fspath(path))
+        if client is not None and not isinstance(client, Client):
+            raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
         obj = cls.__new__(cls)
         obj._client = client
         obj._reset_state()
