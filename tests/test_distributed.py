@@ -143,6 +143,18 @@ def test_shards_give_the_single_index_top_k(sharded, glove):
     assert bounds == sharded.shard_bounds_ == [(0, 5000), (5000, 10000), (10000, 15000), (15000, 20000)]
 
 
+@pytest.mark.parametrize("metric, reorder", [("dot", "int8"), ("l2", "float32")])
+def test_other_metrics_give_the_single_index_top_k(client, glove, metric, reorder):
+    X, Q = glove
+    index = ShardedAVQIndex(metric=metric, n_shards=3, reorder=reorder, client=client).fit(
+        da.from_array(X, chunks=(4000, 50)))
+    single = single_like(index, X)
+    D, I = index.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
+    D1, I1 = single.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
+    np.testing.assert_array_equal(I, I1)
+    np.testing.assert_array_equal(D, D1)
+
+
 def test_small_reorder_budget_sharded_recall_at_least_single(sharded, glove):
     X, Q = glove
     single = single_like(sharded, X)
@@ -264,6 +276,18 @@ def test_worker_killed_mid_search_loaded_index_survives(client, sharded, glove, 
     np.testing.assert_array_equal(loaded.search(Q, k=10)[1], expected[1])
 
 
+def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_path):
+    client.wait_for_workers(2)
+    X, Q = glove
+    index = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(5000, 50)))
+    expected = index.search(Q, k=10)
+    # Not saved: Dask re-encodes the lost shards from their source chunks (the lineage).
+    (D, I), dead = search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
+    np.testing.assert_array_equal(I, expected[1])
+    np.testing.assert_array_equal(D, expected[0])
+    assert all(dead not in info["workers"] for info in index.shard_info())
+
+
 def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove, tmp_path):
     X, Q = glove
     client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
@@ -304,6 +328,21 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
     assert str(err.value).startswith(f"shard(s) {', '.join(map(str, err.value.shards))} lost")
     assert all(f"shard {j}: FileNotFoundError" in str(err.value) for j in err.value.shards)
     assert "save()" in str(err.value)
+
+
+def test_refit_and_release(client, glove, tmp_path):
+    X, Q = glove
+    index = ShardedAVQIndex(metric="cosine", n_shards=2, num_leaves=20, client=client).fit(
+        da.from_array(X[:4000], chunks=(2000, 50)))
+    index.save(tmp_path / "a.avqs")
+    assert index.saved_path == str(tmp_path / "a.avqs")
+    index.fit(da.from_array(X[4000:10000], chunks=(3000, 50)))
+    assert index.saved_path is None and index.ntotal == 6000  # the old files no longer describe it
+    assert index.search(Q[:5], k=3)[1].max() < 6000  # ids are row numbers of the new input
+    index.release()
+    assert not index.is_fitted
+    with pytest.raises(ValueError, match="not fitted"):
+        index.search(Q)
 
 
 # ---------------------------------------------------------------------------------- validation
