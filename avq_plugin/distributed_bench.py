@@ -176,7 +176,7 @@ def main(argv=None):
     print(f"  per-shard costs (1 thread): fixed {costs['fixed_us']:.1f} us/query (L={L}, d={d}), scan "
           f"{costs['scan_ns_per_vector']:.2f} ns/vector, re-scoring {costs['reorder_ns_per_candidate']:.1f} "
           "ns/candidate", flush=True)
-    del shard0
+    shard0 = None  # free it before the clusters start
 
     # 2b. The same figures at d = 100 (the sizing note's dimension), in this process, on seeded
     # Gaussian data: 32768 vectors in 64 leaves (512 per leaf, about what one shard of a
@@ -239,7 +239,7 @@ def main(argv=None):
                          "client_cpu_us_per_query": own * 1e6})
             print(f"  {rows[-1]['system']}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} "
                   f"recall {rows[-1]['recall']:.4f}; CPU per query {own * 1e6:.1f} us", flush=True)
-    del single
+    single = None
     memory = {}
     for workers, mmap in ((1, False), (2, False), (2, True)):
         cluster, client = _cluster(workers, 1)

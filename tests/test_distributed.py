@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from avq_plugin import AVQIndex, ExactIndex
+from avq_plugin import ExactIndex
 from avq_plugin.datasets import load_glove_subset
 from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_topk
 
