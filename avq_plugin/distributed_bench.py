@@ -1,0 +1,291 @@
+"""Benchmark of ShardedAVQIndex on a local Dask cluster: QPS with 1 and 2 workers, memory per
+worker, and the per-shard figures behind the README's sizing note.
+
+Run (hold the machine's benchmark lock so no other timing job runs at the same time)::
+
+    flock /tmp/avq-bench.lock python -m avq_plugin.distributed_bench \\
+        --dataset /work/shared/data/glove6b-50-angular-200k.hdf5 --json dist.json
+
+Steps, all with the same shards (built once, saved, then loaded by each cluster):
+
+1. build a 4-shard index from the HDF5 file (read by the workers) for float32, int8 and no
+   re-ranking; record per-shard memory_usage and file sizes, split into bytes per vector for
+   codes + ids, int8 re-ranking rows and float32 re-ranking rows, and the fixed per-shard
+   bytes of the shared quantizer;
+2. per-shard search costs in this process (1 thread): a fixed per-query cost (leaf scoring,
+   lookup table), the scan cost per vector of the probed leaves, and the re-scoring cost per
+   candidate, the inputs of the fan-out model in the README;
+3. batched QPS and recall@10 of the loaded index on a LocalCluster with 1 worker and with 2
+   workers (1 thread each), against one AVQIndex with the same quantizer in this process
+   (1 and 2 threads); the resident memory (RSS) of every worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from .datasets import load_hdf5
+from .index import AVQIndex
+
+K = 10
+
+
+def _recall(I, gt):
+    gt = gt[:, :K]
+    return float((I[:, :K, None] == gt[:, None, :]).any(axis=1).mean())
+
+
+def _best_time(fn, repeats):
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _rss_of_workers(client):
+    """{worker: (rss, rss - file-backed shared pages)} in bytes."""
+    def rss():
+        import psutil
+
+        m = psutil.Process().memory_info()
+        return m.rss, m.rss - m.shared
+
+    return client.run(rss)
+
+
+def _cpu_of_workers(client):
+    """Total user + system CPU seconds of the worker processes so far."""
+    def cpu():
+        import psutil
+
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    return sum(client.run(cpu).values())
+
+
+def _cluster(n_workers, threads):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                           dashboard_address=None, memory_limit=0)
+    return cluster, Client(cluster)
+
+
+def main(argv=None):
+    from .distributed import ShardedAVQIndex
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True, help="ann-benchmarks HDF5 file (angular)")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--threshold", type=float, default=0.2)
+    ap.add_argument("--budgets", default="10:40,20:100", help="leaves_to_search:reorder_k pairs")
+    ap.add_argument("--batch", type=int, default=10000, help="queries per search call")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="write every measurement here")
+    args = ap.parse_args(argv)
+    budgets = [tuple(int(v) for v in b.split(":")) for b in args.budgets.split(",")]
+
+    ds = load_hdf5(args.dataset)
+    if ds.metric != "angular":
+        raise SystemExit("this benchmark uses cosine: pass an angular data set")
+    X, Q, gt = ds.train, ds.test, ds.neighbors
+    n, d = X.shape
+    Qb = [Q[i:i + args.batch] for i in range(0, len(Q), args.batch)]
+    res = {"dataset": os.path.basename(args.dataset), "n": n, "d": d, "nq": len(Q), "shards": args.shards,
+           "batch": args.batch, "threshold": args.threshold}
+    print(f"{res['dataset']}: n={n} d={d} nq={len(Q)}, {args.shards} shards", flush=True)
+
+    tmp = tempfile.mkdtemp(prefix="avq-dist-bench-")
+    paths = {}
+    per_shard = {}
+    # 1. Build once per re-ranking mode; per-shard figures.
+    cluster, client = _cluster(2, 1)
+    try:
+        for mode in ("float32", "int8", "none"):
+            index = ShardedAVQIndex(metric="cosine", n_shards=args.shards, dims_per_block=2,
+                                    anisotropic_threshold=args.threshold, reorder=mode, client=client)
+            t0 = time.perf_counter()
+            index.fit([(args.dataset, "train")])
+            build = time.perf_counter() - t0
+            paths[mode] = os.path.join(tmp, f"{mode}.avqs")
+            manifest = index.save(paths[mode])
+            infos = index.shard_info()
+            fixed = index.trained_index().memory_usage()
+            per_shard[mode] = {
+                "build_s": build,
+                "ntotal": [i["ntotal"] for i in infos],
+                "memory_usage": [i["memory_usage"] for i in infos],
+                "file_bytes": [s["bytes"] for s in manifest["shards"]],
+                "fixed_bytes": fixed,
+                "code_size": infos[0]["code_size"],
+                "num_leaves": index.num_leaves_,
+            }
+            mem = (sum(per_shard[mode]["memory_usage"]) - args.shards * fixed) / n
+            print(f"  build reorder={mode}: {build:.2f} s on 2 workers; {mem:.2f} B/vector in memory "
+                  f"(+{fixed} B fixed per shard)", flush=True)
+            index.release()
+    finally:
+        client.close()
+        cluster.close()
+    f32, i8, none = (per_shard[m] for m in ("float32", "int8", "none"))
+    bpv = {
+        "codes+ids": (sum(none["memory_usage"]) - args.shards * none["fixed_bytes"]) / n,
+        "int8 rows": (sum(i8["memory_usage"]) - sum(none["memory_usage"])) / n,
+        "float32 rows": (sum(f32["memory_usage"]) - sum(none["memory_usage"])) / n,
+        "file codes+ids": (sum(none["file_bytes"])) / n,
+        "file float32": sum(f32["file_bytes"]) / n,
+        "file int8": sum(i8["file_bytes"]) / n,
+    }
+    res["per_shard"] = per_shard
+    res["bytes_per_vector"] = bpv
+    print("  bytes/vector: " + ", ".join(f"{k} {v:.2f}" for k, v in bpv.items()), flush=True)
+
+    # 2. Per-shard costs, in this process, 1 thread (the float32 index).
+    manifest = json.load(open(os.path.join(paths["float32"], "manifest.json")))
+    shard0 = AVQIndex.load(os.path.join(paths["float32"], manifest["shards"][0]["file"]))
+    L = shard0.num_leaves_
+    nq_c = min(len(Q), 5000)
+    Qc = Q[:nq_c]
+
+    def per_query(lts, rk):
+        return _best_time(lambda: shard0.search(Qc, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1),
+                          args.repeats)[0] / nq_c
+
+    t_fixed = per_query(1, K)
+    t_scan = per_query(40, K)
+    t_reorder = per_query(40, 400)  # 40 leaves hold > 400 candidates
+    scanned = 40 * shard0.ntotal / L  # vectors in 40 leaves of this shard, on average
+    costs = {
+        "shard_ntotal": shard0.ntotal, "num_leaves": L,
+        "fixed_us": t_fixed * 1e6,
+        "scan_ns_per_vector": (t_scan - t_fixed) / (scanned - shard0.ntotal / L) * 1e9,
+        "reorder_ns_per_candidate": (t_reorder - t_scan) / (400 - K) * 1e9,
+    }
+    res["costs"] = costs
+    print(f"  per-shard costs (1 thread): fixed {costs['fixed_us']:.1f} us/query (L={L}, d={d}), scan "
+          f"{costs['scan_ns_per_vector']:.2f} ns/vector, re-scoring {costs['reorder_ns_per_candidate']:.1f} "
+          "ns/candidate", flush=True)
+    shard0 = None  # free it before the clusters start
+
+    # 2b. The same figures at d = 100 (the sizing note's dimension), in this process, on seeded
+    # Gaussian data: 32768 vectors in 64 leaves (512 per leaf, about what one shard of a
+    # 64-shard, 31623-leaf billion-vector index holds per leaf); 256 leaves for the slope of the
+    # per-query leaf-scoring cost in the number of leaves.
+    rng = np.random.default_rng(0)
+    Xs = rng.standard_normal((32768, 100)).astype(np.float32)
+    Qs = rng.standard_normal((5000, 100)).astype(np.float32)
+    d100 = {}
+    for mode in ("none", "int8", "float32"):
+        idx = AVQIndex(metric="dot", num_leaves=64, dims_per_block=2, anisotropic_threshold=args.threshold,
+                       reorder=mode, num_threads=1, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # eta warnings on Gaussian data are irrelevant here
+            idx.train(Xs)
+        fixed = idx.memory_usage()
+        idx.add(Xs)
+        d100[mode] = (idx.memory_usage() - fixed) / len(Xs)
+        if mode == "float32":
+            idx64 = idx
+    unit = {
+        "codes+ids": d100["none"], "int8 rows": d100["int8"] - d100["none"],
+        "float32 rows": d100["float32"] - d100["none"], "code_size": idx64.code_size,
+    }
+    # Only the number of leaves matters for this timing, not the quality of the partition.
+    idx1k = AVQIndex(metric="dot", num_leaves=1024, dims_per_block=2, anisotropic_threshold=args.threshold,
+                     kmeans_iterations=2, training_iterations=0, num_threads=-1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idx1k.fit(Xs)
+
+    def pq(index, lts, rk):
+        return _best_time(lambda: index.search(Qs, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1),
+                          args.repeats)[0] / len(Qs)
+
+    f64, f1k = pq(idx64, 1, K), pq(idx1k, 1, K)
+    t16 = pq(idx64, 16, K)
+    unit["leaf_scoring_ns_per_leaf"] = (f1k - f64) / (1024 - 64) * 1e9
+    unit["fixed_us_at_64_leaves"] = f64 * 1e6
+    unit["scan_ns_per_vector"] = (t16 - f64) / (15 * len(Xs) / 64) * 1e9
+    unit["reorder_ns_per_candidate"] = (pq(idx64, 16, 400) - t16) / (400 - K) * 1e9
+    res["d100"] = unit
+    print("  d=100 (Gaussian, in-process, 1 thread): " + ", ".join(f"{k} {v:.3g}" for k, v in unit.items()),
+          flush=True)
+    del idx64, idx1k, idx
+
+    # 3. QPS, recall and memory: one in-process index, then 1 and 2 workers.
+    single = AVQIndex.load(os.path.join(paths["float32"], "quantizer.avq"))
+    single.add(X, np.arange(n, dtype=np.int64))
+    rows = []
+    for threads in (1, 2):
+        for lts, rk in budgets:
+            own0 = time.process_time()
+            t, out = _best_time(lambda: [single.search(q, k=K, leaves_to_search=lts, reorder_k=rk,
+                                                       num_threads=threads) for q in Qb], args.repeats)
+            own = (time.process_time() - own0) / args.repeats / len(Q)
+            I = np.concatenate([o[1] for o in out])
+            rows.append({"system": f"AVQIndex in-process, {threads} thread(s)", "workers": 0, "threads": threads,
+                         "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt),
+                         "client_cpu_us_per_query": own * 1e6})
+            print(f"  {rows[-1]['system']}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} "
+                  f"recall {rows[-1]['recall']:.4f}; CPU per query {own * 1e6:.1f} us", flush=True)
+    single = None
+    memory = {}
+    for workers, mmap in ((1, False), (2, False), (2, True)):
+        cluster, client = _cluster(workers, 1)
+        try:
+            client.run(lambda: __import__("avq_plugin.distributed"))  # baseline includes the imports
+            idle = _rss_of_workers(client)
+            index = ShardedAVQIndex.load(paths["float32"], client=client, mmap=mmap)
+            index.search(Qb[0][:100], k=K)  # warm-up
+            loaded = _rss_of_workers(client)
+            for lts, rk in budgets:
+                cpu0, own0 = _cpu_of_workers(client), time.process_time()
+                t, out = _best_time(lambda: [index.search(q, k=K, leaves_to_search=lts, reorder_k=rk) for q in Qb],
+                                    args.repeats)
+                cpu = (_cpu_of_workers(client) - cpu0) / args.repeats / len(Q)
+                own = (time.process_time() - own0) / args.repeats / len(Q)
+                I = np.concatenate([o[1] for o in out])
+                name = f"ShardedAVQIndex, {workers} worker(s) x 1 thread" + (", mmap" if mmap else "")
+                rows.append({"system": name, "workers": workers, "threads": 1, "mmap": mmap,
+                             "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt),
+                             "worker_cpu_us_per_query": cpu * 1e6, "client_cpu_us_per_query": own * 1e6})
+                print(f"  {name}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} recall {rows[-1]['recall']:.4f}; "
+                      f"CPU per query: workers {cpu * 1e6:.1f} us, client {own * 1e6:.1f} us", flush=True)
+            after = _rss_of_workers(client)
+            memory[f"{workers}w{' mmap' if mmap else ''}"] = {
+                "idle_rss": list(idle.values()), "loaded_rss": list(loaded.values()),
+                "after_search_rss": list(after.values()),
+                "shards_per_worker": [len([i for i in index.shard_info() if w in i["workers"]]) for w in after],
+            }
+            m = memory[f"{workers}w{' mmap' if mmap else ''}"]
+
+            def mib(values):
+                return [f"{r / 2**20:.1f} ({a / 2**20:.1f} anon)" for r, a in values]
+
+            print(f"  RSS per worker (MiB): idle {mib(m['idle_rss'])}, loaded {mib(m['loaded_rss'])}, after "
+                  f"searches {mib(m['after_search_rss'])}; shards {m['shards_per_worker']}", flush=True)
+            index.release()
+        finally:
+            client.close()
+            cluster.close()
+    res["search"] = rows
+    res["memory"] = memory
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""ShardedAVQIndex on a real Dask LocalCluster (2 worker processes on loopback).
+
+The cluster is started once for the module and closed at its end. Data: the shipped GloVe
+subset (20,000 x 50, cosine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+
+import cloudpickle
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster, WorkerPlugin
+
+from avq_plugin import ExactIndex
+from avq_plugin.datasets import load_glove_subset
+from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_topk
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.fixture(scope="module")
+def glove():
+    ds = load_glove_subset()
+    return ds.train, ds.test[:200]
+
+
+@pytest.fixture(scope="module")
+def client():
+    # The worker plugin below is defined in this module, which the workers cannot import (pytest
+    # imports it with importlib): ship it by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def sharded(client, glove):
+    X, _ = glove
+    # 8 row chunks, 4 shards: the training sample comes from every chunk, shards span chunks.
+    return ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(2500, 50)))
+
+
+def single_like(sharded, X):
+    """One AVQIndex over all of X with the sharded index's quantizer (ids = row numbers)."""
+    index = sharded.trained_index()
+    index.num_threads = 1
+    return index.add(X, np.arange(X.shape[0], dtype=np.int64))
+
+
+class ExitOnSearch(WorkerPlugin):
+    """Kills the first worker process that starts executing a shard search (once per flag file:
+    creating the file with O_EXCL elects exactly one victim across the worker processes)."""
+
+    name = "avq-test-exit-on-search"
+
+    def __init__(self, flag):
+        self.flag = str(flag)
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and str(key).startswith("avq-search"):
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+
+def search_with_worker_killed(client, index, Q, flag, **kw):
+    """index.search(Q) while a worker dies in the middle of it; returns (D, I), dead address."""
+    client.wait_for_workers(2)
+    before = set(client.scheduler_info(n_workers=-1)["workers"])
+    client.register_plugin(ExitOnSearch(flag))
+    try:
+        result = index.search(Q, **kw)
+    finally:
+        client.unregister_worker_plugin(ExitOnSearch.name)
+    dead = before - set(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(dead) == 1 and os.path.exists(flag), "no worker was killed during the search"
+    return result, dead.pop()
+
+
+# ---------------------------------------------------------------------------------- merging
+def test_merge_topk_orders_ties_by_id_and_pads_last():
+    D1 = np.array([[0.9, 0.5, -FLT_MAX]], np.float32)
+    I1 = np.array([[7, 3, -1]], np.int64)
+    D2 = np.array([[0.9, 0.7, 0.5]], np.float32)
+    I2 = np.array([[2, 11, 1]], np.int64)
+    D, I = merge_topk([D1, D2], [I1, I2], 5, "dot")
+    assert I.tolist() == [[2, 7, 11, 1, 3]]
+    assert D[0].tolist() == pytest.approx([0.9, 0.9, 0.7, 0.5, 0.5])
+    # l2: smaller is better; padding (+FLT_MAX) last, even when k exceeds the candidates.
+    D, I = merge_topk([np.array([[1.0, FLT_MAX]], np.float32)], [np.array([[4, -1]])], 3, "l2")
+    assert I.tolist() == [[4, -1, -1]] and D[0, 1] == FLT_MAX and D[0, 2] == FLT_MAX
+    # A padding entry never beats a real one, whatever its score field says.
+    D, I = merge_topk([np.array([[5.0]], np.float32), np.array([[1.0]], np.float32)],
+                      [np.array([[-1]]), np.array([[9]])], 1, "dot")
+    assert I.tolist() == [[9]]
+
+
+def test_merge_topk_equals_one_sorted_list():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 30, size=(50, 400)).astype(np.float32)  # many ties
+    ids = np.stack([rng.permutation(400) for _ in range(50)]).astype(np.int64)
+    parts = np.array_split(np.arange(400), 5)
+    Dp, Ip = [], []
+    for p in parts:  # per-shard top-10 by (score desc, id asc)
+        o = np.lexsort((ids[:, p], -scores[:, p]), axis=1)[:, :10]
+        Dp.append(np.take_along_axis(scores[:, p], o, 1))
+        Ip.append(np.take_along_axis(ids[:, p], o, 1))
+    D, I = merge_topk(Dp, Ip, 10, "dot")
+    o = np.lexsort((ids, -scores), axis=1)[:, :10]
+    np.testing.assert_array_equal(I, np.take_along_axis(ids, o, 1))
+    np.testing.assert_array_equal(D, np.take_along_axis(scores, o, 1))
+
+
+# ---------------------------------------------------------------------------------- exactness
+def test_shards_give_the_single_index_top_k(sharded, glove):
+    X, Q = glove
+    single = single_like(sharded, X)
+    assert sharded.ntotal == single.ntotal == X.shape[0]
+    # Every candidate of the probed leaves is re-scored: per-shard and global candidate sets
+    # coincide, so the merge must equal the single index exactly.
+    for lts in (5, 14, sharded.num_leaves_):
+        D, I = sharded.search(Q, k=10, leaves_to_search=lts, reorder_k=X.shape[0])
+        D1, I1 = single.search(Q, k=10, leaves_to_search=lts, reorder_k=X.shape[0])
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+    # Ids are global row numbers: the scores are those of X[I].
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    np.testing.assert_allclose(D, np.einsum("qd,qkd->qk", Qn, Xn[I]), atol=1e-5)
+    bounds = [(i["id_min"], i["id_max"] + 1) for i in sharded.shard_info()]
+    assert bounds == sharded.shard_bounds_ == [(0, 5000), (5000, 10000), (10000, 15000), (15000, 20000)]
+
+
+@pytest.mark.parametrize("metric, reorder", [("dot", "int8"), ("l2", "float32")])
+def test_other_metrics_give_the_single_index_top_k(client, glove, metric, reorder):
+    X, Q = glove
+    index = ShardedAVQIndex(metric=metric, n_shards=3, reorder=reorder, client=client).fit(
+        da.from_array(X, chunks=(4000, 50)))
+    single = single_like(index, X)
+    D, I = index.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
+    D1, I1 = single.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
+    np.testing.assert_array_equal(I, I1)
+    np.testing.assert_array_equal(D, D1)
+
+
+def test_small_reorder_budget_sharded_recall_at_least_single(sharded, glove):
+    X, Q = glove
+    single = single_like(sharded, X)
+    _, gt = ExactIndex(metric="cosine", num_threads=1).fit(X).search(Q, k=10)
+    D, I = sharded.search(Q, k=10, leaves_to_search=10, reorder_k=12)
+    _, I1 = single.search(Q, k=10, leaves_to_search=10, reorder_k=12)
+    hits = (I[:, :, None] == gt[:, None, :]).any(1).sum(1)
+    hits1 = (I1[:, :, None] == gt[:, None, :]).any(1).sum(1)
+    # Each shard re-scores its own 12 best candidates, a superset of the single index's 12.
+    assert np.all(hits >= hits1)
+    assert hits.sum() > hits1.sum()  # and at this budget the superset matters
+    assert hits.mean() / 10 > 0.8
+
+
+def test_quantized_scores_without_reordering_match_single_index(client, glove):
+    X, Q = glove
+    index = ShardedAVQIndex(metric="cosine", n_shards=4, reorder="none", client=client).fit(
+        da.from_array(X, chunks=(5000, 50)))
+    single = single_like(index, X)
+    for lts in (3, 20):
+        D, I = index.search(Q, k=10, leaves_to_search=lts)
+        D1, I1 = single.search(Q, k=10, leaves_to_search=lts)
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+
+
+def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
+    X, Q = glove
+    parts = [X[:7000], X[7000:12000], X[12000:]]
+    np.save(tmp_path / "a.npy", parts[0])
+    np.save(tmp_path / "b.npy", parts[1].astype(np.float64))  # converted to float32 in the workers
+    with h5py.File(tmp_path / "c.hdf5", "w") as f:
+        f["train"] = parts[2]
+    index = ShardedAVQIndex(metric="cosine", client=client).fit(
+        [tmp_path / "a.npy", str(tmp_path / "b.npy"), (tmp_path / "c.hdf5", "train")])
+    assert index.shard_bounds_ == [(0, 7000), (7000, 12000), (12000, 20000)]  # one shard per file
+    # The same chunks as a dask array: the same sample, quantizer and results.
+    ref = ShardedAVQIndex(metric="cosine", client=client).fit(da.from_array(X, chunks=((7000, 5000, 8000), 50)))
+    D, I = index.search(Q, k=10, leaves_to_search=20)
+    D1, I1 = ref.search(Q, k=10, leaves_to_search=20)
+    np.testing.assert_array_equal(I, I1)
+    np.testing.assert_array_equal(D, D1)
+    with pytest.raises(ValueError, match="different dimensions"):
+        np.save(tmp_path / "narrow.npy", X[:10, :20])
+        ShardedAVQIndex(client=client).fit([tmp_path / "a.npy", tmp_path / "narrow.npy"])
+
+
+# ---------------------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("mmap", [False, True])
+def test_save_load_round_trip(client, sharded, glove, tmp_path, mmap):
+    _, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    path = tmp_path / "glove.avqs"
+    manifest = sharded.save(path)
+    on_disk = json.loads((path / MANIFEST_NAME).read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert on_disk["format_version"] == 1 and on_disk["n_shards"] == 4 and on_disk["ntotal"] == 20000
+    assert [s["file"] for s in on_disk["shards"]] == [f"shard-0000{j}.avq" for j in range(4)]
+    assert [(s["id_start"], s["id_stop"]) for s in on_disk["shards"]] == sharded.shard_bounds_
+    assert all(s["bytes"] == os.path.getsize(path / s["file"]) for s in on_disk["shards"])
+
+    loaded = ShardedAVQIndex.load(path, client=client, mmap=mmap)
+    assert all(info["is_mapped"] == mmap for info in loaded.shard_info())
+    assert {w for info in loaded.shard_info() for w in info["workers"]} == set(
+        client.scheduler_info(n_workers=-1)["workers"])  # spread over both workers
+    for kw in ({}, {"leaves_to_search": 30, "reorder_k": 50}):
+        D, I = sharded.search(Q, k=10, **kw)
+        D2, I2 = loaded.search(Q, k=10, **kw)
+        np.testing.assert_array_equal(I, I2)
+        np.testing.assert_array_equal(D, D2)
+    assert loaded.metric == "cosine" and loaded.num_leaves_ == sharded.num_leaves_
+    # Saving a loaded index again, elsewhere, gives the same shard files.
+    again = loaded.save(tmp_path / "copy.avqs")
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
+
+
+def test_corrupted_or_missing_shard_raises(client, sharded, tmp_path):
+    path = tmp_path / "bad.avqs"
+    sharded.save(path)
+    shard2 = path / "shard-00002.avq"
+    data = bytearray(shard2.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard2.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="shard 2 is corrupt"):
+        ShardedAVQIndex.load(path, client=client)
+    # Without the sha256 pass, the native checksums still catch it (not under mmap, which
+    # skips them by design, so only the size check applies there).
+    with pytest.raises(ValueError, match="shard 2 is corrupt"):
+        ShardedAVQIndex.load(path, client=client, verify=False)
+    shard2.write_bytes(bytes(data[:-100]))
+    with pytest.raises(ValueError, match="shard 2 is corrupt.*bytes"):
+        ShardedAVQIndex.load(path, client=client, mmap=True, verify=False)
+    (path / "shard-00001.avq").unlink()
+    with pytest.raises(ValueError, match="shard 1 is missing"):
+        ShardedAVQIndex.load(path, client=client)
+
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    (path / MANIFEST_NAME).write_text(json.dumps(dict(manifest, format_version=99)))
+    with pytest.raises(ValueError, match="newer"):
+        ShardedAVQIndex.load(path, client=client)
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest)[:-20])
+    with pytest.raises(ValueError, match="corrupted manifest"):
+        ShardedAVQIndex.load(path, client=client)
+    with pytest.raises(ValueError, match="not a saved sharded index"):
+        ShardedAVQIndex.load(tmp_path / "nowhere", client=client)
+
+
+# ---------------------------------------------------------------------------------- failures
+def test_worker_killed_mid_search_loaded_index_survives(client, sharded, glove, tmp_path):
+    _, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    sharded.save(tmp_path / "s.avqs")
+    loaded = ShardedAVQIndex.load(tmp_path / "s.avqs", client=client, mmap=True)
+    expected = loaded.search(Q, k=10)
+    # The lost shards are re-read from their files on the surviving worker.
+    (D, I), _ = search_with_worker_killed(client, loaded, Q, tmp_path / "kill", k=10)
+    np.testing.assert_array_equal(I, expected[1])
+    np.testing.assert_array_equal(D, expected[0])
+    np.testing.assert_array_equal(loaded.search(Q, k=10)[1], expected[1])
+
+
+def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_path):
+    client.wait_for_workers(2)
+    X, Q = glove
+    index = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(5000, 50)))
+    expected = index.search(Q, k=10)
+    # Not saved: Dask re-encodes the lost shards from their source chunks (the lineage).
+    (D, I), dead = search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
+    np.testing.assert_array_equal(I, expected[1])
+    np.testing.assert_array_equal(D, expected[0])
+    assert all(dead not in info["workers"] for info in index.shard_info())
+
+
+def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove, tmp_path):
+    X, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    src = tmp_path / "src"
+    src.mkdir()
+    for j in range(4):
+        np.save(src / f"part{j}.npy", X[j * 5000:(j + 1) * 5000])
+    index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
+    expected = index.search(Q, k=10)
+    index.save(tmp_path / "s.avqs")
+    shutil.rmtree(src)  # Dask can no longer rebuild a lost shard from its source files ...
+    # ... so it is reloaded from the save.
+    (D, I), _ = search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
+    np.testing.assert_array_equal(I, expected[1])
+    np.testing.assert_array_equal(D, expected[0])
+
+
+def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_path):
+    X, Q = glove
+    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    src = tmp_path / "src"
+    src.mkdir()
+    for j in range(4):
+        np.save(src / f"part{j}.npy", X[j * 5000:(j + 1) * 5000])
+    index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
+    shutil.rmtree(src)
+    infos = index.shard_info()
+    assert {w for i in infos for w in i["workers"]} == set(client.scheduler_info(n_workers=-1)["workers"])
+    with pytest.raises(ShardLostError, match="lost .a worker died. and could not be recovered") as err:
+        search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
+    dead = {w for i in infos for w in i["workers"]} - set(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(dead) == 1
+    on_victim = {i["shard"] for i in infos if set(i["workers"]) & dead}
+    assert on_victim and on_victim != {0, 1, 2, 3}
+    # Every shard of the dead worker is named (shards elsewhere can be lost too: when Dask fails
+    # to recompute the shared quantizer it also fails the shards built from it).
+    assert on_victim <= set(err.value.shards)
+    assert str(err.value).startswith(f"shard(s) {', '.join(map(str, err.value.shards))} lost")
+    assert all(f"shard {j}: FileNotFoundError" in str(err.value) for j in err.value.shards)
+    assert "save()" in str(err.value)
+
+
+def test_refit_and_release(client, glove, tmp_path):
+    X, Q = glove
+    index = ShardedAVQIndex(metric="cosine", n_shards=2, num_leaves=20, client=client).fit(
+        da.from_array(X[:4000], chunks=(2000, 50)))
+    index.save(tmp_path / "a.avqs")
+    assert index.saved_path == str(tmp_path / "a.avqs")
+    index.fit(da.from_array(X[4000:10000], chunks=(3000, 50)))
+    assert index.saved_path is None and index.ntotal == 6000  # the old files no longer describe it
+    assert index.search(Q[:5], k=3)[1].max() < 6000  # ids are row numbers of the new input
+    index.release()
+    assert not index.is_fitted
+    with pytest.raises(ValueError, match="not fitted"):
+        index.search(Q)
+
+
+# ---------------------------------------------------------------------------------- validation
+def test_bad_input(client, sharded, glove):
+    X, Q = glove
+    with pytest.raises(ValueError, match="not fitted"):
+        ShardedAVQIndex(client=client).search(Q)
+    with pytest.raises(ValueError, match="features"):
+        sharded.search(Q[:, :10])
+    with pytest.raises(ValueError, match="n_shards=30 exceeds"):
+        ShardedAVQIndex(n_shards=30, client=client).fit(da.from_array(X[:20]))
+    with pytest.raises(TypeError, match="dask.array"):
+        ShardedAVQIndex(client=client).fit({"X": X})
+    with pytest.raises(ValueError, match="n_shards"):
+        ShardedAVQIndex(n_shards=0)
+    with pytest.raises(TypeError, match="client"):
+        ShardedAVQIndex(client="tcp://nowhere:8786")
+    with pytest.raises(TypeError, match="save"):
+        pickle.dumps(sharded)
+    bad = X[:1000].copy()
+    bad[999, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ShardedAVQIndex(n_shards=2, num_leaves=5, client=client).fit(da.from_array(bad, chunks=(500, 50)))
+    # k beyond a shard's size: padded like AVQIndex.
+    small = ShardedAVQIndex(metric="cosine", n_shards=3, num_leaves=2, client=client).fit(
+        da.from_array(X[:9], chunks=(3, 50)))
+    D, I = small.search(Q[:2], k=12, leaves_to_search=2)
+    assert sorted(I[0, :9].tolist()) == list(range(9)) and I[:, 9:].tolist() == [[-1] * 3] * 2
+    assert np.all(D[:, 9:] == -FLT_MAX)
