@@ -296,6 +296,56 @@ PYBIND11_MODULE(_native, m) {
             return out;
           },
           py::arg("ids").noconvert())
+      .def(
+          "set_quantizer",
+          [](Index& self, FArray probe, FArray resid, FArray codebooks) {
+            const size_t d = self.params().d;
+            size_t L = check_matrix(probe, d, "probe centres");
+            if (check_matrix(resid, d, "residual centres") != L)
+              throw py::value_error("probe and residual centres must have the same number of rows");
+            if (codebooks.ndim() != 1 || static_cast<size_t>(codebooks.shape(0)) != 16 * d)
+              throw py::value_error("codebooks must be a 1-D array of 16 * d floats");
+            const float* pp = probe.data();
+            const float* rp = resid.data();
+            const float* cp = codebooks.data();
+            py::gil_scoped_release release;
+            self.set_quantizer(pp, rp, L, cp);
+          },
+          py::arg("probe").noconvert(), py::arg("resid").noconvert(), py::arg("codebooks").noconvert(),
+          "Install probe centres (L, d), residual centres (L, d) and codebooks (16 d) in an empty index.")
+      .def(
+          "add_codes",
+          [](Index& self, py::array_t<uint8_t, py::array::c_style> codes, IArray leaves, std::optional<IArray> ids,
+             std::optional<FArray> norms2) {
+            if (codes.ndim() != 2 || static_cast<size_t>(codes.shape(1)) != self.num_blocks())
+              throw py::value_error("codes must be a 2-D uint8 array with num_blocks columns");
+            const size_t n = static_cast<size_t>(codes.shape(0));
+            if (leaves.ndim() != 1 || static_cast<size_t>(leaves.shape(0)) != n)
+              throw py::value_error("leaves must be a 1-D array with one leaf per code");
+            const int64_t* ip = check_ids(ids, n);
+            const float* np2 = nullptr;
+            if (norms2) {
+              if (norms2->ndim() != 1 || static_cast<size_t>(norms2->shape(0)) != n)
+                throw py::value_error("norms2 must be a 1-D array with one value per code");
+              np2 = norms2->data();
+            }
+            const uint8_t* cp = codes.data();
+            const int64_t* lp = leaves.data();
+            py::gil_scoped_release release;
+            self.add_codes(cp, lp, n, ip, np2);
+          },
+          py::arg("codes").noconvert(), py::arg("leaves").noconvert(), py::arg("ids").noconvert() = py::none(),
+          py::arg("norms2").noconvert() = py::none(),
+          "Add pre-computed 4-bit codes (n, num_blocks) in the given leaves (reorder='none' only).")
+      .def("set_search_defaults", &Index::set_search_defaults, py::arg("leaves_to_search"), py::arg("reorder_k"),
+           py::call_guard<py::gil_scoped_release>(), "Replace the stored default search budget (0: automatic).")
+      .def("probe_centers",
+           [](const Index& self) {
+             std::vector<float> c = self.probe_centers();
+             py::array_t<float> out(c.size());
+             std::copy(c.begin(), c.end(), out.mutable_data());
+             return out;
+           })
       .def("leaf_sizes",
            [](const Index& self) {
              std::vector<uint64_t> v = self.leaf_sizes();

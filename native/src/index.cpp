@@ -903,4 +903,110 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   }
 }
 
+// ------------------------------------------------------------ quantizer import (Faiss adapter)
+
+void Index::set_quantizer(const float* probe, const float* resid, size_t L, const float* codebooks) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  const size_t d = p_.d;
+  if (ntotal_ != 0) throw InvalidArgument("set_quantizer needs an empty index (call reset() first)");
+  if (L == 0 || L > (size_t(1) << 31)) throw InvalidArgument("the number of leaves must be in [1, 2^31]");
+  for (size_t i = 0; i < L * d; ++i)
+    if (!std::isfinite(probe[i]) || !std::isfinite(resid[i]))
+      throw InvalidArgument("centres contain NaN or infinity");
+  for (size_t i = 0; i < layout_.codebook_size(); ++i)
+    if (!std::isfinite(codebooks[i])) throw InvalidArgument("codebooks contain NaN or infinity");
+  mapping_.reset();
+  if (!trained_) {
+    threshold_used_ = p_.threshold;
+    eta_fn_ = std::make_shared<EtaFunction>(p_.threshold, p_.eta, p_.eta_scann, static_cast<int>(d));
+    stats_ = TrainStats();
+    stats_.threshold = p_.threshold;
+    stats_.eta_min = stats_.eta_max = stats_.eta_mean = 1.0;
+    int8_scale_.assign(d, 1.f);
+  }
+  nleaves_ = L;
+  probe_centers_.assign(probe, probe + L * d);
+  probe_table_.build(probe_centers_.data(), L, d);
+  resid_centers_.assign(resid, resid + L * d);
+  codebooks_.assign(codebooks, codebooks + layout_.codebook_size());
+  build_codebooks_t();
+  leaves_.assign(L, Leaf());
+  for (Leaf& l : leaves_) sync_views(l);
+  clear_arena();
+  ntotal_ = 0;
+  next_id_ = 0;
+  {
+    std::lock_guard<std::mutex> g(id_map_mu_);
+    id_map_.clear();
+    id_map_valid_ = false;
+  }
+  trained_ = true;
+}
+
+void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids,
+                      const float* norms2) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (p_.reorder != ReorderMode::kNone)
+    throw InvalidArgument("add_codes needs reorder='none': there are no vectors to re-score");
+  if (n == 0) return;
+  const size_t M = layout_.num_blocks, gb = group_bytes();
+  const bool l2 = p_.metric == Metric::kL2;
+  if (l2 && norms2 == nullptr) throw InvalidArgument("add_codes under l2 needs the squared norms");
+  for (size_t i = 0; i < n; ++i) {
+    if (leaf[i] < 0 || size_t(leaf[i]) >= nleaves_)
+      throw InvalidArgument("leaf " + std::to_string(leaf[i]) + " is out of range");
+    for (size_t m = 0; m < M; ++m)
+      if (codes[i * M + m] > 15) throw InvalidArgument("codes must be 4-bit values (0..15)");
+    if (l2 && !std::isfinite(norms2[i])) throw InvalidArgument("norms2 contains NaN or infinity");
+  }
+  std::vector<int64_t> new_ids(n);
+  if (ids) {
+    std::memcpy(new_ids.data(), ids, n * sizeof(int64_t));
+    std::vector<int64_t> sorted(new_ids);
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 1; i < n; ++i)
+      if (sorted[i] == sorted[i - 1]) throw InvalidArgument("duplicate id " + std::to_string(sorted[i]) + " in ids");
+    if (ntotal_ > 0) {
+      ensure_id_map();
+      for (int64_t id : new_ids)
+        if (id_map_.count(id)) throw InvalidArgument("id " + std::to_string(id) + " is already in the index");
+    }
+  } else {
+    if (next_id_ > std::numeric_limits<int64_t>::max() - int64_t(n)) throw InvalidArgument("id space exhausted");
+    for (size_t i = 0; i < n; ++i) new_ids[i] = next_id_ + int64_t(i);
+  }
+  std::vector<size_t> more(nleaves_, 0);
+  for (size_t i = 0; i < n; ++i) more[size_t(leaf[i])]++;
+  for (size_t l = 0; l < nleaves_; ++l)
+    if (more[l] && leaves_[l].n + more[l] > 0xFFFFFFFFull) throw InvalidArgument("too many vectors in one leaf");
+  materialize();
+  for (size_t i = 0; i < n; ++i) {
+    const size_t li = size_t(leaf[i]);
+    Leaf& l = leaves_[li];
+    const size_t pos = l.n;
+    if (pos % 32 == 0) l.codes.resize(l.codes.size() + gb, 0);
+    uint8_t* group = l.codes.data() + (pos / 32) * gb;
+    for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, codes[i * M + m]);
+    l.ids.push_back(new_ids[i]);
+    if (l2) l.bias.push_back(-0.5f * norms2[i]);
+    if (id_map_valid_) id_map_[new_ids[i]] = (uint64_t(li) << 32) | pos;
+    l.n++;
+  }
+  for (Leaf& l : leaves_) sync_views(l);
+  for (int64_t id : new_ids) next_id_ = std::max(next_id_, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
+  ntotal_ += n;
+}
+
+void Index::set_search_defaults(uint32_t leaves_to_search, uint32_t reorder_k) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  p_.default_leaves_to_search = leaves_to_search;
+  p_.default_reorder_k = reorder_k;
+}
+
+std::vector<float> Index::probe_centers() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return probe_centers_;
+}
+
 }  // namespace avq

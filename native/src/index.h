@@ -105,6 +105,25 @@ class Index {
   void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads,
               float* D, int64_t* I) const;
 
+  // Installs a quantizer built elsewhere (the Faiss adapter: codebooks imported from a Faiss
+  // index, or IVF probing by the residual centres as Faiss's IndexIVF does) in place of train().
+  // probe, resid: layout (L, d): the probe centres (unit directions or any vectors scored by
+  // <q, c> for dot/cosine, means scored by -||q - c||^2 for l2) and the residual centres;
+  // codebooks: (16, d) per block in the BlockLayout order (see codebooks()). The index must be
+  // empty (throws InvalidArgument otherwise). Training statistics are kept when the index was
+  // trained, else set to the threshold with an empty sample. Exclusive lock. O(L d).
+  void set_quantizer(const float* probe, const float* resid, size_t L, const float* codebooks);
+  // Adds pre-computed codes (layout (n, num_blocks), values 0..15) in the given leaves (n, each
+  // < num_leaves) with ids (n; nullptr: max existing id + 1 onwards), without encoding. Only for
+  // reorder == none (there are no vectors to store). l2: norms2 (n) are the squared norms ||x||^2
+  // used as the exact term of the distance (the Faiss adapter passes the decoded norms); ignored
+  // for dot/cosine. Validates everything before adding anything. Exclusive lock.
+  void add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids, const float* norms2);
+  // Replaces the stored search defaults (0: chosen by the Python layer); saved with the index.
+  void set_search_defaults(uint32_t leaves_to_search, uint32_t reorder_k);
+  // Probe centres, layout (L, d) (unit directions for dot/cosine unless set_quantizer changed them).
+  std::vector<float> probe_centers() const;
+
   // Codes of the given ids, layout (n, num_blocks) uint8; throws InvalidArgument on unknown id.
   void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
   // Leaf of each given id.
