@@ -1,7 +1,7 @@
 """avq-plugin: anisotropic vector quantization (ScaNN's score-aware loss) as a native ANN index.
 
-Public objects: AVQIndex, ExactIndex, build_info, set_simd_level, simd_level, eta_exact,
-eta_scann, __version__.
+Public objects: AVQIndex, ExactIndex, IndexAVQ (Faiss-shaped; faiss itself is optional),
+write_index, read_index, build_info, set_simd_level, simd_level, eta_exact, eta_scann, __version__.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
     ) from exc
 
 from .index import AVQIndex, ExactIndex
+from .faiss_compat import IndexAVQ, SearchParametersAVQ, read_index, write_index
 
 __version__ = _native.build_info()["version"]
 
@@ -52,6 +53,10 @@ def eta_scann(t, d):
 __all__ = [
     "AVQIndex",
     "ExactIndex",
+    "IndexAVQ",
+    "SearchParametersAVQ",
+    "write_index",
+    "read_index",
     "build_info",
     "set_simd_level",
     "simd_level",
