@@ -26,12 +26,13 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 
 import numpy as np
 
 from . import _native
 from . import _validation as V
-from .index import AVQIndex
+from .index import AVQIndex, _Progress
 
 __all__ = ["IndexAVQ", "SearchParametersAVQ", "write_index", "read_index", "METRIC_INNER_PRODUCT", "METRIC_L2"]
 
@@ -156,7 +157,8 @@ class IndexAVQ:
       product) or +FLT_MAX (L2), exactly as Faiss pads.
     * Quantized scores use 8-bit lookup tables (Faiss's ``IndexPQ`` uses float tables), so a few
       near-ties may rank differently from the exported Faiss index. Under L2 the quantized
-      distance uses the exact ``||x||^2`` of each vector (Faiss: ``||x~||^2``).
+      distance is ``||q - x~||^2`` of the decoded vector ``x~``, as in Faiss (with ``reorder_k``
+      the candidates are re-scored with the exact distance).
 
     Examples
     --------
@@ -266,6 +268,21 @@ class IndexAVQ:
     def _index(self):
         return self._avq._index
 
+    def _new_native(self, threshold, threshold_spec):
+        """A native index with this object's parameters (untrained)."""
+        avq = self._avq
+        return _native.Index(
+            metric=avq.metric, d=self.d, num_leaves=self.nlist or 1, dims_per_block=self.dsub,
+            threshold=threshold, eta=0.0, eta_scann=False, avq_iterations=avq.training_iterations,
+            kmeans_iterations=avq.kmeans_iterations, pq_kmeans_iterations=10,
+            training_sample_size=avq.training_sample_size or 0, seed=avq.seed, reorder=avq.reorder,
+            default_leaves_to_search=self._nprobe, default_reorder_k=self._reorder_k or 0,
+            threshold_mode=1 if threshold_spec == "auto" else 2 if threshold_spec is None else 0,
+            # L2 distances from the decoded vectors, as Faiss computes them (see IndexParams).
+            # (codes only: re-scoring with stored vectors needs the exact norms).
+            l2_decoded_norms=self.metric_type == METRIC_L2 and avq.reorder == "none",
+        )
+
     def __repr__(self):
         kind = "exhaustive" if self.nlist is None else f"nlist={self.nlist}, nprobe={self.nprobe}"
         return (
@@ -295,8 +312,19 @@ class IndexAVQ:
         x = self._matrix(x)
         if self.nlist is not None and self.nlist > x.shape[0]:
             raise ValueError(f"nlist={self.nlist} exceeds the number of training vectors ({x.shape[0]})")
-        self._avq._train(x, stacklevel=3)
-        native = self._avq._index
+        avq = self._avq
+        threshold = avq._threshold_for(x)
+        native = self._new_native(threshold, avq.anisotropic_threshold)
+        native.train(x, avq.num_threads, _Progress() if avq.verbose else None)
+        stats = native.train_stats()
+        if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
+            warnings.warn(
+                f"anisotropic_threshold={threshold:.4g} gives eta <= 1 for some vectors (eta range "
+                f"{stats['eta_min']:.3g}..{stats['eta_max']:.3g}); those vectors get plain PQ",
+                UserWarning,
+                stacklevel=2,
+            )
+        avq._index = native
         if self.metric_type == METRIC_INNER_PRODUCT and native.num_leaves > 1:
             # Faiss's IndexIVF probes and assigns by <x, c> with the same centres it subtracts;
             # do the same (the native default probes by unit directions), so that both pick the
@@ -525,7 +553,11 @@ class IndexAVQ:
                 pq_index.ntotal = int(ids.size)
             out = faiss.IndexPQFastScan(pq_index, bbs) if fast_scan else pq_index
             if not sequential:
-                wrapped = faiss.IndexIDMap(out)
+                # IndexIDMap only wraps an empty index: wrap an empty placeholder, then point it
+                # at the filled one (kept alive through referenced_objects, as faiss's wrappers do).
+                wrapped = faiss.IndexIDMap(faiss.IndexPQ(self.d, self.M, 4, metric))
+                wrapped.index = out
+                wrapped.referenced_objects = [out]
                 faiss.copy_array_to_vector(np.ascontiguousarray(ids[order], np.int64), wrapped.id_map)
                 wrapped.ntotal = int(ids.size)
                 out = wrapped
@@ -572,6 +604,9 @@ class IndexAVQ:
         faiss = _import_faiss()
         if not isinstance(index, faiss.Index):
             raise TypeError(f"from_faiss expects a faiss.Index, got {type(index).__name__}")
+        # downcast_index returns a second proxy that does not own the object: keep the caller's
+        # proxy (which owns it, and its quantizer) alive until we are done.
+        owner = index  # noqa: F841
         index = faiss.downcast_index(index)
         id_map = None
         if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
@@ -588,12 +623,14 @@ class IndexAVQ:
                 f"from_faiss supports faiss.IndexPQ and faiss.IndexIVFPQ (optionally in IndexIDMap), "
                 f"got {type(index).__name__}"
             )
-        if not index.is_trained:
-            raise ValueError("the Faiss index is not trained")
         pq = index.pq
         d, M, nbits = int(index.d), int(pq.M), int(pq.nbits)
         if nbits != 4:
             raise ValueError(f"the Faiss index uses {nbits}-bit codes; IndexAVQ supports 4-bit codes only")
+        if d // M > _MAX_DSUB:
+            raise ValueError(f"the Faiss index has d / M = {d // M} dimensions per sub-quantizer (at most {_MAX_DSUB})")
+        if not index.is_trained:
+            raise ValueError("the Faiss index is not trained")
         metric = int(index.metric_type)
         if metric not in (METRIC_INNER_PRODUCT, METRIC_L2):
             raise ValueError(f"unsupported Faiss metric {metric}: only inner product (0) and L2 (1)")
@@ -633,14 +670,8 @@ class IndexAVQ:
                 raise ValueError("corrupted IndexIDMap: id_map and the index disagree on ntotal")
             ids = id_map[ids]
         avq = obj._avq
-        native = _native.Index(
-            metric=avq.metric, d=d, num_leaves=nlist or 1, dims_per_block=d // M,
-            threshold=math.nan if anisotropic_threshold is None else anisotropic_threshold,
-            eta=0.0, eta_scann=False, avq_iterations=avq.training_iterations,
-            kmeans_iterations=avq.kmeans_iterations, pq_kmeans_iterations=10, training_sample_size=0,
-            seed=avq.seed, reorder="none", default_leaves_to_search=obj.nprobe, default_reorder_k=0,
-            threshold_mode=2 if anisotropic_threshold is None else 0,
-        )
+        native = obj._new_native(math.nan if anisotropic_threshold is None else anisotropic_threshold,
+                                 anisotropic_threshold)
         native.set_quantizer(centres, centres, codebooks)
         avq.anisotropic_threshold = anisotropic_threshold
         avq._index = native

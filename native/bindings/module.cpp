@@ -222,7 +222,7 @@ PYBIND11_MODULE(_native, m) {
                        double threshold, double eta, bool eta_scann, uint32_t avq_iterations,
                        uint32_t kmeans_iterations, uint32_t pq_kmeans_iterations, uint64_t training_sample_size,
                        uint64_t seed, const std::string& reorder, uint32_t default_leaves_to_search,
-                       uint32_t default_reorder_k, uint32_t threshold_mode) {
+                       uint32_t default_reorder_k, uint32_t threshold_mode, bool l2_decoded_norms) {
              avq::IndexParams p;
              p.metric = parse_metric(metric);
              p.d = d;
@@ -241,12 +241,14 @@ PYBIND11_MODULE(_native, m) {
              p.default_reorder_k = default_reorder_k;
              if (threshold_mode > 2) throw py::value_error("invalid threshold_mode");
              p.threshold_mode = threshold_mode;
+             p.l2_decoded_norms = l2_decoded_norms;
              return std::make_unique<Index>(p);
            }),
            py::arg("metric"), py::arg("d"), py::arg("num_leaves"), py::arg("dims_per_block"), py::arg("threshold"),
            py::arg("eta"), py::arg("eta_scann"), py::arg("avq_iterations"), py::arg("kmeans_iterations"),
            py::arg("pq_kmeans_iterations"), py::arg("training_sample_size"), py::arg("seed"), py::arg("reorder"),
-           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0)
+           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0,
+           py::arg("l2_decoded_norms") = false)
       .def(
           "train",
           [](Index& self, FArray x, int nthreads, py::object callback) {
@@ -399,6 +401,7 @@ PYBIND11_MODULE(_native, m) {
              d["default_leaves_to_search"] = p.default_leaves_to_search;
              d["default_reorder_k"] = p.default_reorder_k;
              d["threshold_mode"] = p.threshold_mode;
+             d["l2_decoded_norms"] = p.l2_decoded_norms;
              return d;
            })
       .def_property_readonly("d", [](const Index& self) { return self.params().d; })

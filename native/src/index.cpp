@@ -245,6 +245,8 @@ Index::Index(const IndexParams& p) : p_(p) {
   if (p_.d > (1u << 20)) throw InvalidArgument("d is too large (max 1048576)");
   if (static_cast<uint32_t>(p_.metric) > 2) throw InvalidArgument("unknown metric");
   if (static_cast<uint32_t>(p_.reorder) > 2) throw InvalidArgument("unknown reorder mode");
+  if (p_.l2_decoded_norms && p_.reorder != ReorderMode::kNone)
+    throw InvalidArgument("l2_decoded_norms needs reorder='none' (re-scoring uses the exact norms)");
   layout_ = BlockLayout(p_.d, p_.dims_per_block);
 }
 
@@ -610,7 +612,19 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
       }
     if (p_.metric == Metric::kL2) {
       double s = 0;
-      for (size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
+      if (p_.l2_decoded_norms) {
+        const float* c = resid_centers_.data() + size_t(leaf_of[i]) * d;
+        for (size_t m = 0; m < M; ++m) {
+          const size_t off = layout_.offset[m], dm = layout_.dims[m];
+          const float* word = codebooks_.data() + 16 * off + size_t(codes[i * M + m]) * dm;
+          for (size_t j = 0; j < dm; ++j) {
+            const double t = double(c[off + j]) + word[j];
+            s += t * t;
+          }
+        }
+      } else {
+        for (size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
+      }
       l.bias.push_back(static_cast<float>(-0.5 * s));
     }
     if (id_map_valid_) id_map_[new_ids[i]] = (uint64_t(leaf_of[i]) << 32) | pos;

@@ -68,6 +68,12 @@ struct IndexParams {
   uint32_t default_reorder_k = 0;
   // How the Python layer specified T: 0 a number, 1 "auto", 2 none (kept for round trips).
   uint32_t threshold_mode = 0;
+  // l2 only: the exact term of the quantized distance ||q||^2 - 2 <q, x~> + n(x) uses
+  // n(x) = ||x~||^2 (the decoded vector: Faiss's IndexPQ/IndexIVFPQ distance, and better at
+  // ranking near neighbours, since its error shrinks as q approaches x) instead of ||x||^2.
+  // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
+  // Stored as an optional trailing PARM field (absent in older files: false).
+  bool l2_decoded_norms = false;
 };
 
 struct TrainStats {
