@@ -281,3 +281,54 @@ def test_bad_input(data):
     with pytest.raises(TypeError, match="IndexAVQ"):
         write_index(avq_plugin.AVQIndex(), "/tmp/never-written.avq")
     assert index.ntotal == 100  # nothing above changed the index
+
+
+def _rebuild(blob, tag, payload):
+    """The serialized index with section `tag` replaced by `payload` (lengths and CRCs redone)."""
+    import struct
+    import zlib
+
+    from .conftest import parse_sections
+
+    _, sections = parse_sections(blob)
+    body = b""
+    for s in sections:
+        data = payload if s["tag"] == tag else bytes(blob[s["payload_offset"]:s["payload_offset"] + s["length"]])
+        head = bytearray(64)
+        head[:4] = s["tag"].encode()
+        struct.pack_into("<QI", head, 8, len(data), zlib.crc32(data) & 0xFFFFFFFF)
+        body += bytes(head) + data + b"\0" * (-len(data) % 64)
+    header = bytearray(blob[:64])
+    struct.pack_into("<Q", header, 24, 64 + len(body))
+    struct.pack_into("<I", header, 32, zlib.crc32(bytes(header[:32])) & 0xFFFFFFFF)
+    return bytes(header) + body
+
+
+def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
+    from .conftest import parse_sections
+
+    X, Q = data
+    index = IndexAVQ(16, 8, 4, L2)
+    index.train(X)
+    index.add(X[:1000])
+    write_index(index, tmp_path / "l2.avq")
+    back = read_index(tmp_path / "l2.avq")
+    assert back._index.params()["l2_decoded_norms"] is True
+    back.add(X[1000:])  # vectors added after loading use the same formula
+    D, I = back.search(Q, 1)
+    rec = back.reconstruct_batch(I[:, 0])
+    np.testing.assert_allclose(D[:, 0], ((Q - rec) ** 2).sum(1), atol=0.05 * D.max())
+    # A file written before the field existed (PARM without its last u32) still loads, with the
+    # exact-norm formula; an invalid flag is rejected.
+    blob = index._index.serialize()
+    _, sections = parse_sections(blob)
+    parm = next(s for s in sections if s["tag"] == "PARM")
+    payload = bytes(blob[parm["payload_offset"]:parm["payload_offset"] + parm["length"]])
+    old = avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4]))
+    assert old._index.params()["l2_decoded_norms"] is False and old.ntotal == 1000
+    with pytest.raises(ValueError, match="l2 norm mode"):
+        avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4] + (2).to_bytes(4, "little")))
+    # The flag is for codes-only indexes: re-scoring needs exact norms.
+    with pytest.raises(ValueError, match="reorder"):
+        avq_plugin._native.Index("l2", 16, 1, 2, float("nan"), 0.0, False, 0, 1, 1, 0, 0, "float32",
+                                 l2_decoded_norms=True)
