@@ -332,3 +332,12 @@ def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
     with pytest.raises(ValueError, match="reorder"):
         avq_plugin._native.Index("l2", 16, 1, 2, float("nan"), 0.0, False, 0, 1, 1, 0, 0, "float32",
                                  l2_decoded_norms=True)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from avq_plugin import faiss_compat
+
+    result = doctest.testmod(faiss_compat)
+    assert result.attempted > 0 and result.failed == 0
