@@ -90,15 +90,22 @@ class SearchParametersAVQ:
         Candidates re-scored exactly against stored vectors (only for an index created with
         ``reorder_k``); None keeps the index's ``reorder_k``.
 
+    float_lut : bool, optional
+        True: score the codes with float lookup tables instead of the 8-bit ones (Faiss's scores
+        for the same codes, no re-ranking; slower). None keeps the index's ``float_lut``.
+
     Any object with an ``nprobe`` attribute (e.g. ``faiss.SearchParametersIVF``) is accepted too.
     """
 
-    def __init__(self, nprobe=None, reorder_k=None):
+    def __init__(self, nprobe=None, reorder_k=None, float_lut=None):
         self.nprobe = V.check_int("nprobe", nprobe, minimum=1, allow_none=True)
         self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+        if float_lut is not None and not isinstance(float_lut, (bool, np.bool_)):
+            raise TypeError(f"float_lut must be a bool or None, got {type(float_lut).__name__}")
+        self.float_lut = None if float_lut is None else bool(float_lut)
 
     def __repr__(self):
-        return f"SearchParametersAVQ(nprobe={self.nprobe}, reorder_k={self.reorder_k})"
+        return f"SearchParametersAVQ(nprobe={self.nprobe}, reorder_k={self.reorder_k}, float_lut={self.float_lut})"
 
 
 class IndexAVQ:
@@ -136,6 +143,10 @@ class IndexAVQ:
         the float32 vectors and re-score that many candidates exactly.
     training_iterations, kmeans_iterations, training_sample_size : int
         Training effort, as in :class:`avq_plugin.AVQIndex`.
+    float_lut : bool
+        Score codes with float lookup tables (exactly Faiss's scores for the same codes, up to
+        float summation order; no re-ranking; a slower scalar scan) instead of the default 8-bit
+        SIMD scan. Settable; also per call through ``SearchParametersAVQ``.
     num_threads : int, optional
         Threads for training and batched search (None or -1: all cores).
     seed : int
@@ -156,7 +167,8 @@ class IndexAVQ:
       ``METRIC_L2``, best first; rows are padded with id -1 and distance -FLT_MAX (inner
       product) or +FLT_MAX (L2), exactly as Faiss pads.
     * Quantized scores use 8-bit lookup tables (Faiss's ``IndexPQ`` uses float tables), so a few
-      near-ties may rank differently from the exported Faiss index. Under L2 the quantized
+      near-ties may rank differently from the exported Faiss index; ``float_lut=True`` scores
+      with float tables and ranks as Faiss does. Under L2 the quantized
       distance is ``||q - x~||^2`` of the decoded vector ``x~``, as in Faiss (with ``reorder_k``
       the candidates are re-scored with the exact distance).
 
@@ -183,6 +195,7 @@ class IndexAVQ:
         nprobe=1,
         anisotropic_threshold="auto",
         reorder_k=None,
+        float_lut=False,
         training_iterations=3,
         kmeans_iterations=10,
         training_sample_size=None,
@@ -196,6 +209,7 @@ class IndexAVQ:
         self._nprobe = V.check_int("nprobe", nprobe, minimum=1)
         self._stores_vectors = reorder_k is not None
         self._reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+        self.float_lut = float_lut
         self._avq = AVQIndex(
             metric=_METRIC_NAMES[self.metric_type],
             num_leaves=self.nlist or 1,
@@ -247,6 +261,17 @@ class IndexAVQ:
     @nprobe.setter
     def nprobe(self, value):
         self._nprobe = V.check_int("nprobe", value, minimum=1)
+
+    @property
+    def float_lut(self):
+        """Score codes with float lookup tables (Faiss's scores; slower, no re-ranking)."""
+        return self._float_lut
+
+    @float_lut.setter
+    def float_lut(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"float_lut must be a bool, got {type(value).__name__}")
+        self._float_lut = bool(value)
 
     @property
     def reorder_k(self):
@@ -364,7 +389,7 @@ class IndexAVQ:
 
     # ------------------------------------------------------------------ search
     def _budget(self, params):
-        nprobe, reorder_k = self._nprobe, self._reorder_k
+        nprobe, reorder_k, float_lut = self._nprobe, self._reorder_k, self._float_lut
         if params is not None:
             if not hasattr(params, "nprobe") and not hasattr(params, "reorder_k"):
                 raise TypeError(
@@ -378,7 +403,16 @@ class IndexAVQ:
                 if not self._stores_vectors:
                     raise ValueError("params.reorder_k needs an index created with reorder_k=<int> (vectors stored)")
                 reorder_k = V.check_int("params.reorder_k", p_rk, minimum=1)
-        return nprobe, (reorder_k or 1)
+            p_fl = getattr(params, "float_lut", None)
+            if p_fl is not None:
+                float_lut = bool(p_fl)
+        return nprobe, (reorder_k or 1), float_lut
+
+    def _native_search(self, x, k, budget):
+        nprobe, rk, float_lut = budget
+        if float_lut:
+            return self._index.search_float_lut(x, k, nprobe, self._avq.num_threads)
+        return self._index.search(x, k, nprobe, rk, self._avq.num_threads)
 
     def search(self, x, k, *, params=None, D=None, I=None):
         """Search the k best vectors for each query.
@@ -405,8 +439,7 @@ class IndexAVQ:
         k = V.check_k(k)
         x = self._matrix(x)
         V.check_result_size(x.shape[0], k)
-        nprobe, rk = self._budget(params)
-        Dr, Ir = self._index.search(x, k, nprobe, rk, self._avq.num_threads)
+        Dr, Ir = self._native_search(x, k, self._budget(params))
         return self._fill_outputs(Dr, Ir, D, I)
 
     @staticmethod
@@ -436,15 +469,14 @@ class IndexAVQ:
         self._require_trained()
         x = self._matrix(x)
         radius = V.check_float("radius", radius)
-        nprobe, rk = self._budget(params)
+        nprobe, rk, float_lut = self._budget(params)
         n = x.shape[0]
         per_query = [None] * n
         todo = np.arange(n)
         k = min(64, max(1, self.ntotal))
-        nt = self._avq.num_threads
         ip = self.metric_type == METRIC_INNER_PRODUCT
         while todo.size:
-            Dk, Ik = self._index.search(np.ascontiguousarray(x[todo]), k, nprobe, max(rk, k), nt)
+            Dk, Ik = self._native_search(np.ascontiguousarray(x[todo]), k, (nprobe, max(rk, k), float_lut))
             keep = (Ik >= 0) & ((Dk > radius) if ip else (Dk < radius))
             # A row whose k results all pass may have more: search it again with a larger k.
             full = keep.all(axis=1) & (k < self.ntotal)
@@ -713,12 +745,13 @@ class IndexAVQ:
         if p["reorder"] == "int8":
             raise ValueError("int8 reordering has no IndexAVQ equivalent: load it with AVQIndex.load")
         obj._reorder_k = (p["default_reorder_k"] or 100) if obj._stores_vectors else None
+        obj._float_lut = False
         obj._avq = avq
         return obj
 
     def __getstate__(self):
         self._sync_defaults()
-        return {"avq": self._avq, "nprobe": self._nprobe, "reorder_k": self._reorder_k,
+        return {"avq": self._avq, "nprobe": self._nprobe, "reorder_k": self._reorder_k, "float_lut": self._float_lut,
                 "stores_vectors": self._stores_vectors, "d": self.d, "M": self.M,
                 "metric_type": self.metric_type, "nlist": self.nlist}
 
@@ -726,6 +759,7 @@ class IndexAVQ:
         self._avq = state["avq"]
         self._nprobe = state["nprobe"]
         self._reorder_k = state["reorder_k"]
+        self._float_lut = state["float_lut"]
         self._stores_vectors = state["stores_vectors"]
         self.d, self.M, self.nbits = state["d"], state["M"], 4
         self.metric_type = state["metric_type"]

@@ -269,6 +269,10 @@ def test_bad_input(data):
         index.nprobe = 0
     with pytest.raises(TypeError, match="params"):
         index.search(Q, 5, params="fast")
+    with pytest.raises(TypeError, match="float_lut"):
+        SearchParametersAVQ(float_lut="yes")
+    with pytest.raises(TypeError, match="float_lut"):
+        index.float_lut = 1
     with pytest.raises(ValueError, match="shape"):
         index.search(Q, 5, D=np.empty((2, 2), np.float32))
 
@@ -341,3 +345,19 @@ def test_docstring_examples():
 
     result = doctest.testmod(faiss_compat)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_range_search_codes_only_float_lut(data):
+    """Codes only, float tables: the result is exactly the set of decoded vectors within radius."""
+    X, Q = data
+    index = IndexAVQ(16, 8, 4, IP, nlist=4, nprobe=4, float_lut=True)
+    index.train(X)
+    index.add(X)
+    S = Q.astype(np.float64) @ index.reconstruct_n().astype(np.float64).T
+    radius = float(np.quantile(S, 0.98))
+    lims, D, I = index.range_search(Q, radius)
+    for i in range(len(Q)):
+        got = set(I[lims[i]:lims[i + 1]])
+        want = set(np.flatnonzero(S[i] > radius))
+        assert got ^ want <= set(np.flatnonzero(np.abs(S[i] - radius) < 1e-4 * max(1.0, abs(radius))))
+        assert (np.diff(D[lims[i]:lims[i + 1]]) <= 0).all()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avq_plugin import IndexAVQ
+from avq_plugin import IndexAVQ, SearchParametersAVQ
 
 from .conftest import FLT_MAX
 
@@ -147,6 +147,26 @@ def test_export_ivfpq_agrees(avq_ivf, glove_ip):
     assert top_agreement(avq_ivf.search(Q, 10)[1], fs.search(Q, 10)[1]) >= 0.95  # measured 0.996
 
 
+def check_float_lut_identical(index, faiss_index, Q, k=10):
+    """With float lookup tables our ranking is Faiss's: same ids in the same order."""
+    D, I = index.search(Q, k, params=SearchParametersAVQ(float_lut=True))
+    Df, If = faiss_index.search(Q, k)
+    assert top_agreement(I, If, k) == 1.0
+    assert np.mean((I == If).all(axis=1)) >= 0.99  # order too (measured: every row)
+    np.testing.assert_allclose(D, Df, rtol=1e-5, atol=1e-4)
+
+
+def test_float_lut_search_equals_faiss(avq_flat, avq_ivf, glove_ip):
+    _, Q, _ = glove_ip
+    check_float_lut_identical(avq_flat, avq_flat.to_faiss(), Q)
+    check_float_lut_identical(avq_ivf, avq_ivf.to_faiss(), Q)
+    avq_ivf.float_lut = True  # the attribute, as for nprobe
+    try:
+        np.testing.assert_array_equal(avq_ivf.search(Q, 10)[1], avq_ivf.to_faiss().search(Q, 10)[1])
+    finally:
+        avq_ivf.float_lut = False
+
+
 def test_export_l2_and_custom_ids(synthetic):
     X, Q = synthetic
     d = X.shape[1]
@@ -159,8 +179,9 @@ def test_export_l2_and_custom_ids(synthetic):
     I = index.search(Q, 10)[1]
     If = fi.search(Q, 10)[1]
     assert np.isin(If, ids).all()
-    # Both rank by ||q - decoded||^2 (ours with 8-bit tables).
+    # Both rank by ||q - decoded||^2 (ours with 8-bit tables, or float ones: identical).
     assert top_agreement(I, If) >= 0.9
+    check_float_lut_identical(index, fi, Q)
     ivf = IndexAVQ(d, d // 2, 4, faiss.METRIC_L2, nlist=16, nprobe=4)
     ivf.train(X)
     ivf.add_with_ids(X, ids)
@@ -169,6 +190,7 @@ def test_export_l2_and_custom_ids(synthetic):
     If = fi.search(Q, 10)[1]
     assert np.isin(If, ids[100:]).all() and fi.ntotal == len(X) - 100
     assert top_agreement(ivf.search(Q, 10)[1], If) >= 0.9
+    check_float_lut_identical(ivf, fi, Q)
 
 
 def test_faiss_serialization_round_trip(avq_flat, avq_ivf, glove_ip, tmp_path):

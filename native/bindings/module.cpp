@@ -281,6 +281,17 @@ PYBIND11_MODULE(_native, m) {
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
           py::arg("nthreads"))
       .def(
+          "search_float_lut",
+          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, int nthreads) {
+            size_t nq = check_matrix(q, self.params().d, "queries");
+            const float* qp = q.data();
+            return make_result(nq, k, [&](float* D, int64_t* I) {
+              self.search_float_lut(qp, nq, k, leaves_to_search, nthreads, D, I);
+            });
+          },
+          py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("nthreads"),
+          "Codes-only search with float lookup tables (Faiss's scores for the same codes; slower).")
+      .def(
           "get_codes",
           [](const Index& self, IArray ids) {
             size_t n = static_cast<size_t>(ids.shape(0));

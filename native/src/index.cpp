@@ -750,39 +750,17 @@ void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search,
   if (k == 0) throw InvalidArgument("k must be positive");
   size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
   size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
-  // Queries are checked here too (the Python layer already did): a bad one fails the call.
-  for (size_t i = 0; i < nq; ++i) {
-    const float* qi = q + i * p_.d;
-    bool nonzero = false;
-    for (size_t j = 0; j < p_.d; ++j) {
-      if (!std::isfinite(qi[j])) throw InvalidArgument("query " + std::to_string(i) + " contains NaN or infinity");
-      nonzero |= qi[j] != 0.f;
-    }
-    if (!nonzero && p_.metric == Metric::kCosine)
-      throw InvalidArgument("query " + std::to_string(i) + " is a zero vector, which has no direction under cosine");
-  }
+  check_queries(q, nq);
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
     static thread_local Scratch s;
     for (size_t i = b; i < e; ++i) search_one(q + i * p_.d, k, nprobe, reorder_k, s, D + i * k, I + i * k);
   });
 }
 
-void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
-                       int64_t* I) const {
-  const kernels::KernelTable& kt = kernels::active();
-  const size_t d = p_.d, L = nleaves_, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
+// Best nprobe leaves by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id. Fills s.leaf_sel.
+void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
+  const size_t L = nleaves_;
   const bool l2 = p_.metric == Metric::kL2;
-  const float pad = l2 ? kPadBest : -kPadBest;
-  for (size_t j = 0; j < k; ++j) {
-    D[j] = pad;
-    I[j] = -1;
-  }
-  if (ntotal_ == 0) return;
-  s.q.resize(d);
-  prepare_vector(q_in, s.q.data());
-  const float* q = s.q.data();
-
-  // 1. Leaves to probe: best nprobe by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id.
   s.leaf_scores.resize(probe_table_.ngroups * 16);
   probe_table_.score(q, !l2, s.leaf_scores.data());
   // Best nprobe leaves, branch-free: one 64-bit key per leaf (order-preserving bits of the score,
@@ -811,6 +789,25 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       s.leaf_sel[i] = {s.leaf_scores[l], l};
     }
   }
+}
+
+void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
+                       int64_t* I) const {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t d = p_.d, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
+  const bool l2 = p_.metric == Metric::kL2;
+  const float pad = l2 ? kPadBest : -kPadBest;
+  for (size_t j = 0; j < k; ++j) {
+    D[j] = pad;
+    I[j] = -1;
+  }
+  if (ntotal_ == 0) return;
+  s.q.resize(d);
+  prepare_vector(q_in, s.q.data());
+  const float* q = s.q.data();
+
+  // 1. Leaves to probe.
+  select_leaves(q, nprobe, s);
   nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
@@ -1021,6 +1018,90 @@ void Index::set_search_defaults(uint32_t leaves_to_search, uint32_t reorder_k) {
 std::vector<float> Index::probe_centers() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   return probe_centers_;
+}
+
+// Queries are checked here too (the Python layer already did): a bad one fails the call.
+void Index::check_queries(const float* q, size_t nq) const {
+  for (size_t i = 0; i < nq; ++i) {
+    const float* qi = q + i * p_.d;
+    bool nonzero = false;
+    for (size_t j = 0; j < p_.d; ++j) {
+      if (!std::isfinite(qi[j])) throw InvalidArgument("query " + std::to_string(i) + " contains NaN or infinity");
+      nonzero |= qi[j] != 0.f;
+    }
+    if (!nonzero && p_.metric == Metric::kCosine)
+      throw InvalidArgument("query " + std::to_string(i) + " is a zero vector, which has no direction under cosine");
+  }
+}
+
+void Index::search_float_lut(const float* q, size_t nq, size_t k, size_t leaves_to_search, int nthreads, float* D,
+                             int64_t* I) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (k == 0) throw InvalidArgument("k must be positive");
+  const size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
+  const size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
+  check_queries(q, nq);
+  parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
+    static thread_local Scratch s;
+    for (size_t i = b; i < e; ++i) search_one_float(q + i * p_.d, k, nprobe, s, D + i * k, I + i * k);
+  });
+}
+
+void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
+  const bool l2 = p_.metric == Metric::kL2;
+  const float pad = l2 ? kPadBest : -kPadBest;
+  for (size_t j = 0; j < k; ++j) {
+    D[j] = pad;
+    I[j] = -1;
+  }
+  if (ntotal_ == 0) return;
+  s.q.resize(d);
+  prepare_vector(q_in, s.q.data());
+  const float* q = s.q.data();
+  select_leaves(q, nprobe, s);
+  nprobe = std::min(nprobe, s.leaf_sel.size());
+  s.lut.assign(M * 16, 0.f);
+  for (size_t m = 0; m < M; ++m) {
+    const size_t off = layout_.offset[m], dm = layout_.dims[m];
+    kt.dot_t16(q + off, codebooks_t_.data() + 16 * off, 1, dm, s.lut.data() + m * 16);
+  }
+  // The k best so far in a heap whose top is the worst (ordered by `better`).
+  std::vector<Cand> heap;
+  heap.reserve(k + 1);
+  for (size_t t = 0; t < nprobe; ++t) {
+    const uint32_t li = s.leaf_sel[t].second;
+    const Leaf& leaf = leaves_[li];
+    const float base = kt.dot(q, resid_centers_.data() + size_t(li) * d, d);
+    for (uint32_t pos = 0; pos < leaf.n; ++pos) {
+      const uint8_t* group = leaf.codes_p + size_t(pos / 32) * gb;
+      float acc = base;
+      for (size_t m = 0; m < M; ++m) acc += s.lut[m * 16 + get_nibble(group, m, pos % 32)];
+      if (l2) acc += leaf.bias_p[pos];
+      const Cand c{acc, li, pos};
+      if (heap.size() < k) {
+        heap.push_back(c);
+        std::push_heap(heap.begin(), heap.end(), better);
+      } else if (better(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), better);
+        heap.back() = c;
+        std::push_heap(heap.begin(), heap.end(), better);
+      }
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end(), better);
+  float qn2 = 0;
+  if (l2) {
+    double t = 0;
+    for (size_t j = 0; j < d; ++j) t += double(q[j]) * q[j];
+    qn2 = static_cast<float>(t);
+  }
+  for (size_t j = 0; j < heap.size(); ++j) {
+    I[j] = leaves_[heap[j].leaf].ids_p[heap[j].pos];
+    D[j] = l2 ? std::max(0.f, qn2 - 2.f * heap[j].score) : heap[j].score;
+  }
 }
 
 }  // namespace avq

@@ -130,6 +130,14 @@ class Index {
   // Probe centres, layout (L, d) (unit directions for dot/cosine unless set_quantizer changed them).
   std::vector<float> probe_centers() const;
 
+  // Like search() without re-ranking, but every candidate of the probed leaves is scored with
+  // float lookup tables (no 8-bit rounding): <q, centre> + sum_m <q_m, C_m[code_m]> (l2: plus the
+  // stored norm term, as search()). That is the score Faiss's IndexPQ / IndexIVFPQ computes for
+  // the same codes, up to float summation order. Scalar: slower than search(); for checking
+  // exports and exact agreement with Faiss. Same outputs and padding as search().
+  void search_float_lut(const float* q, size_t nq, size_t k, size_t leaves_to_search, int nthreads, float* D,
+                        int64_t* I) const;
+
   // Codes of the given ids, layout (n, num_blocks) uint8; throws InvalidArgument on unknown id.
   void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
   // Leaf of each given id.
@@ -176,6 +184,9 @@ class Index {
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                   int64_t* I) const;
+  void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
+  void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;
+  void check_queries(const float* q, size_t nq) const;
   void encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
                      std::vector<uint8_t>& codes) const;
   size_t group_bytes() const { return layout_.num_blocks_pad * 16; }
