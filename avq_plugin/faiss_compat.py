@@ -719,7 +719,7 @@ class IndexAVQ:
     # ------------------------------------------------------------------ persistence
     def _sync_defaults(self):
         if self._index is not None:
-            self._index.set_search_defaults(self._nprobe, self._reorder_k or 0)
+            self._index.set_default_search_params(self._nprobe, self._reorder_k or 0)
 
     @classmethod
     def _from_native(cls, native):

@@ -350,8 +350,6 @@ PYBIND11_MODULE(_native, m) {
           py::arg("codes").noconvert(), py::arg("leaves").noconvert(), py::arg("ids").noconvert() = py::none(),
           py::arg("norms2").noconvert() = py::none(),
           "Add pre-computed 4-bit codes (n, num_blocks) in the given leaves (reorder='none' only).")
-      .def("set_search_defaults", &Index::set_search_defaults, py::arg("leaves_to_search"), py::arg("reorder_k"),
-           py::call_guard<py::gil_scoped_release>(), "Replace the stored default search budget (0: automatic).")
       .def("probe_centers",
            [](const Index& self) {
              std::vector<float> c = self.probe_centers();
@@ -415,6 +413,8 @@ PYBIND11_MODULE(_native, m) {
              d["l2_decoded_norms"] = p.l2_decoded_norms;
              return d;
            })
+      .def("set_default_search_params", &Index::set_default_search_params, py::arg("leaves_to_search"),
+           py::arg("reorder_k"), "Search defaults stored with the index (0: chosen by the Python layer).")
       .def_property_readonly("d", [](const Index& self) { return self.params().d; })
       .def_property_readonly("is_trained", &Index::is_trained)
       .def_property_readonly("num_leaves", &Index::num_leaves)

@@ -672,6 +672,12 @@ size_t Index::remove(const int64_t* ids, size_t n) {
   return removed;
 }
 
+void Index::set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  p_.default_leaves_to_search = leaves_to_search;
+  p_.default_reorder_k = reorder_k;
+}
+
 void Index::reset() {
   std::unique_lock<std::shared_mutex> lock(mu_);
   mapping_.reset();
@@ -1007,12 +1013,6 @@ void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const
   for (Leaf& l : leaves_) sync_views(l);
   for (int64_t id : new_ids) next_id_ = std::max(next_id_, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
   ntotal_ += n;
-}
-
-void Index::set_search_defaults(uint32_t leaves_to_search, uint32_t reorder_k) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  p_.default_leaves_to_search = leaves_to_search;
-  p_.default_reorder_k = reorder_k;
 }
 
 std::vector<float> Index::probe_centers() const {

@@ -125,8 +125,6 @@ class Index {
   // used as the exact term of the distance (the Faiss adapter passes the decoded norms); ignored
   // for dot/cosine. Validates everything before adding anything. Exclusive lock.
   void add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids, const float* norms2);
-  // Replaces the stored search defaults (0: chosen by the Python layer); saved with the index.
-  void set_search_defaults(uint32_t leaves_to_search, uint32_t reorder_k);
   // Probe centres, layout (L, d) (unit directions for dot/cosine unless set_quantizer changed them).
   std::vector<float> probe_centers() const;
 
@@ -146,6 +144,9 @@ class Index {
   std::vector<int64_t> all_ids() const;
 
   const IndexParams& params() const { return p_; }
+  // Replaces the search defaults stored with the index (0: chosen by the Python layer); they are
+  // serialized with it. Takes the exclusive lock. Used by AVQIndex.tune (issue 6).
+  void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
   bool is_trained() const { return trained_; }
   size_t ntotal() const;
   size_t num_leaves() const { return nleaves_; }
