@@ -361,3 +361,38 @@ def test_range_search_codes_only_float_lut(data):
         want = set(np.flatnonzero(S[i] > radius))
         assert got ^ want <= set(np.flatnonzero(np.abs(S[i] - radius) < 1e-4 * max(1.0, abs(radius))))
         assert (np.diff(D[lims[i]:lims[i + 1]]) <= 0).all()
+
+
+def test_native_quantizer_import_checks(data):
+    """The native entry points used by from_faiss validate what they are given."""
+    X, _ = data
+    index = IndexAVQ(16, 8, 4, IP, nlist=4)
+    index.train(X)
+    native = index._index
+    centres = native.centers().reshape(4, 16)
+    cb = native.codebooks()
+    codes = np.zeros((2, 8), np.uint8)
+    native.add_codes(codes, np.array([0, 3]), np.array([10, 11]))
+    assert index.ntotal == 2 and index.get_codes([11]).tolist() == [[0] * 8]
+    with pytest.raises(ValueError, match="empty index"):
+        native.set_quantizer(centres, centres, cb)
+    with pytest.raises(ValueError, match="out of range"):
+        native.add_codes(codes, np.array([0, 4]))
+    with pytest.raises(ValueError, match="4-bit"):
+        native.add_codes(codes + 16, np.array([0, 1]))
+    with pytest.raises(ValueError, match="already in the index"):
+        native.add_codes(codes, np.array([0, 1]), np.array([11, 12]))
+    bad = centres.copy()
+    bad[0, 0] = np.nan
+    index.reset()
+    with pytest.raises(ValueError, match="NaN"):
+        native.set_quantizer(bad, centres, cb)
+    with pytest.raises(ValueError, match="16 \\* d"):
+        native.set_quantizer(centres, centres, cb[:-1].copy())
+    with pytest.raises(TypeError):
+        native.set_quantizer(centres.astype(np.float64), centres, cb)
+    stored = IndexAVQ(16, 8, 4, IP, reorder_k=10)
+    stored.train(X)
+    with pytest.raises(ValueError, match="reorder='none'"):
+        stored._index.add_codes(codes, np.array([0, 0]))
+    assert index.ntotal == 0 and stored.ntotal == 0
