@@ -396,3 +396,33 @@ def test_native_quantizer_import_checks(data):
     with pytest.raises(ValueError, match="reorder='none'"):
         stored._index.add_codes(codes, np.array([0, 0]))
     assert index.ntotal == 0 and stored.ntotal == 0
+
+
+def test_works_without_faiss():
+    """faiss is optional: importing avq_plugin and using IndexAVQ never imports it; only the
+    export/import methods need it and say how to install it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["faiss"] = None  # any 'import faiss' now raises ImportError
+import numpy as np
+import avq_plugin
+from avq_plugin import IndexAVQ
+X = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+index = IndexAVQ(8, 4, 4, 1, nlist=4, nprobe=4)
+index.train(X); index.add(X)
+D, I = index.search(X[:3], 2)
+assert I.shape == (3, 2) and I.dtype == np.int64 and (I >= 0).all()
+try:
+    index.to_faiss()
+except ImportError as exc:
+    assert "avq-plugin[faiss]" in str(exc)
+else:
+    raise SystemExit("to_faiss without faiss did not raise")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
