@@ -1,8 +1,9 @@
 """avq-plugin: anisotropic vector quantization (ScaNN's score-aware loss) as a native ANN index.
 
-Public objects: AVQIndex, ExactIndex, build_info, set_simd_level, simd_level, eta_exact,
-eta_scann, __version__; with scikit-learn installed (the "sklearn" extra), also the estimators
-AVQNearestNeighbors and AVQKNeighborsTransformer of avq_plugin.neighbors, imported on first use.
+Public objects: AVQIndex, ExactIndex, IndexAVQ (Faiss-shaped; faiss itself is optional),
+write_index, read_index, build_info, set_simd_level, simd_level, eta_exact, eta_scann, __version__;
+with scikit-learn installed (the "sklearn" extra), also the estimators AVQNearestNeighbors and
+AVQKNeighborsTransformer of avq_plugin.neighbors, imported on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
     ) from exc
 
 from .index import AVQIndex, ExactIndex
+from .faiss_compat import IndexAVQ, SearchParametersAVQ, read_index, write_index
 
 __version__ = _native.build_info()["version"]
 
@@ -74,6 +76,10 @@ def __dir__():
 __all__ = [
     "AVQIndex",
     "ExactIndex",
+    "IndexAVQ",
+    "SearchParametersAVQ",
+    "write_index",
+    "read_index",
     "build_info",
     "set_simd_level",
     "simd_level",

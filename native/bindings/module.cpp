@@ -222,7 +222,7 @@ PYBIND11_MODULE(_native, m) {
                        double threshold, double eta, bool eta_scann, uint32_t avq_iterations,
                        uint32_t kmeans_iterations, uint32_t pq_kmeans_iterations, uint64_t training_sample_size,
                        uint64_t seed, const std::string& reorder, uint32_t default_leaves_to_search,
-                       uint32_t default_reorder_k, uint32_t threshold_mode) {
+                       uint32_t default_reorder_k, uint32_t threshold_mode, bool l2_decoded_norms) {
              avq::IndexParams p;
              p.metric = parse_metric(metric);
              p.d = d;
@@ -241,12 +241,14 @@ PYBIND11_MODULE(_native, m) {
              p.default_reorder_k = default_reorder_k;
              if (threshold_mode > 2) throw py::value_error("invalid threshold_mode");
              p.threshold_mode = threshold_mode;
+             p.l2_decoded_norms = l2_decoded_norms;
              return std::make_unique<Index>(p);
            }),
            py::arg("metric"), py::arg("d"), py::arg("num_leaves"), py::arg("dims_per_block"), py::arg("threshold"),
            py::arg("eta"), py::arg("eta_scann"), py::arg("avq_iterations"), py::arg("kmeans_iterations"),
            py::arg("pq_kmeans_iterations"), py::arg("training_sample_size"), py::arg("seed"), py::arg("reorder"),
-           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0)
+           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0,
+           py::arg("l2_decoded_norms") = false)
       .def(
           "train",
           [](Index& self, FArray x, int nthreads, py::object callback) {
@@ -279,6 +281,17 @@ PYBIND11_MODULE(_native, m) {
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
           py::arg("nthreads"))
       .def(
+          "search_float_lut",
+          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, int nthreads) {
+            size_t nq = check_matrix(q, self.params().d, "queries");
+            const float* qp = q.data();
+            return make_result(nq, k, [&](float* D, int64_t* I) {
+              self.search_float_lut(qp, nq, k, leaves_to_search, nthreads, D, I);
+            });
+          },
+          py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("nthreads"),
+          "Codes-only search with float lookup tables (Faiss's scores for the same codes; slower).")
+      .def(
           "get_codes",
           [](const Index& self, IArray ids) {
             size_t n = static_cast<size_t>(ids.shape(0));
@@ -296,6 +309,54 @@ PYBIND11_MODULE(_native, m) {
             return out;
           },
           py::arg("ids").noconvert())
+      .def(
+          "set_quantizer",
+          [](Index& self, FArray probe, FArray resid, FArray codebooks) {
+            const size_t d = self.params().d;
+            size_t L = check_matrix(probe, d, "probe centres");
+            if (check_matrix(resid, d, "residual centres") != L)
+              throw py::value_error("probe and residual centres must have the same number of rows");
+            if (codebooks.ndim() != 1 || static_cast<size_t>(codebooks.shape(0)) != 16 * d)
+              throw py::value_error("codebooks must be a 1-D array of 16 * d floats");
+            const float* pp = probe.data();
+            const float* rp = resid.data();
+            const float* cp = codebooks.data();
+            py::gil_scoped_release release;
+            self.set_quantizer(pp, rp, L, cp);
+          },
+          py::arg("probe").noconvert(), py::arg("resid").noconvert(), py::arg("codebooks").noconvert(),
+          "Install probe centres (L, d), residual centres (L, d) and codebooks (16 d) in an empty index.")
+      .def(
+          "add_codes",
+          [](Index& self, py::array_t<uint8_t, py::array::c_style> codes, IArray leaves, std::optional<IArray> ids,
+             std::optional<FArray> norms2) {
+            if (codes.ndim() != 2 || static_cast<size_t>(codes.shape(1)) != self.num_blocks())
+              throw py::value_error("codes must be a 2-D uint8 array with num_blocks columns");
+            const size_t n = static_cast<size_t>(codes.shape(0));
+            if (leaves.ndim() != 1 || static_cast<size_t>(leaves.shape(0)) != n)
+              throw py::value_error("leaves must be a 1-D array with one leaf per code");
+            const int64_t* ip = check_ids(ids, n);
+            const float* np2 = nullptr;
+            if (norms2) {
+              if (norms2->ndim() != 1 || static_cast<size_t>(norms2->shape(0)) != n)
+                throw py::value_error("norms2 must be a 1-D array with one value per code");
+              np2 = norms2->data();
+            }
+            const uint8_t* cp = codes.data();
+            const int64_t* lp = leaves.data();
+            py::gil_scoped_release release;
+            self.add_codes(cp, lp, n, ip, np2);
+          },
+          py::arg("codes").noconvert(), py::arg("leaves").noconvert(), py::arg("ids").noconvert() = py::none(),
+          py::arg("norms2").noconvert() = py::none(),
+          "Add pre-computed 4-bit codes (n, num_blocks) in the given leaves (reorder='none' only).")
+      .def("probe_centers",
+           [](const Index& self) {
+             std::vector<float> c = self.probe_centers();
+             py::array_t<float> out(c.size());
+             std::copy(c.begin(), c.end(), out.mutable_data());
+             return out;
+           })
       .def("leaf_sizes",
            [](const Index& self) {
              std::vector<uint64_t> v = self.leaf_sizes();
@@ -349,6 +410,7 @@ PYBIND11_MODULE(_native, m) {
              d["default_leaves_to_search"] = p.default_leaves_to_search;
              d["default_reorder_k"] = p.default_reorder_k;
              d["threshold_mode"] = p.threshold_mode;
+             d["l2_decoded_norms"] = p.l2_decoded_norms;
              return d;
            })
       .def("set_default_search_params", &Index::set_default_search_params, py::arg("leaves_to_search"),

@@ -68,6 +68,12 @@ struct IndexParams {
   uint32_t default_reorder_k = 0;
   // How the Python layer specified T: 0 a number, 1 "auto", 2 none (kept for round trips).
   uint32_t threshold_mode = 0;
+  // l2 only: the exact term of the quantized distance ||q||^2 - 2 <q, x~> + n(x) uses
+  // n(x) = ||x~||^2 (the decoded vector: Faiss's IndexPQ/IndexIVFPQ distance, and better at
+  // ranking near neighbours, since its error shrinks as q approaches x) instead of ||x||^2.
+  // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
+  // Stored as an optional trailing PARM field (absent in older files: false).
+  bool l2_decoded_norms = false;
 };
 
 struct TrainStats {
@@ -104,6 +110,31 @@ class Index {
   // candidates re-scored exactly (ignored when reorder is none; raised to k if smaller).
   void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads,
               float* D, int64_t* I) const;
+
+  // Installs a quantizer built elsewhere (the Faiss adapter: codebooks imported from a Faiss
+  // index, or IVF probing by the residual centres as Faiss's IndexIVF does) in place of train().
+  // probe, resid: layout (L, d): the probe centres (unit directions or any vectors scored by
+  // <q, c> for dot/cosine, means scored by -||q - c||^2 for l2) and the residual centres;
+  // codebooks: (16, d) per block in the BlockLayout order (see codebooks()). The index must be
+  // empty (throws InvalidArgument otherwise). Training statistics are kept when the index was
+  // trained, else set to the threshold with an empty sample. Exclusive lock. O(L d).
+  void set_quantizer(const float* probe, const float* resid, size_t L, const float* codebooks);
+  // Adds pre-computed codes (layout (n, num_blocks), values 0..15) in the given leaves (n, each
+  // < num_leaves) with ids (n; nullptr: max existing id + 1 onwards), without encoding. Only for
+  // reorder == none (there are no vectors to store). l2: norms2 (n) are the squared norms ||x||^2
+  // used as the exact term of the distance (the Faiss adapter passes the decoded norms); ignored
+  // for dot/cosine. Validates everything before adding anything. Exclusive lock.
+  void add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids, const float* norms2);
+  // Probe centres, layout (L, d) (unit directions for dot/cosine unless set_quantizer changed them).
+  std::vector<float> probe_centers() const;
+
+  // Like search() without re-ranking, but every candidate of the probed leaves is scored with
+  // float lookup tables (no 8-bit rounding): <q, centre> + sum_m <q_m, C_m[code_m]> (l2: plus the
+  // stored norm term, as search()). That is the score Faiss's IndexPQ / IndexIVFPQ computes for
+  // the same codes, up to float summation order. Scalar: slower than search(); for checking
+  // exports and exact agreement with Faiss. Same outputs and padding as search().
+  void search_float_lut(const float* q, size_t nq, size_t k, size_t leaves_to_search, int nthreads, float* D,
+                        int64_t* I) const;
 
   // Codes of the given ids, layout (n, num_blocks) uint8; throws InvalidArgument on unknown id.
   void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
@@ -154,6 +185,9 @@ class Index {
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                   int64_t* I) const;
+  void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
+  void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;
+  void check_queries(const float* q, size_t nq) const;
   void encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
                      std::vector<uint8_t>& codes) const;
   size_t group_bytes() const { return layout_.num_blocks_pad * 16; }

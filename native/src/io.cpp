@@ -261,6 +261,7 @@ std::string Index::serialize() const {
   pw.put<uint32_t>(p_.default_leaves_to_search);
   pw.put<uint32_t>(p_.default_reorder_k);
   pw.put<uint32_t>(p_.threshold_mode);
+  pw.put<uint32_t>(p_.l2_decoded_norms ? 1 : 0);  // optional trailing field (see IndexParams)
   w.add_owned("PARM", pw.take());
   if (trained_) {
     ByteWriter sw;
@@ -343,6 +344,11 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   p.default_reorder_k = pr.get<uint32_t>();
   p.threshold_mode = pr.get<uint32_t>();
   if (p.threshold_mode > 2) throw InvalidArgument("corrupted index file: invalid threshold mode");
+  if (pr.remaining() >= sizeof(uint32_t)) {  // absent in files written before the field existed
+    uint32_t flag = pr.get<uint32_t>();
+    if (flag > 1) throw InvalidArgument("corrupted index file: invalid l2 norm mode");
+    p.l2_decoded_norms = flag != 0;
+  }
   if (p.d == 0 || p.d > (1u << 20) || p.dims_per_block < 1 || p.dims_per_block > 8)
     throw InvalidArgument("corrupted index file: invalid dimension or dims_per_block");
   std::unique_ptr<Index> idx(new Index(p));

@@ -1,0 +1,806 @@
+"""IndexAVQ: a Faiss-shaped index (a swap for ``faiss.IndexPQ`` / ``faiss.IndexIVFPQ``) and export
+of anisotropic codebooks into real Faiss indexes.
+
+``IndexAVQ`` follows the Faiss index contract (``d``, ``ntotal``, ``is_trained``, ``metric_type``,
+``code_size``, ``train``, ``add``, ``add_with_ids``, ``search``, ``range_search``, ``reset``,
+``remove_ids``, ``reconstruct``, ``reconstruct_n``) without importing faiss. Only
+:meth:`IndexAVQ.to_faiss` and :meth:`IndexAVQ.from_faiss` need the optional ``faiss`` extra
+(``pip install "avq-plugin[faiss]"``).
+
+How the AVQ index maps onto Faiss's layouts
+-------------------------------------------
+* ``M`` sub-quantizers of ``dsub = d / M`` dimensions with 16 centroids each (4-bit codes): one
+  4-bit PQ block per sub-quantizer, so the codes are the same numbers Faiss stores (packed
+  two per byte, low nibble first, ``code_size = ceil(M / 2)`` bytes per vector).
+* Exhaustive (``nlist=None``): one leaf whose centre ``c`` is subtracted before encoding. The
+  export folds it into the codebooks (``centroid[m][k] = codeword[m][k] + c[m]``), so a
+  ``faiss.IndexPQ`` decodes exactly the vectors we decode.
+* IVF (``nlist=n``): every vector is its leaf's centre plus a PQ-coded residual, i.e. Faiss's
+  ``IndexIVFPQ`` with ``by_residual=True``; the coarse quantizer is a flat index holding our
+  centres. For inner product, ``IndexAVQ`` probes and assigns leaves by ``<x, centre>`` as Faiss's
+  ``IndexIVF`` does, so both rank the same candidates.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+
+import numpy as np
+
+from . import _native
+from . import _validation as V
+from .index import AVQIndex, _Progress
+
+__all__ = ["IndexAVQ", "SearchParametersAVQ", "write_index", "read_index", "METRIC_INNER_PRODUCT", "METRIC_L2"]
+
+# The integers Faiss uses for its metrics (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2).
+METRIC_INNER_PRODUCT = 0
+METRIC_L2 = 1
+_METRIC_NAMES = {METRIC_INNER_PRODUCT: "dot", METRIC_L2: "l2"}
+_FLT_MAX = float(np.finfo(np.float32).max)
+_MAX_DSUB = 8  # dims per 4-bit block supported by the native code
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            "this needs faiss: pip install \"avq-plugin[faiss]\" (faiss-cpu >= 1.8)"
+        ) from exc
+    return faiss
+
+
+def _check_metric(metric):
+    if isinstance(metric, (bool, np.bool_)) or not isinstance(metric, numbers.Integral) or int(metric) not in (0, 1):
+        raise ValueError(
+            f"metric must be faiss.METRIC_INNER_PRODUCT (0) or faiss.METRIC_L2 (1), got {metric!r} "
+            "(for cosine similarity, normalise the vectors and use METRIC_INNER_PRODUCT)"
+        )
+    return int(metric)
+
+
+def _check_shape(d, M, nbits):
+    d = V.check_int("d", d, minimum=1, maximum=1 << 20)
+    M = V.check_int("M", M, minimum=1)
+    nbits = V.check_int("nbits", nbits)
+    if nbits != 4:
+        raise ValueError(f"nbits={nbits} is not supported: IndexAVQ uses 4-bit codes (16 centroids per sub-quantizer)")
+    if d % M:
+        raise ValueError(f"M={M} must divide d={d} (as in Faiss): every sub-quantizer covers d / M dimensions")
+    if d // M > _MAX_DSUB:
+        raise ValueError(
+            f"d / M = {d // M} dimensions per sub-quantizer is not supported (at most {_MAX_DSUB}): "
+            f"use M >= {math.ceil(d / _MAX_DSUB)} with M dividing d"
+        )
+    return d, M, nbits
+
+
+class SearchParametersAVQ:
+    """Per-call search parameters, like ``faiss.SearchParametersIVF``.
+
+    Parameters
+    ----------
+    nprobe : int, optional
+        Leaves probed per query (IVF); None keeps the index's ``nprobe``.
+    reorder_k : int, optional
+        Candidates re-scored exactly against stored vectors (only for an index created with
+        ``reorder_k``); None keeps the index's ``reorder_k``.
+
+    float_lut : bool, optional
+        True: score the codes with float lookup tables instead of the 8-bit ones (Faiss's scores
+        for the same codes, no re-ranking; slower). None keeps the index's ``float_lut``.
+
+    Any object with an ``nprobe`` attribute (e.g. ``faiss.SearchParametersIVF``) is accepted too.
+    """
+
+    def __init__(self, nprobe=None, reorder_k=None, float_lut=None):
+        self.nprobe = V.check_int("nprobe", nprobe, minimum=1, allow_none=True)
+        self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+        if float_lut is not None and not isinstance(float_lut, (bool, np.bool_)):
+            raise TypeError(f"float_lut must be a bool or None, got {type(float_lut).__name__}")
+        self.float_lut = None if float_lut is None else bool(float_lut)
+
+    def __repr__(self):
+        return f"SearchParametersAVQ(nprobe={self.nprobe}, reorder_k={self.reorder_k}, float_lut={self.float_lut})"
+
+
+class IndexAVQ:
+    """Anisotropic 4-bit product quantization behind Faiss's index interface.
+
+    A drop-in for ``faiss.IndexPQ(d, M, 4, metric)`` (exhaustive) or, with ``nlist``, for
+    ``faiss.IndexIVFPQ`` with residual encoding: the same methods, attributes, dtypes, shapes and
+    padding, with codebooks and encodings trained by the score-aware loss of Guo et al. (ICML
+    2020). By default only the codes are stored (``code_size`` bytes per vector, plus an 8-byte
+    id) and results are ranked by the quantized score, as ``IndexPQ`` does; ``reorder_k``
+    keeps the float32 vectors and re-scores the best candidates exactly (as
+    ``faiss.IndexRefineFlat``).
+
+    Parameters
+    ----------
+    d : int
+        Vector dimension.
+    M : int
+        Number of sub-quantizers; must divide ``d`` and ``d / M`` must be at most 8.
+    nbits : int
+        Bits per sub-quantizer code; only 4 is supported (16 centroids).
+    metric : int
+        ``faiss.METRIC_INNER_PRODUCT`` (0, the default: maximum inner product) or
+        ``faiss.METRIC_L2`` (1: squared Euclidean distance). For cosine similarity normalise the
+        vectors and use inner product, as with Faiss.
+    nlist : int, optional
+        Number of IVF leaves (k-means partitions); None (default) searches exhaustively.
+    nprobe : int
+        Leaves probed per query (as Faiss, default 1); ignored when exhaustive.
+    anisotropic_threshold : float, "auto" or None
+        Score threshold T of the anisotropic loss. "auto" (default): T = 0.2 * mean ||x|| for
+        inner product, none for L2. None: plain reconstruction-loss PQ.
+    reorder_k : int, optional
+        None (default): store codes only and rank by the quantized score. An integer: also store
+        the float32 vectors and re-score that many candidates exactly.
+    training_iterations, kmeans_iterations, training_sample_size : int
+        Training effort, as in :class:`avq_plugin.AVQIndex`.
+    float_lut : bool
+        Score codes with float lookup tables (exactly Faiss's scores for the same codes, up to
+        float summation order; no re-ranking; a slower scalar scan) instead of the default 8-bit
+        SIMD scan. Settable; also per call through ``SearchParametersAVQ``.
+    num_threads : int, optional
+        Threads for training and batched search (None or -1: all cores).
+    seed : int
+        Seed of every random choice (same seed and data: same index).
+    verbose : bool
+        Print training progress to stderr.
+
+    Attributes
+    ----------
+    d, M, nbits, ksub, dsub, metric_type, code_size, ntotal, is_trained, nlist, nprobe, reorder_k
+
+    Notes
+    -----
+    * Ids are stable: ``remove_ids`` deletes the given ids and leaves every other id as it was
+      (``faiss.IndexPQ`` renumbers the remaining vectors). ``add`` without ids continues from
+      the largest id + 1, which equals ``ntotal`` as long as nothing was removed.
+    * Distances: inner products for ``METRIC_INNER_PRODUCT`` and squared L2 distances for
+      ``METRIC_L2``, best first; rows are padded with id -1 and distance -FLT_MAX (inner
+      product) or +FLT_MAX (L2), exactly as Faiss pads.
+    * Quantized scores use 8-bit lookup tables (Faiss's ``IndexPQ`` uses float tables), so a few
+      near-ties may rank differently from the exported Faiss index; ``float_lut=True`` scores
+      with float tables and ranks as Faiss does. Under L2 the quantized
+      distance is ``||q - x~||^2`` of the decoded vector ``x~``, as in Faiss (with ``reorder_k``
+      the candidates are re-scored with the exact distance).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from avq_plugin import IndexAVQ
+    >>> X = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    >>> index = IndexAVQ(16, 8, 4, 0)          # faiss.IndexPQ(16, 8, 4, faiss.METRIC_INNER_PRODUCT)
+    >>> index.train(X); index.add(X)
+    >>> D, I = index.search(X[:2], 5)
+    >>> D.dtype.name, I.dtype.name, D.shape, index.ntotal, index.code_size
+    ('float32', 'int64', (2, 5), 2000, 4)
+    """
+
+    def __init__(
+        self,
+        d,
+        M,
+        nbits=4,
+        metric=METRIC_INNER_PRODUCT,
+        *,
+        nlist=None,
+        nprobe=1,
+        anisotropic_threshold="auto",
+        reorder_k=None,
+        float_lut=False,
+        training_iterations=3,
+        kmeans_iterations=10,
+        training_sample_size=None,
+        num_threads=None,
+        seed=0,
+        verbose=False,
+    ):
+        self.d, self.M, self.nbits = _check_shape(d, M, nbits)
+        self.metric_type = _check_metric(metric)
+        self.nlist = V.check_int("nlist", nlist, minimum=1, maximum=2**31 - 1, allow_none=True)
+        self._nprobe = V.check_int("nprobe", nprobe, minimum=1)
+        self._stores_vectors = reorder_k is not None
+        self._reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+        self.float_lut = float_lut
+        self._avq = AVQIndex(
+            metric=_METRIC_NAMES[self.metric_type],
+            num_leaves=self.nlist or 1,
+            dims_per_block=self.d // self.M,
+            anisotropic_threshold=anisotropic_threshold,
+            reorder="float32" if self._stores_vectors else "none",
+            leaves_to_search=self._nprobe,
+            reorder_k=self._reorder_k,
+            training_iterations=training_iterations,
+            kmeans_iterations=kmeans_iterations,
+            training_sample_size=training_sample_size,
+            num_threads=num_threads,
+            seed=seed,
+            verbose=verbose,
+        )
+
+    # ------------------------------------------------------------------ attributes
+    ksub = 16
+
+    @property
+    def dsub(self):
+        """Dimensions per sub-quantizer, d / M."""
+        return self.d // self.M
+
+    @property
+    def code_size(self):
+        """Bytes of code per vector, ceil(M * nbits / 8) (as Faiss)."""
+        return (self.M * self.nbits + 7) // 8
+
+    @property
+    def ntotal(self):
+        """Number of indexed vectors."""
+        return self._avq.ntotal
+
+    @property
+    def is_trained(self):
+        """True once ``train`` has run (or the index came from ``read_index`` / ``from_faiss``)."""
+        return self._avq.is_trained
+
+    @property
+    def anisotropic_threshold(self):
+        return self._avq.anisotropic_threshold
+
+    @property
+    def nprobe(self):
+        """Leaves probed per query (IVF); clamped to nlist."""
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value):
+        self._nprobe = V.check_int("nprobe", value, minimum=1)
+
+    @property
+    def float_lut(self):
+        """Score codes with float lookup tables (Faiss's scores; slower, no re-ranking)."""
+        return self._float_lut
+
+    @float_lut.setter
+    def float_lut(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"float_lut must be a bool, got {type(value).__name__}")
+        self._float_lut = bool(value)
+
+    @property
+    def reorder_k(self):
+        """Candidates re-scored exactly (None: codes only)."""
+        return self._reorder_k
+
+    @reorder_k.setter
+    def reorder_k(self, value):
+        if value is not None and not self._stores_vectors:
+            raise ValueError(
+                "this index stores codes only: exact re-ranking needs the vectors, so create it with "
+                "reorder_k=<int> (IndexAVQ(d, M, 4, metric, reorder_k=100))"
+            )
+        if value is None and self._stores_vectors:
+            raise ValueError("reorder_k must stay an integer for an index that stores vectors")
+        self._reorder_k = V.check_int("reorder_k", value, minimum=1, allow_none=True)
+
+    @property
+    def _index(self):
+        return self._avq._index
+
+    def _new_native(self, threshold, threshold_spec):
+        """A native index with this object's parameters (untrained)."""
+        avq = self._avq
+        return _native.Index(
+            metric=avq.metric, d=self.d, num_leaves=self.nlist or 1, dims_per_block=self.dsub,
+            threshold=threshold, eta=0.0, eta_scann=False, avq_iterations=avq.training_iterations,
+            kmeans_iterations=avq.kmeans_iterations, pq_kmeans_iterations=10,
+            training_sample_size=avq.training_sample_size or 0, seed=avq.seed, reorder=avq.reorder,
+            default_leaves_to_search=self._nprobe, default_reorder_k=self._reorder_k or 0,
+            threshold_mode=1 if threshold_spec == "auto" else 2 if threshold_spec is None else 0,
+            # L2 distances from the decoded vectors, as Faiss computes them (see IndexParams).
+            # (codes only: re-scoring with stored vectors needs the exact norms).
+            l2_decoded_norms=self.metric_type == METRIC_L2 and avq.reorder == "none",
+        )
+
+    def __repr__(self):
+        kind = "exhaustive" if self.nlist is None else f"nlist={self.nlist}, nprobe={self.nprobe}"
+        return (
+            f"IndexAVQ(d={self.d}, M={self.M}, nbits={self.nbits}, metric_type={self.metric_type}, {kind}, "
+            f"reorder_k={self.reorder_k}; ntotal={self.ntotal})"
+        )
+
+    def _require_trained(self):
+        if not self.is_trained:
+            raise ValueError("the index is not trained: call train(x) first")
+
+    def _matrix(self, x, name="x"):
+        return V.as_float_matrix(x, name, d=self.d)
+
+    # ------------------------------------------------------------------ build
+    def train(self, x):
+        """Train the leaves (IVF) and the anisotropic codebooks on x, float (n, d).
+
+        Training an index that holds vectors raises ValueError (their codes would no longer
+        decode): call ``reset()`` first.
+        """
+        if self.ntotal:
+            raise ValueError(
+                f"the index holds {self.ntotal} vectors encoded with the current codebooks: "
+                "call reset() before training again"
+            )
+        x = self._matrix(x)
+        if self.nlist is not None and self.nlist > x.shape[0]:
+            raise ValueError(f"nlist={self.nlist} exceeds the number of training vectors ({x.shape[0]})")
+        avq = self._avq
+        threshold = avq._threshold_for(x)
+        native = self._new_native(threshold, avq.anisotropic_threshold)
+        native.train(x, avq.num_threads, _Progress() if avq.verbose else None)
+        stats = native.train_stats()
+        if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
+            warnings.warn(
+                f"anisotropic_threshold={threshold:.4g} gives eta <= 1 for some vectors (eta range "
+                f"{stats['eta_min']:.3g}..{stats['eta_max']:.3g}); those vectors get plain PQ",
+                UserWarning,
+                stacklevel=2,
+            )
+        avq._index = native
+        if self.metric_type == METRIC_INNER_PRODUCT and native.num_leaves > 1:
+            # Faiss's IndexIVF probes and assigns by <x, c> with the same centres it subtracts;
+            # do the same (the native default probes by unit directions), so that both pick the
+            # same leaves and the exported index ranks the same candidates.
+            centres = native.centers().reshape(native.num_leaves, self.d)
+            native.set_quantizer(centres, centres, native.codebooks())
+
+    def add(self, x):
+        """Encode and add vectors x (n, d); they get ids max id + 1 onwards (0.. on a fresh index)."""
+        self._require_trained()
+        x = self._matrix(x)
+        self._index.add(x, None, self._avq.num_threads, None)
+
+    def add_with_ids(self, x, ids):
+        """Encode and add vectors x (n, d) with the given int64 ids (unique, not already present)."""
+        self._require_trained()
+        x = self._matrix(x)
+        ids = V.as_ids(ids, x.shape[0])
+        self._index.add(x, ids, self._avq.num_threads, None)
+
+    def reset(self):
+        """Remove every vector; the training is kept."""
+        if self.is_trained:
+            self._avq.reset()
+
+    def remove_ids(self, ids):
+        """Remove the vectors with the given ids (an array of int64 ids; unknown ids are ignored).
+
+        Returns the number of vectors removed. The other ids do not change.
+        """
+        if hasattr(ids, "is_member"):
+            raise TypeError("remove_ids takes an array of ids; Faiss IDSelector objects are not supported")
+        if not self.is_trained:
+            return 0
+        ids = V.as_ids(ids, None, unique=False, reject_padding=False)
+        return int(self._index.remove(ids))
+
+    # ------------------------------------------------------------------ search
+    def _budget(self, params):
+        nprobe, reorder_k, float_lut = self._nprobe, self._reorder_k, self._float_lut
+        if params is not None:
+            if not hasattr(params, "nprobe") and not hasattr(params, "reorder_k"):
+                raise TypeError(
+                    f"params must be a SearchParametersAVQ (or have an nprobe attribute), got {type(params).__name__}"
+                )
+            p_nprobe = getattr(params, "nprobe", None)
+            if p_nprobe is not None:
+                nprobe = V.check_int("params.nprobe", p_nprobe, minimum=1)
+            p_rk = getattr(params, "reorder_k", None)
+            if p_rk is not None:
+                if not self._stores_vectors:
+                    raise ValueError("params.reorder_k needs an index created with reorder_k=<int> (vectors stored)")
+                reorder_k = V.check_int("params.reorder_k", p_rk, minimum=1)
+            p_fl = getattr(params, "float_lut", None)
+            if p_fl is not None:
+                float_lut = bool(p_fl)
+        return nprobe, (reorder_k or 1), float_lut
+
+    def _native_search(self, x, k, budget):
+        nprobe, rk, float_lut = budget
+        if float_lut:
+            return self._index.search_float_lut(x, k, nprobe, self._avq.num_threads)
+        return self._index.search(x, k, nprobe, rk, self._avq.num_threads)
+
+    def search(self, x, k, *, params=None, D=None, I=None):
+        """Search the k best vectors for each query.
+
+        Parameters
+        ----------
+        x : array (n, d)
+        k : int
+            Results per query; rows are padded with id -1 and -FLT_MAX (inner product) /
+            +FLT_MAX (L2) when fewer vectors are found.
+        params : SearchParametersAVQ or faiss.SearchParametersIVF, optional
+            Overrides ``nprobe`` / ``reorder_k`` for this call.
+        D, I : arrays, optional
+            Output arrays of shape (n, k), float32 and int64, filled in place (as Faiss allows).
+
+        Returns
+        -------
+        D : float32 (n, k)
+            Inner products (METRIC_INNER_PRODUCT) or squared L2 distances (METRIC_L2), best first.
+        I : int64 (n, k)
+            Ids, -1 for padding.
+        """
+        self._require_trained()
+        k = V.check_k(k)
+        x = self._matrix(x)
+        V.check_result_size(x.shape[0], k)
+        Dr, Ir = self._native_search(x, k, self._budget(params))
+        return self._fill_outputs(Dr, Ir, D, I)
+
+    @staticmethod
+    def _fill_outputs(Dr, Ir, D, I):
+        for name, out, res, dtype in (("D", D, Dr, np.float32), ("I", I, Ir, np.int64)):
+            if out is None:
+                continue
+            if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != res.shape:
+                raise ValueError(f"{name} must be a {np.dtype(dtype).name} array of shape {res.shape}")
+            out[...] = res
+        return (Dr if D is None else D), (Ir if I is None else I)
+
+    def range_search(self, x, radius, *, params=None):
+        """All vectors within ``radius`` of each query: inner product > radius (inner product) or
+        squared distance < radius (L2), as Faiss defines it.
+
+        Approximate in the same way as ``search``: only the probed leaves are examined and the
+        quantized score decides (the exact one when ``reorder_k`` is set).
+
+        Returns
+        -------
+        lims : uint64 (n + 1,)
+            Results of query i are ``D[lims[i]:lims[i + 1]]``, ``I[lims[i]:lims[i + 1]]``.
+        D : float32, I : int64
+            Scores/distances and ids, each query's results best first.
+        """
+        self._require_trained()
+        x = self._matrix(x)
+        radius = V.check_float("radius", radius)
+        nprobe, rk, float_lut = self._budget(params)
+        n = x.shape[0]
+        per_query = [None] * n
+        todo = np.arange(n)
+        k = min(64, max(1, self.ntotal))
+        ip = self.metric_type == METRIC_INNER_PRODUCT
+        while todo.size:
+            Dk, Ik = self._native_search(np.ascontiguousarray(x[todo]), k, (nprobe, max(rk, k), float_lut))
+            keep = (Ik >= 0) & ((Dk > radius) if ip else (Dk < radius))
+            # A row whose k results all pass may have more: search it again with a larger k.
+            full = keep.all(axis=1) & (k < self.ntotal)
+            for j, qi in enumerate(todo):
+                if not full[j]:
+                    per_query[qi] = (Dk[j][keep[j]], Ik[j][keep[j]])
+            todo = todo[full]
+            k = min(self.ntotal, k * 4)
+        lims = np.zeros(n + 1, dtype=np.uint64)
+        lims[1:] = np.cumsum([len(p[1]) for p in per_query]) if n else []
+        D = np.concatenate([p[0] for p in per_query]).astype(np.float32, copy=False)
+        I = np.concatenate([p[1] for p in per_query]).astype(np.int64, copy=False)
+        return lims, D, I
+
+    # ------------------------------------------------------------------ decoding
+    def _quantizer_arrays(self):
+        native = self._index
+        L = native.num_leaves
+        centres = native.centers().reshape(L, self.d)
+        codebooks = native.codebooks().reshape(self.M, 16, self.dsub)  # Faiss's (M, ksub, dsub)
+        return centres, codebooks
+
+    def reconstruct_batch(self, ids):
+        """Decoded vectors (leaf centre + codewords) of the given ids, float32 (n, d)."""
+        self._require_trained()
+        ids = V.as_ids(ids, None, unique=False, reject_padding=False)
+        if ids.size == 0:
+            return np.zeros((0, self.d), np.float32)
+        codes = self._index.get_codes(ids)
+        leaves = self._index.get_leaves(ids)
+        centres, codebooks = self._quantizer_arrays()
+        words = codebooks[np.arange(self.M)[None, :], codes]  # (n, M, dsub)
+        return (centres[leaves] + words.reshape(len(ids), self.d)).astype(np.float32)
+
+    def reconstruct(self, key):
+        """Decoded vector of id ``key``, float32 (d,). Raises ValueError for an unknown id."""
+        key = V.check_int("key", key)
+        return self.reconstruct_batch(np.array([key], np.int64))[0]
+
+    def reconstruct_n(self, n0=0, ni=-1):
+        """Decoded vectors of ids n0 .. n0 + ni - 1 (ni = -1: up to ntotal), float32 (ni, d).
+
+        With Faiss's sequential ids this is storage rows n0 .. n0 + ni - 1; every id in the range
+        must exist (ValueError otherwise).
+        """
+        n0 = V.check_int("n0", n0, minimum=0)
+        ni = V.check_int("ni", ni, minimum=-1)
+        if ni == -1:
+            ni = max(0, self.ntotal - n0)
+        return self.reconstruct_batch(np.arange(n0, n0 + ni, dtype=np.int64))
+
+    def get_codes(self, ids):
+        """The 4-bit codes (0..15) of the given ids, uint8 (n, M)."""
+        self._require_trained()
+        return self._index.get_codes(V.as_ids(ids, None, unique=False, reject_padding=False))
+
+    # ------------------------------------------------------------------ Faiss export / import
+    def _leaf_contents(self):
+        """(ids, leaves, codes) of every stored vector, in storage order."""
+        ids = self._index.all_ids()
+        if ids.size == 0:
+            return ids, np.zeros(0, np.int64), np.zeros((0, self.M), np.uint8)
+        return ids, self._index.get_leaves(ids), self._index.get_codes(ids)
+
+    def to_faiss(self, fast_scan=False, bbs=32):
+        """A real Faiss index carrying these codebooks and codes (needs the ``faiss`` extra).
+
+        Parameters
+        ----------
+        fast_scan : bool
+            Return the FastScan variant (``IndexPQFastScan`` / ``IndexIVFPQFastScan``), built by
+            Faiss from the plain one.
+        bbs : int
+            FastScan block size (a multiple of 32).
+
+        Returns
+        -------
+        faiss.Index
+            Exhaustive: ``faiss.IndexPQ`` whose centroids are our codewords plus the leaf centre,
+            wrapped in ``faiss.IndexIDMap`` unless the ids are exactly 0 .. ntotal - 1. IVF:
+            ``faiss.IndexIVFPQ`` (``by_residual=True``) whose flat coarse quantizer holds our
+            leaf centres, with our ids; ``nprobe`` is copied. Faiss searches it with float
+            lookup tables; the stored float32 vectors (``reorder_k``) are not exported.
+        """
+        faiss = _import_faiss()
+        self._require_trained()
+        fast_scan = bool(fast_scan)
+        bbs = V.check_int("bbs", bbs, minimum=32)
+        if bbs % 32:
+            raise ValueError(f"bbs must be a multiple of 32, got {bbs}")
+        native = self._index
+        L = native.num_leaves
+        centres, codebooks = self._quantizer_arrays()
+        ids, leaves, codes = self._leaf_contents()
+        packed = _pack_codes(codes, self.code_size)
+        metric = self.metric_type
+        if L == 1:
+            folded = codebooks + centres[0].reshape(self.M, 1, self.dsub)
+            pq_index = faiss.IndexPQ(self.d, self.M, 4, metric)
+            faiss.copy_array_to_vector(np.ascontiguousarray(folded, np.float32).ravel(), pq_index.pq.centroids)
+            pq_index.is_trained = True
+            sequential = np.array_equal(np.sort(ids), np.arange(ids.size))
+            if ids.size:
+                order = np.argsort(ids, kind="stable") if sequential else np.arange(ids.size)
+                faiss.copy_array_to_vector(np.ascontiguousarray(packed[order]).ravel(), pq_index.codes)
+                pq_index.ntotal = int(ids.size)
+            out = faiss.IndexPQFastScan(pq_index, bbs) if fast_scan else pq_index
+            if not sequential:
+                # IndexIDMap only wraps an empty index: wrap an empty placeholder, then point it
+                # at the filled one (kept alive through referenced_objects, as faiss's wrappers do).
+                wrapped = faiss.IndexIDMap(faiss.IndexPQ(self.d, self.M, 4, metric))
+                wrapped.index = out
+                wrapped.referenced_objects = [out]
+                faiss.copy_array_to_vector(np.ascontiguousarray(ids[order], np.int64), wrapped.id_map)
+                wrapped.ntotal = int(ids.size)
+                out = wrapped
+            return out
+        quantizer = faiss.IndexFlatIP(self.d) if metric == METRIC_INNER_PRODUCT else faiss.IndexFlatL2(self.d)
+        quantizer.add(np.ascontiguousarray(centres, np.float32))
+        ivf = faiss.IndexIVFPQ(quantizer, self.d, L, self.M, 4, metric)
+        ivf.by_residual = True
+        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), ivf.pq.centroids)
+        ivf.is_trained = True
+        order = np.argsort(leaves, kind="stable")
+        bounds = np.searchsorted(leaves[order], np.arange(L + 1))
+        for leaf in range(L):
+            sel = order[bounds[leaf]:bounds[leaf + 1]]
+            if sel.size == 0:
+                continue
+            lid = np.ascontiguousarray(ids[sel], np.int64)
+            lcodes = np.ascontiguousarray(packed[sel])
+            ivf.invlists.add_entries(leaf, sel.size, faiss.swig_ptr(lid), faiss.swig_ptr(lcodes))
+        ivf.ntotal = int(ids.size)
+        ivf.precompute_table()
+        ivf.nprobe = min(self.nprobe, L)
+        if fast_scan:
+            fs = faiss.IndexIVFPQFastScan(ivf, bbs)
+            fs.nprobe = ivf.nprobe
+            return fs
+        return ivf
+
+    @classmethod
+    def from_faiss(cls, index, *, anisotropic_threshold=None, nprobe=None, num_threads=None, seed=0):
+        """An IndexAVQ that starts from a trained Faiss index (needs the ``faiss`` extra).
+
+        Supported: ``faiss.IndexPQ`` (4-bit, ``d / M <= 8``), ``faiss.IndexIVFPQ`` with
+        ``by_residual=True`` and a flat coarse quantizer, and either wrapped in
+        ``faiss.IndexIDMap``. The Faiss codebooks (and coarse centroids) are taken as they are;
+        the vectors already in the Faiss index keep Faiss's codes and ids (the raw vectors are
+        not available to re-encode them). Vectors added afterwards are encoded with the
+        anisotropic loss when ``anisotropic_threshold`` is a number T (ScaNN's recipe: k-means
+        codebooks, anisotropic encoding; T = 0.2 * mean ||x|| is a good start for inner
+        product), or by nearest codeword when it is None (Faiss's encoding).
+
+        The result stores codes only (``reorder_k=None``).
+        """
+        faiss = _import_faiss()
+        if not isinstance(index, faiss.Index):
+            raise TypeError(f"from_faiss expects a faiss.Index, got {type(index).__name__}")
+        # downcast_index returns a second proxy that does not own the object: keep the caller's
+        # proxy (which owns it, and its quantizer) alive until we are done.
+        owner = index  # noqa: F841
+        index = faiss.downcast_index(index)
+        id_map = None
+        if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
+            index = faiss.downcast_index(index.index)
+        if anisotropic_threshold is not None:
+            anisotropic_threshold = V.check_float("anisotropic_threshold", anisotropic_threshold, minimum=0.0)
+        if isinstance(index, faiss.IndexIVFPQ) and not isinstance(index, faiss.IndexIVFPQFastScan):
+            nlist = int(index.nlist)
+        elif isinstance(index, faiss.IndexPQ):
+            nlist = None
+        else:
+            raise TypeError(
+                f"from_faiss supports faiss.IndexPQ and faiss.IndexIVFPQ (optionally in IndexIDMap), "
+                f"got {type(index).__name__}"
+            )
+        pq = index.pq
+        d, M, nbits = int(index.d), int(pq.M), int(pq.nbits)
+        if nbits != 4:
+            raise ValueError(f"the Faiss index uses {nbits}-bit codes; IndexAVQ supports 4-bit codes only")
+        if d // M > _MAX_DSUB:
+            raise ValueError(f"the Faiss index has d / M = {d // M} dimensions per sub-quantizer (at most {_MAX_DSUB})")
+        if not index.is_trained:
+            raise ValueError("the Faiss index is not trained")
+        metric = int(index.metric_type)
+        if metric not in (METRIC_INNER_PRODUCT, METRIC_L2):
+            raise ValueError(f"unsupported Faiss metric {metric}: only inner product (0) and L2 (1)")
+        obj = cls(
+            d, M, 4, metric, nlist=nlist, nprobe=int(nprobe if nprobe is not None else getattr(index, "nprobe", 1)),
+            anisotropic_threshold=anisotropic_threshold, reorder_k=None, num_threads=num_threads, seed=seed,
+        )
+        codebooks = faiss.vector_to_array(pq.centroids).astype(np.float32)
+        if nlist is None:
+            centres = np.zeros((1, d), np.float32)
+            ntotal = int(index.ntotal)
+            packed = faiss.vector_to_array(index.codes).reshape(ntotal, -1) if ntotal else np.zeros((0, 1), np.uint8)
+            codes = _unpack_codes(packed, M)
+            leaves = np.zeros(ntotal, np.int64)
+            ids = np.arange(ntotal, dtype=np.int64)
+        else:
+            if not index.by_residual:
+                raise ValueError("IndexIVFPQ with by_residual=False cannot be represented: AVQ leaves encode residuals")
+            centres = np.ascontiguousarray(index.quantizer.reconstruct_n(0, nlist), np.float32)
+            invlists = index.invlists
+            cs = int(invlists.code_size)
+            all_ids, all_codes, all_leaves = [], [], []
+            for leaf in range(nlist):
+                size = int(invlists.list_size(leaf))
+                if size == 0:
+                    continue
+                lid = faiss.rev_swig_ptr(invlists.get_ids(leaf), size).copy()
+                lcodes = faiss.rev_swig_ptr(invlists.get_codes(leaf), size * cs).copy().reshape(size, cs)
+                all_ids.append(lid.astype(np.int64))
+                all_codes.append(lcodes)
+                all_leaves.append(np.full(size, leaf, np.int64))
+            ids = np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64)
+            codes = _unpack_codes(np.concatenate(all_codes), M) if all_codes else np.zeros((0, M), np.uint8)
+            leaves = np.concatenate(all_leaves) if all_leaves else np.zeros(0, np.int64)
+        if id_map is not None:
+            if id_map.size != ids.size:
+                raise ValueError("corrupted IndexIDMap: id_map and the index disagree on ntotal")
+            ids = id_map[ids]
+        avq = obj._avq
+        native = obj._new_native(math.nan if anisotropic_threshold is None else anisotropic_threshold,
+                                 anisotropic_threshold)
+        native.set_quantizer(centres, centres, codebooks)
+        avq.anisotropic_threshold = anisotropic_threshold
+        avq._index = native
+        if ids.size:
+            norms2 = None
+            if metric == METRIC_L2:
+                cb = codebooks.reshape(M, 16, d // M)
+                dec = centres[leaves] + cb[np.arange(M)[None, :], codes].reshape(ids.size, d)
+                norms2 = np.einsum("ij,ij->i", dec, dec).astype(np.float32)
+            native.add_codes(np.ascontiguousarray(codes), np.ascontiguousarray(leaves), np.ascontiguousarray(ids), norms2)
+        return obj
+
+    # ------------------------------------------------------------------ persistence
+    def _sync_defaults(self):
+        if self._index is not None:
+            self._index.set_default_search_params(self._nprobe, self._reorder_k or 0)
+
+    @classmethod
+    def _from_native(cls, native):
+        p = native.params()
+        if p["metric"] not in ("dot", "l2"):
+            raise ValueError(
+                f"this file holds a {p['metric']!r} index, which has no Faiss metric: load it with AVQIndex.load"
+            )
+        d, dpb = p["d"], p["dims_per_block"]
+        if d % dpb:
+            raise ValueError(
+                f"this index has uneven blocks (d={d}, dims_per_block={dpb}): no Faiss M describes it; "
+                "load it with AVQIndex.load"
+            )
+        avq = AVQIndex._from_native(native)
+        obj = cls.__new__(cls)
+        obj.d, obj.M, obj.nbits = d, d // dpb, 4
+        obj.metric_type = METRIC_INNER_PRODUCT if p["metric"] == "dot" else METRIC_L2
+        L = native.num_leaves if native.is_trained else (p["num_leaves"] or 1)
+        obj.nlist = None if L == 1 else L
+        obj._nprobe = p["default_leaves_to_search"] or 1
+        obj._stores_vectors = p["reorder"] != "none"
+        if p["reorder"] == "int8":
+            raise ValueError("int8 reordering has no IndexAVQ equivalent: load it with AVQIndex.load")
+        obj._reorder_k = (p["default_reorder_k"] or 100) if obj._stores_vectors else None
+        obj._float_lut = False
+        obj._avq = avq
+        return obj
+
+    def __getstate__(self):
+        self._sync_defaults()
+        return {"avq": self._avq, "nprobe": self._nprobe, "reorder_k": self._reorder_k, "float_lut": self._float_lut,
+                "stores_vectors": self._stores_vectors, "d": self.d, "M": self.M,
+                "metric_type": self.metric_type, "nlist": self.nlist}
+
+    def __setstate__(self, state):
+        self._avq = state["avq"]
+        self._nprobe = state["nprobe"]
+        self._reorder_k = state["reorder_k"]
+        self._float_lut = state["float_lut"]
+        self._stores_vectors = state["stores_vectors"]
+        self.d, self.M, self.nbits = state["d"], state["M"], 4
+        self.metric_type = state["metric_type"]
+        self.nlist = state["nlist"]
+
+
+def _pack_codes(codes, code_size):
+    """(n, M) 4-bit codes -> (n, code_size) bytes, two per byte, low nibble first (Faiss's layout)."""
+    n, M = codes.shape
+    padded = np.zeros((n, code_size * 2), np.uint8)
+    padded[:, :M] = codes
+    return np.ascontiguousarray(padded[:, 0::2] | (padded[:, 1::2] << 4))
+
+
+def _unpack_codes(packed, M):
+    """Inverse of _pack_codes: (n, ceil(M/2)) bytes -> (n, M) codes."""
+    packed = np.asarray(packed, np.uint8)
+    out = np.empty((packed.shape[0], packed.shape[1] * 2), np.uint8)
+    out[:, 0::2] = packed & 0x0F
+    out[:, 1::2] = packed >> 4
+    return np.ascontiguousarray(out[:, :M])
+
+
+def write_index(index, path):
+    """Write an IndexAVQ to one file (the project's format, written atomically).
+
+    Mirrors ``faiss.write_index``; ``nprobe`` and ``reorder_k`` are saved with the index. For a
+    Faiss index use ``faiss.write_index`` (``index.to_faiss()`` converts).
+    """
+    if not isinstance(index, IndexAVQ):
+        raise TypeError(
+            f"write_index expects an IndexAVQ, got {type(index).__name__} "
+            "(use faiss.write_index for Faiss indexes, AVQIndex.save for AVQIndex)"
+        )
+    if index._index is None:
+        raise ValueError("the index is not trained: nothing to write")
+    index._sync_defaults()
+    index._index.save(os.fspath(path))
+
+
+def read_index(path):
+    """Read an IndexAVQ written by ``write_index`` (or an inner-product / L2 AVQIndex file with
+    d divisible by dims_per_block). Raises ValueError on a corrupted or unsuitable file."""
+    return IndexAVQ._from_native(_native.Index.load(os.fspath(path), False))
