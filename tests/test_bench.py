@@ -173,8 +173,7 @@ def assert_one_line_error(rc, err, *fragments):
 
 
 def test_cli_end_to_end_writes_json_csv_png(tmp_path, capsys):
-    pytest.importorskip("faiss")
-    matplotlib_image = pytest.importorskip("matplotlib.image")
+    import matplotlib.image as matplotlib_image  # [test] extra
     out_dir = tmp_path / "out"
     rc, out, err = run_cli(capsys, "--algorithms", "avq,exact,faiss", "--max-queries", "100", "--out",
                            str(out_dir), "--quiet", *FAST)
@@ -228,7 +227,8 @@ def test_cli_npy_input_computes_and_caches_exact_ground_truth(tmp_path, capsys):
 
 
 def test_cli_hdf5_without_ground_truth(tmp_path, capsys):
-    h5py = pytest.importorskip("h5py")
+    import h5py  # [test] extra
+
     glove = datasets.load_glove_subset()
     path = tmp_path / "nogt.hdf5"
     with h5py.File(path, "w") as f:
