@@ -1,35 +1,45 @@
-"""Recall-vs-throughput benchmark of avq_plugin against ScaNN and Faiss.
+"""Recall-vs-throughput benchmark of avq_plugin against ScaNN, Faiss, hnswlib and exact search.
 
 Run it as ``avq-bench`` or ``python -m avq_plugin.bench``::
 
-    avq-bench                                   # shipped 20k GloVe subset, all systems
-    avq-bench --dataset glove-100-angular.hdf5  # any ann-benchmarks HDF5 file
-    avq-bench --systems avq,scann --quick --json results.json
+    avq-bench                                        # shipped 20k GloVe subset, every installed system
+    avq-bench glove-100-angular.hdf5 --batch         # any ann-benchmarks HDF5 file, batched queries
+    avq-bench X.npy Q.npy --metric euclidean --k 20  # your own data; exact ground truth computed, cached
+    avq-bench --algorithms avq,scann --quick --out results/
+
+It prints the best QPS at each recall target (``targets.yaml``: 0.8, 0.9, 0.95,
+0.99) per system with build time and index size, and the ratios AVQ / each
+peer; it writes ``results.json``, ``results.csv``, ``report.txt`` and
+``recall_vs_qps.png`` to ``--out`` (see :func:`write_outputs`).
 
 What is measured, for every system and build configuration, in one process on
-the same float32 data with one thread:
+the same float32 data with ``--threads`` threads (default 1):
 
 - **build**: wall time of the whole build (including the L2 normalisation that
   ScaNN and Faiss need for angular data), the resident-set growth around it
   (``/proc/self/statm`` after ``gc.collect()`` and glibc ``malloc_trim``), the
   peak resident-set growth during it (``VmHWM`` after a ``clear_refs`` reset,
-  where the kernel allows it), and the index's own size figure where one
-  exists (``memory_usage()`` for avq_plugin, the serialised size for ScaNN and
-  Faiss). Each system first makes one unmeasured build on 5,000 rows, so
-  one-time library set-up is not charged to its first measured build;
-- **search**, for each query setting and in two modes: *single* (one call per
-  query with a 1-D vector, the ann-benchmarks mode; the whole loop is timed and
-  QPS = queries / seconds) and *batch* (all queries in one call). Each timing is
-  repeated ``--reps`` times and the best is kept;
+  where the kernel allows it), and the index's own size figure
+  (``memory_usage()`` for avq_plugin, ``index_file_size()`` for hnswlib, the
+  serialised size for ScaNN and Faiss). Each system first makes one unmeasured
+  build on 5,000 rows, so one-time library set-up is not charged to its first
+  measured build;
+- **search**, for each query setting, in *single* mode (one call per query with
+  a 1-D vector, the ann-benchmarks mode; the whole loop is timed and QPS =
+  queries / seconds) and/or *batch* mode (all queries in one call). Each timing
+  is repeated ``--reps`` times and the best is kept;
 - **recall@k** with ann-benchmarks' rule (:func:`knn_recall`).
 
 The parameter sweeps live in YAML files (``avq.yaml``, ``scann.yaml``,
-``faiss.yaml``, ``exact.yaml`` and ``targets.yaml``) in a ``benchmark_configs/``
-directory; see :func:`find_config_dir` and :func:`load_system_config`.
+``faiss.yaml``, ``hnswlib.yaml``, ``exact.yaml`` and ``targets.yaml``) in a
+``benchmark_configs/`` directory; see :func:`find_config_dir` and
+:func:`load_system_config`.
 
-Only NumPy is needed to import this module. PyYAML (and h5py for ``--dataset``)
-come with the ``bench`` extra; ScaNN and Faiss are optional and skipped with a
-note when missing. avq_plugin's compiled index is imported only when it runs.
+Only NumPy is needed to import this module. PyYAML (and h5py for HDF5 input,
+matplotlib for the plot, tqdm for progress bars) come with the ``bench`` extra;
+ScaNN, Faiss and hnswlib are optional and skipped with a note when missing,
+unless named in ``--algorithms``. avq_plugin's compiled index is imported only
+when it runs.
 """
 
 from __future__ import annotations
@@ -59,6 +69,13 @@ __all__ = [
     "load_system_config",
     "resolve_num_leaves",
     "run_benchmark",
+    "ensure_ground_truth",
+    "compute_ground_truth",
+    "summarize",
+    "format_summary",
+    "format_report",
+    "write_outputs",
+    "plot_results",
     "main",
 ]
 
@@ -1423,7 +1440,7 @@ def format_report(results: dict) -> str:
                  _mb(hb["peak_delta_bytes"]), f"{_mb(hb['own_bytes'])} {hb['own_kind']}".strip()]
                 if hb else ["", "", "", "", ""]))
     out += ["", "== summary: best QPS at each recall target; build time and memory of the headline build "
-                "(the single-query winner at the lowest target reached)",
+                "(the build behind most best-QPS entries of the first mode)",
             _table(["system", "mode"] + [f"QPS@{t:g}" for t in targets]
                    + ["headline build", "build s", "RSS+ MB", "peak+ MB", "own MB"], rows),
             "settings that achieved them:"] + winners
