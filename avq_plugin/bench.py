@@ -74,6 +74,7 @@ __all__ = [
     "summarize",
     "format_summary",
     "format_report",
+    "format_markdown",
     "write_outputs",
     "plot_results",
     "main",
@@ -1577,6 +1578,52 @@ def format_summary(results: dict) -> str:
     return "\n".join(out)
 
 
+def format_markdown(results: dict) -> str:
+    """The summary of :func:`format_summary` as Markdown tables, plus the settings behind each entry."""
+    ds, tg, st = results["dataset"], results["targets"], results["settings"]
+    k, targets = tg["k"], tg["targets"]
+    summ = summarize(results)
+    systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
+    versions = {b["system"]: b["version"] for b in results["builds"]}
+    threads = st.get("threads", 1)
+    out = [f"**{ds['name']}**: {ds['n_train']:,} x {ds['dim']} ({ds['metric']}), {ds['n_test']:,} queries, "
+           f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}, best of {st['reps']} timings."]
+    for reason in results["skipped"].values():
+        out.append(f"\nNote: {reason}")
+    for mode in st["modes"]:
+        how = "one query per call" if mode == "single" else "all queries in one call"
+        out += ["", f"Best QPS at recall@{k} >= target, {mode} mode ({how}); - = not reached:", "",
+                "| system | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build s | index MB | build |",
+                "|---|" + "---:|" * (len(targets) + 2) + "---|"]
+        for s in systems:
+            cells = []
+            for t in targets:
+                hit = summ["best"].get(s, {}).get(mode, {}).get(t)
+                cells.append(f"{hit['qps']:,.0f}" if hit else "-")
+            hb = summ["headline"][mode].get(s)
+            tail = [f"{hb['build_seconds']:.1f}", _mb(hb["index_bytes"]), hb["build"]] if hb else ["", "", ""]
+            out.append(f"| {s} {versions.get(s, '')} | " + " | ".join(cells + tail) + " |")
+        ratios = summ["ratios"].get(mode, {})
+        if ratios:
+            out += ["", "AVQ / peer (QPS > 1: AVQ faster; build time and index size < 1: AVQ cheaper):", "",
+                    "| ratio | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build time | index size |",
+                    "|---|" + "---:|" * (len(targets) + 2)]
+            for peer, r in ratios.items():
+                cells = [f"{r['qps'][t]:.2f}x" if r["qps"][t] else "-" for t in targets]
+                cells += [f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
+                          f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-"]
+                out.append(f"| avq / {peer} | " + " | ".join(cells) + " |")
+        out += ["", "<details><summary>settings behind each entry</summary>", ""]
+        for s in systems:
+            for t in targets:
+                hit = summ["best"].get(s, {}).get(mode, {}).get(t)
+                if hit:
+                    out.append(f"- {s} @{t:g}: {hit['build']}, {_fmt_qa(hit['query_args'])} -> recall "
+                               f"{hit['recall']:.4f}, {hit['qps']:,.0f} QPS")
+        out += ["", "</details>"]
+    return "\n".join(out)
+
+
 CSV_COLUMNS = ("dataset", "system", "build", "mode", "query_args", "recall", "qps", "pareto",
                "build_seconds", "index_bytes", "threads", "k")
 
@@ -1655,7 +1702,7 @@ def plot_results(results: dict, path: str | os.PathLike) -> None:
 
 
 def write_outputs(results: dict, out_dir: str | os.PathLike, say=None) -> dict:
-    """Write results.json, results.csv, report.txt and recall_vs_qps.png into ``out_dir``.
+    """Write results.json, results.csv, report.txt, summary.md and recall_vs_qps.png into ``out_dir``.
 
     Returns
     -------
@@ -1665,7 +1712,7 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, say=None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.txt",
-             "plot": out / "recall_vs_qps.png"}
+             "markdown": out / "summary.md", "plot": out / "recall_vs_qps.png"}
     record = dict(results)
     record["summary"] = summarize(results)
     with open(paths["json"], "w") as f:
@@ -1673,6 +1720,8 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, say=None) -> dict:
     write_csv(results, paths["csv"])
     with open(paths["report"], "w") as f:
         f.write(format_summary(results) + "\n\n" + format_report(results) + "\n")
+    with open(paths["markdown"], "w") as f:
+        f.write(format_markdown(results) + "\n")
     try:
         plot_results(results, paths["plot"])
     except ImportError:

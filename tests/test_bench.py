@@ -201,6 +201,8 @@ def test_cli_end_to_end_writes_json_csv_png(tmp_path, capsys):
     img = matplotlib_image.imread(str(png))
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
     assert (out_dir / "report.txt").read_text().startswith("glove50-20k")
+    md = (out_dir / "summary.md").read_text()
+    assert "| avq / faiss |" in md and "| system | QPS @0.8 |" in md
 
 
 def test_cli_npy_input_computes_and_caches_exact_ground_truth(tmp_path, capsys):
