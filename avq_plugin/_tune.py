@@ -184,9 +184,18 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
         Q = V.as_float_matrix(queries, "queries", d=d, allow_1d=True, nonzero_rows=cosine)
         if k > ntotal:
             raise ValueError(f"k={k} exceeds the number of indexed vectors ({ntotal})")
+        if ground_truth is not None:
+            gt = np.asarray(ground_truth)
+            if gt.ndim != 2 or gt.shape[0] != Q.shape[0] or gt.shape[1] < k or gt.dtype.kind not in "iu":
+                raise ValueError(f"ground_truth must be an integer array of shape ({Q.shape[0]}, >= {k}), "
+                                 f"got {gt.dtype} {gt.shape}")
+            ground_truth = gt[:, :k].astype(np.int64)
         if num_queries is not None and num_queries < Q.shape[0]:
             rng = np.random.default_rng(seed)
-            Q = np.ascontiguousarray(Q[np.sort(rng.choice(Q.shape[0], size=num_queries, replace=False))])
+            sel = np.sort(rng.choice(Q.shape[0], size=num_queries, replace=False))
+            Q = np.ascontiguousarray(Q[sel])
+            if ground_truth is not None:
+                ground_truth = ground_truth[sel]
         nq = Q.shape[0]
         self_ids = None
         source, k_search = "queries", k
@@ -194,11 +203,7 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
     # ----------------------------------------------------------------- exact ground truth
     nt = index.num_threads
     if ground_truth is not None:
-        gt = np.asarray(ground_truth)
-        if gt.ndim != 2 or gt.shape[0] != Q.shape[0] or gt.shape[1] < k or gt.dtype.kind not in "iu":
-            raise ValueError(f"ground_truth must be an integer array of shape ({Q.shape[0]}, >= {k}), "
-                             f"got {gt.dtype} {gt.shape}")
-        gt = gt[:, :k].astype(np.int64)
+        gt = ground_truth  # validated and subsampled with the queries above
     elif X is not None:
         from .index import ExactIndex  # late import: index.py imports this module
 

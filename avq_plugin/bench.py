@@ -1,35 +1,45 @@
-"""Recall-vs-throughput benchmark of avq_plugin against ScaNN and Faiss.
+"""Recall-vs-throughput benchmark of avq_plugin against ScaNN, Faiss, hnswlib and exact search.
 
 Run it as ``avq-bench`` or ``python -m avq_plugin.bench``::
 
-    avq-bench                                   # shipped 20k GloVe subset, all systems
-    avq-bench --dataset glove-100-angular.hdf5  # any ann-benchmarks HDF5 file
-    avq-bench --systems avq,scann --quick --json results.json
+    avq-bench                                        # shipped 20k GloVe subset, every installed system
+    avq-bench glove-100-angular.hdf5 --batch         # any ann-benchmarks HDF5 file, batched queries
+    avq-bench X.npy Q.npy --metric euclidean --k 20  # your own data; exact ground truth computed, cached
+    avq-bench --algorithms avq,scann --quick --out results/
+
+It prints the best QPS at each recall target (``targets.yaml``: 0.8, 0.9, 0.95,
+0.99) per system with build time and index size, and the ratios AVQ / each
+peer; it writes ``results.json``, ``results.csv``, ``report.txt`` and
+``recall_vs_qps.png`` to ``--out`` (see :func:`write_outputs`).
 
 What is measured, for every system and build configuration, in one process on
-the same float32 data with one thread:
+the same float32 data with ``--threads`` threads (default 1):
 
 - **build**: wall time of the whole build (including the L2 normalisation that
   ScaNN and Faiss need for angular data), the resident-set growth around it
   (``/proc/self/statm`` after ``gc.collect()`` and glibc ``malloc_trim``), the
   peak resident-set growth during it (``VmHWM`` after a ``clear_refs`` reset,
-  where the kernel allows it), and the index's own size figure where one
-  exists (``memory_usage()`` for avq_plugin, the serialised size for ScaNN and
-  Faiss). Each system first makes one unmeasured build on 5,000 rows, so
-  one-time library set-up is not charged to its first measured build;
-- **search**, for each query setting and in two modes: *single* (one call per
-  query with a 1-D vector, the ann-benchmarks mode; the whole loop is timed and
-  QPS = queries / seconds) and *batch* (all queries in one call). Each timing is
-  repeated ``--reps`` times and the best is kept;
+  where the kernel allows it), and the index's own size figure
+  (``memory_usage()`` for avq_plugin, ``index_file_size()`` for hnswlib, the
+  serialised size for ScaNN and Faiss). Each system first makes one unmeasured
+  build on 5,000 rows, so one-time library set-up is not charged to its first
+  measured build;
+- **search**, for each query setting, in *single* mode (one call per query with
+  a 1-D vector, the ann-benchmarks mode; the whole loop is timed and QPS =
+  queries / seconds) and/or *batch* mode (all queries in one call). Each timing
+  is repeated ``--reps`` times and the best is kept;
 - **recall@k** with ann-benchmarks' rule (:func:`knn_recall`).
 
 The parameter sweeps live in YAML files (``avq.yaml``, ``scann.yaml``,
-``faiss.yaml``, ``exact.yaml`` and ``targets.yaml``) in a ``benchmark_configs/``
-directory; see :func:`find_config_dir` and :func:`load_system_config`.
+``faiss.yaml``, ``hnswlib.yaml``, ``exact.yaml`` and ``targets.yaml``) in a
+``benchmark_configs/`` directory; see :func:`find_config_dir` and
+:func:`load_system_config`.
 
-Only NumPy is needed to import this module. PyYAML (and h5py for ``--dataset``)
-come with the ``bench`` extra; ScaNN and Faiss are optional and skipped with a
-note when missing. avq_plugin's compiled index is imported only when it runs.
+Only NumPy is needed to import this module. PyYAML (and h5py for HDF5 input,
+matplotlib for the plot, tqdm for progress bars) come with the ``bench`` extra;
+ScaNN, Faiss and hnswlib are optional and skipped with a note when missing,
+unless named in ``--algorithms``. avq_plugin's compiled index is imported only
+when it runs.
 """
 
 from __future__ import annotations
@@ -59,10 +69,18 @@ __all__ = [
     "load_system_config",
     "resolve_num_leaves",
     "run_benchmark",
+    "ensure_ground_truth",
+    "compute_ground_truth",
+    "summarize",
+    "format_summary",
+    "format_report",
+    "format_markdown",
+    "write_outputs",
+    "plot_results",
     "main",
 ]
 
-SYSTEMS = ("avq", "scann", "faiss", "exact")
+SYSTEMS = ("avq", "scann", "faiss", "hnswlib", "exact")
 INSTALL_HINT = "pip install avq-plugin[bench]"
 #: ann-benchmarks' slack for the "k-nn" recall (plotting/metrics.py).
 ANN_BENCHMARKS_EPSILON = 1e-3
@@ -466,6 +484,78 @@ def load_system_config(config_dir: Path, system: str, n_train: int, metric: str,
     return SystemConfig(system, chosen.get("name", "?"), resolved, names, _expand_query_args(query_raw, names))
 
 
+# --------------------------------------------------------------------------- progress
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Bars:
+    """tqdm progress bars on stderr, or nothing.
+
+    Parameters
+    ----------
+    enabled : bool
+        Show bars; they are also off when tqdm is not installed.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.tqdm = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.tqdm = tqdm
+            except ImportError:
+                pass
+
+    @property
+    def enabled(self) -> bool:
+        return self.tqdm is not None
+
+    def bar(self, desc: str, total: int, unit: str = "it"):
+        """A bar with ``update(n)`` and ``close()`` (a no-op object when disabled)."""
+        if self.tqdm is None:
+            return _NullBar()
+        return self.tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
+                         dynamic_ncols=True, mininterval=0.2)
+
+    def write(self, msg: str, file=None) -> None:
+        """Print a line without breaking the bars."""
+        file = sys.stderr if file is None else file
+        if self.tqdm is not None and file is sys.stderr:
+            self.tqdm.write(msg, file=file)
+        else:
+            print(msg, file=file, flush=True)
+
+
+class _StageBars:
+    """AVQIndex progress callback ``(stage, done, total, info)`` shown as one bar per stage."""
+
+    def __init__(self, bars: Bars, label: str) -> None:
+        self.bars, self.label = bars, label
+        self.stage, self.bar_, self.done = None, None, 0
+
+    def __call__(self, stage: str, done: int, total: int, info: str) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.done = stage, 0
+            self.bar_ = self.bars.bar(f"{self.label} build: {stage}", int(total))
+        if done > self.done:
+            self.bar_.update(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        if self.bar_ is not None:
+            self.bar_.close()
+        self.bar_, self.stage = None, None
+
+
 # --------------------------------------------------------------------------- systems
 
 
@@ -492,6 +582,13 @@ class Runner:
     own_memory_kind: str = ""
     #: Short description of the built index with "sqrt" etc. resolved; set by :meth:`build`.
     resolved: str = ""
+    #: Threads for building and searching (``--threads``).
+    threads: int = 1
+    #: Progress bars (a :class:`Bars`); set by :func:`run_benchmark`.
+    bars: "Bars | None" = None
+
+    def _bar(self, desc: str, total: int, unit: str = "it"):
+        return (self.bars or Bars(False)).bar(desc, total, unit)
 
     def build(self, train: np.ndarray, metric: str, args: dict) -> None:
         """Build the index on ``train`` (float32) for ``metric`` with config ``args``."""
@@ -548,17 +645,26 @@ class AVQRunner(Runner):
         args = dict(args)
         if isinstance(args.get("num_leaves"), str):
             args["num_leaves"] = resolve_num_leaves(args["num_leaves"], train.shape[0])
-        self.index = self.cls(metric=metric_name, num_threads=1, **args)
-        self.index.fit(train)
-        self.resolved = f"{metric_name}, {args.get('num_leaves') or 'default'} leaves"
+        bars = self.bars if self.bars is not None and self.bars.enabled else None
+        self.index = self.cls(metric=metric_name, num_threads=self.threads, verbose=bars is not None, **args)
+        stages = None
+        if bars is not None:
+            stages = _StageBars(bars, "avq")
+            self.index._progress_factory = lambda: stages
+        try:
+            self.index.fit(train)
+        finally:
+            if stages is not None:
+                stages.close()
+        self.resolved = f"{metric_name}, {self.index.num_leaves_} leaves"
 
     def single_fn(self, k, qa):
-        search, leaves, reorder = self.index.search, qa["leaves_to_search"], qa["reorder_k"]
-        return lambda q: search(q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=1)[1]
+        search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
+        return lambda q: search(q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
 
     def batch_fn(self, k, qa):
-        search, leaves, reorder = self.index.search, qa["leaves_to_search"], qa["reorder_k"]
-        return lambda Q: search(Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=1)[1]
+        search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
+        return lambda Q: search(Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
 
     def budget(self, qa, k):
         return (qa["leaves_to_search"], qa["reorder_k"])
@@ -612,9 +718,14 @@ class ScannRunner(Runner):
         )
         if a:
             raise ValueError(f"unknown scann build args: {sorted(a)}")
-        builder.set_n_training_threads(1)
-        self.index = builder.build()
-        self.index.set_num_threads(1)
+        builder.set_n_training_threads(self.threads)
+        bar = self._bar("scann build (train + add)", 1, "index")
+        try:
+            self.index = builder.build()
+        finally:
+            bar.update(1)
+            bar.close()
+        self.index.set_num_threads(self.threads)
         self.resolved = f"{measure}, {leaves} leaves"
 
     def single_fn(self, k, qa):
@@ -651,7 +762,6 @@ class FaissRunner(Runner):
             raise SystemUnavailable(f"faiss not installed: skipped ({INSTALL_HINT})") from exc
         self.faiss = faiss
         self.version = getattr(faiss, "__version__", "?")
-        faiss.omp_set_num_threads(1)
 
     def build(self, train, metric, args):
         faiss = self.faiss
@@ -669,10 +779,14 @@ class FaissRunner(Runner):
         refine = a.pop("refine", "flat")
         if a:
             raise ValueError(f"unknown faiss build args: {sorted(a)}")
+        faiss.omp_set_num_threads(self.threads)
         base = faiss.index_factory(d, factory, faiss_metric)
         index = faiss.IndexRefineFlat(base) if refine == "flat" else base
+        bar = self._bar("faiss train", 1, "index")
         index.train(data)
-        index.add(data)
+        bar.update(1)
+        bar.close()
+        _add_in_chunks(index.add, data, self._bar("faiss add", n, "vec"))
         self._base = base  # IndexRefineFlat does not own a Python reference to it
         self.index = index
         self.factory = factory
@@ -722,7 +836,6 @@ class ExactRunner(Runner):
         try:
             import faiss
 
-            faiss.omp_set_num_threads(1)
             self.backends["faiss"] = faiss
         except ImportError:
             self.errors["faiss"] = f"faiss not installed ({INSTALL_HINT})"
@@ -737,12 +850,13 @@ class ExactRunner(Runner):
         self.backend = backend
         if backend == "avq":
             metric_name = {"angular": "cosine", "euclidean": "l2"}[metric]
-            self.index = self.backends["avq"](metric=metric_name, num_threads=1).fit(train)
+            self.index = self.backends["avq"](metric=metric_name, num_threads=self.threads).fit(train)
             self.version = getattr(sys.modules.get("avq_plugin"), "__version__", "?")
             self.own_memory_kind = "memory_usage()"
             self.resolved = f"ExactIndex({metric_name})"
         else:
             faiss = self.backends["faiss"]
+            faiss.omp_set_num_threads(self.threads)
             if metric == "angular":
                 data, self.index = _normalize_rows(train), faiss.IndexFlatIP(train.shape[1])
             else:
@@ -768,7 +882,74 @@ class ExactRunner(Runner):
         return int(self.backends["faiss"].serialize_index(self.index).nbytes)
 
 
-RUNNERS = {"avq": AVQRunner, "scann": ScannRunner, "faiss": FaissRunner, "exact": ExactRunner}
+class HnswlibRunner(Runner):
+    """hnswlib's HNSW graph (``space="cosine"`` for angular data, ``"l2"`` for euclidean)."""
+
+    own_memory_kind = "index_file_size()"
+
+    def __init__(self) -> None:
+        try:
+            import hnswlib
+        except ImportError as exc:
+            raise SystemUnavailable(f"hnswlib not installed: skipped ({INSTALL_HINT})") from exc
+        self.hnswlib = hnswlib
+        self.version = _dist_version("hnswlib")
+
+    def build(self, train, metric, args):
+        a = dict(args)
+        M, ef_construction = int(a.pop("M")), int(a.pop("ef_construction"))
+        seed = int(a.pop("seed", 100))
+        if a:
+            raise ValueError(f"unknown hnswlib build args: {sorted(a)}")
+        n, d = train.shape
+        space = "cosine" if metric == "angular" else "l2"
+        index = self.hnswlib.Index(space=space, dim=d)
+        index.init_index(max_elements=n, ef_construction=ef_construction, M=M, random_seed=seed)
+        index.set_num_threads(self.threads)
+        ids = np.arange(n, dtype=np.int64)
+        _add_in_chunks(lambda x, lo, hi: index.add_items(x, ids[lo:hi], num_threads=self.threads),
+                       train, self._bar("hnswlib add", n, "vec"), pass_range=True)
+        self.index = index
+        self.resolved = f"{space}, M={M}, ef_construction={ef_construction}"
+
+    def single_fn(self, k, qa):
+        self.index.set_ef(int(qa["ef"]))
+        query = self.index.knn_query
+        return lambda q: query(q, k=k)[0]
+
+    def batch_fn(self, k, qa):
+        self.index.set_ef(int(qa["ef"]))
+        query, nt = self.index.knn_query, self.threads
+        return lambda Q: query(Q, k=k, num_threads=nt)[0]
+
+    def ids_single(self, result):
+        return np.asarray(result, dtype=np.int64).reshape(-1)
+
+    def ids_batch(self, result):
+        return np.asarray(result, dtype=np.int64)
+
+    def own_memory(self):
+        return int(self.index.index_file_size())
+
+
+def _add_in_chunks(add, data: np.ndarray, bar, pass_range: bool = False, chunks: int = 50) -> None:
+    """Call ``add`` on about ``chunks`` slices of ``data``, advancing the progress ``bar``."""
+    n = data.shape[0]
+    step = max(1000, -(-n // chunks))
+    try:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            if pass_range:
+                add(data[lo:hi], lo, hi)
+            else:
+                add(data[lo:hi])
+            bar.update(hi - lo)
+    finally:
+        bar.close()
+
+
+RUNNERS = {"avq": AVQRunner, "scann": ScannRunner, "faiss": FaissRunner, "hnswlib": HnswlibRunner,
+           "exact": ExactRunner}
 
 
 def _dist_version(name: str) -> str:
@@ -910,38 +1091,52 @@ def _measure_build(runner: Runner, system: str, build: dict, dataset) -> BuildRu
     return result
 
 
-def _warm_up(runner: Runner, cfg: SystemConfig, dataset, log, n_rows: int = 5000) -> None:
+def _warm_up(runner: Runner, cfg: SystemConfig, dataset, say, n_rows: int = 5000) -> None:
     """Build (unmeasured) on a few rows so one-time library set-up is not charged to the first build.
 
     Lazily loaded code pages, thread pools and static tables otherwise show up
     in the first build's time and RSS growth only.
     """
-    for build in cfg.builds:
-        try:
-            runner.build(np.ascontiguousarray(dataset.train[:n_rows]), dataset.metric, dict(build["args"]))
-            return
-        except SystemUnavailable:
-            continue
-        except Exception as exc:  # noqa: BLE001 - the measured build will report it
-            print(f"  warm-up with {build['name']} failed ({type(exc).__name__}: {exc})", file=log, flush=True)
-        finally:
-            runner.close()
-            gc.collect()
+    bars, runner.bars = runner.bars, None
+    try:
+        for build in cfg.builds:
+            try:
+                runner.build(np.ascontiguousarray(dataset.train[:n_rows]), dataset.metric, dict(build["args"]))
+                return
+            except SystemUnavailable:
+                continue
+            except Exception as exc:  # noqa: BLE001 - the measured build will report it
+                say(f"  warm-up with {build['name']} failed ({type(exc).__name__}: {exc})")
+            finally:
+                runner.close()
+                gc.collect()
+    finally:
+        runner.bars = bars
+
+
+def make_runner(system: str, threads: int = 1) -> Runner:
+    """Instantiate the runner of ``system``; raises :class:`SystemUnavailable` if its library is missing."""
+    runner = RUNNERS[system]()
+    runner.threads = threads
+    return runner
 
 
 def run_benchmark(dataset, config_dir: Path, systems: Sequence[str], reps: int = 3,
                   quick: bool = False, modes: Sequence[str] = ("single", "batch"),
-                  min_time: float = 0.1, log=sys.stderr) -> dict:
+                  min_time: float = 0.1, log=sys.stderr, k: int | None = None, threads: int = 1,
+                  bars: Bars | None = None, runners: dict | None = None) -> dict:
     """Build and query every configured system on ``dataset``.
 
     Parameters
     ----------
     dataset : avq_plugin.datasets.Dataset
-        Data and ground truth (ann-benchmarks conventions).
+        Data and ground truth (ann-benchmarks conventions), at least ``k``
+        columns of it (see :func:`ensure_ground_truth`).
     config_dir : pathlib.Path
         Directory with ``targets.yaml`` and ``<system>.yaml``.
     systems : sequence of str
-        Subset of ``("avq", "scann", "faiss", "exact")``.
+        Subset of :data:`SYSTEMS`; a system whose library is missing is skipped
+        with a note (pass ``runners`` to decide that beforehand).
     reps : int, default=3
         Timings per (setting, mode); the fastest is kept.
     min_time : float, default=0.1
@@ -952,61 +1147,86 @@ def run_benchmark(dataset, config_dir: Path, systems: Sequence[str], reps: int =
         Use the reduced grids.
     modes : sequence of str, default=("single", "batch")
         Query modes to time.
-    log : file-like, default=sys.stderr
-        Where progress lines go.
+    log : file-like or None, default=sys.stderr
+        Where progress lines go (None: nowhere).
+    k : int, optional
+        Neighbours per query and recall depth; default: ``k`` of ``targets.yaml``.
+    threads : int, default=1
+        Threads every system may use to build and search.
+    bars : Bars, optional
+        Progress bars for builds and sweeps (default: none).
+    runners : dict, optional
+        Already created runners by system name (see :func:`make_runner`).
 
     Returns
     -------
     dict
-        JSON-serialisable record: ``dataset``, ``environment``, ``targets``,
-        ``skipped`` (system -> reason) and ``builds`` (list of
+        JSON-serialisable record: ``dataset``, ``environment``, ``settings``,
+        ``targets``, ``skipped`` (system -> reason) and ``builds`` (list of
         :class:`BuildRun` as dicts).
     """
+    bars = bars or Bars(False)
+
+    def say(msg: str) -> None:
+        if log is not None:
+            bars.write(msg, file=log)
+
     targets = load_targets(config_dir)
+    if k is not None:
+        targets["k"] = int(k)
     k = targets["k"]
+    if not dataset.has_ground_truth:
+        raise ValueError(f"dataset {dataset.name} has no ground truth (see ensure_ground_truth)")
     if dataset.distances.shape[1] < k:
         raise ValueError(f"ground truth has {dataset.distances.shape[1]} columns < k={k}")
     rows = list(dataset.test)  # 1-D float32 views, shared by every system
     builds: list[BuildRun] = []
     skipped: dict[str, str] = {}
+    runners = dict(runners or {})
     for system in systems:
         try:
-            runner = RUNNERS[system]()
+            runner = runners.pop(system, None) or make_runner(system, threads)
         except SystemUnavailable as exc:
             skipped[system] = str(exc)
-            print(str(exc), file=log, flush=True)
+            say(f"note: {exc}")
             continue
+        runner.threads, runner.bars = threads, bars
         cfg = load_system_config(config_dir, system, dataset.n_train, dataset.metric, quick)
-        _warm_up(runner, cfg, dataset, log)
+        _warm_up(runner, cfg, dataset, say)
         for build in cfg.builds:
-            print(f"[{system}] build {build['name']} {build['args']}", file=log, flush=True)
+            say(f"[{system}] build {build['name']} {build['args']}")
             try:
                 br = _measure_build(runner, system, build, dataset)
             except SystemUnavailable as exc:
-                print(f"  skipped: {exc}", file=log, flush=True)
+                say(f"  skipped: {exc}")
                 skipped[f"{system}:{build['name']}"] = str(exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
-                print(f"  build FAILED: {type(exc).__name__}: {exc}", file=log, flush=True)
+                say(f"  build FAILED: {type(exc).__name__}: {exc}")
                 builds.append(BuildRun(system, build["name"], build["args"], runner.version,
                                        error=f"{type(exc).__name__}: {exc}"))
                 runner.close()
                 continue
-            print(f"  built in {br.build_seconds:.2f} s, RSS +{_mb(br.rss_delta_bytes)} MB",
-                  file=log, flush=True)
-            for values in cfg.query_args:
-                qa = dict(zip(cfg.query_arg_names, values))
-                for mode in modes:
-                    try:
-                        qr = _measure_query(runner, dataset, rows, k, qa, mode, reps,
-                                            targets["epsilon"], min_time)
-                    except Exception as exc:  # noqa: BLE001
-                        print(f"  {mode} {qa} FAILED: {type(exc).__name__}: {exc}", file=log, flush=True)
-                        br.error = f"{mode} {qa}: {type(exc).__name__}: {exc}"
-                        continue
-                    br.queries.append(qr)
-                    print(f"  {mode:6s} {_fmt_qa(qa):32s} recall={qr.recall:.4f} qps={qr.qps:9.1f}",
-                          file=log, flush=True)
+            say(f"  built in {br.build_seconds:.2f} s, RSS +{_mb(br.rss_delta_bytes)} MB, "
+                f"index {_mb(br.own_bytes)} MB")
+            sweep = bars.bar(f"{system} {build['name']} sweep", len(cfg.query_args) * len(modes), "setting")
+            try:
+                for values in cfg.query_args:
+                    qa = dict(zip(cfg.query_arg_names, values))
+                    for mode in modes:
+                        try:
+                            qr = _measure_query(runner, dataset, rows, k, qa, mode, reps,
+                                                targets["epsilon"], min_time)
+                        except Exception as exc:  # noqa: BLE001
+                            say(f"  {mode} {qa} FAILED: {type(exc).__name__}: {exc}")
+                            br.error = f"{mode} {qa}: {type(exc).__name__}: {exc}"
+                            continue
+                        finally:
+                            sweep.update(1)
+                        br.queries.append(qr)
+                        say(f"  {mode:6s} {_fmt_qa(qa):32s} recall={qr.recall:.4f} qps={qr.qps:9.1f}")
+            finally:
+                sweep.close()
             builds.append(br)
             runner.close()
             gc.collect()
@@ -1015,7 +1235,7 @@ def run_benchmark(dataset, config_dir: Path, systems: Sequence[str], reps: int =
                     "n_test": dataset.n_test, "dim": dataset.dim},
         "environment": _environment(),
         "settings": {"reps": reps, "min_time": min_time, "quick": quick, "modes": list(modes),
-                     "config_dir": str(config_dir), "systems": list(systems)},
+                     "threads": threads, "config_dir": str(config_dir), "systems": list(systems)},
         "targets": targets,
         "skipped": skipped,
         "builds": [asdict(b) for b in builds],
@@ -1108,16 +1328,25 @@ def best_at_targets(results: dict) -> dict:
     return out
 
 
-def _headline_build(results: dict, system: str, best: dict) -> dict | None:
-    """The build that wins single-query mode at the lowest target (else the best-recall build)."""
+def _headline_build(results: dict, system: str, best: dict, mode: str | None = None) -> dict | None:
+    """The build of ``system`` that gives the most best-QPS entries in ``mode``.
+
+    Ties go to the build that wins the highest target; with no target reached,
+    the build with the best recall. ``mode`` defaults to the first mode timed.
+    """
     builds = [b for b in results["builds"] if b["system"] == system and b["queries"]]
     if not builds:
         return None
-    for mode in ("single", "batch"):
-        for t in results["targets"]["targets"]:
-            hit = best.get(system, {}).get(mode, {}).get(t)
-            if hit:
-                return next(b for b in builds if b["name"] == hit["build"])
+    mode = mode or results["settings"]["modes"][0]
+    wins: dict = {}
+    for i, t in enumerate(results["targets"]["targets"]):
+        hit = best.get(system, {}).get(mode, {}).get(t)
+        if hit:
+            count, top = wins.get(hit["build"], (0, -1))
+            wins[hit["build"]] = (count + 1, i)
+    if wins:
+        name = max(wins, key=lambda n: wins[n])
+        return next(b for b in builds if b["name"] == name)
     return max(builds, key=lambda b: max((q["recall"] for q in b["queries"]), default=-1))
 
 
@@ -1138,7 +1367,8 @@ def format_report(results: dict) -> str:
     k, targets = tg["k"], tg["targets"]
     out = [
         f"dataset {ds['name']}: {ds['n_train']} x {ds['dim']}, {ds['n_test']} queries, {ds['metric']}; "
-        f"recall@{k} (ann-benchmarks rule, eps={tg['epsilon']:g}); single thread; "
+        f"recall@{k} (ann-benchmarks rule, eps={tg['epsilon']:g}); "
+        f"{results['settings'].get('threads', 1)} thread(s); "
         f"QPS = queries / seconds per pass, best of {results['settings']['reps']} timings of "
         f">= {results['settings']['min_time']:g} s",
         f"host: {results['environment']['cpu']} ({results['environment']['cpu_count']} CPUs), "
@@ -1211,14 +1441,14 @@ def format_report(results: dict) -> str:
                  _mb(hb["peak_delta_bytes"]), f"{_mb(hb['own_bytes'])} {hb['own_kind']}".strip()]
                 if hb else ["", "", "", "", ""]))
     out += ["", "== summary: best QPS at each recall target; build time and memory of the headline build "
-                "(the single-query winner at the lowest target reached)",
+                "(the build behind most best-QPS entries of the first mode)",
             _table(["system", "mode"] + [f"QPS@{t:g}" for t in targets]
                    + ["headline build", "build s", "RSS+ MB", "peak+ MB", "own MB"], rows),
             "settings that achieved them:"] + winners
 
     if "avq" in systems:
         ratio_rows = []
-        for peer in [s for s in ("scann", "faiss") if s in systems]:
+        for peer in [s for s in systems if s != "avq"]:
             for mode in results["settings"]["modes"]:
                 cells = []
                 for t in targets:
@@ -1237,7 +1467,7 @@ def format_report(results: dict) -> str:
                     _table(["ratio", "mode"] + [f"QPS@{t:g}" for t in targets] + ["build time", "RSS+"],
                            ratio_rows)]
     noisy = [(b["system"], b["name"], q["mode"], q["cpu_over_wall"]) for b in results["builds"]
-             for q in b["queries"] if q["cpu_over_wall"] > 1.3]
+             for q in b["queries"] if q["cpu_over_wall"] > 1.3 and results["settings"].get("threads", 1) == 1]
     starved = [q["cpu_over_wall"] for b in results["builds"] for q in b["queries"] if q["cpu_over_wall"] < 0.85]
     if starved:
         out.append(f"warning: {len(starved)} timings got less than 85% of a CPU (cpu/wall down to "
@@ -1249,47 +1479,482 @@ def format_report(results: dict) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- summary and files
+
+
+def summarize(results: dict) -> dict:
+    """Best QPS per target, each system's headline build, and the ratios AVQ / peer.
+
+    Parameters
+    ----------
+    results : dict
+        Output of :func:`run_benchmark`.
+
+    Returns
+    -------
+    dict
+        ``{"best": best_at_targets(results), "headline": {mode: {system: {"build", "build_seconds",
+        "index_bytes"}}}, "ratios": {mode: {peer: {"qps": {target: ratio or None}, "build_seconds",
+        "index_bytes"}}}}``; ratios are AVQ's value divided by the peer's.
+    """
+    best = best_at_targets(results)
+    systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
+    targets = results["targets"]["targets"]
+    headline, ratios = {}, {}
+    for mode in results["settings"]["modes"]:
+        headline[mode] = {}
+        for s in systems:
+            hb = _headline_build(results, s, best, mode)
+            headline[mode][s] = None if hb is None else {
+                "build": hb["name"], "build_seconds": hb["build_seconds"], "index_bytes": hb["own_bytes"],
+                "index_bytes_kind": hb["own_kind"]}
+        if "avq" in systems and headline[mode].get("avq"):
+            ours = headline[mode]["avq"]
+            ratios[mode] = {}
+            for peer in systems:
+                if peer == "avq" or not headline[mode].get(peer):
+                    continue
+                theirs = headline[mode][peer]
+                qps = {}
+                for t in targets:
+                    a_, p_ = best.get("avq", {}).get(mode, {}).get(t), best.get(peer, {}).get(mode, {}).get(t)
+                    qps[t] = a_["qps"] / p_["qps"] if a_ and p_ else None
+                ratios[mode][peer] = {
+                    "qps": qps,
+                    "build_seconds": (ours["build_seconds"] / theirs["build_seconds"]
+                                      if theirs["build_seconds"] and theirs["build_seconds"] > 0 else None),
+                    "index_bytes": (ours["index_bytes"] / theirs["index_bytes"]
+                                    if ours["index_bytes"] and theirs["index_bytes"] else None),
+                }
+    return {"best": best, "headline": headline, "ratios": ratios}
+
+
+def format_summary(results: dict) -> str:
+    """The printed table: best QPS at each recall target per system, build time, index size, ratios.
+
+    Parameters
+    ----------
+    results : dict
+        Output of :func:`run_benchmark`.
+
+    Returns
+    -------
+    str
+        Plain text, one block per query mode.
+    """
+    ds, tg, st = results["dataset"], results["targets"], results["settings"]
+    k, targets = tg["k"], tg["targets"]
+    summ = summarize(results)
+    systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
+    threads = st.get("threads", 1)
+    out = [f"{ds['name']}: {ds['n_train']} x {ds['dim']} {ds['metric']}, {ds['n_test']} queries, "
+           f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}"]
+    for reason in results["skipped"].values():
+        out.append(f"note: {reason}")
+    for mode in st["modes"]:
+        how = "one query per call" if mode == "single" else "all queries in one call"
+        rows = []
+        for s in systems:
+            cells = []
+            for t in targets:
+                hit = summ["best"].get(s, {}).get(mode, {}).get(t)
+                cells.append(f"{hit['qps']:,.0f}" if hit else "-")
+            hb = summ["headline"][mode].get(s)
+            rows.append([s] + cells + ([f"{hb['build_seconds']:.1f}", _mb(hb["index_bytes"]), hb["build"]]
+                                       if hb else ["", "", ""]))
+        out += ["", f"Best QPS at recall@{k} >= target ({mode} mode: {how}; - = not reached)",
+                _table(["system"] + [f"@{t:g}" for t in targets] + ["build s", "index MB", "build"], rows)]
+        ratio_rows = []
+        for peer, r in summ["ratios"].get(mode, {}).items():
+            ratio_rows.append([f"avq/{peer}"]
+                              + [f"{r['qps'][t]:.2f}x" if r["qps"][t] else "-" for t in targets]
+                              + [f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
+                                 f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-"])
+        if ratio_rows:
+            out += ["", "AVQ / peer (QPS >1: AVQ faster; build time and index size <1: AVQ cheaper)",
+                    _table(["ratio"] + [f"QPS@{t:g}" for t in targets] + ["build", "size"], ratio_rows)]
+    failed = [f"{b['system']}:{b['name']}: {b['error']}" for b in results["builds"] if b["error"]]
+    out += [f"error: {f}" for f in failed]
+    return "\n".join(out)
+
+
+def format_markdown(results: dict) -> str:
+    """The summary of :func:`format_summary` as Markdown tables, plus the settings behind each entry."""
+    ds, tg, st = results["dataset"], results["targets"], results["settings"]
+    k, targets = tg["k"], tg["targets"]
+    summ = summarize(results)
+    systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
+    versions = {b["system"]: b["version"] for b in results["builds"]}
+    threads = st.get("threads", 1)
+    out = [f"**{ds['name']}**: {ds['n_train']:,} x {ds['dim']} ({ds['metric']}), {ds['n_test']:,} queries, "
+           f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}, best of {st['reps']} timings."]
+    for reason in results["skipped"].values():
+        out.append(f"\nNote: {reason}")
+    for mode in st["modes"]:
+        how = "one query per call" if mode == "single" else "all queries in one call"
+        out += ["", f"Best QPS at recall@{k} >= target, {mode} mode ({how}); - = not reached:", "",
+                "| system | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build s | index MB | build |",
+                "|---|" + "---:|" * (len(targets) + 2) + "---|"]
+        for s in systems:
+            cells = []
+            for t in targets:
+                hit = summ["best"].get(s, {}).get(mode, {}).get(t)
+                cells.append(f"{hit['qps']:,.0f}" if hit else "-")
+            hb = summ["headline"][mode].get(s)
+            tail = [f"{hb['build_seconds']:.1f}", _mb(hb["index_bytes"]), hb["build"]] if hb else ["", "", ""]
+            out.append(f"| {s} {versions.get(s, '')} | " + " | ".join(cells + tail) + " |")
+        ratios = summ["ratios"].get(mode, {})
+        if ratios:
+            out += ["", "AVQ / peer (QPS > 1: AVQ faster; build time and index size < 1: AVQ cheaper):", "",
+                    "| ratio | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build time | index size |",
+                    "|---|" + "---:|" * (len(targets) + 2)]
+            for peer, r in ratios.items():
+                cells = [f"{r['qps'][t]:.2f}x" if r["qps"][t] else "-" for t in targets]
+                cells += [f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
+                          f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-"]
+                out.append(f"| avq / {peer} | " + " | ".join(cells) + " |")
+        out += ["", "<details><summary>settings behind each entry</summary>", ""]
+        for s in systems:
+            for t in targets:
+                hit = summ["best"].get(s, {}).get(mode, {}).get(t)
+                if hit:
+                    out.append(f"- {s} @{t:g}: {hit['build']}, {_fmt_qa(hit['query_args'])} -> recall "
+                               f"{hit['recall']:.4f}, {hit['qps']:,.0f} QPS")
+        out += ["", "</details>"]
+    return "\n".join(out)
+
+
+CSV_COLUMNS = ("dataset", "system", "build", "mode", "query_args", "recall", "qps", "pareto",
+               "build_seconds", "index_bytes", "threads", "k")
+
+
+def write_csv(results: dict, path: str | os.PathLike) -> None:
+    """One row per (system, build, query setting, mode), with a Pareto flag per system and mode."""
+    import csv
+
+    fronts = {}
+    for s in dict.fromkeys(b["system"] for b in results["builds"]):
+        for mode in results["settings"]["modes"]:
+            pts = [(b["name"], i) for b in results["builds"] if b["system"] == s
+                   for i, q in enumerate(b["queries"]) if q["mode"] == mode]
+            qs = [next(b for b in results["builds"] if b["system"] == s and b["name"] == n)["queries"][i]
+                  for n, i in pts]
+            fronts.update({(s, pts[j][0], pts[j][1]): True for j in _pareto(qs)})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for b in results["builds"]:
+            for i, q in enumerate(b["queries"]):
+                w.writerow([results["dataset"]["name"], b["system"], b["name"], q["mode"],
+                            ";".join(f"{k}={v}" for k, v in q["query_args"].items()),
+                            f"{q['recall']:.5f}", f"{q['qps']:.1f}", int((b["system"], b["name"], i) in fronts),
+                            f"{b['build_seconds']:.3f}", "" if b["own_bytes"] is None else b["own_bytes"],
+                            results["settings"].get("threads", 1), results["targets"]["k"]])
+
+
+_STYLE = {"avq": ("tab:red", "o"), "scann": ("tab:blue", "s"), "faiss": ("tab:green", "^"),
+          "hnswlib": ("tab:purple", "D"), "exact": ("black", "*")}
+
+
+def plot_results(results: dict, path: str | os.PathLike) -> None:
+    """Recall@k vs QPS (log scale), one Pareto curve per system, one panel per query mode.
+
+    Uses matplotlib's Agg canvas directly, so it never touches the pyplot
+    backend of the calling program.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ds, k = results["dataset"], results["targets"]["k"]
+    modes = results["settings"]["modes"]
+    threads = results["settings"].get("threads", 1)
+    fig = Figure(figsize=(7.0 * len(modes), 5.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
+    for i, mode in enumerate(modes):
+        ax = fig.add_subplot(1, len(modes), i + 1)
+        lows = []
+        for s in systems:
+            color, marker = _STYLE.get(s, ("gray", "x"))
+            pts = [q for b in results["builds"] if b["system"] == s for q in b["queries"] if q["mode"] == mode]
+            if not pts:
+                continue
+            front = sorted((pts[j] for j in _pareto(pts)), key=lambda q: q["recall"])
+            version = next((b["version"] for b in results["builds"] if b["system"] == s), "")
+            ax.scatter([q["recall"] for q in pts], [q["qps"] for q in pts], color=color, marker=marker,
+                       s=12, alpha=0.25, linewidths=0)
+            ax.plot([q["recall"] for q in front], [q["qps"] for q in front], color=color, marker=marker,
+                    markersize=5, linewidth=1.6, label=f"{s} {version}".strip())
+            lows.append(min(q["recall"] for q in front))
+        for t in results["targets"]["targets"]:
+            ax.axvline(t, color="gray", linewidth=0.6, linestyle=":")
+        ax.set_yscale("log")
+        ax.set_xlim(max(0.0, min(lows, default=0.0) - 0.02), 1.005)
+        ax.set_xlabel(f"recall@{k}")
+        ax.set_ylabel("queries per second (log scale)")
+        how = "one query per call" if mode == "single" else "batched"
+        ax.set_title(f"{ds['name']} ({ds['n_train']:,} x {ds['dim']}, {ds['metric']})\n"
+                     f"{how}, {threads} thread{'s' if threads != 1 else ''}; curves: Pareto fronts",
+                     fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower left", fontsize=9)
+    fig.savefig(os.fspath(path))
+
+
+def write_outputs(results: dict, out_dir: str | os.PathLike, say=None) -> dict:
+    """Write results.json, results.csv, report.txt, summary.md and recall_vs_qps.png into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        File kind -> path written (the plot is missing when matplotlib is not installed).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.txt",
+             "markdown": out / "summary.md", "plot": out / "recall_vs_qps.png"}
+    record = dict(results)
+    record["summary"] = summarize(results)
+    with open(paths["json"], "w") as f:
+        json.dump(record, f, indent=1, default=_json_default)
+    write_csv(results, paths["csv"])
+    with open(paths["report"], "w") as f:
+        f.write(format_summary(results) + "\n\n" + format_report(results) + "\n")
+    with open(paths["markdown"], "w") as f:
+        f.write(format_markdown(results) + "\n")
+    try:
+        plot_results(results, paths["plot"])
+    except ImportError:
+        if say:
+            say(f"note: matplotlib is not installed: no plot ({INSTALL_HINT})")
+        paths.pop("plot")
+    return {k: str(v) for k, v in paths.items()}
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def default_cache_dir() -> Path:
+    """``$AVQ_BENCH_CACHE``, else ``$XDG_CACHE_HOME/avq-bench``, else ``~/.cache/avq-bench``."""
+    if os.environ.get("AVQ_BENCH_CACHE"):
+        return Path(os.environ["AVQ_BENCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "avq-bench"
+
+
+def _ground_truth_key(dataset, depth: int) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"avq-bench-gt-v1 {dataset.metric} {depth} {dataset.train.shape} {dataset.test.shape}".encode())
+    for a in (dataset.train, dataset.test):
+        h.update(memoryview(np.ascontiguousarray(a, dtype=np.float32)).cast("B"))
+    return h.hexdigest()
+
+
+def compute_ground_truth(train: np.ndarray, test: np.ndarray, metric: str, depth: int,
+                         threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``depth`` nearest neighbours by brute force.
+
+    Candidates come from ``avq_plugin.ExactIndex`` (float32); their distances
+    are recomputed in float64 (ann-benchmarks units, :func:`true_distances`)
+    and each row re-sorted by them.
+
+    Returns
+    -------
+    neighbors : numpy.ndarray of int64, shape (nq, depth)
+    distances : numpy.ndarray of float32, shape (nq, depth), ascending
+    """
+    from avq_plugin import ExactIndex
+
+    index = ExactIndex(metric={"angular": "cosine", "euclidean": "l2"}[metric], num_threads=threads).fit(train)
+    ids = index.search(test, k=depth)[1]
+    dist = np.empty(ids.shape, dtype=np.float64)
+    step = max(1, 2**24 // max(1, depth * train.shape[1]))  # bounds the (step, depth, d) float64 gather
+    for lo in range(0, ids.shape[0], step):
+        dist[lo:lo + step] = true_distances(train, test[lo:lo + step], ids[lo:lo + step], metric)
+    order = np.argsort(dist, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1).astype(np.float32)
+
+
+def ensure_ground_truth(dataset, k: int, policy: str = "auto", cache_dir: str | os.PathLike | None = None,
+                        threads: int | None = None, say=None):
+    """Return ``dataset`` with ground truth of at least ``k`` columns.
+
+    Parameters
+    ----------
+    dataset : avq_plugin.datasets.Dataset
+    k : int
+        Recall depth needed.
+    policy : {"auto", "file", "compute"}
+        ``"auto"``: the dataset's own ground truth when it has ``k`` columns, else
+        computed; ``"file"``: the dataset's own, an error when missing or too
+        short; ``"compute"``: always computed.
+    cache_dir : path, optional
+        Computed ground truth is stored there as ``gt-<hash of data, metric and depth>.npz``
+        and reused (default :func:`default_cache_dir`).
+    threads : int, optional
+        Threads of the brute-force search (default: all cores).
+    say : callable, optional
+        Receives progress lines.
+
+    Raises
+    ------
+    ValueError
+        Under ``policy="file"`` when the dataset has no or too short ground truth.
+    """
+    import dataclasses
+
+    if policy not in ("auto", "file", "compute"):
+        raise ValueError(f"ground-truth policy must be auto, file or compute, got {policy!r}")
+    say = say or (lambda msg: None)
+    has = dataset.has_ground_truth
+    if policy == "file":
+        if not has:
+            raise ValueError(f"{dataset.name} has no ground truth (no 'neighbors' dataset) and "
+                             "--ground-truth file forbids computing it")
+        if dataset.neighbors.shape[1] < k:
+            raise ValueError(f"{dataset.name}: its ground truth has {dataset.neighbors.shape[1]} neighbours "
+                             f"per query, fewer than k={k}")
+        return dataset
+    if policy == "auto" and has and dataset.neighbors.shape[1] >= k:
+        return dataset
+    depth = min(dataset.n_train, max(k, 100))
+    if k > dataset.n_train:
+        raise ValueError(f"k={k} exceeds the number of database vectors ({dataset.n_train})")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"gt-{_ground_truth_key(dataset, depth)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                nb, dist = z["neighbors"].astype(np.int64), z["distances"].astype(np.float32)
+            if nb.shape == (dataset.n_test, depth) == dist.shape:
+                say(f"ground truth: cached {path}")
+                return dataclasses.replace(dataset, neighbors=nb, distances=dist)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: recompute and overwrite
+    say(f"ground truth: exact top-{depth} of {dataset.n_test} queries over {dataset.n_train} vectors ...")
+    t0 = time.perf_counter()
+    nb, dist = compute_ground_truth(dataset.train, dataset.test, dataset.metric, depth, threads)
+    say(f"ground truth: computed in {time.perf_counter() - t0:.1f} s")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, neighbors=nb, distances=dist)
+        os.replace(tmp, path)
+        say(f"ground truth: cached in {path}")
+    except OSError as exc:
+        say(f"note: could not cache the ground truth in {cache} ({exc})")
+    return dataclasses.replace(dataset, neighbors=nb, distances=dist)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
+class CommandLineError(Exception):
+    """A user error: reported as one line on stderr with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise CommandLineError(message)
+
+
 def _parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="avq-bench",
-        description="Recall@10 vs queries/second of avq_plugin, ScaNN and Faiss (single thread).",
+        description="Recall@k vs queries per second of avq_plugin against ScaNN, Faiss, hnswlib and exact "
+                    "search, on the shipped GloVe subset or your own data. Writes results.json, results.csv, "
+                    "report.txt and recall_vs_qps.png to --out and prints the best QPS at each recall target.",
     )
-    p.add_argument("--dataset", metavar="PATH.hdf5",
-                   help="ann-benchmarks HDF5 file (default: the shipped 20k GloVe subset)")
+    p.add_argument("data", nargs="*", metavar="DATA",
+                   help="DATASET.hdf5 (ann-benchmarks layout) or X.npy Q.npy (database, queries); "
+                        "default: the shipped 20k GloVe subset")
+    p.add_argument("--dataset", metavar="PATH.hdf5", help=argparse.SUPPRESS)  # old spelling of DATA
+    p.add_argument("--metric", help="angular (or cosine) / euclidean (or l2); default: the HDF5 file's "
+                                    "(required for .npy input)")
+    p.add_argument("--k", type=int, default=None, help="neighbours per query and recall depth (default 10)")
+    p.add_argument("--algorithms", "--systems", dest="algorithms", metavar="LIST",
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all installed; a library "
+                        "named here that is not installed is an error)")
+    p.add_argument("--threads", type=int, default=1, help="threads for building and searching (default 1)")
+    p.add_argument("--batch", action="store_true",
+                   help="time all queries in one call instead of one call per query")
+    p.add_argument("--modes", default=None, help="comma-separated subset of single,batch (overrides --batch)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: avq-bench-results/<dataset>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    p.add_argument("--ground-truth", choices=("auto", "file", "compute"), default="auto",
+                   help="auto: the file's ground truth if it has one, else computed exactly and cached; "
+                        "file: require the file's; compute: always compute (default auto)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where computed ground truth is cached (default $AVQ_BENCH_CACHE or ~/.cache/avq-bench)")
     p.add_argument("--max-queries", type=int, metavar="N", help="use only the first N queries")
     p.add_argument("--configs", metavar="DIR", help="directory with the YAML grids "
                    "(default: ./benchmark_configs, else the one in the package's repository)")
-    p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
-    p.add_argument("--modes", default="single,batch", help="comma-separated subset of single,batch")
     p.add_argument("--reps", type=int, default=3, help="timings per setting; the best is kept (default 3)")
     p.add_argument("--min-time", type=float, default=0.1, metavar="SEC",
                    help="each timing repeats passes over the queries for at least SEC seconds "
                         "and reports the time per pass (default 0.1)")
     p.add_argument("--quick", action="store_true", help="reduced grids")
-    p.add_argument("--json", metavar="OUT", help="write all raw results to this JSON file")
+    p.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
     args = p.parse_args(argv)
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [s for s in args.systems if s not in SYSTEMS]
+
+    args.algorithms_given = args.algorithms is not None
+    names = [s.strip() for s in (args.algorithms or ",".join(SYSTEMS)).split(",") if s.strip()]
+    bad = [s for s in names if s not in SYSTEMS]
     if bad:
-        p.error(f"unknown systems {bad}; choose from {','.join(SYSTEMS)}")
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not args.modes or any(m not in ("single", "batch") for m in args.modes):
-        p.error("--modes must be a comma-separated subset of single,batch")
+        raise CommandLineError(f"unknown algorithm{'s' if len(bad) > 1 else ''} {', '.join(bad)}; "
+                               f"choose from {','.join(SYSTEMS)}")
+    if not names:
+        raise CommandLineError("--algorithms is empty")
+    args.algorithms = list(dict.fromkeys(names))
+    if args.modes is None:
+        args.modes = ["batch"] if args.batch else ["single"]
+    else:
+        args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if not args.modes or any(m not in ("single", "batch") for m in args.modes):
+            raise CommandLineError("--modes must be a comma-separated subset of single,batch")
+    if args.dataset:
+        if args.data:
+            raise CommandLineError("give the dataset either as DATA or with --dataset, not both")
+        args.data = [args.dataset]
+    if len(args.data) > 2:
+        raise CommandLineError(f"expected DATASET.hdf5 or X.npy Q.npy, got {len(args.data)} paths")
+    if len(args.data) == 1 and args.data[0].endswith(".npy"):
+        raise CommandLineError(f"{args.data[0]}: a .npy database needs its queries too: avq-bench X.npy Q.npy")
+    if len(args.data) == 2 and not all(x.endswith(".npy") for x in args.data):
+        raise CommandLineError("two paths must be X.npy Q.npy (database and queries)")
+    if args.k is not None and args.k < 1:
+        raise CommandLineError(f"--k must be >= 1, got {args.k}")
+    if args.threads < 1:
+        raise CommandLineError(f"--threads must be >= 1, got {args.threads}")
     if args.min_time < 0:
-        p.error("--min-time must be >= 0")
+        raise CommandLineError("--min-time must be >= 0")
     if args.reps < 1:
-        p.error("--reps must be >= 1")
+        raise CommandLineError("--reps must be >= 1")
     if args.max_queries is not None and args.max_queries < 1:
-        p.error("--max-queries must be >= 1")
+        raise CommandLineError("--max-queries must be >= 1")
     return args
 
 
+def _load_dataset(args):
+    from avq_plugin import datasets
+
+    if not args.data:
+        ds = datasets.load_glove_subset()
+        if args.metric is not None and datasets.normalize_metric(args.metric) != ds.metric:
+            ds = datasets.Dataset(ds.name, datasets.normalize_metric(args.metric), ds.train, ds.test, None, None)
+        return ds
+    if len(args.data) == 1:
+        return datasets.load_hdf5(args.data[0], metric=args.metric)
+    if args.metric is None:
+        raise CommandLineError("X.npy Q.npy input needs --metric angular or --metric euclidean")
+    return datasets.load_npy(args.data[0], args.data[1], args.metric)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point of ``avq-bench``.
+    """Command-line entry point of ``avq-bench`` (also ``python -m avq_plugin.bench``).
 
     Parameters
     ----------
@@ -1299,33 +1964,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Process exit status (0 on success).
+        Exit status: 0 on success, 1 when no system produced a result, 2 for a
+        user error (reported as one ``avq-bench: error: ...`` line on stderr),
+        130 when interrupted.
     """
+    try:
+        return _main(argv)
+    except CommandLineError as exc:
+        print(f"avq-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("avq-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
     args = _parse_args(argv)
-    # Keep BLAS/OpenMP pools of libraries imported from here on to one thread.
+    # BLAS/OpenMP pools of libraries imported from here on get --threads threads.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    from avq_plugin import datasets
+        os.environ.setdefault(var, str(args.threads))
+    bars = Bars(not args.quiet and sys.stderr.isatty())
+    log = None if args.quiet else sys.stderr
+
+    def say(msg: str) -> None:
+        if log is not None:
+            bars.write(msg)
 
     try:
         config_dir = find_config_dir(args.configs)
-        load_targets(config_dir)  # fail early on a missing or unreadable targets.yaml
+        targets = load_targets(config_dir)  # fail early on a missing or unreadable targets.yaml
+        k = args.k or targets["k"]
         t0 = time.perf_counter()
-        dataset = datasets.load_hdf5(args.dataset) if args.dataset else datasets.load_glove_subset()
+        dataset = _load_dataset(args).subsample_queries(args.max_queries)
+        if k > dataset.n_train:
+            raise CommandLineError(f"--k {k} exceeds the number of database vectors ({dataset.n_train})")
+        # Runners first: an algorithm named on the command line must be installed.
+        runners, skipped_notes = {}, []
+        for system in args.algorithms:
+            try:
+                runners[system] = make_runner(system, args.threads)
+            except SystemUnavailable as exc:
+                if args.algorithms_given:
+                    raise CommandLineError(f"{system} was requested but is not available: {exc}") from None
+                skipped_notes.append(str(exc))
+        if args.ground_truth == "file":
+            dataset = ensure_ground_truth(dataset, k, "file")  # its errors come before any output
+        say(f"loaded {dataset!r} in {time.perf_counter() - t0:.1f} s; configs from {config_dir}")
+        dataset = ensure_ground_truth(dataset, k, args.ground_truth, args.cache_dir, say=say)
     except (FileNotFoundError, ImportError, ValueError, OSError) as exc:
-        print(f"avq-bench: error: {exc}", file=sys.stderr)
-        return 2
-    dataset = dataset.subsample_queries(args.max_queries)
-    print(f"loaded {dataset!r} in {time.perf_counter() - t0:.1f} s; configs from {config_dir}",
-          file=sys.stderr, flush=True)
-
-    results = run_benchmark(dataset, config_dir, args.systems, reps=args.reps, quick=args.quick,
-                            modes=args.modes, min_time=args.min_time)
-    print(format_report(results))
+        raise CommandLineError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    for note in skipped_notes:
+        say(f"note: {note}")
+    systems = [s for s in args.algorithms if s in runners]
+    results = run_benchmark(dataset, config_dir, systems, reps=args.reps, quick=args.quick, modes=args.modes,
+                            min_time=args.min_time, log=log, k=k, threads=args.threads, bars=bars,
+                            runners=runners)
+    for note in skipped_notes:
+        results["skipped"].setdefault(note.split(" ", 1)[0], note)
+    out_dir = Path(args.out) if args.out else Path("avq-bench-results") / dataset.name
+    paths = write_outputs(results, out_dir, say)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=_json_default)
-        print(f"\nraw results written to {args.json}")
+            json.dump({**results, "summary": summarize(results)}, f, indent=1, default=_json_default)
+        paths["json (copy)"] = args.json
+    print(format_summary(results))
+    print("\nwritten: " + ", ".join(paths.values()))
+    if not any(b["queries"] for b in results["builds"]):
+        print("avq-bench: error: no system produced a result", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,7 +8,11 @@ cosine distances ``1 - cos`` or plain, non-squared Euclidean distances):
   20,000 x 50 slice of Stanford GloVe 6B with 500 queries (see
   ``avq_plugin/data/README.md`` for its provenance and licence);
 - :func:`load_hdf5` reads any ann-benchmarks file; it needs ``h5py`` from the
-  ``bench`` extra.
+  ``bench`` extra;
+- :func:`load_npy` reads a pair of ``.npy`` files (database and queries).
+
+Files without ground truth give a :class:`Dataset` whose ``neighbors`` and
+``distances`` are None; ``avq_plugin.bench.ensure_ground_truth`` computes it.
 
 :func:`load_glove_subset_ground_truth` gives the subset's exact neighbours for
 the three metrics of :class:`avq_plugin.AVQIndex` in that index's own score
@@ -31,7 +35,25 @@ __all__ = [
     "load_glove_subset",
     "load_glove_subset_ground_truth",
     "load_hdf5",
+    "load_npy",
+    "normalize_metric",
 ]
+
+#: Accepted metric names and their ann-benchmarks spelling.
+METRIC_ALIASES = {"angular": "angular", "cosine": "angular", "euclidean": "euclidean", "l2": "euclidean"}
+
+
+def normalize_metric(metric: str) -> str:
+    """Map ``"angular"``/``"cosine"`` to ``"angular"`` and ``"euclidean"``/``"l2"`` to ``"euclidean"``.
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    if not isinstance(metric, str) or metric.lower() not in METRIC_ALIASES:
+        raise ValueError(f"metric must be one of {', '.join(METRIC_ALIASES)}, got {metric!r}")
+    return METRIC_ALIASES[metric.lower()]
 
 #: File name of the shipped GloVe subset inside ``avq_plugin/data/``.
 GLOVE_SUBSET_FILE = "glove50_20k.npz"
@@ -58,10 +80,11 @@ class Dataset:
         Database vectors, C-contiguous.
     test : numpy.ndarray of float32, shape (nq, d)
         Query vectors, C-contiguous.
-    neighbors : numpy.ndarray of int64, shape (nq, k_gt)
-        Exact nearest ``train`` row ids per query, nearest first.
-    distances : numpy.ndarray of float32, shape (nq, k_gt)
-        Their distances in ``metric`` units, ascending.
+    neighbors : numpy.ndarray of int64, shape (nq, k_gt), or None
+        Exact nearest ``train`` row ids per query, nearest first; None when the
+        source has no ground truth.
+    distances : numpy.ndarray of float32, shape (nq, k_gt), or None
+        Their distances in ``metric`` units, ascending (None with ``neighbors``).
 
     Notes
     -----
@@ -79,8 +102,13 @@ class Dataset:
     metric: str
     train: np.ndarray
     test: np.ndarray
-    neighbors: np.ndarray
-    distances: np.ndarray
+    neighbors: np.ndarray | None
+    distances: np.ndarray | None
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """True when ``neighbors`` and ``distances`` are present."""
+        return self.neighbors is not None and self.distances is not None
 
     @property
     def n_train(self) -> int:
@@ -125,15 +153,15 @@ class Dataset:
             metric=self.metric,
             train=self.train,
             test=np.ascontiguousarray(self.test[:max_queries]),
-            neighbors=np.ascontiguousarray(self.neighbors[:max_queries]),
-            distances=np.ascontiguousarray(self.distances[:max_queries]),
+            neighbors=None if self.neighbors is None else np.ascontiguousarray(self.neighbors[:max_queries]),
+            distances=None if self.distances is None else np.ascontiguousarray(self.distances[:max_queries]),
         )
 
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, metric={self.metric!r}, "
             f"train={self.train.shape}, test={self.test.shape}, "
-            f"ground_truth_k={self.neighbors.shape[1]})"
+            f"ground_truth_k={self.neighbors.shape[1] if self.has_ground_truth else None})"
         )
 
 
@@ -231,28 +259,38 @@ def load_glove_subset_ground_truth(metric: str) -> tuple[np.ndarray, np.ndarray]
     return z[ids_key].astype(np.int64), values.astype(np.float32)
 
 
-def load_hdf5(path: str | os.PathLike) -> Dataset:
+def load_hdf5(path: str | os.PathLike, metric: str | None = None) -> Dataset:
     """Load an ann-benchmarks HDF5 file (``train``, ``test``, ``neighbors``, ``distances``).
 
     Parameters
     ----------
     path : str or os.PathLike
         File in the layout written by ann-benchmarks' ``write_output``; its
-        ``distance`` attribute must be ``"angular"`` or ``"euclidean"``.
+        ``distance`` attribute must be ``"angular"`` or ``"euclidean"`` unless
+        ``metric`` is given.
+    metric : str, optional
+        Use this metric (``angular``/``cosine`` or ``euclidean``/``l2``)
+        instead of the file's; when it differs from the file's, the file's
+        ground truth does not apply and is dropped.
 
     Returns
     -------
     Dataset
         Named after the file stem. ``train``/``test`` are converted to
         C-contiguous float32 (ann-benchmarks' generated ``random-*`` files are
-        float64), ``neighbors`` to int64 and ``distances`` to float32.
+        float64), ``neighbors`` to int64 and ``distances`` to float32; both are
+        None when the file has no ``neighbors``. A file with ``neighbors`` but no
+        ``distances`` gets the exact distances of those neighbours.
 
     Raises
     ------
     ImportError
         If h5py is not installed (``pip install avq-plugin[bench]``).
+    FileNotFoundError
+        If the file does not exist.
     ValueError
-        For another distance (hamming, jaccard, ...) or missing keys.
+        For another distance (hamming, jaccard, ...), a file that is not HDF5,
+        missing ``train``/``test`` or mismatched shapes.
     """
     try:
         import h5py
@@ -263,29 +301,116 @@ def load_hdf5(path: str | os.PathLike) -> Dataset:
         ) from exc
 
     path = os.fspath(path)
-    with h5py.File(path, "r") as f:
-        metric = f.attrs.get("distance")
-        if isinstance(metric, bytes):
-            metric = metric.decode()
-        if metric not in ("angular", "euclidean"):
-            raise ValueError(
-                f"{path}: distance attribute {metric!r} is not supported "
-                "(expected 'angular' or 'euclidean')"
-            )
-        missing = [k for k in ("train", "test", "neighbors", "distances") if k not in f]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        file_metric = f.attrs.get("distance")
+        if isinstance(file_metric, bytes):
+            file_metric = file_metric.decode()
+        if metric is None:
+            if file_metric not in ("angular", "euclidean"):
+                raise ValueError(
+                    f"{path}: distance attribute {file_metric!r} is not supported "
+                    "(expected 'angular' or 'euclidean'; pass --metric to choose one)"
+                )
+            metric = file_metric
+        else:
+            metric = normalize_metric(metric)
+        missing = [k for k in ("train", "test") if k not in f]
         if missing:
             raise ValueError(f"{path}: missing datasets {missing}")
         train = np.ascontiguousarray(f["train"][:], dtype=np.float32)
         test = np.ascontiguousarray(f["test"][:], dtype=np.float32)
-        neighbors = np.asarray(f["neighbors"][:]).astype(np.int64)
-        distances = np.ascontiguousarray(f["distances"][:], dtype=np.float32)
+        neighbors = np.asarray(f["neighbors"][:]).astype(np.int64) if "neighbors" in f else None
+        distances = (np.ascontiguousarray(f["distances"][:], dtype=np.float32)
+                     if "distances" in f and neighbors is not None else None)
 
-    if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
-        raise ValueError(f"{path}: train {train.shape} and test {test.shape} do not match")
-    if neighbors.shape != distances.shape or neighbors.shape[0] != test.shape[0]:
-        raise ValueError(
-            f"{path}: neighbors {neighbors.shape} / distances {distances.shape} "
-            f"do not match test {test.shape}"
-        )
+    _check_pair(path, train, test)
+    if metric != file_metric:
+        neighbors = distances = None
+    if neighbors is not None:
+        if neighbors.ndim != 2 or neighbors.shape[0] != test.shape[0]:
+            raise ValueError(f"{path}: neighbors {neighbors.shape} do not match test {test.shape}")
+        if distances is None:
+            distances = _exact_distances(train, test, neighbors, metric)
+        elif distances.shape != neighbors.shape:
+            raise ValueError(
+                f"{path}: neighbors {neighbors.shape} / distances {distances.shape} "
+                f"do not match test {test.shape}"
+            )
     name = os.path.splitext(os.path.basename(path))[0]
     return Dataset(name, metric, train, test, neighbors, distances)
+
+
+def _check_pair(source: str, train: np.ndarray, test: np.ndarray) -> None:
+    if train.ndim != 2 or test.ndim != 2:
+        raise ValueError(f"{source}: train {train.shape} and test {test.shape} must both be 2-D")
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"{source}: the database has d={train.shape[1]} but the queries have "
+                         f"d={test.shape[1]}")
+    if train.shape[0] == 0 or test.shape[0] == 0:
+        raise ValueError(f"{source}: no database vectors or no queries")
+    if not (np.isfinite(train).all() and np.isfinite(test).all()):
+        raise ValueError(f"{source}: the vectors contain NaN or infinite values")
+
+
+def _exact_distances(train, test, ids, metric):
+    """float32 distances (ann-benchmarks units) of the given neighbour ids, computed in float64."""
+    x = train.astype(np.float64)[ids]
+    q = test.astype(np.float64)[:, None, :]
+    if metric == "angular":
+        dots = np.einsum("qkd,qkd->qk", x, np.broadcast_to(q, x.shape))
+        norms = np.linalg.norm(x, axis=2) * np.linalg.norm(q, axis=2)
+        dist = 1.0 - dots / np.where(norms == 0, 1.0, norms)
+    else:
+        dist = np.sqrt(((x - q) ** 2).sum(axis=2))
+    return dist.astype(np.float32)
+
+
+def load_npy(train_path: str | os.PathLike, test_path: str | os.PathLike, metric: str) -> Dataset:
+    """Load a database and its queries from two ``.npy`` files (no ground truth).
+
+    Parameters
+    ----------
+    train_path, test_path : str or os.PathLike
+        2-D arrays of numbers, the same number of columns.
+    metric : str
+        ``"angular"`` (or ``"cosine"``) or ``"euclidean"`` (or ``"l2"``).
+
+    Returns
+    -------
+    Dataset
+        Named after the database file's stem, float32 C-contiguous arrays,
+        ``neighbors = distances = None``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file does not exist.
+    ValueError
+        For an unknown metric, unreadable files, non-numeric or non-2-D arrays,
+        or mismatched dimensions.
+    """
+    metric = normalize_metric(metric)
+    arrays = []
+    for p in (train_path, test_path):
+        p = os.fspath(p)
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p}: no such file")
+        try:
+            a = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{p}: not a readable .npy file ({exc})") from None
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+            raise ValueError(f"{p}: expected one array of numbers")
+        if a.ndim != 2:
+            raise ValueError(f"{p}: expected a 2-D array (n, d), got shape {a.shape}")
+        arrays.append(np.ascontiguousarray(a, dtype=np.float32))
+    train, test = arrays
+    _check_pair(f"{os.fspath(train_path)} / {os.fspath(test_path)}", train, test)
+    name = os.path.splitext(os.path.basename(os.fspath(train_path)))[0]
+    return Dataset(name, metric, train, test, None, None)

@@ -224,6 +224,13 @@ class AVQIndex(_NativeWrapper):
             raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
 
     # ------------------------------------------------------------------ build
+    #: Makes the progress callback of verbose training and adding; avq-bench swaps in
+    #: progress bars (a callable (stage, done, total, info) -> None).
+    _progress_factory = _Progress
+
+    def _progress(self):
+        return self._progress_factory() if self.verbose else None
+
     def _threshold_for(self, X):
         T = self.anisotropic_threshold
         if self.eta is not None:
@@ -270,7 +277,7 @@ class AVQIndex(_NativeWrapper):
             threshold_mode=(1 if self.anisotropic_threshold == "auto" else
                             2 if self.anisotropic_threshold is None else 0),
         )
-        index.train(X, self.num_threads, _Progress() if self.verbose else None)
+        index.train(X, self.num_threads, self._progress())
         self._index = index
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
@@ -292,7 +299,7 @@ class AVQIndex(_NativeWrapper):
         self._require_trained()
         X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
-        self._index.add(X, ids, self.num_threads, _Progress() if self.verbose else None)
+        self._index.add(X, ids, self.num_threads, self._progress())
         return self
 
     def fit(self, X, ids=None):
@@ -300,7 +307,7 @@ class AVQIndex(_NativeWrapper):
         X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
         self._train(X, stacklevel=3)
-        self._index.add(X, ids, self.num_threads, _Progress() if self.verbose else None)
+        self._index.add(X, ids, self.num_threads, self._progress())
         return self
 
     def remove(self, ids):

@@ -121,8 +121,8 @@ def test_resolve_num_leaves():
 def test_yaml_configs_parse_for_all_size_classes():
     cfg_dir = bench.find_config_dir(str(Path(__file__).resolve().parent.parent / "benchmark_configs"))
     t = bench.load_targets(cfg_dir)
-    assert t == {"k": 10, "epsilon": 1e-3, "targets": [0.9, 0.95]}
-    for system in ("avq", "scann", "faiss", "exact"):
+    assert t == {"k": 10, "epsilon": 1e-3, "targets": [0.8, 0.9, 0.95, 0.99]}
+    for system in bench.SYSTEMS:
         for n in (20000, 190000, 10**7):
             for metric in ("angular", "euclidean"):
                 for quick in (False, True):
@@ -145,3 +145,146 @@ def test_dataset_ground_truth_conventions():
     np.testing.assert_allclose(s[:, :5], np.einsum("qd,qkd->qk", Q, X[ids[:, :5]]), rtol=1e-6)
     with pytest.raises(ValueError):
         datasets.load_glove_subset_ground_truth("angular")
+
+
+# ----------------------------------------------------------------------------- the avq-bench CLI
+import json
+import subprocess
+import sys
+
+CONFIGS = str(Path(__file__).resolve().parent.parent / "benchmark_configs")
+FAST = ["--quick", "--reps", "1", "--min-time", "0", "--configs", CONFIGS]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(capsys, *argv):
+    rc = bench.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *fragments):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("avq-bench: error: ") and "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def test_cli_end_to_end_writes_json_csv_png(tmp_path, capsys):
+    import matplotlib.image as matplotlib_image  # [test] extra
+    out_dir = tmp_path / "out"
+    rc, out, err = run_cli(capsys, "--algorithms", "avq,exact,faiss", "--max-queries", "100", "--out",
+                           str(out_dir), "--quiet", *FAST)
+    assert rc == 0, err
+    assert err == ""  # --quiet: no progress lines or bars
+    # The printed table: best QPS per target and the AVQ / peer ratios.
+    assert "Best QPS at recall@10 >= target" in out and "avq/faiss" in out and "avq/exact" in out
+    for t in ("@0.8", "@0.9", "@0.95", "@0.99"):
+        assert t in out
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["dataset"]["name"] == "glove50-20k" and res["dataset"]["n_test"] == 100
+    assert {b["system"] for b in res["builds"]} == {"avq", "exact", "faiss"}
+    assert res["settings"]["modes"] == ["single"] and res["settings"]["threads"] == 1
+    exact = [q for b in res["builds"] if b["system"] == "exact" for q in b["queries"]]
+    assert exact and all(q["recall"] == 1.0 for q in exact)
+    avq = [q["recall"] for b in res["builds"] if b["system"] == "avq" for q in b["queries"]]
+    assert max(avq) > 0.95 and min(avq) < 0.9  # the quick grid spans the targets
+    assert set(res["summary"]["ratios"]["single"]) == {"faiss", "exact"}
+    rows = (out_dir / "results.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(bench.CSV_COLUMNS)
+    assert len(rows) - 1 == sum(len(b["queries"]) for b in res["builds"])
+    assert any(r.split(",")[7] == "1" for r in rows[1:])  # Pareto flags
+    png = out_dir / "recall_vs_qps.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    img = matplotlib_image.imread(str(png))
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+    assert (out_dir / "report.txt").read_text().startswith("glove50-20k")
+    md = (out_dir / "summary.md").read_text()
+    assert "| avq / faiss |" in md and "| system | QPS @0.8 |" in md
+
+
+def test_cli_npy_input_computes_and_caches_exact_ground_truth(tmp_path, capsys):
+    glove = datasets.load_glove_subset()
+    X, Q = tmp_path / "X.npy", tmp_path / "Q.npy"
+    np.save(X, glove.train[:3000].astype(np.float64))
+    np.save(Q, glove.test[:40])
+    cache = tmp_path / "cache"
+    args = [str(X), str(Q), "--metric", "l2", "--algorithms", "exact", "--k", "5", "--cache-dir", str(cache),
+            "--batch", *FAST]
+    rc, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "a"))
+    assert rc == 0, err
+    assert "computed" in err and len(list(cache.glob("gt-*.npz"))) == 1
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["dataset"]["metric"] == "euclidean" and res["targets"]["k"] == 5
+    assert res["settings"]["modes"] == ["batch"]
+    assert all(q["recall"] == 1.0 for b in res["builds"] for q in b["queries"])  # exact vs computed GT
+    with np.load(next(cache.glob("gt-*.npz"))) as z:
+        nb = z["neighbors"]
+    ref = np.argsort(cdist(glove.test[:40].astype(np.float64), glove.train[:3000].astype(np.float64)), 1)
+    np.testing.assert_array_equal(nb[:, :5], ref[:, :5])
+    rc, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "b"))
+    assert rc == 0 and "cached" in err and "computed" not in err
+
+
+def test_cli_hdf5_without_ground_truth(tmp_path, capsys):
+    import h5py  # [test] extra
+
+    glove = datasets.load_glove_subset()
+    path = tmp_path / "nogt.hdf5"
+    with h5py.File(path, "w") as f:
+        f.attrs["distance"] = "angular"
+        f["train"] = glove.train[:2000]
+        f["test"] = glove.test[:20]
+    rc, out, err = run_cli(capsys, str(path), "--algorithms", "exact", "--ground-truth", "file", *FAST)
+    assert_one_line_error(rc, err, "nogt", "no ground truth")
+    rc, out, err = run_cli(capsys, str(path), "--algorithms", "exact", "--cache-dir", str(tmp_path / "c"),
+                           "--out", str(tmp_path / "o"), "--quiet", *FAST)
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["dataset"]["n_train"] == 2000
+    assert all(q["recall"] == 1.0 for b in res["builds"] for q in b["queries"])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    glove = datasets.load_glove_subset()
+    X, Q20 = tmp_path / "X.npy", tmp_path / "Q20.npy"
+    np.save(X, glove.train[:500])
+    np.save(Q20, glove.test[:5, :20])
+    out = ["--out", str(tmp_path / "never")]
+    cases = [
+        (["--algorithms", "avq,annoy,foo"], ["unknown algorithms annoy, foo"]),
+        ([str(tmp_path / "missing.hdf5")], ["missing.hdf5", "no such file"]),
+        ([str(X), str(tmp_path / "missing.npy"), "--metric", "l2"], ["missing.npy", "no such file"]),
+        ([str(X), str(Q20), "--metric", "l2"], ["d=50", "d=20"]),
+        ([str(X), str(X)], ["--metric"]),
+        ([str(X)], ["needs its queries"]),
+        ([str(X), str(X), "--metric", "hamming"], ["metric"]),
+        (["--k", "0"], ["--k"]),
+        (["--threads", "0"], ["--threads"]),
+        (["--no-such-flag"], ["--no-such-flag"]),
+    ]
+    for argv, fragments in cases:
+        rc, _, err = run_cli(capsys, *argv, *out, *FAST)
+        assert_one_line_error(rc, err, *fragments)
+    # A library named with --algorithms must be installed; by default a missing one is skipped.
+    class Missing(bench.Runner):
+        def __init__(self):
+            raise bench.SystemUnavailable("scann not installed: skipped (pip install avq-plugin[bench])")
+
+    monkeypatch.setitem(bench.RUNNERS, "scann", Missing)
+    rc, _, err = run_cli(capsys, "--algorithms", "exact,scann", *out, *FAST)
+    assert_one_line_error(rc, err, "scann was requested but is not available")
+    assert not (tmp_path / "never").exists()
+    monkeypatch.setattr(bench, "SYSTEMS", ("scann", "exact"))
+    rc, stdout, err = run_cli(capsys, "--max-queries", "10", "--out", str(tmp_path / "ok"), *FAST)
+    assert rc == 0 and "note: scann not installed" in stdout and "note: scann not installed" in err
+
+
+def test_python_dash_m_is_the_same_command(tmp_path):
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    p = subprocess.run([sys.executable, "-m", "avq_plugin.bench", "--algorithms", "nope"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "avq-bench: error: unknown algorithm nope; choose from " + ",".join(bench.SYSTEMS)

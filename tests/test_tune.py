@@ -87,6 +87,11 @@ def test_given_queries_with_their_own_ground_truth(glove, built):
     c = fresh(built).tune(0.9, queries=Q[:250], X=X, reorder_k=40)
     assert a.leaves_to_search == b.leaves_to_search == c.leaves_to_search
     assert a.recall == pytest.approx(b.recall, abs=0.004) and a.recall == c.recall
+    # A random subset of the queries keeps each query with its own ground-truth row.
+    sub = fresh(built).tune(0.9, queries=Q, ground_truth=gt, num_queries=200, reorder_k=40)
+    sub_self = fresh(built).tune(0.9, queries=Q, num_queries=200, reorder_k=40)
+    assert sub.num_queries == 200 and sub.leaves_to_search == sub_self.leaves_to_search
+    assert sub.recall == pytest.approx(sub_self.recall, abs=0.004)
 
 
 def test_defaults_survive_serialization(glove, built, tmp_path):
