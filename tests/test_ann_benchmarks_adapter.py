@@ -175,8 +175,9 @@ def glove():
 
 @pytest.fixture(scope="module")
 def digits():
-    datasets = pytest.importorskip("sklearn.datasets")  # scikit-learn is in the [test] extra
-    X = datasets.load_digits().data.astype(np.float32)
+    from sklearn.datasets import load_digits  # scikit-learn is in the [test] extra; data ships with it
+
+    X = load_digits().data.astype(np.float32)
     return X[:1600].copy(), X[1600:].copy()
 
 
