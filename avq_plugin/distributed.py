@@ -746,7 +746,13 @@ class ShardedAVQIndex:
         call = uuid.uuid4().hex[:12]
         futures = {j: submit(j, f"avq-{what}-{call}-{j}") for j in range(len(self._shards))}
         for attempt in range(2):
-            wait(list(futures.values()), timeout=timeout)
+            try:
+                wait(list(futures.values()), timeout=timeout)
+            except concurrent.futures.CancelledError:
+                # Recent distributed raises FuturesCancelledError from wait() when the scheduler
+                # dropped tasks with a dead worker ("already forgotten"); the per-future status
+                # below tells which shards were lost.
+                pass
             lost = {}
             for j, f in futures.items():
                 if f.status == "finished":

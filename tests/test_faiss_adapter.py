@@ -402,6 +402,7 @@ def test_works_without_faiss():
     """faiss is optional: importing avq_plugin and using IndexAVQ never imports it; only the
     export/import methods need it and say how to install it."""
     import subprocess
+    import tempfile
     import sys
 
     code = """
@@ -423,6 +424,7 @@ else:
     raise SystemExit("to_faiss without faiss did not raise")
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tempfile.gettempdir())  # not the source tree: it would shadow the package
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 
 import joblib
 import numpy as np
@@ -101,6 +102,7 @@ def test_sklearn_estimator_checks(estimator, check):
             env=env,
             capture_output=True,
             timeout=300,
+            cwd=tempfile.gettempdir(),  # not the source tree: it would shadow the installed package
         )
         assert proc.returncode == 0, proc.stderr.decode()[-3000:]
         return
@@ -123,7 +125,8 @@ def test_lazy_export_and_missing_sklearn():
         "except ImportError as e:\n"
         "    print('IMPORTERROR', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tempfile.gettempdir())  # not the source tree: it would shadow the package
     assert out.returncode == 0, out.stderr
     assert "IMPORTERROR" in out.stdout and "avq-plugin[sklearn]" in out.stdout, out.stdout
 
