@@ -874,8 +874,11 @@ class ShardedAVQIndex:
         for j, entry in enumerate(manifest["shards"]):
             shards.append(client.submit(
                 _load_shard, directory, j, entry, manifest["quantizer_fingerprint"], bool(mmap), bool(verify),
-                obj.num_threads, key=f"avq-shard-{tok}-{j}", workers=workers[j % len(workers)],
-                allow_other_workers=True))
+                obj.num_threads, key=f"avq-shard-{tok}-{j}",
+                # Spread the shards over the workers present; with none yet (e.g. one restarting),
+                # let the scheduler place them.
+                **({} if workers[0] is None else
+                   {"workers": workers[j % len(workers)], "allow_other_workers": True})))
         wait([template, *shards])
         errors = [f.exception() for f in [template, *shards] if f.status == "error"]
         if errors:
