@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import itertools
 import json
 import math
@@ -563,6 +564,14 @@ class SystemUnavailable(Exception):
     """Raised by a runner's constructor when its library cannot be imported."""
 
 
+def _import_peer(name):
+    """Imports a peer library, or raises SystemUnavailable saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise SystemUnavailable(f"{name} not installed: skipped ({INSTALL_HINT})") from exc
+
+
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.where(norms == 0, 1, norms), dtype=np.float32)
@@ -679,10 +688,7 @@ class ScannRunner(Runner):
     own_memory_kind = "serialized"
 
     def __init__(self) -> None:
-        try:
-            import scann
-        except ImportError as exc:
-            raise SystemUnavailable(f"scann not installed: skipped ({INSTALL_HINT})") from exc
+        scann = _import_peer("scann")
         self.scann = scann
         self.version = _dist_version("scann")
 
@@ -756,10 +762,7 @@ class FaissRunner(Runner):
     own_memory_kind = "serialized"
 
     def __init__(self) -> None:
-        try:
-            import faiss
-        except ImportError as exc:
-            raise SystemUnavailable(f"faiss not installed: skipped ({INSTALL_HINT})") from exc
+        faiss = _import_peer("faiss")
         self.faiss = faiss
         self.version = getattr(faiss, "__version__", "?")
 
@@ -888,10 +891,7 @@ class HnswlibRunner(Runner):
     own_memory_kind = "index_file_size()"
 
     def __init__(self) -> None:
-        try:
-            import hnswlib
-        except ImportError as exc:
-            raise SystemUnavailable(f"hnswlib not installed: skipped ({INSTALL_HINT})") from exc
+        hnswlib = _import_peer("hnswlib")
         self.hnswlib = hnswlib
         self.version = _dist_version("hnswlib")
 

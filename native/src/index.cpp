@@ -531,11 +531,9 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
   }
 }
 
-void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Monitor* mon) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
-  if (n == 0) return;
-  const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
+// The ids of n vectors about to be added: the given ones (checked: no duplicates among them
+// or with the index) or max existing id + 1 onwards. Caller holds the exclusive lock.
+std::vector<int64_t> Index::checked_new_ids(const int64_t* ids, size_t n) {
   std::vector<int64_t> new_ids(n);
   if (ids) {
     std::memcpy(new_ids.data(), ids, n * sizeof(int64_t));
@@ -552,6 +550,15 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     if (next_id_ > std::numeric_limits<int64_t>::max() - int64_t(n)) throw InvalidArgument("id space exhausted");
     for (size_t i = 0; i < n; ++i) new_ids[i] = next_id_ + int64_t(i);
   }
+  return new_ids;
+}
+
+void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Monitor* mon) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (n == 0) return;
+  const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
+  const std::vector<int64_t> new_ids = checked_new_ids(ids, n);
   std::vector<uint32_t> leaf_of;
   std::vector<uint8_t> codes;
   encode_points(x, n, nthreads, mon, leaf_of, codes);
@@ -977,22 +984,7 @@ void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const
       if (codes[i * M + m] > 15) throw InvalidArgument("codes must be 4-bit values (0..15)");
     if (l2 && !std::isfinite(norms2[i])) throw InvalidArgument("norms2 contains NaN or infinity");
   }
-  std::vector<int64_t> new_ids(n);
-  if (ids) {
-    std::memcpy(new_ids.data(), ids, n * sizeof(int64_t));
-    std::vector<int64_t> sorted(new_ids);
-    std::sort(sorted.begin(), sorted.end());
-    for (size_t i = 1; i < n; ++i)
-      if (sorted[i] == sorted[i - 1]) throw InvalidArgument("duplicate id " + std::to_string(sorted[i]) + " in ids");
-    if (ntotal_ > 0) {
-      ensure_id_map();
-      for (int64_t id : new_ids)
-        if (id_map_.count(id)) throw InvalidArgument("id " + std::to_string(id) + " is already in the index");
-    }
-  } else {
-    if (next_id_ > std::numeric_limits<int64_t>::max() - int64_t(n)) throw InvalidArgument("id space exhausted");
-    for (size_t i = 0; i < n; ++i) new_ids[i] = next_id_ + int64_t(i);
-  }
+  const std::vector<int64_t> new_ids = checked_new_ids(ids, n);
   std::vector<size_t> more(nleaves_, 0);
   for (size_t i = 0; i < n; ++i) more[size_t(leaf[i])]++;
   for (size_t l = 0; l < nleaves_; ++l)

@@ -188,6 +188,7 @@ class Index {
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
   void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;
   void check_queries(const float* q, size_t nq) const;
+  std::vector<int64_t> checked_new_ids(const int64_t* ids, size_t n);  // exclusive lock held
   void encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
                      std::vector<uint8_t>& codes) const;
   size_t group_bytes() const { return layout_.num_blocks_pad * 16; }
