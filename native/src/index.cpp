@@ -804,24 +804,32 @@ void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
   }
 }
 
+// Common start of search_one and search_one_float: fills D, I with the padding (-1 ids, the
+// worst score), prepares the query in s.q and selects the leaves in s.leaf_sel (nprobe is
+// lowered to their number). Returns the prepared query, or nullptr when the index is empty.
+const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D,
+                                int64_t* I) const {
+  const float pad = p_.metric == Metric::kL2 ? kPadBest : -kPadBest;
+  for (size_t j = 0; j < k; ++j) {
+    D[j] = pad;
+    I[j] = -1;
+  }
+  if (ntotal_ == 0) return nullptr;
+  s.q.resize(p_.d);
+  prepare_vector(q_in, s.q.data());
+  select_leaves(s.q.data(), nprobe, s);
+  nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
+  return s.q.data();
+}
+
 void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                        int64_t* I) const {
   const kernels::KernelTable& kt = kernels::active();
   const size_t d = p_.d, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
   const bool l2 = p_.metric == Metric::kL2;
-  const float pad = l2 ? kPadBest : -kPadBest;
-  for (size_t j = 0; j < k; ++j) {
-    D[j] = pad;
-    I[j] = -1;
-  }
-  if (ntotal_ == 0) return;
-  s.q.resize(d);
-  prepare_vector(q_in, s.q.data());
-  const float* q = s.q.data();
-
-  // 1. Leaves to probe.
-  select_leaves(q, nprobe, s);
-  nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
+  // 1. Padding, the prepared query, the leaves to probe.
+  const float* q = start_query(q_in, k, nprobe, s, D, I);
+  if (!q) return;
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
   //    global scale chosen so that the 16-bit accumulators cannot overflow.
@@ -1044,17 +1052,8 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
   const kernels::KernelTable& kt = kernels::active();
   const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
   const bool l2 = p_.metric == Metric::kL2;
-  const float pad = l2 ? kPadBest : -kPadBest;
-  for (size_t j = 0; j < k; ++j) {
-    D[j] = pad;
-    I[j] = -1;
-  }
-  if (ntotal_ == 0) return;
-  s.q.resize(d);
-  prepare_vector(q_in, s.q.data());
-  const float* q = s.q.data();
-  select_leaves(q, nprobe, s);
-  nprobe = std::min(nprobe, s.leaf_sel.size());
+  const float* q = start_query(q_in, k, nprobe, s, D, I);
+  if (!q) return;
   s.lut.assign(M * 16, 0.f);
   for (size_t m = 0; m < M; ++m) {
     const size_t off = layout_.offset[m], dm = layout_.dims[m];

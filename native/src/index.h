@@ -186,6 +186,7 @@ class Index {
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                   int64_t* I) const;
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
+  const float* start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D, int64_t* I) const;
   void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;
   void check_queries(const float* q, size_t nq) const;
   std::vector<int64_t> checked_new_ids(const int64_t* ids, size_t n);  // exclusive lock held
