@@ -17,8 +17,8 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"in-place build. Original error: {exc}"
     ) from exc
 
-from .index import AVQIndex, ExactIndex
 from .faiss_compat import IndexAVQ, SearchParametersAVQ, read_index, write_index
+from .index import AVQIndex, ExactIndex
 
 __version__ = _native.build_info()["version"]
 

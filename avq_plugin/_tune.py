@@ -105,8 +105,9 @@ class TuneReport:
 
 
 def _check_target(target_recall):
-    if isinstance(target_recall, (bool, np.bool_)) or not isinstance(target_recall, (int, float, np.floating,
-                                                                                     np.integer)):
+    if isinstance(target_recall, (bool, np.bool_)) or not isinstance(
+        target_recall, (int, float, np.floating, np.integer)
+    ):
         raise TypeError(f"target_recall must be a number in (0, 1], got {type(target_recall).__name__}")
     t = float(target_recall)
     if not (0.0 < t <= 1.0):  # also rejects NaN
@@ -129,8 +130,21 @@ def _drop_self(I, self_ids, k):
     return I[keep].reshape(I.shape[0], k)
 
 
-def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X=None, ids=None,
-         ground_truth=None, num_queries=None, reorder_k=None, margin=None, seed=None):
+def tune(
+    index,
+    target_recall=0.95,
+    k=10,
+    queries=None,
+    time_budget_s=None,
+    *,
+    X=None,
+    ids=None,
+    ground_truth=None,
+    num_queries=None,
+    reorder_k=None,
+    margin=None,
+    seed=None,
+):
     """Implementation of :meth:`avq_plugin.AVQIndex.tune` (see its docstring)."""
     t_start = time.perf_counter()
     index._require_trained()
@@ -153,12 +167,15 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
     if X is not None:
         X = V.as_float_matrix(X, "X", d=d, nonzero_rows=cosine)
         if X.shape[0] != ntotal:
-            raise ValueError(f"X has {X.shape[0]} rows but the index holds {ntotal} vectors: "
-                             "pass exactly the indexed vectors")
+            raise ValueError(
+                f"X has {X.shape[0]} rows but the index holds {ntotal} vectors: pass exactly the indexed vectors"
+            )
         ids = np.arange(ntotal, dtype=np.int64) if ids is None else V.as_ids(ids, X.shape[0])
         if not np.array_equal(np.sort(ids), np.sort(native.all_ids())):
-            raise ValueError("the ids of X are not the ids in the index: pass the ids given to add()/fit() "
-                             "(default: 0..n-1 in the order of X)")
+            raise ValueError(
+                "the ids of X are not the ids in the index: pass the ids given to add()/fit() "
+                "(default: 0..n-1 in the order of X)"
+            )
     elif ids is not None:
         raise ValueError("ids describe the rows of X: pass X too")
 
@@ -170,10 +187,12 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
                 "tuning on held-out points needs the indexed vectors (the index keeps only codes"
                 + ("" if index.reorder == "float32" else f" and {index.reorder} re-ranking data")
                 + "): pass X=<the vectors given to fit/add> (and ids= if you chose ids), "
-                "or pass queries=")
+                "or pass queries="
+            )
         if ntotal < k + 2:
-            raise ValueError(f"held-out tuning needs more than k + 1 = {k + 1} indexed vectors, "
-                             f"the index holds {ntotal}")
+            raise ValueError(
+                f"held-out tuning needs more than k + 1 = {k + 1} indexed vectors, the index holds {ntotal}"
+            )
         nq = min(num_queries or DEFAULT_NUM_QUERIES, ntotal)
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(ntotal, size=nq, replace=False))
@@ -187,8 +206,9 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
         if ground_truth is not None:
             gt = np.asarray(ground_truth)
             if gt.ndim != 2 or gt.shape[0] != Q.shape[0] or gt.shape[1] < k or gt.dtype.kind not in "iu":
-                raise ValueError(f"ground_truth must be an integer array of shape ({Q.shape[0]}, >= {k}), "
-                                 f"got {gt.dtype} {gt.shape}")
+                raise ValueError(
+                    f"ground_truth must be an integer array of shape ({Q.shape[0]}, >= {k}), got {gt.dtype} {gt.shape}"
+                )
             ground_truth = gt[:, :k].astype(np.int64)
         if num_queries is not None and num_queries < Q.shape[0]:
             rng = np.random.default_rng(seed)
@@ -218,7 +238,8 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
     else:
         raise ValueError(
             f"an index with reorder={index.reorder!r} keeps no exact vectors to compute the ground "
-            "truth from: pass X=<the indexed vectors> or ground_truth=")
+            "truth from: pass X=<the indexed vectors> or ground_truth="
+        )
 
     # ----------------------------------------------------------------- search over (L, R)
     num_leaves = native.num_leaves
@@ -231,8 +252,7 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
             if self_ids is not None:
                 I = _drop_self(I, self_ids, k)
             per = _recall_rows(I, gt)
-            evaluated[key] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1
-                              else 0.0)
+            evaluated[key] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else 0.0)
         return evaluated[key]
 
     def goal_of(L, R):
@@ -322,13 +342,17 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
             f"the goal; using the largest budget (leaves_to_search={L}, reorder_k={R}), which reaches "
             f"recall@{k} = {recall:.4f} on {nq} tuning queries (target_recall={target:g}"
             f"{'' if reached else ' not reached'})",
-            UserWarning, stacklevel=3)
+            UserWarning,
+            stacklevel=3,
+        )
     elif not reached:
         warnings.warn(
             f"AVQIndex.tune: target_recall={target:g} not reached: no setting reaches it; using the "
             f"largest budget tried (leaves_to_search={L}, reorder_k={R}), which reaches recall@{k} = "
             f"{recall:.4f} on {nq} tuning queries",
-            UserWarning, stacklevel=3)
+            UserWarning,
+            stacklevel=3,
+        )
 
     index.leaves_to_search = int(L)
     if R is not None:
@@ -348,5 +372,7 @@ def tune(index, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X
         source=source,
         reached=reached,
         seconds=time.perf_counter() - t_start,
-        evaluated=[(l_, r_, m) for (l_, r_), (m, _) in sorted(evaluated.items(), key=lambda e: (e[0][1] or 0, e[0][0]))],
+        evaluated=[
+            (l_, r_, m) for (l_, r_), (m, _) in sorted(evaluated.items(), key=lambda e: (e[0][1] or 0, e[0][0]))
+        ],
     )

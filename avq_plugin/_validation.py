@@ -90,9 +90,7 @@ def as_float_matrix(X, name="X", *, d=None, allow_1d=False, nonzero_rows=False):
     A = _to_array(X, name)
     kind = A.dtype.kind
     if kind not in "fiu":
-        raise TypeError(
-            f"{name} must hold real numbers (float or int), got dtype {A.dtype}"
-        )
+        raise TypeError(f"{name} must hold real numbers (float or int), got dtype {A.dtype}")
     if A.ndim == 1 and allow_1d:
         A = A.reshape(1, -1)
     if A.ndim != 2:

@@ -56,9 +56,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -117,8 +118,8 @@ def true_distances(train: np.ndarray, queries: np.ndarray, ids: np.ndarray, metr
     n = train.shape[0]
     valid = (ids >= 0) & (ids < n)
     safe = np.where(valid, ids, 0)
-    x = np.asarray(train, dtype=np.float64)[safe]              # (nq, k, d)
-    q = np.asarray(queries, dtype=np.float64)[:, None, :]      # (nq, 1, d)
+    x = np.asarray(train, dtype=np.float64)[safe]  # (nq, k, d)
+    q = np.asarray(queries, dtype=np.float64)[:, None, :]  # (nq, 1, d)
     if metric == "angular":
         dots = np.einsum("qkd,qkd->qk", x, np.broadcast_to(q, x.shape))
         norms = np.linalg.norm(x, axis=2) * np.linalg.norm(q, axis=2)
@@ -186,9 +187,7 @@ def knn_recall(
     ids = np.asarray(ids)
     gt_distances = np.asarray(gt_distances)
     if gt_distances.shape[0] != queries.shape[0] or gt_distances.shape[1] < k:
-        raise ValueError(
-            f"gt_distances must have shape ({queries.shape[0]}, >={k}), got {gt_distances.shape}"
-        )
+        raise ValueError(f"gt_distances must have shape ({queries.shape[0]}, >={k}), got {gt_distances.shape}")
     ids = ids[:, :k].astype(np.int64, copy=False)
     dist = true_distances(train, queries, ids, metric)
     # Only the first occurrence of an id may count.
@@ -477,8 +476,7 @@ def load_system_config(config_dir: Path, system: str, n_train: int, metric: str,
         args = {**(b.get("args") or {}), **overrides}
         key = json.dumps(args, sort_keys=True, default=str)
         if key in seen:
-            print(f"  note: {system} build {b['name']} equals {seen[key]} for {metric} data; skipped",
-                  file=sys.stderr)
+            print(f"  note: {system} build {b['name']} equals {seen[key]} for {metric} data; skipped", file=sys.stderr)
             continue
         seen[key] = b["name"]
         resolved.append({"name": b["name"], "args": args})
@@ -523,8 +521,9 @@ class Bars:
         """A bar with ``update(n)`` and ``close()`` (a no-op object when disabled)."""
         if self.tqdm is None:
             return _NullBar()
-        return self.tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
-                         dynamic_ncols=True, mininterval=0.2)
+        return self.tqdm(
+            total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0.2
+        )
 
     def write(self, msg: str, file=None) -> None:
         """Print a line without breaking the bars."""
@@ -594,7 +593,7 @@ class Runner:
     #: Threads for building and searching (``--threads``).
     threads: int = 1
     #: Progress bars (a :class:`Bars`); set by :func:`run_benchmark`.
-    bars: "Bars | None" = None
+    bars: Bars | None = None
 
     def _bar(self, desc: str, total: int, unit: str = "it"):
         return (self.bars or Bars(False)).bar(desc, total, unit)
@@ -736,13 +735,11 @@ class ScannRunner(Runner):
 
     def single_fn(self, k, qa):
         search, leaves, reorder = self.index.search, qa["leaves_to_search"], qa["reorder"]
-        return lambda q: search(q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
-                                leaves_to_search=leaves)[0]
+        return lambda q: search(q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder, leaves_to_search=leaves)[0]
 
     def batch_fn(self, k, qa):
         search, leaves, reorder = self.index.search_batched, qa["leaves_to_search"], qa["reorder"]
-        return lambda Q: search(Q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
-                                leaves_to_search=leaves)[0]
+        return lambda Q: search(Q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder, leaves_to_search=leaves)[0]
 
     def budget(self, qa, k):
         return (qa["leaves_to_search"], qa["reorder"])
@@ -794,8 +791,11 @@ class FaissRunner(Runner):
         self.index = index
         self.factory = factory
         self.ivf = faiss.extract_index_ivf(index)
-        self.resolved = ("IP, " if faiss_metric == faiss.METRIC_INNER_PRODUCT else "L2, ") + factory + (
-            " + RefineFlat" if refine == "flat" else "")
+        self.resolved = (
+            ("IP, " if faiss_metric == faiss.METRIC_INNER_PRODUCT else "L2, ")
+            + factory
+            + (" + RefineFlat" if refine == "flat" else "")
+        )
 
     def _configure(self, k, qa):
         self.ivf.nprobe = int(qa["nprobe"])
@@ -907,8 +907,12 @@ class HnswlibRunner(Runner):
         index.init_index(max_elements=n, ef_construction=ef_construction, M=M, random_seed=seed)
         index.set_num_threads(self.threads)
         ids = np.arange(n, dtype=np.int64)
-        _add_in_chunks(lambda x, lo, hi: index.add_items(x, ids[lo:hi], num_threads=self.threads),
-                       train, self._bar("hnswlib add", n, "vec"), pass_range=True)
+        _add_in_chunks(
+            lambda x, lo, hi: index.add_items(x, ids[lo:hi], num_threads=self.threads),
+            train,
+            self._bar("hnswlib add", n, "vec"),
+            pass_range=True,
+        )
         self.index = index
         self.resolved = f"{space}, M={M}, ef_construction={ef_construction}"
 
@@ -948,8 +952,7 @@ def _add_in_chunks(add, data: np.ndarray, bar, pass_range: bool = False, chunks:
         bar.close()
 
 
-RUNNERS = {"avq": AVQRunner, "scann": ScannRunner, "faiss": FaissRunner, "hnswlib": HnswlibRunner,
-           "exact": ExactRunner}
+RUNNERS = {"avq": AVQRunner, "scann": ScannRunner, "faiss": FaissRunner, "hnswlib": HnswlibRunner, "exact": ExactRunner}
 
 
 def _dist_version(name: str) -> str:
@@ -957,7 +960,7 @@ def _dist_version(name: str) -> str:
         from importlib.metadata import version
 
         return version(name)
-    except Exception:  # noqa: BLE001 - metadata may be missing in odd installs
+    except Exception:
         return "?"
 
 
@@ -1051,8 +1054,7 @@ def _measure_query(runner, dataset, rows, k, qa, mode, reps, epsilon, min_time) 
         ids = _ids_matrix(list(runner.ids_batch(timings[-1][3])), k)
     per_pass = [t[0] / t[2] for t in timings]
     best = int(np.argmin(per_pass))
-    recall, _ = knn_recall(dataset.train, dataset.test, ids, dataset.distances,
-                           dataset.metric, k=k, epsilon=epsilon)
+    recall, _ = knn_recall(dataset.train, dataset.test, ids, dataset.distances, dataset.metric, k=k, epsilon=epsilon)
     return QueryRun(
         query_args=qa,
         mode=mode,
@@ -1086,7 +1088,7 @@ def _measure_build(runner: Runner, system: str, build: dict, dataset) -> BuildRu
     try:
         result.own_bytes = runner.own_memory()
         result.own_kind = runner.own_memory_kind if result.own_bytes is not None else ""
-    except Exception as exc:  # noqa: BLE001 - a size figure is optional
+    except Exception as exc:
         result.own_kind = f"unavailable ({exc})"
     return result
 
@@ -1105,7 +1107,7 @@ def _warm_up(runner: Runner, cfg: SystemConfig, dataset, say, n_rows: int = 5000
                 return
             except SystemUnavailable:
                 continue
-            except Exception as exc:  # noqa: BLE001 - the measured build will report it
+            except Exception as exc:
                 say(f"  warm-up with {build['name']} failed ({type(exc).__name__}: {exc})")
             finally:
                 runner.close()
@@ -1121,10 +1123,20 @@ def make_runner(system: str, threads: int = 1) -> Runner:
     return runner
 
 
-def run_benchmark(dataset, config_dir: Path, systems: Sequence[str], reps: int = 3,
-                  quick: bool = False, modes: Sequence[str] = ("single", "batch"),
-                  min_time: float = 0.1, log=sys.stderr, k: int | None = None, threads: int = 1,
-                  bars: Bars | None = None, runners: dict | None = None) -> dict:
+def run_benchmark(
+    dataset,
+    config_dir: Path,
+    systems: Sequence[str],
+    reps: int = 3,
+    quick: bool = False,
+    modes: Sequence[str] = ("single", "batch"),
+    min_time: float = 0.1,
+    log=sys.stderr,
+    k: int | None = None,
+    threads: int = 1,
+    bars: Bars | None = None,
+    runners: dict | None = None,
+) -> dict:
     """Build and query every configured system on ``dataset``.
 
     Parameters
@@ -1201,23 +1213,22 @@ def run_benchmark(dataset, config_dir: Path, systems: Sequence[str], reps: int =
                 say(f"  skipped: {exc}")
                 skipped[f"{system}:{build['name']}"] = str(exc)
                 continue
-            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+            except Exception as exc:
                 say(f"  build FAILED: {type(exc).__name__}: {exc}")
-                builds.append(BuildRun(system, build["name"], build["args"], runner.version,
-                                       error=f"{type(exc).__name__}: {exc}"))
+                builds.append(
+                    BuildRun(system, build["name"], build["args"], runner.version, error=f"{type(exc).__name__}: {exc}")
+                )
                 runner.close()
                 continue
-            say(f"  built in {br.build_seconds:.2f} s, RSS +{_mb(br.rss_delta_bytes)} MB, "
-                f"index {_mb(br.own_bytes)} MB")
+            say(f"  built in {br.build_seconds:.2f} s, RSS +{_mb(br.rss_delta_bytes)} MB, index {_mb(br.own_bytes)} MB")
             sweep = bars.bar(f"{system} {build['name']} sweep", len(cfg.query_args) * len(modes), "setting")
             try:
                 for values in cfg.query_args:
                     qa = dict(zip(cfg.query_arg_names, values))
                     for mode in modes:
                         try:
-                            qr = _measure_query(runner, dataset, rows, k, qa, mode, reps,
-                                                targets["epsilon"], min_time)
-                        except Exception as exc:  # noqa: BLE001
+                            qr = _measure_query(runner, dataset, rows, k, qa, mode, reps, targets["epsilon"], min_time)
+                        except Exception as exc:
                             say(f"  {mode} {qa} FAILED: {type(exc).__name__}: {exc}")
                             br.error = f"{mode} {qa}: {type(exc).__name__}: {exc}"
                             continue
@@ -1231,11 +1242,23 @@ def run_benchmark(dataset, config_dir: Path, systems: Sequence[str], reps: int =
             runner.close()
             gc.collect()
     return {
-        "dataset": {"name": dataset.name, "metric": dataset.metric, "n_train": dataset.n_train,
-                    "n_test": dataset.n_test, "dim": dataset.dim},
+        "dataset": {
+            "name": dataset.name,
+            "metric": dataset.metric,
+            "n_train": dataset.n_train,
+            "n_test": dataset.n_test,
+            "dim": dataset.dim,
+        },
         "environment": _environment(),
-        "settings": {"reps": reps, "min_time": min_time, "quick": quick, "modes": list(modes),
-                     "threads": threads, "config_dir": str(config_dir), "systems": list(systems)},
+        "settings": {
+            "reps": reps,
+            "min_time": min_time,
+            "quick": quick,
+            "modes": list(modes),
+            "threads": threads,
+            "config_dir": str(config_dir),
+            "systems": list(systems),
+        },
         "targets": targets,
         "skipped": skipped,
         "builds": [asdict(b) for b in builds],
@@ -1264,7 +1287,7 @@ def _environment() -> dict:
     if avq is not None and hasattr(avq, "build_info"):
         try:
             env["avq_plugin_build_info"] = avq.build_info()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     return env
 
@@ -1295,8 +1318,7 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(x).rjust(w) if i else str(x).ljust(w)
-                         for i, (x, w) in enumerate(zip(cells, widths)))
+        return "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(cells, widths)))
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -1321,8 +1343,12 @@ def best_at_targets(results: dict) -> dict:
             for t in results["targets"]["targets"]:
                 cur = per_mode.get(t)
                 if q["recall"] >= t and (cur is None or q["qps"] > cur["qps"]):
-                    per_mode[t] = {"qps": q["qps"], "recall": q["recall"], "build": b["name"],
-                                   "query_args": q["query_args"]}
+                    per_mode[t] = {
+                        "qps": q["qps"],
+                        "recall": q["recall"],
+                        "build": b["name"],
+                        "query_args": q["query_args"],
+                    }
                 else:
                     per_mode.setdefault(t, None)
     return out
@@ -1386,11 +1412,21 @@ def format_report(results: dict) -> str:
                 continue
             front = _pareto(pts)
             order = sorted(range(len(pts)), key=lambda i: (pts[i]["build"], pts[i]["recall"]))
-            rows = [[("* " if i in front else "  ") + pts[i]["build"], _fmt_qa(pts[i]["query_args"]),
-                     f"{pts[i]['recall']:.4f}", f"{pts[i]['qps']:.0f}", f"{pts[i]['cpu_over_wall']:.2f}"]
-                    for i in order]
-            out += ["", f"== {system} / {mode} query ({'one call per query' if mode == 'single' else 'all queries in one call'}); * = Pareto-optimal",
-                    _table(["build", "query args", f"recall@{k}", "QPS", "cpu/wall"], rows)]
+            rows = [
+                [
+                    ("* " if i in front else "  ") + pts[i]["build"],
+                    _fmt_qa(pts[i]["query_args"]),
+                    f"{pts[i]['recall']:.4f}",
+                    f"{pts[i]['qps']:.0f}",
+                    f"{pts[i]['cpu_over_wall']:.2f}",
+                ]
+                for i in order
+            ]
+            out += [
+                "",
+                f"== {system} / {mode} query ({'one call per query' if mode == 'single' else 'all queries in one call'}); * = Pareto-optimal",
+                _table(["build", "query args", f"recall@{k}", "QPS", "cpu/wall"], rows),
+            ]
         for b in sys_builds:
             if b["error"]:
                 out.append(f"  ! {b['name']}: {b['error']}")
@@ -1404,22 +1440,39 @@ def format_report(results: dict) -> str:
         for bud in budgets:
             cells = []
             for b in budget_builds:
-                rec = [q["recall"] for q in b["queries"] if q.get("budget") and tuple(q["budget"]) == bud
-                       and q["mode"] == "single"]
+                rec = [
+                    q["recall"]
+                    for q in b["queries"]
+                    if q.get("budget") and tuple(q["budget"]) == bud and q["mode"] == "single"
+                ]
                 cells.append(f"{rec[0]:.4f}" if rec else "")
             rows.append([f"({bud[0]}, {bud[1]})"] + cells)
-        out += ["", f"== recall@{k} at matched budgets (partitions probed, candidates re-ranked)",
-                _table(["budget"] + cols, rows)]
+        out += [
+            "",
+            f"== recall@{k} at matched budgets (partitions probed, candidates re-ranked)",
+            _table(["budget"] + cols, rows),
+        ]
 
     # Builds.
-    rows = [[b["system"], b["name"], b["resolved"], b["version"], f"{b['build_seconds']:.2f}",
-             _mb(b["rss_delta_bytes"]), _mb(b["peak_delta_bytes"]),
-             f"{_mb(b['own_bytes'])} {b['own_kind']}".strip()]
-            for b in results["builds"]]
+    rows = [
+        [
+            b["system"],
+            b["name"],
+            b["resolved"],
+            b["version"],
+            f"{b['build_seconds']:.2f}",
+            _mb(b["rss_delta_bytes"]),
+            _mb(b["peak_delta_bytes"]),
+            f"{_mb(b['own_bytes'])} {b['own_kind']}".strip(),
+        ]
+        for b in results["builds"]
+    ]
     if rows:
-        out += ["", "== builds (RSS+ = resident growth after build, peak+ = peak growth during build)",
-                _table(["system", "build", "index", "version", "build s", "RSS+ MB", "peak+ MB", "own MB"],
-                       rows)]
+        out += [
+            "",
+            "== builds (RSS+ = resident growth after build, peak+ = peak growth during build)",
+            _table(["system", "build", "index", "version", "build s", "RSS+ MB", "peak+ MB", "own MB"], rows),
+        ]
 
     # Summary and ratios.
     best = best_at_targets(results)
@@ -1434,17 +1487,37 @@ def format_report(results: dict) -> str:
                 hit = best.get(s, {}).get(mode, {}).get(t)
                 cells.append(f"{hit['qps']:.0f}" if hit else "not reached")
                 if hit:
-                    winners.append(f"  {s} {mode} @{t:g}: {hit['build']}, {_fmt_qa(hit['query_args'])} "
-                                   f"-> recall {hit['recall']:.4f}, {hit['qps']:.0f} QPS")
-            rows.append([s, mode] + cells + (
-                [hb["name"], f"{hb['build_seconds']:.2f}", _mb(hb["rss_delta_bytes"]),
-                 _mb(hb["peak_delta_bytes"]), f"{_mb(hb['own_bytes'])} {hb['own_kind']}".strip()]
-                if hb else ["", "", "", "", ""]))
-    out += ["", "== summary: best QPS at each recall target; build time and memory of the headline build "
-                "(the build behind most best-QPS entries of the first mode)",
-            _table(["system", "mode"] + [f"QPS@{t:g}" for t in targets]
-                   + ["headline build", "build s", "RSS+ MB", "peak+ MB", "own MB"], rows),
-            "settings that achieved them:"] + winners
+                    winners.append(
+                        f"  {s} {mode} @{t:g}: {hit['build']}, {_fmt_qa(hit['query_args'])} "
+                        f"-> recall {hit['recall']:.4f}, {hit['qps']:.0f} QPS"
+                    )
+            rows.append(
+                [s, mode]
+                + cells
+                + (
+                    [
+                        hb["name"],
+                        f"{hb['build_seconds']:.2f}",
+                        _mb(hb["rss_delta_bytes"]),
+                        _mb(hb["peak_delta_bytes"]),
+                        f"{_mb(hb['own_bytes'])} {hb['own_kind']}".strip(),
+                    ]
+                    if hb
+                    else ["", "", "", "", ""]
+                )
+            )
+    out += [
+        "",
+        "== summary: best QPS at each recall target; build time and memory of the headline build "
+        "(the build behind most best-QPS entries of the first mode)",
+        _table(
+            ["system", "mode"]
+            + [f"QPS@{t:g}" for t in targets]
+            + ["headline build", "build s", "RSS+ MB", "peak+ MB", "own MB"],
+            rows,
+        ),
+        "settings that achieved them:",
+    ] + winners
 
     if "avq" in systems:
         ratio_rows = []
@@ -1457,25 +1530,36 @@ def format_report(results: dict) -> str:
                     cells.append(f"{a['qps'] / p['qps']:.2f}x" if a and p else "n/a")
                 ha, hp = headline["avq"], headline[peer]
                 build = f"{ha['build_seconds'] / hp['build_seconds']:.2f}x" if ha and hp else "n/a"
-                mem = (f"{ha['rss_delta_bytes'] / hp['rss_delta_bytes']:.2f}x"
-                       if ha and hp and ha["rss_delta_bytes"] and hp["rss_delta_bytes"]
-                       and hp["rss_delta_bytes"] > 0 else "n/a")
+                mem = (
+                    f"{ha['rss_delta_bytes'] / hp['rss_delta_bytes']:.2f}x"
+                    if ha and hp and ha["rss_delta_bytes"] and hp["rss_delta_bytes"] and hp["rss_delta_bytes"] > 0
+                    else "n/a"
+                )
                 ratio_rows.append([f"avq/{peer}", mode] + cells + [build, mem])
         if ratio_rows:
-            out += ["", "== ratios ours/peer (QPS: >1 means ours is faster; build time and RSS: <1 means "
-                        "ours is cheaper)",
-                    _table(["ratio", "mode"] + [f"QPS@{t:g}" for t in targets] + ["build time", "RSS+"],
-                           ratio_rows)]
-    noisy = [(b["system"], b["name"], q["mode"], q["cpu_over_wall"]) for b in results["builds"]
-             for q in b["queries"] if q["cpu_over_wall"] > 1.3 and results["settings"].get("threads", 1) == 1]
+            out += [
+                "",
+                "== ratios ours/peer (QPS: >1 means ours is faster; build time and RSS: <1 means ours is cheaper)",
+                _table(["ratio", "mode"] + [f"QPS@{t:g}" for t in targets] + ["build time", "RSS+"], ratio_rows),
+            ]
+    noisy = [
+        (b["system"], b["name"], q["mode"], q["cpu_over_wall"])
+        for b in results["builds"]
+        for q in b["queries"]
+        if q["cpu_over_wall"] > 1.3 and results["settings"].get("threads", 1) == 1
+    ]
     starved = [q["cpu_over_wall"] for b in results["builds"] for q in b["queries"] if q["cpu_over_wall"] < 0.85]
     if starved:
-        out.append(f"warning: {len(starved)} timings got less than 85% of a CPU (cpu/wall down to "
-                   f"{min(starved):.2f}): the machine was busy; their QPS is understated, rerun to confirm")
+        out.append(
+            f"warning: {len(starved)} timings got less than 85% of a CPU (cpu/wall down to "
+            f"{min(starved):.2f}): the machine was busy; their QPS is understated, rerun to confirm"
+        )
     if noisy:
         names = sorted({f"{n[0]}:{n[1]}/{n[2]}" for n in noisy})
-        out.append(f"warning: {len(noisy)} timings used more CPU than wall time (cpu/wall up to "
-                   f"{max(n[3] for n in noisy):.2f}; {', '.join(names)}): not single-threaded?")
+        out.append(
+            f"warning: {len(noisy)} timings used more CPU than wall time (cpu/wall up to "
+            f"{max(n[3] for n in noisy):.2f}; {', '.join(names)}): not single-threaded?"
+        )
     return "\n".join(out)
 
 
@@ -1505,9 +1589,16 @@ def summarize(results: dict) -> dict:
         headline[mode] = {}
         for s in systems:
             hb = _headline_build(results, s, best, mode)
-            headline[mode][s] = None if hb is None else {
-                "build": hb["name"], "build_seconds": hb["build_seconds"], "index_bytes": hb["own_bytes"],
-                "index_bytes_kind": hb["own_kind"]}
+            headline[mode][s] = (
+                None
+                if hb is None
+                else {
+                    "build": hb["name"],
+                    "build_seconds": hb["build_seconds"],
+                    "index_bytes": hb["own_bytes"],
+                    "index_bytes_kind": hb["own_kind"],
+                }
+            )
         if "avq" in systems and headline[mode].get("avq"):
             ours = headline[mode]["avq"]
             ratios[mode] = {}
@@ -1521,10 +1612,16 @@ def summarize(results: dict) -> dict:
                     qps[t] = a_["qps"] / p_["qps"] if a_ and p_ else None
                 ratios[mode][peer] = {
                     "qps": qps,
-                    "build_seconds": (ours["build_seconds"] / theirs["build_seconds"]
-                                      if theirs["build_seconds"] and theirs["build_seconds"] > 0 else None),
-                    "index_bytes": (ours["index_bytes"] / theirs["index_bytes"]
-                                    if ours["index_bytes"] and theirs["index_bytes"] else None),
+                    "build_seconds": (
+                        ours["build_seconds"] / theirs["build_seconds"]
+                        if theirs["build_seconds"] and theirs["build_seconds"] > 0
+                        else None
+                    ),
+                    "index_bytes": (
+                        ours["index_bytes"] / theirs["index_bytes"]
+                        if ours["index_bytes"] and theirs["index_bytes"]
+                        else None
+                    ),
                 }
     return {"best": best, "headline": headline, "ratios": ratios}
 
@@ -1547,8 +1644,10 @@ def format_summary(results: dict) -> str:
     summ = summarize(results)
     systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
     threads = st.get("threads", 1)
-    out = [f"{ds['name']}: {ds['n_train']} x {ds['dim']} {ds['metric']}, {ds['n_test']} queries, "
-           f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}"]
+    out = [
+        f"{ds['name']}: {ds['n_train']} x {ds['dim']} {ds['metric']}, {ds['n_test']} queries, "
+        f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}"
+    ]
     for reason in results["skipped"].values():
         out.append(f"note: {reason}")
     for mode in st["modes"]:
@@ -1560,19 +1659,32 @@ def format_summary(results: dict) -> str:
                 hit = summ["best"].get(s, {}).get(mode, {}).get(t)
                 cells.append(f"{hit['qps']:,.0f}" if hit else "-")
             hb = summ["headline"][mode].get(s)
-            rows.append([s] + cells + ([f"{hb['build_seconds']:.1f}", _mb(hb["index_bytes"]), hb["build"]]
-                                       if hb else ["", "", ""]))
-        out += ["", f"Best QPS at recall@{k} >= target ({mode} mode: {how}; - = not reached)",
-                _table(["system"] + [f"@{t:g}" for t in targets] + ["build s", "index MB", "build"], rows)]
+            rows.append(
+                [s]
+                + cells
+                + ([f"{hb['build_seconds']:.1f}", _mb(hb["index_bytes"]), hb["build"]] if hb else ["", "", ""])
+            )
+        out += [
+            "",
+            f"Best QPS at recall@{k} >= target ({mode} mode: {how}; - = not reached)",
+            _table(["system"] + [f"@{t:g}" for t in targets] + ["build s", "index MB", "build"], rows),
+        ]
         ratio_rows = []
         for peer, r in summ["ratios"].get(mode, {}).items():
-            ratio_rows.append([f"avq/{peer}"]
-                              + [f"{r['qps'][t]:.2f}x" if r["qps"][t] else "-" for t in targets]
-                              + [f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
-                                 f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-"])
+            ratio_rows.append(
+                [f"avq/{peer}"]
+                + [f"{r['qps'][t]:.2f}x" if r["qps"][t] else "-" for t in targets]
+                + [
+                    f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
+                    f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-",
+                ]
+            )
         if ratio_rows:
-            out += ["", "AVQ / peer (QPS >1: AVQ faster; build time and index size <1: AVQ cheaper)",
-                    _table(["ratio"] + [f"QPS@{t:g}" for t in targets] + ["build", "size"], ratio_rows)]
+            out += [
+                "",
+                "AVQ / peer (QPS >1: AVQ faster; build time and index size <1: AVQ cheaper)",
+                _table(["ratio"] + [f"QPS@{t:g}" for t in targets] + ["build", "size"], ratio_rows),
+            ]
     failed = [f"{b['system']}:{b['name']}: {b['error']}" for b in results["builds"] if b["error"]]
     out += [f"error: {f}" for f in failed]
     return "\n".join(out)
@@ -1586,15 +1698,21 @@ def format_markdown(results: dict) -> str:
     systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
     versions = {b["system"]: b["version"] for b in results["builds"]}
     threads = st.get("threads", 1)
-    out = [f"**{ds['name']}**: {ds['n_train']:,} x {ds['dim']} ({ds['metric']}), {ds['n_test']:,} queries, "
-           f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}, best of {st['reps']} timings."]
+    out = [
+        f"**{ds['name']}**: {ds['n_train']:,} x {ds['dim']} ({ds['metric']}), {ds['n_test']:,} queries, "
+        f"recall@{k}, {threads} thread{'s' if threads != 1 else ''}, best of {st['reps']} timings."
+    ]
     for reason in results["skipped"].values():
         out.append(f"\nNote: {reason}")
     for mode in st["modes"]:
         how = "one query per call" if mode == "single" else "all queries in one call"
-        out += ["", f"Best QPS at recall@{k} >= target, {mode} mode ({how}); - = not reached:", "",
-                "| system | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build s | index MB | build |",
-                "|---|" + "---:|" * (len(targets) + 2) + "---|"]
+        out += [
+            "",
+            f"Best QPS at recall@{k} >= target, {mode} mode ({how}); - = not reached:",
+            "",
+            "| system | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build s | index MB | build |",
+            "|---|" + "---:|" * (len(targets) + 2) + "---|",
+        ]
         for s in systems:
             cells = []
             for t in targets:
@@ -1605,27 +1723,47 @@ def format_markdown(results: dict) -> str:
             out.append(f"| {s} {versions.get(s, '')} | " + " | ".join(cells + tail) + " |")
         ratios = summ["ratios"].get(mode, {})
         if ratios:
-            out += ["", "AVQ / peer (QPS > 1: AVQ faster; build time and index size < 1: AVQ cheaper):", "",
-                    "| ratio | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build time | index size |",
-                    "|---|" + "---:|" * (len(targets) + 2)]
+            out += [
+                "",
+                "AVQ / peer (QPS > 1: AVQ faster; build time and index size < 1: AVQ cheaper):",
+                "",
+                "| ratio | " + " | ".join(f"QPS @{t:g}" for t in targets) + " | build time | index size |",
+                "|---|" + "---:|" * (len(targets) + 2),
+            ]
             for peer, r in ratios.items():
                 cells = [f"{r['qps'][t]:.2f}x" if r["qps"][t] else "-" for t in targets]
-                cells += [f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
-                          f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-"]
+                cells += [
+                    f"{r['build_seconds']:.2f}x" if r["build_seconds"] else "-",
+                    f"{r['index_bytes']:.2f}x" if r["index_bytes"] else "-",
+                ]
                 out.append(f"| avq / {peer} | " + " | ".join(cells) + " |")
         out += ["", "<details><summary>settings behind each entry</summary>", ""]
         for s in systems:
             for t in targets:
                 hit = summ["best"].get(s, {}).get(mode, {}).get(t)
                 if hit:
-                    out.append(f"- {s} @{t:g}: {hit['build']}, {_fmt_qa(hit['query_args'])} -> recall "
-                               f"{hit['recall']:.4f}, {hit['qps']:,.0f} QPS")
+                    out.append(
+                        f"- {s} @{t:g}: {hit['build']}, {_fmt_qa(hit['query_args'])} -> recall "
+                        f"{hit['recall']:.4f}, {hit['qps']:,.0f} QPS"
+                    )
         out += ["", "</details>"]
     return "\n".join(out)
 
 
-CSV_COLUMNS = ("dataset", "system", "build", "mode", "query_args", "recall", "qps", "pareto",
-               "build_seconds", "index_bytes", "threads", "k")
+CSV_COLUMNS = (
+    "dataset",
+    "system",
+    "build",
+    "mode",
+    "query_args",
+    "recall",
+    "qps",
+    "pareto",
+    "build_seconds",
+    "index_bytes",
+    "threads",
+    "k",
+)
 
 
 def write_csv(results: dict, path: str | os.PathLike) -> None:
@@ -1635,25 +1773,47 @@ def write_csv(results: dict, path: str | os.PathLike) -> None:
     fronts = {}
     for s in dict.fromkeys(b["system"] for b in results["builds"]):
         for mode in results["settings"]["modes"]:
-            pts = [(b["name"], i) for b in results["builds"] if b["system"] == s
-                   for i, q in enumerate(b["queries"]) if q["mode"] == mode]
-            qs = [next(b for b in results["builds"] if b["system"] == s and b["name"] == n)["queries"][i]
-                  for n, i in pts]
+            pts = [
+                (b["name"], i)
+                for b in results["builds"]
+                if b["system"] == s
+                for i, q in enumerate(b["queries"])
+                if q["mode"] == mode
+            ]
+            qs = [
+                next(b for b in results["builds"] if b["system"] == s and b["name"] == n)["queries"][i] for n, i in pts
+            ]
             fronts.update({(s, pts[j][0], pts[j][1]): True for j in _pareto(qs)})
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for b in results["builds"]:
             for i, q in enumerate(b["queries"]):
-                w.writerow([results["dataset"]["name"], b["system"], b["name"], q["mode"],
-                            ";".join(f"{k}={v}" for k, v in q["query_args"].items()),
-                            f"{q['recall']:.5f}", f"{q['qps']:.1f}", int((b["system"], b["name"], i) in fronts),
-                            f"{b['build_seconds']:.3f}", "" if b["own_bytes"] is None else b["own_bytes"],
-                            results["settings"].get("threads", 1), results["targets"]["k"]])
+                w.writerow(
+                    [
+                        results["dataset"]["name"],
+                        b["system"],
+                        b["name"],
+                        q["mode"],
+                        ";".join(f"{k}={v}" for k, v in q["query_args"].items()),
+                        f"{q['recall']:.5f}",
+                        f"{q['qps']:.1f}",
+                        int((b["system"], b["name"], i) in fronts),
+                        f"{b['build_seconds']:.3f}",
+                        "" if b["own_bytes"] is None else b["own_bytes"],
+                        results["settings"].get("threads", 1),
+                        results["targets"]["k"],
+                    ]
+                )
 
 
-_STYLE = {"avq": ("tab:red", "o"), "scann": ("tab:blue", "s"), "faiss": ("tab:green", "^"),
-          "hnswlib": ("tab:purple", "D"), "exact": ("black", "*")}
+_STYLE = {
+    "avq": ("tab:red", "o"),
+    "scann": ("tab:blue", "s"),
+    "faiss": ("tab:green", "^"),
+    "hnswlib": ("tab:purple", "D"),
+    "exact": ("black", "*"),
+}
 
 
 def plot_results(results: dict, path: str | os.PathLike) -> None:
@@ -1681,10 +1841,24 @@ def plot_results(results: dict, path: str | os.PathLike) -> None:
                 continue
             front = sorted((pts[j] for j in _pareto(pts)), key=lambda q: q["recall"])
             version = next((b["version"] for b in results["builds"] if b["system"] == s), "")
-            ax.scatter([q["recall"] for q in pts], [q["qps"] for q in pts], color=color, marker=marker,
-                       s=12, alpha=0.25, linewidths=0)
-            ax.plot([q["recall"] for q in front], [q["qps"] for q in front], color=color, marker=marker,
-                    markersize=5, linewidth=1.6, label=f"{s} {version}".strip())
+            ax.scatter(
+                [q["recall"] for q in pts],
+                [q["qps"] for q in pts],
+                color=color,
+                marker=marker,
+                s=12,
+                alpha=0.25,
+                linewidths=0,
+            )
+            ax.plot(
+                [q["recall"] for q in front],
+                [q["qps"] for q in front],
+                color=color,
+                marker=marker,
+                markersize=5,
+                linewidth=1.6,
+                label=f"{s} {version}".strip(),
+            )
             lows.append(min(q["recall"] for q in front))
         for t in results["targets"]["targets"]:
             ax.axvline(t, color="gray", linewidth=0.6, linestyle=":")
@@ -1693,9 +1867,11 @@ def plot_results(results: dict, path: str | os.PathLike) -> None:
         ax.set_xlabel(f"recall@{k}")
         ax.set_ylabel("queries per second (log scale)")
         how = "one query per call" if mode == "single" else "batched"
-        ax.set_title(f"{ds['name']} ({ds['n_train']:,} x {ds['dim']}, {ds['metric']})\n"
-                     f"{how}, {threads} thread{'s' if threads != 1 else ''}; curves: Pareto fronts",
-                     fontsize=10)
+        ax.set_title(
+            f"{ds['name']} ({ds['n_train']:,} x {ds['dim']}, {ds['metric']})\n"
+            f"{how}, {threads} thread{'s' if threads != 1 else ''}; curves: Pareto fronts",
+            fontsize=10,
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower left", fontsize=9)
     fig.savefig(os.fspath(path))
@@ -1711,8 +1887,13 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, say=None) -> dict:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.txt",
-             "markdown": out / "summary.md", "plot": out / "recall_vs_qps.png"}
+    paths = {
+        "json": out / "results.json",
+        "csv": out / "results.csv",
+        "report": out / "report.txt",
+        "markdown": out / "summary.md",
+        "plot": out / "recall_vs_qps.png",
+    }
     record = dict(results)
     record["summary"] = summarize(results)
     with open(paths["json"], "w") as f:
@@ -1752,8 +1933,9 @@ def _ground_truth_key(dataset, depth: int) -> str:
     return h.hexdigest()
 
 
-def compute_ground_truth(train: np.ndarray, test: np.ndarray, metric: str, depth: int,
-                         threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def compute_ground_truth(
+    train: np.ndarray, test: np.ndarray, metric: str, depth: int, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``depth`` nearest neighbours by brute force.
 
     Candidates come from ``avq_plugin.ExactIndex`` (float32); their distances
@@ -1772,13 +1954,19 @@ def compute_ground_truth(train: np.ndarray, test: np.ndarray, metric: str, depth
     dist = np.empty(ids.shape, dtype=np.float64)
     step = max(1, 2**24 // max(1, depth * train.shape[1]))  # bounds the (step, depth, d) float64 gather
     for lo in range(0, ids.shape[0], step):
-        dist[lo:lo + step] = true_distances(train, test[lo:lo + step], ids[lo:lo + step], metric)
+        dist[lo : lo + step] = true_distances(train, test[lo : lo + step], ids[lo : lo + step], metric)
     order = np.argsort(dist, axis=1, kind="stable")
     return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1).astype(np.float32)
 
 
-def ensure_ground_truth(dataset, k: int, policy: str = "auto", cache_dir: str | os.PathLike | None = None,
-                        threads: int | None = None, say=None):
+def ensure_ground_truth(
+    dataset,
+    k: int,
+    policy: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+    say=None,
+):
     """Return ``dataset`` with ground truth of at least ``k`` columns.
 
     Parameters
@@ -1811,11 +1999,15 @@ def ensure_ground_truth(dataset, k: int, policy: str = "auto", cache_dir: str | 
     has = dataset.has_ground_truth
     if policy == "file":
         if not has:
-            raise ValueError(f"{dataset.name} has no ground truth (no 'neighbors' dataset) and "
-                             "--ground-truth file forbids computing it")
+            raise ValueError(
+                f"{dataset.name} has no ground truth (no 'neighbors' dataset) and "
+                "--ground-truth file forbids computing it"
+            )
         if dataset.neighbors.shape[1] < k:
-            raise ValueError(f"{dataset.name}: its ground truth has {dataset.neighbors.shape[1]} neighbours "
-                             f"per query, fewer than k={k}")
+            raise ValueError(
+                f"{dataset.name}: its ground truth has {dataset.neighbors.shape[1]} neighbours "
+                f"per query, fewer than k={k}"
+            )
         return dataset
     if policy == "auto" and has and dataset.neighbors.shape[1] >= k:
         return dataset
@@ -1865,37 +2057,61 @@ def _parse_args(argv):
     p = _Parser(
         prog="avq-bench",
         description="Recall@k vs queries per second of avq_plugin against ScaNN, Faiss, hnswlib and exact "
-                    "search, on the shipped GloVe subset or your own data. Writes results.json, results.csv, "
-                    "report.txt and recall_vs_qps.png to --out and prints the best QPS at each recall target.",
+        "search, on the shipped GloVe subset or your own data. Writes results.json, results.csv, "
+        "report.txt and recall_vs_qps.png to --out and prints the best QPS at each recall target.",
     )
-    p.add_argument("data", nargs="*", metavar="DATA",
-                   help="DATASET.hdf5 (ann-benchmarks layout) or X.npy Q.npy (database, queries); "
-                        "default: the shipped 20k GloVe subset")
+    p.add_argument(
+        "data",
+        nargs="*",
+        metavar="DATA",
+        help="DATASET.hdf5 (ann-benchmarks layout) or X.npy Q.npy (database, queries); "
+        "default: the shipped 20k GloVe subset",
+    )
     p.add_argument("--dataset", metavar="PATH.hdf5", help=argparse.SUPPRESS)  # old spelling of DATA
-    p.add_argument("--metric", help="angular (or cosine) / euclidean (or l2); default: the HDF5 file's "
-                                    "(required for .npy input)")
+    p.add_argument(
+        "--metric", help="angular (or cosine) / euclidean (or l2); default: the HDF5 file's (required for .npy input)"
+    )
     p.add_argument("--k", type=int, default=None, help="neighbours per query and recall depth (default 10)")
-    p.add_argument("--algorithms", "--systems", dest="algorithms", metavar="LIST",
-                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all installed; a library "
-                        "named here that is not installed is an error)")
+    p.add_argument(
+        "--algorithms",
+        "--systems",
+        dest="algorithms",
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all installed; a library "
+        "named here that is not installed is an error)",
+    )
     p.add_argument("--threads", type=int, default=1, help="threads for building and searching (default 1)")
-    p.add_argument("--batch", action="store_true",
-                   help="time all queries in one call instead of one call per query")
+    p.add_argument("--batch", action="store_true", help="time all queries in one call instead of one call per query")
     p.add_argument("--modes", default=None, help="comma-separated subset of single,batch (overrides --batch)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: avq-bench-results/<dataset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
-    p.add_argument("--ground-truth", choices=("auto", "file", "compute"), default="auto",
-                   help="auto: the file's ground truth if it has one, else computed exactly and cached; "
-                        "file: require the file's; compute: always compute (default auto)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="where computed ground truth is cached (default $AVQ_BENCH_CACHE or ~/.cache/avq-bench)")
+    p.add_argument(
+        "--ground-truth",
+        choices=("auto", "file", "compute"),
+        default="auto",
+        help="auto: the file's ground truth if it has one, else computed exactly and cached; "
+        "file: require the file's; compute: always compute (default auto)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where computed ground truth is cached (default $AVQ_BENCH_CACHE or ~/.cache/avq-bench)",
+    )
     p.add_argument("--max-queries", type=int, metavar="N", help="use only the first N queries")
-    p.add_argument("--configs", metavar="DIR", help="directory with the YAML grids "
-                   "(default: ./benchmark_configs, else the one in the package's repository)")
+    p.add_argument(
+        "--configs",
+        metavar="DIR",
+        help="directory with the YAML grids (default: ./benchmark_configs, else the one in the package's repository)",
+    )
     p.add_argument("--reps", type=int, default=3, help="timings per setting; the best is kept (default 3)")
-    p.add_argument("--min-time", type=float, default=0.1, metavar="SEC",
-                   help="each timing repeats passes over the queries for at least SEC seconds "
-                        "and reports the time per pass (default 0.1)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=0.1,
+        metavar="SEC",
+        help="each timing repeats passes over the queries for at least SEC seconds "
+        "and reports the time per pass (default 0.1)",
+    )
     p.add_argument("--quick", action="store_true", help="reduced grids")
     p.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
     args = p.parse_args(argv)
@@ -1904,8 +2120,9 @@ def _parse_args(argv):
     names = [s.strip() for s in (args.algorithms or ",".join(SYSTEMS)).split(",") if s.strip()]
     bad = [s for s in names if s not in SYSTEMS]
     if bad:
-        raise CommandLineError(f"unknown algorithm{'s' if len(bad) > 1 else ''} {', '.join(bad)}; "
-                               f"choose from {','.join(SYSTEMS)}")
+        raise CommandLineError(
+            f"unknown algorithm{'s' if len(bad) > 1 else ''} {', '.join(bad)}; choose from {','.join(SYSTEMS)}"
+        )
     if not names:
         raise CommandLineError("--algorithms is empty")
     args.algorithms = list(dict.fromkeys(names))
@@ -2016,9 +2233,20 @@ def _main(argv) -> int:
     for note in skipped_notes:
         say(f"note: {note}")
     systems = [s for s in args.algorithms if s in runners]
-    results = run_benchmark(dataset, config_dir, systems, reps=args.reps, quick=args.quick, modes=args.modes,
-                            min_time=args.min_time, log=log, k=k, threads=args.threads, bars=bars,
-                            runners=runners)
+    results = run_benchmark(
+        dataset,
+        config_dir,
+        systems,
+        reps=args.reps,
+        quick=args.quick,
+        modes=args.modes,
+        min_time=args.min_time,
+        log=log,
+        k=k,
+        threads=args.threads,
+        bars=bars,
+        runners=runners,
+    )
     for note in skipped_notes:
         results["skipped"].setdefault(note.split(" ", 1)[0], note)
     out_dir = Path(args.out) if args.out else Path("avq-bench-results") / dataset.name

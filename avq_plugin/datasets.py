@@ -55,6 +55,7 @@ def normalize_metric(metric: str) -> str:
         raise ValueError(f"metric must be one of {', '.join(METRIC_ALIASES)}, got {metric!r}")
     return METRIC_ALIASES[metric.lower()]
 
+
 #: File name of the shipped GloVe subset inside ``avq_plugin/data/``.
 GLOVE_SUBSET_FILE = "glove50_20k.npz"
 
@@ -125,7 +126,7 @@ class Dataset:
         """Vector dimensionality ``d``."""
         return int(self.train.shape[1])
 
-    def subsample_queries(self, max_queries: int | None) -> "Dataset":
+    def subsample_queries(self, max_queries: int | None) -> Dataset:
         """Return a dataset restricted to the first ``max_queries`` queries.
 
         Parameters
@@ -296,8 +297,7 @@ def load_hdf5(path: str | os.PathLike, metric: str | None = None) -> Dataset:
         import h5py
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "load_hdf5 needs h5py, which is part of the 'bench' extra: "
-            "pip install 'avq-plugin[bench]'"
+            "load_hdf5 needs h5py, which is part of the 'bench' extra: pip install 'avq-plugin[bench]'"
         ) from exc
 
     path = os.fspath(path)
@@ -326,8 +326,11 @@ def load_hdf5(path: str | os.PathLike, metric: str | None = None) -> Dataset:
         train = np.ascontiguousarray(f["train"][:], dtype=np.float32)
         test = np.ascontiguousarray(f["test"][:], dtype=np.float32)
         neighbors = np.asarray(f["neighbors"][:]).astype(np.int64) if "neighbors" in f else None
-        distances = (np.ascontiguousarray(f["distances"][:], dtype=np.float32)
-                     if "distances" in f and neighbors is not None else None)
+        distances = (
+            np.ascontiguousarray(f["distances"][:], dtype=np.float32)
+            if "distances" in f and neighbors is not None
+            else None
+        )
 
     _check_pair(path, train, test)
     if metric != file_metric:
@@ -339,8 +342,7 @@ def load_hdf5(path: str | os.PathLike, metric: str | None = None) -> Dataset:
             distances = _exact_distances(train, test, neighbors, metric)
         elif distances.shape != neighbors.shape:
             raise ValueError(
-                f"{path}: neighbors {neighbors.shape} / distances {distances.shape} "
-                f"do not match test {test.shape}"
+                f"{path}: neighbors {neighbors.shape} / distances {distances.shape} do not match test {test.shape}"
             )
     name = os.path.splitext(os.path.basename(path))[0]
     return Dataset(name, metric, train, test, neighbors, distances)
@@ -350,8 +352,7 @@ def _check_pair(source: str, train: np.ndarray, test: np.ndarray) -> None:
     if train.ndim != 2 or test.ndim != 2:
         raise ValueError(f"{source}: train {train.shape} and test {test.shape} must both be 2-D")
     if train.shape[1] != test.shape[1]:
-        raise ValueError(f"{source}: the database has d={train.shape[1]} but the queries have "
-                         f"d={test.shape[1]}")
+        raise ValueError(f"{source}: the database has d={train.shape[1]} but the queries have d={test.shape[1]}")
     if train.shape[0] == 0 or test.shape[0] == 0:
         raise ValueError(f"{source}: no database vectors or no queries")
     if not (np.isfinite(train).all() and np.isfinite(test).all()):

@@ -69,8 +69,19 @@ _FILE_CHUNK_ROWS = 1 << 18
 _FLT_MAX = float(np.finfo(np.float32).max)
 # AVQIndex parameters a sharded index passes on to its shards (and stores in the manifest).
 _PARAM_NAMES = (
-    "metric", "num_leaves", "dims_per_block", "anisotropic_threshold", "eta", "eta_formula", "reorder",
-    "leaves_to_search", "reorder_k", "training_iterations", "kmeans_iterations", "training_sample_size", "seed",
+    "metric",
+    "num_leaves",
+    "dims_per_block",
+    "anisotropic_threshold",
+    "eta",
+    "eta_formula",
+    "reorder",
+    "leaves_to_search",
+    "reorder_k",
+    "training_iterations",
+    "kmeans_iterations",
+    "training_sample_size",
+    "seed",
 )
 
 
@@ -469,10 +480,20 @@ class ShardedAVQIndex:
     ):
         # AVQIndex validates every shared parameter (and warns as it would).
         probe = AVQIndex(
-            metric, num_leaves, dims_per_block, anisotropic_threshold, eta=eta, eta_formula=eta_formula,
-            reorder=reorder, leaves_to_search=leaves_to_search, reorder_k=reorder_k,
-            training_iterations=training_iterations, kmeans_iterations=kmeans_iterations,
-            training_sample_size=training_sample_size, seed=seed, num_threads=1,
+            metric,
+            num_leaves,
+            dims_per_block,
+            anisotropic_threshold,
+            eta=eta,
+            eta_formula=eta_formula,
+            reorder=reorder,
+            leaves_to_search=leaves_to_search,
+            reorder_k=reorder_k,
+            training_iterations=training_iterations,
+            kmeans_iterations=kmeans_iterations,
+            training_sample_size=training_sample_size,
+            seed=seed,
+            num_threads=1,
         )
         for name in _PARAM_NAMES:
             setattr(self, name, getattr(probe, name))
@@ -623,8 +644,7 @@ class ShardedAVQIndex:
             parts.append(dask.delayed(_take_rows, pure=True)(block, rows))
         params = dict(self._params(), num_leaves=L, training_sample_size=S)
         tok = self._token
-        template = dask.delayed(_train_template, pure=True)(
-            params, -1, *parts, dask_key_name=f"avq-train-{tok}")
+        template = dask.delayed(_train_template, pure=True)(params, -1, *parts, dask_key_name=f"avq-train-{tok}")
 
         workers = list(client.scheduler_info(n_workers=-1)["workers"]) or [None]
         shard_tasks = []
@@ -634,8 +654,11 @@ class ShardedAVQIndex:
             # are rebuilt elsewhere).
             where = {} if workers[0] is None else {"workers": workers[j % len(workers)], "allow_other_workers": True}
             with dask.annotate(**where):
-                shard_tasks.append(dask.delayed(_build_shard, pure=True)(
-                    template, a, self.num_threads, *pieces, dask_key_name=f"avq-shard-{tok}-{j}"))
+                shard_tasks.append(
+                    dask.delayed(_build_shard, pure=True)(
+                        template, a, self.num_threads, *pieces, dask_key_name=f"avq-shard-{tok}-{j}"
+                    )
+                )
         futures = client.compute([template, *shard_tasks], optimize_graph=False)
         wait(futures)
         for f in futures:
@@ -735,7 +758,9 @@ class ShardedAVQIndex:
         try:
             parts = self._run_on_shards(
                 lambda j, key: client.submit(_search_shard, self._shards[j], qf, k, lts, rk, nt, key=key),
-                "search", timeout)
+                "search",
+                timeout,
+            )
         finally:
             qf.release()
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], k, self.metric)
@@ -770,19 +795,32 @@ class ShardedAVQIndex:
                     futures[j] = submit(j, f"avq-{what}-{call}-{j}-retry")
                 continue
             detail = "; ".join(f"shard {j}: {type(e).__name__}: {e}" for j, e in sorted(lost.items()))
-            hint = ("" if self._saved is not None else
-                    " (save() the index, or load it from files, so that lost shards can be reloaded)")
+            hint = (
+                ""
+                if self._saved is not None
+                else " (save() the index, or load it from files, so that lost shards can be reloaded)"
+            )
             raise ShardLostError(
                 f"shard(s) {', '.join(map(str, sorted(lost)))} lost (a worker died) and could not be "
-                f"recovered{hint}: {detail}", sorted(lost))
+                f"recovered{hint}: {detail}",
+                sorted(lost),
+            )
 
     def _reload_shards(self, shard_ids):
         directory, manifest = self._saved
         client = self.client
         for j in shard_ids:
             self._shards[j] = client.submit(
-                _load_shard, directory, j, manifest["shards"][j], manifest["quantizer_fingerprint"],
-                self._mmap, True, self.num_threads, key=f"avq-shard-{self._token}-{j}-reload-{uuid.uuid4().hex[:8]}")
+                _load_shard,
+                directory,
+                j,
+                manifest["shards"][j],
+                manifest["quantizer_fingerprint"],
+                self._mmap,
+                True,
+                self.num_threads,
+                key=f"avq-shard-{self._token}-{j}-reload-{uuid.uuid4().hex[:8]}",
+            )
         wait([self._shards[j] for j in shard_ids])
 
     # ------------------------------------------------------------------ persistence
@@ -805,7 +843,9 @@ class ShardedAVQIndex:
         names = [f"shard-{j:05d}.avq" for j in range(len(self._shards))]
         entries = self._run_on_shards(
             lambda j, key: client.submit(_save_shard, self._shards[j], directory, names[j], ready, key=key),
-            "save", None)
+            "save",
+            None,
+        )
         infos = self.shard_info()
         for j, (entry, info) in enumerate(zip(entries, infos)):
             entry.update(shard=j, ntotal=info["ntotal"], id_start=self._bounds[j][0], id_stop=self._bounds[j][1])
@@ -867,18 +907,30 @@ class ShardedAVQIndex:
         obj.n_shards = manifest["n_shards"]
         obj.num_threads = V.resolve_threads(manifest["num_threads"] if num_threads is None else num_threads)
         tok = obj._token
-        template = client.submit(_load_template, directory, manifest["quantizer"], bool(verify),
-                                 key=f"avq-train-{tok}")
+        template = client.submit(_load_template, directory, manifest["quantizer"], bool(verify), key=f"avq-train-{tok}")
         workers = list(client.scheduler_info(n_workers=-1)["workers"]) or [None]
         shards = []
         for j, entry in enumerate(manifest["shards"]):
-            shards.append(client.submit(
-                _load_shard, directory, j, entry, manifest["quantizer_fingerprint"], bool(mmap), bool(verify),
-                obj.num_threads, key=f"avq-shard-{tok}-{j}",
-                # Spread the shards over the workers present; with none yet (e.g. one restarting),
-                # let the scheduler place them.
-                **({} if workers[0] is None else
-                   {"workers": workers[j % len(workers)], "allow_other_workers": True})))
+            shards.append(
+                client.submit(
+                    _load_shard,
+                    directory,
+                    j,
+                    entry,
+                    manifest["quantizer_fingerprint"],
+                    bool(mmap),
+                    bool(verify),
+                    obj.num_threads,
+                    key=f"avq-shard-{tok}-{j}",
+                    # Spread the shards over the workers present; with none yet (e.g. one restarting),
+                    # let the scheduler place them.
+                    **(
+                        {}
+                        if workers[0] is None
+                        else {"workers": workers[j % len(workers)], "allow_other_workers": True}
+                    ),
+                )
+            )
         wait([template, *shards])
         errors = [f.exception() for f in [template, *shards] if f.status == "error"]
         if errors:
@@ -906,10 +958,21 @@ def _check_manifest(m, directory):
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"{where}: invalid format_version {version!r}")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{where}: format_version {version} is newer than this avq_plugin reads "
-                         f"({FORMAT_VERSION}); upgrade avq_plugin")
-    required = ("params", "d", "num_leaves", "ntotal", "n_shards", "num_threads", "quantizer",
-                "quantizer_fingerprint", "shards")
+        raise ValueError(
+            f"{where}: format_version {version} is newer than this avq_plugin reads "
+            f"({FORMAT_VERSION}); upgrade avq_plugin"
+        )
+    required = (
+        "params",
+        "d",
+        "num_leaves",
+        "ntotal",
+        "n_shards",
+        "num_threads",
+        "quantizer",
+        "quantizer_fingerprint",
+        "shards",
+    )
     missing = [key for key in required if key not in m]
     if missing:
         raise ValueError(f"{where}: missing fields {missing}")

@@ -54,6 +54,7 @@ def _best_time(fn, repeats):
 
 def _rss_of_workers(client):
     """{worker: (rss, rss - file-backed shared pages)} in bytes."""
+
     def rss():
         import psutil
 
@@ -65,6 +66,7 @@ def _rss_of_workers(client):
 
 def _cpu_of_workers(client):
     """Total user + system CPU seconds of the worker processes so far."""
+
     def cpu():
         import psutil
 
@@ -77,8 +79,14 @@ def _cpu_of_workers(client):
 def _cluster(n_workers, threads):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                           dashboard_address=None, memory_limit=0)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        memory_limit=0,
+    )
     return cluster, Client(cluster)
 
 
@@ -101,9 +109,16 @@ def main(argv=None):
         raise SystemExit("this benchmark uses cosine: pass an angular data set")
     X, Q, gt = ds.train, ds.test, ds.neighbors
     n, d = X.shape
-    Qb = [Q[i:i + args.batch] for i in range(0, len(Q), args.batch)]
-    res = {"dataset": os.path.basename(args.dataset), "n": n, "d": d, "nq": len(Q), "shards": args.shards,
-           "batch": args.batch, "threshold": args.threshold}
+    Qb = [Q[i : i + args.batch] for i in range(0, len(Q), args.batch)]
+    res = {
+        "dataset": os.path.basename(args.dataset),
+        "n": n,
+        "d": d,
+        "nq": len(Q),
+        "shards": args.shards,
+        "batch": args.batch,
+        "threshold": args.threshold,
+    }
     print(f"{res['dataset']}: n={n} d={d} nq={len(Q)}, {args.shards} shards", flush=True)
 
     tmp = tempfile.mkdtemp(prefix="avq-dist-bench-")
@@ -113,8 +128,14 @@ def main(argv=None):
     cluster, client = _cluster(2, 1)
     try:
         for mode in ("float32", "int8", "none"):
-            index = ShardedAVQIndex(metric="cosine", n_shards=args.shards, dims_per_block=2,
-                                    anisotropic_threshold=args.threshold, reorder=mode, client=client)
+            index = ShardedAVQIndex(
+                metric="cosine",
+                n_shards=args.shards,
+                dims_per_block=2,
+                anisotropic_threshold=args.threshold,
+                reorder=mode,
+                client=client,
+            )
             t0 = time.perf_counter()
             index.fit([(args.dataset, "train")])
             build = time.perf_counter() - t0
@@ -132,8 +153,11 @@ def main(argv=None):
                 "num_leaves": index.num_leaves_,
             }
             mem = (sum(per_shard[mode]["memory_usage"]) - args.shards * fixed) / n
-            print(f"  build reorder={mode}: {build:.2f} s on 2 workers; {mem:.2f} B/vector in memory "
-                  f"(+{fixed} B fixed per shard)", flush=True)
+            print(
+                f"  build reorder={mode}: {build:.2f} s on 2 workers; {mem:.2f} B/vector in memory "
+                f"(+{fixed} B fixed per shard)",
+                flush=True,
+            )
             index.release()
     finally:
         client.close()
@@ -159,23 +183,31 @@ def main(argv=None):
     Qc = Q[:nq_c]
 
     def per_query(lts, rk):
-        return _best_time(lambda: shard0.search(Qc, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1),
-                          args.repeats)[0] / nq_c
+        return (
+            _best_time(lambda: shard0.search(Qc, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1), args.repeats)[
+                0
+            ]
+            / nq_c
+        )
 
     t_fixed = per_query(1, K)
     t_scan = per_query(40, K)
     t_reorder = per_query(40, 400)  # 40 leaves hold > 400 candidates
     scanned = 40 * shard0.ntotal / L  # vectors in 40 leaves of this shard, on average
     costs = {
-        "shard_ntotal": shard0.ntotal, "num_leaves": L,
+        "shard_ntotal": shard0.ntotal,
+        "num_leaves": L,
         "fixed_us": t_fixed * 1e6,
         "scan_ns_per_vector": (t_scan - t_fixed) / (scanned - shard0.ntotal / L) * 1e9,
         "reorder_ns_per_candidate": (t_reorder - t_scan) / (400 - K) * 1e9,
     }
     res["costs"] = costs
-    print(f"  per-shard costs (1 thread): fixed {costs['fixed_us']:.1f} us/query (L={L}, d={d}), scan "
-          f"{costs['scan_ns_per_vector']:.2f} ns/vector, re-scoring {costs['reorder_ns_per_candidate']:.1f} "
-          "ns/candidate", flush=True)
+    print(
+        f"  per-shard costs (1 thread): fixed {costs['fixed_us']:.1f} us/query (L={L}, d={d}), scan "
+        f"{costs['scan_ns_per_vector']:.2f} ns/vector, re-scoring {costs['reorder_ns_per_candidate']:.1f} "
+        "ns/candidate",
+        flush=True,
+    )
     shard0 = None  # free it before the clusters start
 
     # 2b. The same figures at d = 100 (the sizing note's dimension), in this process, on seeded
@@ -187,8 +219,15 @@ def main(argv=None):
     Qs = rng.standard_normal((5000, 100)).astype(np.float32)
     d100 = {}
     for mode in ("none", "int8", "float32"):
-        idx = AVQIndex(metric="dot", num_leaves=64, dims_per_block=2, anisotropic_threshold=args.threshold,
-                       reorder=mode, num_threads=1, seed=0)
+        idx = AVQIndex(
+            metric="dot",
+            num_leaves=64,
+            dims_per_block=2,
+            anisotropic_threshold=args.threshold,
+            reorder=mode,
+            num_threads=1,
+            seed=0,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # eta warnings on Gaussian data are irrelevant here
             idx.train(Xs)
@@ -198,19 +237,30 @@ def main(argv=None):
         if mode == "float32":
             idx64 = idx
     unit = {
-        "codes+ids": d100["none"], "int8 rows": d100["int8"] - d100["none"],
-        "float32 rows": d100["float32"] - d100["none"], "code_size": idx64.code_size,
+        "codes+ids": d100["none"],
+        "int8 rows": d100["int8"] - d100["none"],
+        "float32 rows": d100["float32"] - d100["none"],
+        "code_size": idx64.code_size,
     }
     # Only the number of leaves matters for this timing, not the quality of the partition.
-    idx1k = AVQIndex(metric="dot", num_leaves=1024, dims_per_block=2, anisotropic_threshold=args.threshold,
-                     kmeans_iterations=2, training_iterations=0, num_threads=-1, seed=0)
+    idx1k = AVQIndex(
+        metric="dot",
+        num_leaves=1024,
+        dims_per_block=2,
+        anisotropic_threshold=args.threshold,
+        kmeans_iterations=2,
+        training_iterations=0,
+        num_threads=-1,
+        seed=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         idx1k.fit(Xs)
 
     def pq(index, lts, rk):
-        return _best_time(lambda: index.search(Qs, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1),
-                          args.repeats)[0] / len(Qs)
+        return _best_time(
+            lambda: index.search(Qs, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1), args.repeats
+        )[0] / len(Qs)
 
     f64, f1k = pq(idx64, 1, K), pq(idx1k, 1, K)
     t16 = pq(idx64, 16, K)
@@ -219,8 +269,7 @@ def main(argv=None):
     unit["scan_ns_per_vector"] = (t16 - f64) / (15 * len(Xs) / 64) * 1e9
     unit["reorder_ns_per_candidate"] = (pq(idx64, 16, 400) - t16) / (400 - K) * 1e9
     res["d100"] = unit
-    print("  d=100 (Gaussian, in-process, 1 thread): " + ", ".join(f"{k} {v:.3g}" for k, v in unit.items()),
-          flush=True)
+    print("  d=100 (Gaussian, in-process, 1 thread): " + ", ".join(f"{k} {v:.3g}" for k, v in unit.items()), flush=True)
     del idx64, idx1k, idx
 
     # 3. QPS, recall and memory: one in-process index, then 1 and 2 workers.
@@ -230,15 +279,29 @@ def main(argv=None):
     for threads in (1, 2):
         for lts, rk in budgets:
             own0 = time.process_time()
-            t, out = _best_time(lambda: [single.search(q, k=K, leaves_to_search=lts, reorder_k=rk,
-                                                       num_threads=threads) for q in Qb], args.repeats)
+            t, out = _best_time(
+                lambda: [single.search(q, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=threads) for q in Qb],
+                args.repeats,
+            )
             own = (time.process_time() - own0) / args.repeats / len(Q)
             I = np.concatenate([o[1] for o in out])
-            rows.append({"system": f"AVQIndex in-process, {threads} thread(s)", "workers": 0, "threads": threads,
-                         "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt),
-                         "client_cpu_us_per_query": own * 1e6})
-            print(f"  {rows[-1]['system']}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} "
-                  f"recall {rows[-1]['recall']:.4f}; CPU per query {own * 1e6:.1f} us", flush=True)
+            rows.append(
+                {
+                    "system": f"AVQIndex in-process, {threads} thread(s)",
+                    "workers": 0,
+                    "threads": threads,
+                    "leaves_to_search": lts,
+                    "reorder_k": rk,
+                    "qps": len(Q) / t,
+                    "recall": _recall(I, gt),
+                    "client_cpu_us_per_query": own * 1e6,
+                }
+            )
+            print(
+                f"  {rows[-1]['system']}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} "
+                f"recall {rows[-1]['recall']:.4f}; CPU per query {own * 1e6:.1f} us",
+                flush=True,
+            )
     single = None
     memory = {}
     for workers, mmap in ((1, False), (2, False), (2, True)):
@@ -251,20 +314,36 @@ def main(argv=None):
             loaded = _rss_of_workers(client)
             for lts, rk in budgets:
                 cpu0, own0 = _cpu_of_workers(client), time.process_time()
-                t, out = _best_time(lambda: [index.search(q, k=K, leaves_to_search=lts, reorder_k=rk) for q in Qb],
-                                    args.repeats)
+                t, out = _best_time(
+                    lambda: [index.search(q, k=K, leaves_to_search=lts, reorder_k=rk) for q in Qb], args.repeats
+                )
                 cpu = (_cpu_of_workers(client) - cpu0) / args.repeats / len(Q)
                 own = (time.process_time() - own0) / args.repeats / len(Q)
                 I = np.concatenate([o[1] for o in out])
                 name = f"ShardedAVQIndex, {workers} worker(s) x 1 thread" + (", mmap" if mmap else "")
-                rows.append({"system": name, "workers": workers, "threads": 1, "mmap": mmap,
-                             "leaves_to_search": lts, "reorder_k": rk, "qps": len(Q) / t, "recall": _recall(I, gt),
-                             "worker_cpu_us_per_query": cpu * 1e6, "client_cpu_us_per_query": own * 1e6})
-                print(f"  {name}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} recall {rows[-1]['recall']:.4f}; "
-                      f"CPU per query: workers {cpu * 1e6:.1f} us, client {own * 1e6:.1f} us", flush=True)
+                rows.append(
+                    {
+                        "system": name,
+                        "workers": workers,
+                        "threads": 1,
+                        "mmap": mmap,
+                        "leaves_to_search": lts,
+                        "reorder_k": rk,
+                        "qps": len(Q) / t,
+                        "recall": _recall(I, gt),
+                        "worker_cpu_us_per_query": cpu * 1e6,
+                        "client_cpu_us_per_query": own * 1e6,
+                    }
+                )
+                print(
+                    f"  {name}: lts={lts} rk={rk} QPS {rows[-1]['qps']:.0f} recall {rows[-1]['recall']:.4f}; "
+                    f"CPU per query: workers {cpu * 1e6:.1f} us, client {own * 1e6:.1f} us",
+                    flush=True,
+                )
             after = _rss_of_workers(client)
             memory[f"{workers}w{' mmap' if mmap else ''}"] = {
-                "idle_rss": list(idle.values()), "loaded_rss": list(loaded.values()),
+                "idle_rss": list(idle.values()),
+                "loaded_rss": list(loaded.values()),
                 "after_search_rss": list(after.values()),
                 "shards_per_worker": [len([i for i in index.shard_info() if w in i["workers"]]) for w in after],
             }
@@ -273,8 +352,11 @@ def main(argv=None):
             def mib(values):
                 return [f"{r / 2**20:.1f} ({a / 2**20:.1f} anon)" for r, a in values]
 
-            print(f"  RSS per worker (MiB): idle {mib(m['idle_rss'])}, loaded {mib(m['loaded_rss'])}, after "
-                  f"searches {mib(m['after_search_rss'])}; shards {m['shards_per_worker']}", flush=True)
+            print(
+                f"  RSS per worker (MiB): idle {mib(m['idle_rss'])}, loaded {mib(m['loaded_rss'])}, after "
+                f"searches {mib(m['after_search_rss'])}; shards {m['shards_per_worker']}",
+                flush=True,
+            )
             index.release()
         finally:
             client.close()

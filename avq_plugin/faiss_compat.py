@@ -48,9 +48,7 @@ def _import_faiss():
     try:
         import faiss
     except ImportError as exc:
-        raise ImportError(
-            "this needs faiss: pip install \"avq-plugin[faiss]\" (faiss-cpu >= 1.8)"
-        ) from exc
+        raise ImportError('this needs faiss: pip install "avq-plugin[faiss]" (faiss-cpu >= 1.8)') from exc
     return faiss
 
 
@@ -297,11 +295,21 @@ class IndexAVQ:
         """A native index with this object's parameters (untrained)."""
         avq = self._avq
         return _native.Index(
-            metric=avq.metric, d=self.d, num_leaves=self.nlist or 1, dims_per_block=self.dsub,
-            threshold=threshold, eta=0.0, eta_scann=False, avq_iterations=avq.training_iterations,
-            kmeans_iterations=avq.kmeans_iterations, pq_kmeans_iterations=10,
-            training_sample_size=avq.training_sample_size or 0, seed=avq.seed, reorder=avq.reorder,
-            default_leaves_to_search=self._nprobe, default_reorder_k=self._reorder_k or 0,
+            metric=avq.metric,
+            d=self.d,
+            num_leaves=self.nlist or 1,
+            dims_per_block=self.dsub,
+            threshold=threshold,
+            eta=0.0,
+            eta_scann=False,
+            avq_iterations=avq.training_iterations,
+            kmeans_iterations=avq.kmeans_iterations,
+            pq_kmeans_iterations=10,
+            training_sample_size=avq.training_sample_size or 0,
+            seed=avq.seed,
+            reorder=avq.reorder,
+            default_leaves_to_search=self._nprobe,
+            default_reorder_k=self._reorder_k or 0,
             threshold_mode=1 if threshold_spec == "auto" else 2 if threshold_spec is None else 0,
             # L2 distances from the decoded vectors, as Faiss computes them (see IndexParams).
             # (codes only: re-scoring with stored vectors needs the exact norms).
@@ -603,7 +611,7 @@ class IndexAVQ:
         order = np.argsort(leaves, kind="stable")
         bounds = np.searchsorted(leaves[order], np.arange(L + 1))
         for leaf in range(L):
-            sel = order[bounds[leaf]:bounds[leaf + 1]]
+            sel = order[bounds[leaf] : bounds[leaf + 1]]
             if sel.size == 0:
                 continue
             lid = np.ascontiguousarray(ids[sel], np.int64)
@@ -667,8 +675,16 @@ class IndexAVQ:
         if metric not in (METRIC_INNER_PRODUCT, METRIC_L2):
             raise ValueError(f"unsupported Faiss metric {metric}: only inner product (0) and L2 (1)")
         obj = cls(
-            d, M, 4, metric, nlist=nlist, nprobe=int(nprobe if nprobe is not None else getattr(index, "nprobe", 1)),
-            anisotropic_threshold=anisotropic_threshold, reorder_k=None, num_threads=num_threads, seed=seed,
+            d,
+            M,
+            4,
+            metric,
+            nlist=nlist,
+            nprobe=int(nprobe if nprobe is not None else getattr(index, "nprobe", 1)),
+            anisotropic_threshold=anisotropic_threshold,
+            reorder_k=None,
+            num_threads=num_threads,
+            seed=seed,
         )
         codebooks = faiss.vector_to_array(pq.centroids).astype(np.float32)
         if nlist is None:
@@ -702,8 +718,9 @@ class IndexAVQ:
                 raise ValueError("corrupted IndexIDMap: id_map and the index disagree on ntotal")
             ids = id_map[ids]
         avq = obj._avq
-        native = obj._new_native(math.nan if anisotropic_threshold is None else anisotropic_threshold,
-                                 anisotropic_threshold)
+        native = obj._new_native(
+            math.nan if anisotropic_threshold is None else anisotropic_threshold, anisotropic_threshold
+        )
         native.set_quantizer(centres, centres, codebooks)
         avq.anisotropic_threshold = anisotropic_threshold
         avq._index = native
@@ -713,7 +730,9 @@ class IndexAVQ:
                 cb = codebooks.reshape(M, 16, d // M)
                 dec = centres[leaves] + cb[np.arange(M)[None, :], codes].reshape(ids.size, d)
                 norms2 = np.einsum("ij,ij->i", dec, dec).astype(np.float32)
-            native.add_codes(np.ascontiguousarray(codes), np.ascontiguousarray(leaves), np.ascontiguousarray(ids), norms2)
+            native.add_codes(
+                np.ascontiguousarray(codes), np.ascontiguousarray(leaves), np.ascontiguousarray(ids), norms2
+            )
         return obj
 
     # ------------------------------------------------------------------ persistence
@@ -751,9 +770,17 @@ class IndexAVQ:
 
     def __getstate__(self):
         self._sync_defaults()
-        return {"avq": self._avq, "nprobe": self._nprobe, "reorder_k": self._reorder_k, "float_lut": self._float_lut,
-                "stores_vectors": self._stores_vectors, "d": self.d, "M": self.M,
-                "metric_type": self.metric_type, "nlist": self.nlist}
+        return {
+            "avq": self._avq,
+            "nprobe": self._nprobe,
+            "reorder_k": self._reorder_k,
+            "float_lut": self._float_lut,
+            "stores_vectors": self._stores_vectors,
+            "d": self.d,
+            "M": self.M,
+            "metric_type": self.metric_type,
+            "nlist": self.nlist,
+        }
 
     def __setstate__(self, state):
         self._avq = state["avq"]

@@ -10,8 +10,7 @@ import warnings
 
 import numpy as np
 
-from . import _native
-from . import _tune
+from . import _native, _tune
 from . import _validation as V
 from ._tune import TuneReport
 
@@ -274,8 +273,9 @@ class AVQIndex(_NativeWrapper):
             reorder=self.reorder,
             default_leaves_to_search=self.leaves_to_search or 0,
             default_reorder_k=self.reorder_k or 0,
-            threshold_mode=(1 if self.anisotropic_threshold == "auto" else
-                            2 if self.anisotropic_threshold is None else 0),
+            threshold_mode=(
+                1 if self.anisotropic_threshold == "auto" else 2 if self.anisotropic_threshold is None else 0
+            ),
         )
         index.train(X, self.num_threads, self._progress())
         self._index = index
@@ -379,17 +379,39 @@ class AVQIndex(_NativeWrapper):
         if leaves_to_search is None or reorder_k is None:
             lts, rk = self.default_search_params()
         if leaves_to_search is not None:
-            lts = leaves_to_search if type(leaves_to_search) is int and leaves_to_search > 0 else \
-                V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+            lts = (
+                leaves_to_search
+                if type(leaves_to_search) is int and leaves_to_search > 0
+                else V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+            )
         if reorder_k is not None:
-            rk = reorder_k if type(reorder_k) is int and reorder_k > 0 else \
-                V.check_int("reorder_k", reorder_k, minimum=1)
-        nt = self.num_threads if num_threads is None else (
-            num_threads if type(num_threads) is int and num_threads > 0 else V.resolve_threads(num_threads))
+            rk = (
+                reorder_k
+                if type(reorder_k) is int and reorder_k > 0
+                else V.check_int("reorder_k", reorder_k, minimum=1)
+            )
+        nt = (
+            self.num_threads
+            if num_threads is None
+            else (num_threads if type(num_threads) is int and num_threads > 0 else V.resolve_threads(num_threads))
+        )
         return self._index.search(Q, k, lts, rk, nt)
 
-    def tune(self, target_recall=0.95, k=10, queries=None, time_budget_s=None, *, X=None, ids=None,
-             ground_truth=None, num_queries=None, reorder_k=None, margin=None, seed=None):
+    def tune(
+        self,
+        target_recall=0.95,
+        k=10,
+        queries=None,
+        time_budget_s=None,
+        *,
+        X=None,
+        ids=None,
+        ground_truth=None,
+        num_queries=None,
+        reorder_k=None,
+        margin=None,
+        seed=None,
+    ):
         """Choose the fastest search budget that reaches a target recall, and make it the default.
 
         Finds, for a geometric grid of ``reorder_k`` values (k to 64k), the smallest
@@ -473,9 +495,20 @@ class AVQIndex(_NativeWrapper):
         >>> report.recall >= 0.9, index.default_search_params() == (report.leaves_to_search, report.reorder_k)
         (True, True)
         """
-        return _tune.tune(self, target_recall, k, queries, time_budget_s, X=X, ids=ids,
-                          ground_truth=ground_truth, num_queries=num_queries, reorder_k=reorder_k,
-                          margin=margin, seed=seed)
+        return _tune.tune(
+            self,
+            target_recall,
+            k,
+            queries,
+            time_budget_s,
+            X=X,
+            ids=ids,
+            ground_truth=ground_truth,
+            num_queries=num_queries,
+            reorder_k=reorder_k,
+            margin=margin,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ inspection
     def get_codes(self, ids):
@@ -563,8 +596,17 @@ class AVQIndex(_NativeWrapper):
         state["params"] = {
             k: getattr(self, k)
             for k in (
-                "metric", "num_leaves", "dims_per_block", "eta", "reorder", "leaves_to_search", "reorder_k",
-                "training_iterations", "kmeans_iterations", "training_sample_size", "seed",
+                "metric",
+                "num_leaves",
+                "dims_per_block",
+                "eta",
+                "reorder",
+                "leaves_to_search",
+                "reorder_k",
+                "training_iterations",
+                "kmeans_iterations",
+                "training_sample_size",
+                "seed",
             )
         }
         return state
@@ -676,8 +718,11 @@ class ExactIndex(_NativeWrapper):
         return obj
 
     def __getstate__(self):
-        return {"metric": self.metric, "num_threads": self.num_threads,
-                "index": None if self._index is None else self._index.serialize()}
+        return {
+            "metric": self.metric,
+            "num_threads": self.num_threads,
+            "index": None if self._index is None else self._index.serialize(),
+        }
 
     def __setstate__(self, state):
         self.metric = state["metric"]

@@ -124,9 +124,7 @@ class _AVQNeighborsBase(BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def _validate_params(self):
         if not isinstance(self.metric, str) or self.metric not in _METRICS:
-            raise ValueError(
-                f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}"
-            )
+            raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
         if not isinstance(self.algorithm, str) or self.algorithm not in _ALGORITHMS:
             raise ValueError(f"algorithm must be one of {_ALGORITHMS}, got {self.algorithm!r}")
         _check_int("n_neighbors", self.n_neighbors, minimum=1)
@@ -141,11 +139,12 @@ class _AVQNeighborsBase(BaseEstimator):
             _check_real("anisotropic_threshold", T, minimum=0.0)
         _resolve_n_jobs(self.n_jobs)
         rs = self.random_state
-        if not (rs is None or isinstance(rs, np.random.RandomState)
-                or (isinstance(rs, numbers.Integral) and not isinstance(rs, (bool, np.bool_)))):
-            raise TypeError(
-                f"random_state must be None, an int or a numpy.random.RandomState, got {type(rs).__name__}"
-            )
+        if not (
+            rs is None
+            or isinstance(rs, np.random.RandomState)
+            or (isinstance(rs, numbers.Integral) and not isinstance(rs, (bool, np.bool_)))
+        ):
+            raise TypeError(f"random_state must be None, an int or a numpy.random.RandomState, got {type(rs).__name__}")
         if self.target_recall is not None:
             tr = _check_real("target_recall", self.target_recall, minimum=0.0)
             if not 0.0 < tr <= 1.0:
@@ -258,21 +257,21 @@ class _AVQNeighborsBase(BaseEstimator):
         metric = self.effective_metric_
         step = max(1, _RECOMPUTE_BYTES // (8 * k * X.shape[1]))
         for s in range(0, nq, step):
-            q = Q[s:s + step].astype(np.float64)
-            idx = I[s:s + step]
+            q = Q[s : s + step].astype(np.float64)
+            idx = I[s : s + step]
             V = X[idx].astype(np.float64)  # (rows, k, d)
             if metric in ("euclidean", "sqeuclidean"):
                 V -= q[:, None, :]
                 d = np.einsum("rkd,rkd->rk", V, V)
-                D[s:s + step] = np.sqrt(d) if metric == "euclidean" else d
+                D[s : s + step] = np.sqrt(d) if metric == "euclidean" else d
             else:
                 dots = np.einsum("rkd,rd->rk", V, q)
                 if metric == "dot":
-                    D[s:s + step] = -dots
+                    D[s : s + step] = -dots
                 else:
                     qn = np.sqrt(np.einsum("rd,rd->r", q, q))
                     xn = np.sqrt(self._sq_norms[idx])
-                    D[s:s + step] = np.clip(1.0 - dots / (qn[:, None] * xn), 0.0, 2.0)
+                    D[s : s + step] = np.clip(1.0 - dots / (qn[:, None] * xn), 0.0, 2.0)
         order = np.argsort(D, axis=1, kind="stable")
         return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
 
@@ -366,8 +365,7 @@ def _reject_zero_rows(X, name):
     zero = ~X.any(axis=1)
     if zero.any():
         raise ValueError(
-            f"{name} has an all-zero row (row {int(np.argmax(zero))}), which has no direction "
-            "under the cosine metric"
+            f"{name} has an all-zero row (row {int(np.argmax(zero))}), which has no direction under the cosine metric"
         )
 
 
@@ -599,8 +597,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         counts = np.fromiter((len(a) for a in I), dtype=np.int64, count=len(I))
         indptr = np.concatenate([[0], np.cumsum(counts)])
         ind = np.concatenate(list(I)) if len(I) else np.zeros(0, np.int64)
-        data = np.ones(ind.size) if mode == "connectivity" else (
-            np.concatenate(list(D)) if len(D) else np.zeros(0))
+        data = np.ones(ind.size) if mode == "connectivity" else (np.concatenate(list(D)) if len(D) else np.zeros(0))
         return sp.csr_matrix((data, ind, indptr), shape=(len(I), self.n_samples_fit_))
 
 

@@ -58,15 +58,19 @@ def main(argv=None):
         ours = AVQNearestNeighbors(n_neighbors=10, metric=metric, n_jobs=1, random_state=0).fit(X)
         t_fit = time.perf_counter() - t0
         lts_default = ours.index_.default_search_params()[0]
-        print(f"AVQNearestNeighbors fit: {t_fit:.2f} s, num_leaves={ours.index_.num_leaves_}, "
-              f"default leaves_to_search={lts_default}")
+        print(
+            f"AVQNearestNeighbors fit: {t_fit:.2f} s, num_leaves={ours.index_.num_leaves_}, "
+            f"default leaves_to_search={lts_default}"
+        )
         for lts in [None] + list(args.leaves):
             # A search-budget change only: set the trained index's default instead of refitting.
             ours.index_.leaves_to_search = lts_default if lts is None else lts
             t, I = best_time(lambda: ours.kneighbors(Q, return_distance=False), args.repeat)
             label = "default" if lts is None else f"leaves_to_search={lts}"
-            print(f"AVQNearestNeighbors ({label}): {t:.3f} s, recall@10 {recall_at_10(I, gt):.4f}, "
-                  f"speed-up x{t_exact / t:.1f} (fit + query: x{t_exact / (t + t_fit):.1f})")
+            print(
+                f"AVQNearestNeighbors ({label}): {t:.3f} s, recall@10 {recall_at_10(I, gt):.4f}, "
+                f"speed-up x{t_exact / t:.1f} (fit + query: x{t_exact / (t + t_fit):.1f})"
+            )
 
 
 if __name__ == "__main__":

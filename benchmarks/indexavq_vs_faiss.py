@@ -52,8 +52,9 @@ def main(argv=None):
     ours.add(X)
     t_ours = time.perf_counter() - t
     t = time.perf_counter()
-    theirs = faiss.index_factory(d, f"IVF{nlist},PQ{M}x4fsr,RFlat",
-                                 faiss.METRIC_INNER_PRODUCT if metric == 0 else faiss.METRIC_L2)
+    theirs = faiss.index_factory(
+        d, f"IVF{nlist},PQ{M}x4fsr,RFlat", faiss.METRIC_INNER_PRODUCT if metric == 0 else faiss.METRIC_L2
+    )
     theirs.train(X)
     theirs.add(X)
     t_theirs = time.perf_counter() - t
@@ -66,13 +67,15 @@ def main(argv=None):
         best = None
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            I = np.vstack([index.search(Q[i:i + 1], k)[1] for i in range(len(Q))])
+            I = np.vstack([index.search(Q[i : i + 1], k)[1] for i in range(len(Q))])
             dt = time.perf_counter() - t0
             best = dt if best is None else min(best, dt)
         return recall(I), len(Q) / best
 
-    print(f"{ds.name}: n={n} d={d} metric={'IP (normalised)' if metric == 0 else 'L2'} nlist={nlist} M={M}x4 "
-          f"queries={len(Q)}; build s: IndexAVQ {t_ours:.1f}, Faiss {t_theirs:.1f}")
+    print(
+        f"{ds.name}: n={n} d={d} metric={'IP (normalised)' if metric == 0 else 'L2'} nlist={nlist} M={M}x4 "
+        f"queries={len(Q)}; build s: IndexAVQ {t_ours:.1f}, Faiss {t_theirs:.1f}"
+    )
     print("| nprobe | reorder | IndexAVQ recall@10 | IndexAVQ QPS | Faiss x4fsr,RFlat recall@10 | Faiss QPS |")
     print("|---|---|---|---|---|---|")
     rows = []
@@ -86,8 +89,10 @@ def main(argv=None):
     best_o = max((q for r, q, _, _ in rows if r >= 0.9), default=None)
     best_t = max((q for _, _, r, q in rows if r >= 0.9), default=None)
     fmt = lambda q: "not reached" if q is None else f"{q:.0f}"  # noqa: E731
-    print(f"QPS at recall@10 >= 0.9: IndexAVQ {fmt(best_o)}, Faiss {fmt(best_t)}"
-          + (f", ratio {best_o / best_t:.2f}x" if best_o and best_t else ""))
+    print(
+        f"QPS at recall@10 >= 0.9: IndexAVQ {fmt(best_o)}, Faiss {fmt(best_t)}"
+        + (f", ratio {best_o / best_t:.2f}x" if best_o and best_t else "")
+    )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ def pytest_configure(config):
     # When a hypothesis test fails, its pytest plugin imports libcst (to suggest a patch), which
     # emits this third-party DeprecationWarning; with filterwarnings=error that would turn a test
     # failure into a pytest INTERNALERROR and hide the falsifying example.
-    config.addinivalue_line(
-        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
-    )
+    config.addinivalue_line("filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -86,12 +84,13 @@ def parse_sections(blob):
     """
     assert blob[:8] == b"AVQINDEX"
     version, endian, kind, nsec, total = struct.unpack_from("<IIIIQ", blob, 8)
-    header = dict(version=version, endian=endian, kind=kind, nsec=nsec, total=total,
-                  crc=struct.unpack_from("<I", blob, 32)[0])
+    header = dict(
+        version=version, endian=endian, kind=kind, nsec=nsec, total=total, crc=struct.unpack_from("<I", blob, 32)[0]
+    )
     out = []
     off = 64
     for _ in range(nsec):
-        tag = bytes(blob[off:off + 4]).decode("ascii")
+        tag = bytes(blob[off : off + 4]).decode("ascii")
         (length,) = struct.unpack_from("<Q", blob, off + 8)
         (crc,) = struct.unpack_from("<I", blob, off + 16)
         out.append(dict(tag=tag, header_offset=off, payload_offset=off + 64, length=length, crc=crc))

@@ -81,7 +81,9 @@ def _load_module():
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("_avq_generate_config", os.path.join(ADAPTER_DIR, "generate_config.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_avq_generate_config", os.path.join(ADAPTER_DIR, "generate_config.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -139,14 +141,16 @@ def expand(config, point_type, metric, dimension, count=K):
                 query_sets = []
             for a in arg_sets:
                 args = list(entry.get("base_args", [])) + (a if isinstance(a, list) else [a])
-                out.append({
-                    "algorithm": entry["name"],
-                    "constructor": entry["constructor"],
-                    "module": entry["module"],
-                    "docker_tag": entry["docker_tag"],
-                    "arguments": [_substitute(x, subs) for x in args],
-                    "query_argument_groups": query_sets,
-                })
+                out.append(
+                    {
+                        "algorithm": entry["name"],
+                        "constructor": entry["constructor"],
+                        "module": entry["module"],
+                        "docker_tag": entry["docker_tag"],
+                        "arguments": [_substitute(x, subs) for x in args],
+                        "query_argument_groups": query_sets,
+                    }
+                )
     return out
 
 
@@ -188,9 +192,14 @@ def _true_kth(train, test, metric, k=K):
         qn = test / np.linalg.norm(test, axis=1, keepdims=True)
         d = 1.0 - qn.astype(np.float64) @ tn.T.astype(np.float64)
     else:
-        d = np.sqrt(np.maximum(
-            (test.astype(np.float64) ** 2).sum(1)[:, None] - 2 * test.astype(np.float64) @ train.T.astype(np.float64)
-            + (train.astype(np.float64) ** 2).sum(1)[None, :], 0))
+        d = np.sqrt(
+            np.maximum(
+                (test.astype(np.float64) ** 2).sum(1)[:, None]
+                - 2 * test.astype(np.float64) @ train.T.astype(np.float64)
+                + (train.astype(np.float64) ** 2).sum(1)[None, :],
+                0,
+            )
+        )
     return np.sort(d, axis=1)[:, k - 1]
 
 
@@ -246,7 +255,7 @@ def test_expansion_matches_the_grid(config):
             assert d["module"] == "ann_benchmarks.algorithms.avq" and d["docker_tag"] == "ann-benchmarks-avq"
             assert d["arguments"][:1] + d["arguments"][2:] == [b["n_leaves"], b["dims_per_block"], metric]
             T = d["arguments"][1]
-            assert (math.isnan(T) if b["avq_threshold"] is None else T == b["avq_threshold"])
+            assert math.isnan(T) if b["avq_threshold"] is None else T == b["avq_threshold"]
             # one query-argument group per pair, passed as set_query_arguments([lts, rk])
             assert d["query_argument_groups"] == [[p] for p in g["query_args"]]
     # hamming/jaccard datasets get no avq definition
@@ -274,10 +283,22 @@ def test_placeholders_are_substituted(config):
             assert not any(isinstance(a, str) and a.startswith("@") for a in d["arguments"])
             assert d["arguments"][-1] == metric
     # the expansion substitutes nested placeholders and leaves query args alone, like upstream
-    cfg = {"float": {"any": [{"name": "x", "constructor": "C", "module": "m", "docker_tag": "t",
-                              "base_args": ["@metric"],
-                              "run_groups": {"g": {"arg_groups": [{"k": "@count", "d": ["@dimension", 2]}],
-                                                   "query_args": [["@count", 3]]}}}]}}
+    cfg = {
+        "float": {
+            "any": [
+                {
+                    "name": "x",
+                    "constructor": "C",
+                    "module": "m",
+                    "docker_tag": "t",
+                    "base_args": ["@metric"],
+                    "run_groups": {
+                        "g": {"arg_groups": [{"k": "@count", "d": ["@dimension", 2]}], "query_args": [["@count", 3]]}
+                    },
+                }
+            ]
+        }
+    }
     defs = expand(cfg, "float", "euclidean", 7, count=5)
     assert [d["arguments"] for d in defs] == [["euclidean", {"k": 5, "d": 7}], ["euclidean", {"k": 5, "d": 2}]]
     assert defs[0]["query_argument_groups"] == [["@count"], [3]]
@@ -305,8 +326,13 @@ def test_every_definition_answers_queries(config, glove, metric):
             algo.set_query_arguments(qa)
             assert algo._index is index  # no rebuild
             name = str(algo)
-            for token in [f"n_leaves={d['arguments'][0]}", f"dims_per_block={d['arguments'][2]}",
-                          f"metric={metric}", f"leaves_to_search={qa[0]}", f"reorder_k={qa[1]}"]:
+            for token in [
+                f"n_leaves={d['arguments'][0]}",
+                f"dims_per_block={d['arguments'][2]}",
+                f"metric={metric}",
+                f"leaves_to_search={qa[0]}",
+                f"reorder_k={qa[1]}",
+            ]:
                 assert token in name, (token, name)
             single = [algo.query(q, K) for q in test]
             for ids in single:

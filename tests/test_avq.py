@@ -34,7 +34,7 @@ def codebooks_of(index):
     off = 64
     (nsec,) = struct.unpack_from("<I", blob, 20)
     for _ in range(nsec):
-        tag = blob[off:off + 4]
+        tag = blob[off : off + 4]
         (length,) = struct.unpack_from("<Q", blob, off + 8)
         if tag == b"CBOK":
             return np.frombuffer(blob, np.float32, length // 4, off + 64).copy()
@@ -48,8 +48,8 @@ def section(index, tag):
     (nsec,) = struct.unpack_from("<I", blob, 20)
     for _ in range(nsec):
         (length,) = struct.unpack_from("<Q", blob, off + 8)
-        if blob[off:off + 4] == tag:
-            return blob[off + 64: off + 64 + length]
+        if blob[off : off + 4] == tag:
+            return blob[off + 64 : off + 64 + length]
         off += 64 + (length + 63) // 64 * 64
     raise AssertionError(f"no {tag} section")
 
@@ -70,16 +70,23 @@ def reconstruct_single_leaf(index, Xn):
     codes = index.get_codes(ids)
     R = np.repeat(center.astype(np.float64), len(ids), axis=0)
     for m, (off, dm) in enumerate(block_layout(d, index.dims_per_block)):
-        C = cb[16 * off: 16 * (off + dm)].reshape(16, dm)
-        R[:, off:off + dm] += C[codes[:, m]]
+        C = cb[16 * off : 16 * (off + dm)].reshape(16, dm)
+        R[:, off : off + dm] += C[codes[:, m]]
     return R, codes, cb, center[0]
 
 
 # ------------------------------------------------------------------------------- eta
 @pytest.mark.parametrize(
     "d,t,want",
-    [(50, 0.2, 3.76), (50, 0.3, 6.80), (100, 0.15, 3.98), (100, 0.2, 5.95), (100, 0.55, 45.7),
-     (128, 0.2, 7.16), (768, 0.2, 34.0)],
+    [
+        (50, 0.2, 3.76),
+        (50, 0.3, 6.80),
+        (100, 0.15, 3.98),
+        (100, 0.2, 5.95),
+        (100, 0.55, 45.7),
+        (128, 0.2, 7.16),
+        (768, 0.2, 34.0),
+    ],
 )
 def test_eta_exact_matches_brief_table(d, t, want):
     got = avq_plugin.eta_exact(t, d)
@@ -168,8 +175,8 @@ def test_plain_pq_codes_are_nearest_codewords(glove, ablation):
     _, codes, cb, center = reconstruct_single_leaf(plain, Xn)
     resid = Xn - center
     for m, (off, dm) in enumerate(block_layout(plain.d, plain.dims_per_block)):
-        C = cb[16 * off: 16 * (off + dm)].reshape(16, dm).astype(np.float64)
-        dist = ((resid[:, None, off:off + dm] - C[None]) ** 2).sum(-1)
+        C = cb[16 * off : 16 * (off + dm)].reshape(16, dm).astype(np.float64)
+        dist = ((resid[:, None, off : off + dm] - C[None]) ** 2).sum(-1)
         chosen = dist[np.arange(len(Xn)), codes[:, m]]
         assert np.all(chosen <= dist.min(axis=1) + 1e-6), f"block {m}: a code is not the nearest codeword"
 
@@ -184,10 +191,10 @@ def test_avq_codes_do_not_lose_to_nearest_codewords(glove, ablation):
     R, codes, cb, center = reconstruct_single_leaf(avq, Xn)
     resid = Xn - center
     near = center + np.zeros_like(Xn)
-    for m, (off, dm) in enumerate(block_layout(avq.d, avq.dims_per_block)):
-        C = cb[16 * off: 16 * (off + dm)].reshape(16, dm).astype(np.float64)
-        dist = ((resid[:, None, off:off + dm] - C[None]) ** 2).sum(-1)
-        near[:, off:off + dm] += C[dist.argmin(axis=1)]
+    for off, dm in block_layout(avq.d, avq.dims_per_block):
+        C = cb[16 * off : 16 * (off + dm)].reshape(16, dm).astype(np.float64)
+        dist = ((resid[:, None, off : off + dm] - C[None]) ** 2).sum(-1)
+        near[:, off : off + dm] += C[dist.argmin(axis=1)]
 
     def loss(Rec):
         r = Xn - Rec
@@ -228,8 +235,9 @@ def small_unit():
 
 
 def test_training_loss_non_increasing(small_unit):
-    idx = avq_plugin.AVQIndex(metric="cosine", num_leaves=10, anisotropic_threshold=0.3, training_iterations=6,
-                              seed=0).fit(small_unit)
+    idx = avq_plugin.AVQIndex(
+        metric="cosine", num_leaves=10, anisotropic_threshold=0.3, training_iterations=6, seed=0
+    ).fit(small_unit)
     loss = idx.train_stats_["loss"]
     assert len(loss) == 7
     assert all(np.isfinite(loss)) and all(v > 0 for v in loss)
@@ -240,8 +248,9 @@ def test_training_loss_non_increasing(small_unit):
 
 def test_train_stats_contents(small_unit, glove):
     X, _, _ = glove
-    idx = avq_plugin.AVQIndex(metric="cosine", num_leaves=10, anisotropic_threshold=0.2, seed=0,
-                              training_sample_size=1500).fit(small_unit)
+    idx = avq_plugin.AVQIndex(
+        metric="cosine", num_leaves=10, anisotropic_threshold=0.2, seed=0, training_sample_size=1500
+    ).fit(small_unit)
     st = idx.train_stats_
     assert set(st) >= {"eta_min", "eta_max", "eta_mean", "threshold", "sample_size", "loss"}
     assert st["sample_size"] == 1500
@@ -263,8 +272,7 @@ def test_train_stats_contents(small_unit, glove):
 
 
 def test_scann_formula_with_tiny_threshold_warns(small_unit):
-    idx = avq_plugin.AVQIndex(metric="cosine", num_leaves=10, anisotropic_threshold=0.05, eta_formula="scann",
-                              seed=0)
+    idx = avq_plugin.AVQIndex(metric="cosine", num_leaves=10, anisotropic_threshold=0.05, eta_formula="scann", seed=0)
     with pytest.warns(UserWarning, match=r"eta <= 1"):
         idx.fit(small_unit)
     assert idx.train_stats_["eta_max"] < 1.0
@@ -277,8 +285,7 @@ def test_scann_formula_with_tiny_threshold_warns(small_unit):
 @pytest.mark.parametrize("method", ["fit", "train"])
 def test_eta_warning_points_at_the_caller(small_unit, method):
     """The warning's location is the user's line (stacklevel), whether via fit() or train()."""
-    idx = avq_plugin.AVQIndex(metric="cosine", num_leaves=10, anisotropic_threshold=0.05, eta_formula="scann",
-                              seed=0)
+    idx = avq_plugin.AVQIndex(metric="cosine", num_leaves=10, anisotropic_threshold=0.05, eta_formula="scann", seed=0)
     with pytest.warns(UserWarning, match=r"eta <= 1") as rec:
         getattr(idx, method)(small_unit)
     assert [w.filename for w in rec] == [__file__] * len(rec), [f"{w.filename}:{w.lineno}" for w in rec]

@@ -1,10 +1,15 @@
 """The benchmark harness: ann-benchmarks' recall rule, true distances, configs, dataset conventions."""
+
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from avq_plugin import bench, datasets
+
 cdist = pytest.importorskip("scipy.spatial.distance").cdist
 pytest.importorskip("yaml")
 
@@ -62,14 +67,19 @@ def test_epsilon_admits_near_ties():
 
 def test_padding_duplicates_and_short_rows(glove):
     gt_ids = glove.neighbors[:3, :10].copy()
-    padded = gt_ids.copy(); padded[:, 5:] = -1
+    padded = gt_ids.copy()
+    padded[:, 5:] = -1
     assert bench.knn_recall(glove.train, glove.test[:3], padded, glove.distances[:3], "angular")[0] == 0.5
-    dup = gt_ids.copy(); dup[:, 1:] = dup[:, :1]
+    dup = gt_ids.copy()
+    dup[:, 1:] = dup[:, :1]
     assert bench.knn_recall(glove.train, glove.test[:3], dup, glove.distances[:3], "angular")[0] == pytest.approx(0.1)
     short = gt_ids[:, :4]
     assert bench.knn_recall(glove.train, glove.test[:3], short, glove.distances[:3], "angular")[0] == pytest.approx(0.4)
-    out_of_range = gt_ids.copy(); out_of_range[:, 0] = len(glove.train)
-    assert bench.knn_recall(glove.train, glove.test[:3], out_of_range, glove.distances[:3], "angular")[0] == pytest.approx(0.9)
+    out_of_range = gt_ids.copy()
+    out_of_range[:, 0] = len(glove.train)
+    assert bench.knn_recall(glove.train, glove.test[:3], out_of_range, glove.distances[:3], "angular")[
+        0
+    ] == pytest.approx(0.9)
 
 
 def test_only_first_k_columns_used(glove):
@@ -148,10 +158,6 @@ def test_dataset_ground_truth_conventions():
 
 
 # ----------------------------------------------------------------------------- the avq-bench CLI
-import json
-import subprocess
-import sys
-
 CONFIGS = str(Path(__file__).resolve().parent.parent / "benchmark_configs")
 FAST = ["--quick", "--reps", "1", "--min-time", "0", "--configs", CONFIGS]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -174,9 +180,11 @@ def assert_one_line_error(rc, err, *fragments):
 
 def test_cli_end_to_end_writes_json_csv_png(tmp_path, capsys):
     import matplotlib.image as matplotlib_image  # [test] extra
+
     out_dir = tmp_path / "out"
-    rc, out, err = run_cli(capsys, "--algorithms", "avq,exact,faiss", "--max-queries", "100", "--out",
-                           str(out_dir), "--quiet", *FAST)
+    rc, out, err = run_cli(
+        capsys, "--algorithms", "avq,exact,faiss", "--max-queries", "100", "--out", str(out_dir), "--quiet", *FAST
+    )
     assert rc == 0, err
     assert err == ""  # --quiet: no progress lines or bars
     # The printed table: best QPS per target and the AVQ / peer ratios.
@@ -211,8 +219,20 @@ def test_cli_npy_input_computes_and_caches_exact_ground_truth(tmp_path, capsys):
     np.save(X, glove.train[:3000].astype(np.float64))
     np.save(Q, glove.test[:40])
     cache = tmp_path / "cache"
-    args = [str(X), str(Q), "--metric", "l2", "--algorithms", "exact", "--k", "5", "--cache-dir", str(cache),
-            "--batch", *FAST]
+    args = [
+        str(X),
+        str(Q),
+        "--metric",
+        "l2",
+        "--algorithms",
+        "exact",
+        "--k",
+        "5",
+        "--cache-dir",
+        str(cache),
+        "--batch",
+        *FAST,
+    ]
     rc, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "a"))
     assert rc == 0, err
     assert "computed" in err and len(list(cache.glob("gt-*.npz"))) == 1
@@ -239,8 +259,18 @@ def test_cli_hdf5_without_ground_truth(tmp_path, capsys):
         f["test"] = glove.test[:20]
     rc, out, err = run_cli(capsys, str(path), "--algorithms", "exact", "--ground-truth", "file", *FAST)
     assert_one_line_error(rc, err, "nogt", "no ground truth")
-    rc, out, err = run_cli(capsys, str(path), "--algorithms", "exact", "--cache-dir", str(tmp_path / "c"),
-                           "--out", str(tmp_path / "o"), "--quiet", *FAST)
+    rc, out, err = run_cli(
+        capsys,
+        str(path),
+        "--algorithms",
+        "exact",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        *FAST,
+    )
     assert rc == 0, err
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["dataset"]["n_train"] == 2000
@@ -268,6 +298,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     for argv, fragments in cases:
         rc, _, err = run_cli(capsys, *argv, *out, *FAST)
         assert_one_line_error(rc, err, *fragments)
+
     # A library named with --algorithms must be installed; by default a missing one is skipped.
     class Missing(bench.Runner):
         def __init__(self):
@@ -284,7 +315,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 def test_python_dash_m_is_the_same_command(tmp_path):
     # The installed package, run from a neutral directory (the source tree has no compiled module).
-    p = subprocess.run([sys.executable, "-m", "avq_plugin.bench", "--algorithms", "nope"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "avq_plugin.bench", "--algorithms", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip() == "avq-bench: error: unknown algorithm nope; choose from " + ",".join(bench.SYSTEMS)

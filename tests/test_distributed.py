@@ -37,8 +37,12 @@ def client():
     # The worker plugin below is defined in this module, which the workers cannot import (pytest
     # imports it with importlib): ship it by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
@@ -102,8 +106,9 @@ def test_merge_topk_orders_ties_by_id_and_pads_last():
     D, I = merge_topk([np.array([[1.0, FLT_MAX]], np.float32)], [np.array([[4, -1]])], 3, "l2")
     assert I.tolist() == [[4, -1, -1]] and D[0, 1] == FLT_MAX and D[0, 2] == FLT_MAX
     # A padding entry never beats a real one, whatever its score field says.
-    D, I = merge_topk([np.array([[5.0]], np.float32), np.array([[1.0]], np.float32)],
-                      [np.array([[-1]]), np.array([[9]])], 1, "dot")
+    D, I = merge_topk(
+        [np.array([[5.0]], np.float32), np.array([[1.0]], np.float32)], [np.array([[-1]]), np.array([[9]])], 1, "dot"
+    )
     assert I.tolist() == [[9]]
 
 
@@ -147,7 +152,8 @@ def test_shards_give_the_single_index_top_k(sharded, glove):
 def test_other_metrics_give_the_single_index_top_k(client, glove, metric, reorder):
     X, Q = glove
     index = ShardedAVQIndex(metric=metric, n_shards=3, reorder=reorder, client=client).fit(
-        da.from_array(X, chunks=(4000, 50)))
+        da.from_array(X, chunks=(4000, 50))
+    )
     single = single_like(index, X)
     D, I = index.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
     D1, I1 = single.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
@@ -172,7 +178,8 @@ def test_small_reorder_budget_sharded_recall_at_least_single(sharded, glove):
 def test_quantized_scores_without_reordering_match_single_index(client, glove):
     X, Q = glove
     index = ShardedAVQIndex(metric="cosine", n_shards=4, reorder="none", client=client).fit(
-        da.from_array(X, chunks=(5000, 50)))
+        da.from_array(X, chunks=(5000, 50))
+    )
     single = single_like(index, X)
     for lts in (3, 20):
         D, I = index.search(Q, k=10, leaves_to_search=lts)
@@ -189,7 +196,8 @@ def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
     with h5py.File(tmp_path / "c.hdf5", "w") as f:
         f["train"] = parts[2]
     index = ShardedAVQIndex(metric="cosine", client=client).fit(
-        [tmp_path / "a.npy", str(tmp_path / "b.npy"), (tmp_path / "c.hdf5", "train")])
+        [tmp_path / "a.npy", str(tmp_path / "b.npy"), (tmp_path / "c.hdf5", "train")]
+    )
     assert index.shard_bounds_ == [(0, 7000), (7000, 12000), (12000, 20000)]  # one shard per file
     # The same chunks as a dask array: the same sample, quantizer and results.
     ref = ShardedAVQIndex(metric="cosine", client=client).fit(da.from_array(X, chunks=((7000, 5000, 8000), 50)))
@@ -219,7 +227,8 @@ def test_save_load_round_trip(client, sharded, glove, tmp_path, mmap):
     loaded = ShardedAVQIndex.load(path, client=client, mmap=mmap)
     assert all(info["is_mapped"] == mmap for info in loaded.shard_info())
     assert {w for info in loaded.shard_info() for w in info["workers"]} == set(
-        client.scheduler_info(n_workers=-1)["workers"])  # spread over both workers
+        client.scheduler_info(n_workers=-1)["workers"]
+    )  # spread over both workers
     for kw in ({}, {"leaves_to_search": 30, "reorder_k": 50}):
         D, I = sharded.search(Q, k=10, **kw)
         D2, I2 = loaded.search(Q, k=10, **kw)
@@ -294,7 +303,7 @@ def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove,
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 5000:(j + 1) * 5000])
+        np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
     index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     expected = index.search(Q, k=10)
     index.save(tmp_path / "s.avqs")
@@ -311,7 +320,7 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 5000:(j + 1) * 5000])
+        np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
     index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     shutil.rmtree(src)
     infos = index.shard_info()
@@ -333,7 +342,8 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
 def test_refit_and_release(client, glove, tmp_path):
     X, Q = glove
     index = ShardedAVQIndex(metric="cosine", n_shards=2, num_leaves=20, client=client).fit(
-        da.from_array(X[:4000], chunks=(2000, 50)))
+        da.from_array(X[:4000], chunks=(2000, 50))
+    )
     index.save(tmp_path / "a.avqs")
     assert index.saved_path == str(tmp_path / "a.avqs")
     index.fit(da.from_array(X[4000:10000], chunks=(3000, 50)))
@@ -368,7 +378,8 @@ def test_bad_input(client, sharded, glove):
         ShardedAVQIndex(n_shards=2, num_leaves=5, client=client).fit(da.from_array(bad, chunks=(500, 50)))
     # k beyond a shard's size: padded like AVQIndex.
     small = ShardedAVQIndex(metric="cosine", n_shards=3, num_leaves=2, client=client).fit(
-        da.from_array(X[:9], chunks=(3, 50)))
+        da.from_array(X[:9], chunks=(3, 50))
+    )
     D, I = small.search(Q[:2], k=12, leaves_to_search=2)
     assert sorted(I[0, :9].tolist()) == list(range(9)) and I[:, 9:].tolist() == [[-1] * 3] * 2
     assert np.all(D[:, 9:] == -FLT_MAX)

@@ -149,8 +149,9 @@ def test_nprobe_and_params(data):
     class FaissLikeParams:  # duck-typed faiss.SearchParametersIVF
         nprobe = 1
 
-    np.testing.assert_array_equal(index.search(Q, 10, params=FaissLikeParams())[1],
-                                  index.search(Q, 10, params=SearchParametersAVQ(nprobe=1))[1])
+    np.testing.assert_array_equal(
+        index.search(Q, 10, params=FaissLikeParams())[1], index.search(Q, 10, params=SearchParametersAVQ(nprobe=1))[1]
+    )
     # Output arrays filled in place.
     D = np.empty((len(Q), 10), np.float32)
     I = np.empty((len(Q), 10), np.int64)
@@ -172,7 +173,7 @@ def test_range_search(data, metric):
     assert lims.dtype == np.uint64 and lims.shape == (len(Q) + 1,) and lims[0] == 0
     assert D.dtype == np.float32 and I.dtype == np.int64 and len(D) == len(I) == lims[-1]
     for i in range(len(Q)):
-        got = set(I[lims[i]:lims[i + 1]])
+        got = set(I[lims[i] : lims[i + 1]])
         want = set(np.flatnonzero(S[i] > radius if metric == IP else S[i] < radius))
         # Exact re-scoring of every candidate; only values within float32 rounding may differ.
         border = set(np.flatnonzero(np.abs(S[i] - radius) < 1e-3 * max(1.0, abs(radius))))
@@ -191,7 +192,14 @@ def test_persistence(tmp_path, data):
     back = read_index(path)
     assert isinstance(back, IndexAVQ)
     assert (back.d, back.M, back.metric_type, back.nlist, back.nprobe, back.reorder_k, back.ntotal) == (
-        16, 8, IP, 10, 4, 50, len(X))
+        16,
+        8,
+        IP,
+        10,
+        4,
+        50,
+        len(X),
+    )
     for a, b in zip(index.search(Q, 10), back.search(Q, 10)):
         np.testing.assert_array_equal(a, b)
     clone = pickle.loads(pickle.dumps(index))
@@ -297,7 +305,7 @@ def _rebuild(blob, tag, payload):
     _, sections = parse_sections(blob)
     body = b""
     for s in sections:
-        data = payload if s["tag"] == tag else bytes(blob[s["payload_offset"]:s["payload_offset"] + s["length"]])
+        data = payload if s["tag"] == tag else bytes(blob[s["payload_offset"] : s["payload_offset"] + s["length"]])
         head = bytearray(64)
         head[:4] = s["tag"].encode()
         struct.pack_into("<QI", head, 8, len(data), zlib.crc32(data) & 0xFFFFFFFF)
@@ -327,15 +335,16 @@ def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
     blob = index._index.serialize()
     _, sections = parse_sections(blob)
     parm = next(s for s in sections if s["tag"] == "PARM")
-    payload = bytes(blob[parm["payload_offset"]:parm["payload_offset"] + parm["length"]])
+    payload = bytes(blob[parm["payload_offset"] : parm["payload_offset"] + parm["length"]])
     old = avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4]))
     assert old._index.params()["l2_decoded_norms"] is False and old.ntotal == 1000
     with pytest.raises(ValueError, match="l2 norm mode"):
         avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4] + (2).to_bytes(4, "little")))
     # The flag is for codes-only indexes: re-scoring needs exact norms.
     with pytest.raises(ValueError, match="reorder"):
-        avq_plugin._native.Index("l2", 16, 1, 2, float("nan"), 0.0, False, 0, 1, 1, 0, 0, "float32",
-                                 l2_decoded_norms=True)
+        avq_plugin._native.Index(
+            "l2", 16, 1, 2, float("nan"), 0.0, False, 0, 1, 1, 0, 0, "float32", l2_decoded_norms=True
+        )
 
 
 def test_docstring_examples():
@@ -357,10 +366,10 @@ def test_range_search_codes_only_float_lut(data):
     radius = float(np.quantile(S, 0.98))
     lims, D, I = index.range_search(Q, radius)
     for i in range(len(Q)):
-        got = set(I[lims[i]:lims[i + 1]])
+        got = set(I[lims[i] : lims[i + 1]])
         want = set(np.flatnonzero(S[i] > radius))
         assert got ^ want <= set(np.flatnonzero(np.abs(S[i] - radius) < 1e-4 * max(1.0, abs(radius))))
-        assert (np.diff(D[lims[i]:lims[i + 1]]) <= 0).all()
+        assert (np.diff(D[lims[i] : lims[i + 1]]) <= 0).all()
 
 
 def test_native_quantizer_import_checks(data):
@@ -402,8 +411,8 @@ def test_works_without_faiss():
     """faiss is optional: importing avq_plugin and using IndexAVQ never imports it; only the
     export/import methods need it and say how to install it."""
     import subprocess
-    import tempfile
     import sys
+    import tempfile
 
     code = """
 import sys
@@ -424,7 +433,8 @@ else:
     raise SystemExit("to_faiss without faiss did not raise")
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=tempfile.gettempdir())  # not the source tree: it would shadow the package
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir()
+    )  # not the source tree: it would shadow the package
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -112,7 +112,13 @@ def test_export_indexpq_agrees(avq_flat, glove_ip):
     fi = avq_flat.to_faiss()
     assert type(fi) is faiss.IndexPQ
     assert (fi.d, fi.ntotal, fi.code_size, fi.metric_type, fi.pq.M, fi.pq.nbits) == (
-        50, len(X), avq_flat.code_size, 0, 25, 4)
+        50,
+        len(X),
+        avq_flat.code_size,
+        0,
+        25,
+        4,
+    )
     # Faiss decodes exactly the vectors we decode (the leaf centre is folded into the centroids).
     np.testing.assert_allclose(fi.reconstruct_n(0, 200), avq_flat.reconstruct_n(0, 200), atol=1e-6)
     D, I = avq_flat.search(Q, 10)
@@ -131,11 +137,15 @@ def test_export_ivfpq_agrees(avq_ivf, glove_ip):
     assert type(fi) is faiss.IndexIVFPQ
     assert fi.by_residual and fi.nlist == 100 and fi.nprobe == 10 and fi.ntotal == len(X)
     ids = np.array([0, 17, 4242, 19999])
-    np.testing.assert_allclose(np.stack([fi.reconstruct(int(i)) for i in ids]) if fi.direct_map.type else
-                               avq_ivf.reconstruct_batch(ids), avq_ivf.reconstruct_batch(ids), atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([fi.reconstruct(int(i)) for i in ids]) if fi.direct_map.type else avq_ivf.reconstruct_batch(ids),
+        avq_ivf.reconstruct_batch(ids),
+        atol=1e-6,
+    )
     fi.make_direct_map()
-    np.testing.assert_allclose(np.stack([fi.reconstruct(int(i)) for i in ids]), avq_ivf.reconstruct_batch(ids),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([fi.reconstruct(int(i)) for i in ids]), avq_ivf.reconstruct_batch(ids), atol=1e-5
+    )
     for nprobe in (10, 100):
         avq_ivf.nprobe = fi.nprobe = nprobe
         I = avq_ivf.search(Q, 10)[1]

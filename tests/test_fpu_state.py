@@ -24,7 +24,9 @@ def subnormals_ok():
         and bool(np.float32(1.2e-38) / np.float32(4.0) != 0)
 """
 
-SCRIPT = CHECK + """
+SCRIPT = (
+    CHECK
+    + """
 assert subnormals_ok(), "subnormals flushed before import"
 import avq_plugin
 assert subnormals_ok(), "importing avq_plugin flushed subnormals"
@@ -43,13 +45,20 @@ for level in avq_plugin.build_info()["supported_simd_levels"]:
     assert subnormals_ok(), f"searching at {level} flushed subnormals"
 print("ok")
 """
+)
 
 
 def test_subnormals_survive_import_and_search_in_fresh_process():
     env = dict(os.environ)
     env.pop("AVQ_SIMD_LEVEL", None)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 

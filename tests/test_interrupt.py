@@ -27,8 +27,13 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_stops_training():
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=tempfile.gettempdir())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     try:
         first = proc.stderr.readline()  # the first progress line: training is under way
         assert "[avq" in first and "k-means" in first, first

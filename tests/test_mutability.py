@@ -247,7 +247,8 @@ def test_memory_usage_tracks_content(data):
     # reset() drops every vector: the memory must go back near the trained-only size.
     assert index.memory_usage() < 0.5 * m0, (
         f"reset() kept the vectors' memory: {index.memory_usage()} bytes after reset, {m1} before, "
-        f"{trained_only} for a freshly trained index")
+        f"{trained_only} for a freshly trained index"
+    )
 
 
 def test_exact_memory_usage_after_reset(data):
@@ -261,8 +262,9 @@ def test_exact_memory_usage_after_reset(data):
 
 def test_properties_follow_content(data):
     X, extra, _ = data
-    index = avq_plugin.AVQIndex(metric="dot", num_leaves=16, dims_per_block=3, eta=4.0, leaves_to_search=5,
-                                reorder_k=77, seed=0)
+    index = avq_plugin.AVQIndex(
+        metric="dot", num_leaves=16, dims_per_block=3, eta=4.0, leaves_to_search=5, reorder_k=77, seed=0
+    )
     assert not index.is_trained and index.ntotal == 0 and len(index) == 0 and index.d is None
     assert not index.is_mapped and index.memory_usage() == 0
     assert "untrained" in repr(index)
@@ -293,8 +295,8 @@ def test_many_small_adds_and_removes_keep_rows_consistent(reorder):
     index = avq_plugin.AVQIndex(metric="dot", num_leaves=8, reorder=reorder, seed=0).fit(X[:200])
     present = {i: X[i] for i in range(200)}
     next_id = 200
-    for step in range(40):
-        batch = X[next_id:next_id + 70]
+    for _ in range(40):
+        batch = X[next_id : next_id + 70]
         ids = np.arange(next_id, next_id + len(batch))
         index.add(batch, ids=ids)
         present.update(zip(ids.tolist(), batch))

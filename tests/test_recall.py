@@ -110,8 +110,7 @@ def test_recall_glove_generous_budget(metric, glove, glove_avq, glove_exact, rec
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_recall_synthetic_generous_budget(metric, synthetic, synth_avq, synth_exact, synthetic_gt, recall,
-                                          simd_level):
+def test_recall_synthetic_generous_budget(metric, synthetic, synth_avq, synth_exact, synthetic_gt, recall, simd_level):
     _, Q = synthetic
     index = synth_avq[metric]
     _, I = index.search(Q, k=10, **generous(index))
@@ -141,8 +140,9 @@ def test_recall_non_decreasing_in_leaves_to_search(metric, glove, glove_avq, glo
     index = glove_avq[metric]
     L = index.num_leaves_
     budgets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < L] + [L]
-    rs = [recall(index.search(Q, k=10, leaves_to_search=b, reorder_k=100)[1], glove_exact[metric][1], 10)
-          for b in budgets]
+    rs = [
+        recall(index.search(Q, k=10, leaves_to_search=b, reorder_k=100)[1], glove_exact[metric][1], 10) for b in budgets
+    ]
     # A larger probe set is a superset of candidates; only the reorder shortlist can displace a
     # true neighbour, so allow a hair (1 hit in 5000) of slack, never a real drop.
     for (b0, r0), (b1, r1) in zip(zip(budgets, rs), zip(budgets[1:], rs[1:])):
@@ -157,11 +157,10 @@ def test_recall_non_decreasing_in_reorder_k(metric, glove, glove_avq, glove_exac
     index = glove_avq[metric]
     lts = max(1, index.num_leaves_ // 4)
     ks = (10, 20, 50, 100, 200)
-    rs = [recall(index.search(Q, k=10, leaves_to_search=lts, reorder_k=rk)[1], glove_exact[metric][1], 10)
-          for rk in ks]
+    rs = [recall(index.search(Q, k=10, leaves_to_search=lts, reorder_k=rk)[1], glove_exact[metric][1], 10) for rk in ks]
     # The shortlists are nested for a fixed probe set, so recall is exactly monotone.
     for i in range(1, len(ks)):
-        assert rs[i] >= rs[i - 1], f"{metric}: recall fell from {rs[i-1]:.4f} (reorder_k={ks[i-1]}) to {rs[i]:.4f}"
+        assert rs[i] >= rs[i - 1], f"{metric}: recall fell from {rs[i - 1]:.4f} (reorder_k={ks[i - 1]}) to {rs[i]:.4f}"
     assert rs[-1] > rs[0], f"{metric}: reorder_k has no effect: {rs}"
 
 

@@ -45,8 +45,16 @@ def built(data):
     ids = np.arange(len(X), dtype=np.int64) * 7 - 300  # some negative, non-contiguous ids
     for m in METRICS:
         for r in REORDERS:
-            kw = dict(metric=m, reorder=r, num_leaves=12, dims_per_block=3, seed=5, training_iterations=3,
-                      leaves_to_search=4, reorder_k=40)
+            kw = dict(
+                metric=m,
+                reorder=r,
+                num_leaves=12,
+                dims_per_block=3,
+                seed=5,
+                training_iterations=3,
+                leaves_to_search=4,
+                reorder_k=40,
+            )
             if m == "dot":
                 kw["eta"] = 5.0
             elif m == "cosine":
@@ -65,9 +73,21 @@ def small_blob():
     return idx, idx.to_bytes(), X
 
 
-PARAMS = ("metric", "num_leaves", "dims_per_block", "anisotropic_threshold", "eta", "eta_formula", "reorder",
-          "leaves_to_search", "reorder_k", "training_iterations", "kmeans_iterations", "training_sample_size",
-          "seed")
+PARAMS = (
+    "metric",
+    "num_leaves",
+    "dims_per_block",
+    "anisotropic_threshold",
+    "eta",
+    "eta_formula",
+    "reorder",
+    "leaves_to_search",
+    "reorder_k",
+    "training_iterations",
+    "kmeans_iterations",
+    "training_sample_size",
+    "seed",
+)
 
 
 def assert_stats_equal(a, b):
@@ -213,7 +233,8 @@ def test_auto_threshold_round_trip(data, metric, tmp_path):
     a.save(tmp_path / "a.avq")
     d = avq_plugin.AVQIndex.load(tmp_path / "a.avq")
     assert (b.anisotropic_threshold, d.anisotropic_threshold) == ("auto", "auto"), (
-        f"save/load changed anisotropic_threshold='auto' into {d.anisotropic_threshold!r}")
+        f"save/load changed anisotropic_threshold='auto' into {d.anisotropic_threshold!r}"
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -222,8 +243,9 @@ def test_reorder_none_round_trip(metric):
     the reader must not take that for a corrupted vector count."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((1500, 64)).astype(np.float32)
-    a = avq_plugin.AVQIndex(metric=metric, reorder="none", num_leaves=12, eta=None if metric == "l2" else 3.0,
-                            seed=0).fit(X)
+    a = avq_plugin.AVQIndex(
+        metric=metric, reorder="none", num_leaves=12, eta=None if metric == "l2" else 3.0, seed=0
+    ).fit(X)
     b = avq_plugin.AVQIndex.from_bytes(a.to_bytes())
     np.testing.assert_array_equal(b.search(X[:20], k=5)[1], a.search(X[:20], k=5)[1])
 
@@ -310,10 +332,11 @@ def test_section_layout_is_as_documented(small_blob, helpers):
         assert t in tags
     for s in sections:
         assert s["payload_offset"] % 64 == 0
-        payload = blob[s["payload_offset"]: s["payload_offset"] + s["length"]]
+        payload = blob[s["payload_offset"] : s["payload_offset"] + s["length"]]
         assert zlib.crc32(payload) & 0xFFFFFFFF == s["crc"], s["tag"]
-        assert blob[s["payload_offset"] + s["length"]: s["payload_offset"] + (s["length"] + 63) // 64 * 64] == \
-            b"\0" * ((-s["length"]) % 64)
+        assert blob[
+            s["payload_offset"] + s["length"] : s["payload_offset"] + (s["length"] + 63) // 64 * 64
+        ] == b"\0" * ((-s["length"]) % 64)
     ids = np.frombuffer(blob, np.int64, idx.ntotal, [s for s in sections if s["tag"] == "IDS_"][0]["payload_offset"])
     assert sorted(ids) == sorted(idx.get_ids())
 
@@ -382,9 +405,9 @@ def test_corrupted_content_with_valid_crc_is_rejected(small_blob, helpers):
         s = by_tag[tag]
         b = bytearray(blob)
         start, n = s["payload_offset"], s["length"]
-        payload = bytearray(b[start:start + n])
+        payload = bytearray(b[start : start + n])
         fn(payload)
-        b[start:start + n] = payload
+        b[start : start + n] = payload
         struct.pack_into("<I", b, s["header_offset"] + 16, zlib.crc32(bytes(payload)) & 0xFFFFFFFF)
         return bytes(b)
 
@@ -403,10 +426,15 @@ def test_corrupted_content_with_valid_crc_is_rejected(small_blob, helpers):
     def huge_d(p):
         struct.pack_into("<I", p, 4, 2**31)
 
-    for tag, fn, match in [("LSIZ", bump_leaf, "leaf sizes|leaf size"), ("IDS_", big_id, "next id"),
-                           ("PCEN", nan_center, "non-finite"), ("RCEN", nan_center, "non-finite"),
-                           ("CBOK", nan_center, "non-finite"), ("PARM", bad_metric, "metric"),
-                           ("PARM", huge_d, "dimension")]:
+    for tag, fn, match in [
+        ("LSIZ", bump_leaf, "leaf sizes|leaf size"),
+        ("IDS_", big_id, "next id"),
+        ("PCEN", nan_center, "non-finite"),
+        ("RCEN", nan_center, "non-finite"),
+        ("CBOK", nan_center, "non-finite"),
+        ("PARM", bad_metric, "metric"),
+        ("PARM", huge_d, "dimension"),
+    ]:
         with pytest.raises(ValueError, match=match):
             avq_plugin.AVQIndex.from_bytes(rewrite(tag, fn))
 
@@ -420,7 +448,7 @@ def test_duplicate_ids_in_file_are_rejected(small_blob, helpers):
     ids = np.frombuffer(blob, np.int64, idx.ntotal, s["payload_offset"]).copy()
     ids[1] = ids[0]
     b = bytearray(blob)
-    b[s["payload_offset"]: s["payload_offset"] + ids.nbytes] = ids.tobytes()
+    b[s["payload_offset"] : s["payload_offset"] + ids.nbytes] = ids.tobytes()
     struct.pack_into("<I", b, s["header_offset"] + 16, zlib.crc32(ids.tobytes()) & 0xFFFFFFFF)
     with pytest.raises(ValueError, match="duplicate"):
         avq_plugin.AVQIndex.from_bytes(bytes(b))
@@ -551,8 +579,12 @@ def test_exact_index_round_trip(metric, data, tmp_path):
     path = tmp_path / "e.idx"
     e.save(path)
     assert sorted(os.listdir(tmp_path)) == ["e.idx"]
-    for other in (avq_plugin.ExactIndex.load(path), avq_plugin.ExactIndex.from_bytes(e.to_bytes()),
-                  pickle.loads(pickle.dumps(e)), copy.deepcopy(e)):
+    for other in (
+        avq_plugin.ExactIndex.load(path),
+        avq_plugin.ExactIndex.from_bytes(e.to_bytes()),
+        pickle.loads(pickle.dumps(e)),
+        copy.deepcopy(e),
+    ):
         assert other.metric == metric and other.ntotal == e.ntotal and other.d == e.d
         np.testing.assert_array_equal(other.get_ids(), e.get_ids())
         D1, I1 = other.search(Q, k=10)
@@ -573,8 +605,11 @@ def test_exact_index_corruption(data, helpers):
     assert header["kind"] == 2 and {s["tag"] for s in sections} >= {"PARM", "IDS_", "VECS"}
     positions = list(range(36))
     for s in sections:
-        positions += [s["payload_offset"], s["payload_offset"] + s["length"] // 2,
-                      s["payload_offset"] + s["length"] - 1]
+        positions += [
+            s["payload_offset"],
+            s["payload_offset"] + s["length"] // 2,
+            s["payload_offset"] + s["length"] - 1,
+        ]
     for pos in positions:
         with pytest.raises(ValueError):
             avq_plugin.ExactIndex.from_bytes(flipped(blob, pos))

@@ -61,8 +61,16 @@ def test_identical_codes_and_results_across_levels(metric, d, dpb):
     aniso = {} if (metric == "l2" or (d, dpb) == (50, 2)) else {"eta": 4.0}
 
     def build_and_search():
-        index = avq_plugin.AVQIndex(metric=metric, num_leaves=6, dims_per_block=dpb, reorder=reorder,
-                                    training_iterations=3, seed=7, num_threads=2, **aniso).fit(X, ids=ids)
+        index = avq_plugin.AVQIndex(
+            metric=metric,
+            num_leaves=6,
+            dims_per_block=dpb,
+            reorder=reorder,
+            training_iterations=3,
+            seed=7,
+            num_threads=2,
+            **aniso,
+        ).fit(X, ids=ids)
         codes = index.get_codes(ids)
         D, I = index.search(Q, k=10, leaves_to_search=3, reorder_k=25)
         D2, I2 = index.search(Q, k=10, leaves_to_search=6, reorder_k=60, num_threads=1)
@@ -151,8 +159,14 @@ def run_python(code, env_level):
         env["AVQ_SIMD_LEVEL"] = env_level
     # Run from a neutral directory: a checkout's avq_plugin/ (without the .so) must not shadow
     # the installed package.
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tempfile.gettempdir(),
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 

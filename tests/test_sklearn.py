@@ -125,8 +125,9 @@ def test_lazy_export_and_missing_sklearn():
         "except ImportError as e:\n"
         "    print('IMPORTERROR', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=tempfile.gettempdir())  # not the source tree: it would shadow the package
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir()
+    )  # not the source tree: it would shadow the package
     assert out.returncode == 0, out.stderr
     assert "IMPORTERROR" in out.stdout and "avq-plugin[sklearn]" in out.stdout, out.stdout
 
@@ -189,8 +190,7 @@ def test_metric_units(blobs, metric, algorithm):
         S = -(Q.astype(np.float64) @ X.T.astype(np.float64))
     else:
         sk_metric = metric
-        S = NearestNeighbors(metric=sk_metric, algorithm="brute").fit(X).kneighbors(
-            Q, n_neighbors=len(X))[0][:, :8]
+        S = NearestNeighbors(metric=sk_metric, algorithm="brute").fit(X).kneighbors(Q, n_neighbors=len(X))[0][:, :8]
     best = np.sort(S, axis=1)[:, :8] if metric == "dot" else S
     if algorithm == "brute":
         np.testing.assert_allclose(D, best, rtol=1e-5, atol=1e-5)
@@ -216,8 +216,9 @@ def test_kneighbors_x_none_matches_sklearn_with_duplicates(algorithm):
     X = rng.standard_normal((400, 6)).astype(np.float32)
     X[100:110] = X[5]  # 11 identical rows: more duplicates than neighbours asked for
     X[200] = X[201]
-    nn = AVQNearestNeighbors(n_neighbors=5, algorithm=algorithm, num_leaves=8, leaves_to_search=8,
-                             random_state=0).fit(X)
+    nn = AVQNearestNeighbors(n_neighbors=5, algorithm=algorithm, num_leaves=8, leaves_to_search=8, random_state=0).fit(
+        X
+    )
     D, I = nn.kneighbors()
     De, Ie = NearestNeighbors(n_neighbors=5).fit(X).kneighbors()
     assert not (I == np.arange(len(X))[:, None]).any()
@@ -232,8 +233,7 @@ def test_rows_short_of_candidates_are_completed():
     # 50 leaves of ~8 points and one probed leaf cannot hold 20 neighbours: those rows are
     # searched again over every leaf, so each row is complete (no -1 padding leaks out).
     X = np.random.default_rng(4).standard_normal((400, 8)).astype(np.float32)
-    nn = AVQNearestNeighbors(n_neighbors=20, algorithm="avq", num_leaves=50, leaves_to_search=1,
-                             random_state=0).fit(X)
+    nn = AVQNearestNeighbors(n_neighbors=20, algorithm="avq", num_leaves=50, leaves_to_search=1, random_state=0).fit(X)
     D, I = nn.kneighbors(X[:50] + 0.01)
     assert (I >= 0).all() and all(len(set(r)) == 20 for r in I)
     De, Ie = NearestNeighbors(n_neighbors=20).fit(X).kneighbors(X[:50] + 0.01)
@@ -269,10 +269,15 @@ def test_n_neighbors_limits_and_bad_input(digits):
         AVQNearestNeighbors().fit(sp.csr_matrix(X))
     with pytest.raises(TypeError, match="[Ss]parse"):
         nn.kneighbors(sp.csr_matrix(X[:2]))
-    for params, err in [({"n_jobs": 0}, ValueError), ({"n_neighbors": 2.5}, TypeError),
-                        ({"algorithm": "kd_tree"}, ValueError), ({"dims_per_block": 9}, ValueError),
-                        ({"random_state": "x"}, TypeError), ({"radius": -1.0}, ValueError),
-                        ({"num_leaves": 100, "algorithm": "avq"}, ValueError)]:
+    for params, err in [
+        ({"n_jobs": 0}, ValueError),
+        ({"n_neighbors": 2.5}, TypeError),
+        ({"algorithm": "kd_tree"}, ValueError),
+        ({"dims_per_block": 9}, ValueError),
+        ({"random_state": "x"}, TypeError),
+        ({"radius": -1.0}, ValueError),
+        ({"num_leaves": 100, "algorithm": "avq"}, ValueError),
+    ]:
         est = AVQNearestNeighbors(**params)  # __init__ only stores
         with pytest.raises(err):
             est.fit(X)
@@ -280,6 +285,7 @@ def test_n_neighbors_limits_and_bad_input(digits):
 
 def test_dataframe_feature_names(digits):
     import pandas as pd  # in the [test] extra (optional for users)
+
     X, _ = digits
     df = pd.DataFrame(X[:100], columns=[f"px{i}" for i in range(X.shape[1])])
     nn = AVQNearestNeighbors(n_neighbors=3).fit(df)
@@ -338,7 +344,7 @@ def test_radius_neighbors(blobs, algorithm):
     De, Ie = ref.radius_neighbors(Q[:100])
     assert D.dtype == object and I.dtype == object and D.shape == (100,)
     found = total = 0
-    for q, d, i, de, ie in zip(Q[:100], D, I, De, Ie):
+    for q, d, i, _de, ie in zip(Q[:100], D, I, De, Ie):
         assert (d <= radius).all() and (np.diff(d) >= 0).all()
         np.testing.assert_allclose(d, np.linalg.norm(X[i].astype(np.float64) - q, axis=1), rtol=1e-6)
         assert set(i) <= set(ie)
@@ -398,10 +404,13 @@ def test_transformer_graph_matches_kneighbors_transformer(digits, mode, algorith
 def test_pipeline_precomputed_classifier_on_digits(digits, algorithm):
     X, y = digits
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    exact = make_pipeline(KNeighborsTransformer(n_neighbors=10),
-                          KNeighborsClassifier(n_neighbors=10, metric="precomputed"))
-    ours = make_pipeline(AVQKNeighborsTransformer(n_neighbors=10, algorithm=algorithm, random_state=0),
-                         KNeighborsClassifier(n_neighbors=10, metric="precomputed"))
+    exact = make_pipeline(
+        KNeighborsTransformer(n_neighbors=10), KNeighborsClassifier(n_neighbors=10, metric="precomputed")
+    )
+    ours = make_pipeline(
+        AVQKNeighborsTransformer(n_neighbors=10, algorithm=algorithm, random_state=0),
+        KNeighborsClassifier(n_neighbors=10, metric="precomputed"),
+    )
     acc_exact = exact.fit(Xtr, ytr).score(Xte, yte)
     acc_ours = ours.fit(Xtr, ytr).score(Xte, yte)
     assert acc_exact > 0.95
@@ -415,15 +424,17 @@ def test_transformer_in_isomap_tsne_dbscan(digits):
     iso = make_pipeline(clone(t), Isomap(n_neighbors=16, metric="precomputed"))
     emb = iso.fit_transform(X)
     assert emb.shape == (400, 2) and np.isfinite(emb).all()
-    tsne = make_pipeline(clone(t), TSNE(metric="precomputed", perplexity=5, init="random",
-                                         max_iter=250, random_state=0))
+    tsne = make_pipeline(
+        clone(t), TSNE(metric="precomputed", perplexity=5, init="random", max_iter=250, random_state=0)
+    )
     emb = tsne.fit_transform(X)
     assert emb.shape == (400, 2) and np.isfinite(emb).all()
     G = clone(t).fit_transform(X)
     eps = float(np.median(G.data[G.data > 0]))
     labels = DBSCAN(eps=eps, min_samples=3, metric="precomputed").fit_predict(G)
     exact_labels = DBSCAN(eps=eps, min_samples=3, metric="precomputed").fit_predict(
-        KNeighborsTransformer(n_neighbors=16).fit_transform(X))
+        KNeighborsTransformer(n_neighbors=16).fit_transform(X)
+    )
     assert (labels >= 0).sum() > 100
     assert np.mean(labels == exact_labels) >= 0.95
 
@@ -437,8 +448,9 @@ def test_transformer_set_output(digits):
 # ---------------------------------------------------------------------------------- target_recall
 def test_target_recall_tunes_the_budget(glove_xq):
     X, Q = glove_xq
-    Ie = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(X).kneighbors(
-        Q, return_distance=False)
+    Ie = (
+        NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(X).kneighbors(Q, return_distance=False)
+    )
     chosen = []
     for target in (0.8, 0.95):
         nn = AVQNearestNeighbors(n_neighbors=10, metric="cosine", target_recall=target, random_state=0).fit(X)

@@ -17,8 +17,9 @@ METRICS = ("dot", "cosine", "l2")
 @pytest.fixture(scope="module")
 def indexes(synthetic):
     X, _ = synthetic
-    return {m: avq_plugin.AVQIndex(metric=m, num_leaves=40, eta=None if m == "l2" else 4.0, seed=0).fit(X)
-            for m in METRICS}
+    return {
+        m: avq_plugin.AVQIndex(metric=m, num_leaves=40, eta=None if m == "l2" else 4.0, seed=0).fit(X) for m in METRICS
+    }
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -83,7 +84,7 @@ def test_search_racing_add_and_remove(synthetic, kind):
                 new_ids = np.arange(next_id, next_id + n)
                 with ever_lock:
                     ever.update(new_ids.tolist())  # announced before they become visible
-                index.add(X[3000 + (step * n) % 4000: 3000 + (step * n) % 4000 + n], ids=new_ids)
+                index.add(X[3000 + (step * n) % 4000 : 3000 + (step * n) % 4000 + n], ids=new_ids)
                 next_id += n
                 victims = rng.choice(np.asarray(index.get_ids()), size=30, replace=False)
                 assert index.remove(victims) == 30
@@ -97,7 +98,7 @@ def test_search_racing_add_and_remove(synthetic, kind):
             n = 0
             while not stop.is_set() or n < 3:
                 kw = {} if kind == "exact" else dict(leaves_to_search=5, reorder_k=50)
-                D, I = index.search(Q[i * 50:(i + 1) * 50], k=20, num_threads=1 + i % 2, **kw)
+                D, I = index.search(Q[i * 50 : (i + 1) * 50], k=20, num_threads=1 + i % 2, **kw)
                 assert D.shape == I.shape == (50, 20)
                 seen_ids.append(I.copy())
                 real = I >= 0

@@ -101,8 +101,11 @@ def test_defaults_survive_serialization(glove, built, tmp_path):
     expected = index.search(Q[:50], k=10)[1]
     path = tmp_path / "tuned.avq"
     index.save(path)
-    copies = [avq_plugin.AVQIndex.load(path), avq_plugin.AVQIndex.from_bytes(index.to_bytes()),
-              pickle.loads(pickle.dumps(index))]
+    copies = [
+        avq_plugin.AVQIndex.load(path),
+        avq_plugin.AVQIndex.from_bytes(index.to_bytes()),
+        pickle.loads(pickle.dumps(index)),
+    ]
     for c in copies:
         assert c.default_search_params() == (report.leaves_to_search, 30)
         np.testing.assert_array_equal(c.search(Q[:50], k=10)[1], expected)
@@ -144,18 +147,21 @@ def test_time_budget_exhausted(glove, built):
     assert report.leaves_to_search == index.num_leaves_
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"target_recall": 0.0}, ValueError, r"target_recall must be in \(0, 1\]"),
-    ({"target_recall": 1.01}, ValueError, r"target_recall must be in \(0, 1\]"),
-    ({"target_recall": float("nan")}, ValueError, "target_recall"),
-    ({"target_recall": "0.9"}, TypeError, "target_recall"),
-    ({"target_recall": True}, TypeError, "target_recall"),
-    ({"k": 0}, ValueError, "k must be >= 1"),
-    ({"k": 2.5}, TypeError, "k must be an integer"),
-    ({"time_budget_s": 0}, ValueError, "time_budget_s"),
-    ({"margin": -0.1}, ValueError, "margin"),
-    ({"num_queries": 0}, ValueError, "num_queries"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"target_recall": 0.0}, ValueError, r"target_recall must be in \(0, 1\]"),
+        ({"target_recall": 1.01}, ValueError, r"target_recall must be in \(0, 1\]"),
+        ({"target_recall": float("nan")}, ValueError, "target_recall"),
+        ({"target_recall": "0.9"}, TypeError, "target_recall"),
+        ({"target_recall": True}, TypeError, "target_recall"),
+        ({"k": 0}, ValueError, "k must be >= 1"),
+        ({"k": 2.5}, TypeError, "k must be an integer"),
+        ({"time_budget_s": 0}, ValueError, "time_budget_s"),
+        ({"margin": -0.1}, ValueError, "margin"),
+        ({"num_queries": 0}, ValueError, "num_queries"),
+    ],
+)
 def test_bad_arguments(glove, built, kwargs, error, match):
     X, _, _ = glove
     with pytest.raises(error, match=match):

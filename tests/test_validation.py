@@ -58,8 +58,11 @@ class TestArrays:
             fresh().fit(np.float32(3.0))
 
     @pytest.mark.parametrize("kind", ["dot", "cosine", "l2", "exact-dot"])
-    @pytest.mark.parametrize("Q", [np.array(0.5, np.float32), np.float32(0.5), np.array(2.0), 1.0],
-                             ids=["0d-f32-array", "f32-scalar", "0d-f64-array", "python-float"])
+    @pytest.mark.parametrize(
+        "Q",
+        [np.array(0.5, np.float32), np.float32(0.5), np.array(2.0), 1.0],
+        ids=["0d-f32-array", "f32-scalar", "0d-f64-array", "python-float"],
+    )
     def test_search_0d(self, indexes, kind, Q):
         """A scalar query is a shape error (ValueError), not an IndexError from shape[-1]."""
         with pytest.raises(ValueError, match="2-D|dimension|features"):
@@ -121,9 +124,7 @@ class TestArrays:
         with pytest.raises(ValueError, match="empty"):
             indexes["l2"].add(np.zeros((0, D), np.float32))
 
-    @pytest.mark.parametrize(
-        "dtype", [np.float64, np.float16, np.int32, np.int64, np.uint8, np.int8]
-    )
+    @pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32, np.int64, np.uint8, np.int8])
     def test_numeric_dtypes_are_converted(self, dtype):
         """float64 / float16 / integer inputs are converted to float32: same index, same results."""
         rng = np.random.default_rng(1)
@@ -242,16 +243,19 @@ class TestArrays:
 
 # ------------------------------------------------------------------------------- k
 class TestK:
-    @pytest.mark.parametrize("k,exc,match", [
-        (0, ValueError, "k must be >= 1"),
-        (-1, ValueError, "k must be >= 1"),
-        (1.5, TypeError, "k must be an integer"),
-        (2.0, TypeError, "k must be an integer"),
-        (True, TypeError, "k must be an integer"),
-        (np.bool_(True), TypeError, "k must be an integer"),
-        ("3", TypeError, "k must be an integer"),
-        (None, TypeError, "k must be an integer"),
-    ])
+    @pytest.mark.parametrize(
+        "k,exc,match",
+        [
+            (0, ValueError, "k must be >= 1"),
+            (-1, ValueError, "k must be >= 1"),
+            (1.5, TypeError, "k must be an integer"),
+            (2.0, TypeError, "k must be an integer"),
+            (True, TypeError, "k must be an integer"),
+            (np.bool_(True), TypeError, "k must be an integer"),
+            ("3", TypeError, "k must be an integer"),
+            (None, TypeError, "k must be an integer"),
+        ],
+    )
     @pytest.mark.parametrize("kind", ["l2", "exact-l2"])
     def test_bad_k(self, indexes, X, k, exc, match, kind):
         with pytest.raises(exc, match=match):
@@ -294,8 +298,9 @@ class TestIds:
         with pytest.raises(ValueError, match="entries"):
             avq_plugin.ExactIndex("dot").fit(X, ids=np.arange(1201))
 
-    @pytest.mark.parametrize("ids", [np.arange(1200.0), np.arange(1200).astype(object), ["a"] * 1200,
-                                     np.ones(1200, bool)])
+    @pytest.mark.parametrize(
+        "ids", [np.arange(1200.0), np.arange(1200).astype(object), ["a"] * 1200, np.ones(1200, bool)]
+    )
     def test_non_integer_ids(self, X, ids):
         with pytest.raises(TypeError, match="ids must be integers"):
             fresh().fit(X, ids=ids)
@@ -347,20 +352,35 @@ class TestIds:
 
 # ------------------------------------------------------------------------------- state
 class TestState:
-    @pytest.mark.parametrize("call", [
-        lambda i, X: i.search(X[:2]),
-        lambda i, X: i.add(X[:2]),
-        lambda i, X: i.remove([0]),
-        lambda i, X: i.reset(),
-        lambda i, X: i.get_codes([0]),
-        lambda i, X: i.get_ids(),
-        lambda i, X: i.save("never-written.avq"),
-        lambda i, X: i.to_bytes(),
-        lambda i, X: i.default_search_params(),
-        lambda i, X: i.num_leaves_,
-        lambda i, X: i.train_stats_,
-    ], ids=["search", "add", "remove", "reset", "get_codes", "get_ids", "save", "to_bytes",
-            "default_search_params", "num_leaves_", "train_stats_"])
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda i, X: i.search(X[:2]),
+            lambda i, X: i.add(X[:2]),
+            lambda i, X: i.remove([0]),
+            lambda i, X: i.reset(),
+            lambda i, X: i.get_codes([0]),
+            lambda i, X: i.get_ids(),
+            lambda i, X: i.save("never-written.avq"),
+            lambda i, X: i.to_bytes(),
+            lambda i, X: i.default_search_params(),
+            lambda i, X: i.num_leaves_,
+            lambda i, X: i.train_stats_,
+        ],
+        ids=[
+            "search",
+            "add",
+            "remove",
+            "reset",
+            "get_codes",
+            "get_ids",
+            "save",
+            "to_bytes",
+            "default_search_params",
+            "num_leaves_",
+            "train_stats_",
+        ],
+    )
     def test_before_fit(self, X, call, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         index = avq_plugin.AVQIndex()
@@ -403,37 +423,40 @@ class TestState:
 
 # ------------------------------------------------------------------------------- parameters
 class TestParameters:
-    @pytest.mark.parametrize("kw,exc,match", [
-        ({"metric": "ip"}, ValueError, "metric must be one of"),
-        ({"metric": "COSINE"}, ValueError, "metric must be one of"),
-        ({"metric": None}, ValueError, "metric must be one of"),
-        ({"reorder": "fp16"}, ValueError, "reorder must be one of"),
-        ({"reorder": None}, ValueError, "reorder must be one of"),
-        ({"dims_per_block": 0}, ValueError, "dims_per_block must be >= 1"),
-        ({"dims_per_block": 9}, ValueError, "dims_per_block must be <= 8"),
-        ({"dims_per_block": 2.0}, TypeError, "dims_per_block must be an integer"),
-        ({"num_leaves": 0}, ValueError, "num_leaves must be >= 1"),
-        ({"num_leaves": -3}, ValueError, "num_leaves must be >= 1"),
-        ({"num_leaves": 2.5}, TypeError, "num_leaves must be an integer"),
-        ({"anisotropic_threshold": -0.1}, ValueError, "anisotropic_threshold must be >= 0"),
-        ({"anisotropic_threshold": float("nan")}, ValueError, "anisotropic_threshold must be finite"),
-        ({"anisotropic_threshold": float("inf")}, ValueError, "anisotropic_threshold must be finite"),
-        ({"anisotropic_threshold": "big"}, TypeError, "anisotropic_threshold must be a number"),
-        ({"eta": 0.5}, ValueError, "eta must be >= 1"),
-        ({"eta": 0.0}, ValueError, "eta must be >= 1"),
-        ({"eta": float("nan")}, ValueError, "eta must be finite"),
-        ({"eta_formula": "approx"}, ValueError, "eta_formula must be one of"),
-        ({"num_threads": 0}, ValueError, "num_threads"),
-        ({"num_threads": -2}, ValueError, "num_threads"),
-        ({"num_threads": 1.5}, TypeError, "num_threads must be an integer"),
-        ({"leaves_to_search": 0}, ValueError, "leaves_to_search must be >= 1"),
-        ({"reorder_k": 0}, ValueError, "reorder_k must be >= 1"),
-        ({"training_iterations": -1}, ValueError, "training_iterations must be >= 0"),
-        ({"kmeans_iterations": 0}, ValueError, "kmeans_iterations must be >= 1"),
-        ({"training_sample_size": 0}, ValueError, "training_sample_size must be >= 1"),
-        ({"seed": -1}, ValueError, "seed must be >= 0"),
-        ({"seed": 1.0}, TypeError, "seed must be an integer"),
-    ])
+    @pytest.mark.parametrize(
+        "kw,exc,match",
+        [
+            ({"metric": "ip"}, ValueError, "metric must be one of"),
+            ({"metric": "COSINE"}, ValueError, "metric must be one of"),
+            ({"metric": None}, ValueError, "metric must be one of"),
+            ({"reorder": "fp16"}, ValueError, "reorder must be one of"),
+            ({"reorder": None}, ValueError, "reorder must be one of"),
+            ({"dims_per_block": 0}, ValueError, "dims_per_block must be >= 1"),
+            ({"dims_per_block": 9}, ValueError, "dims_per_block must be <= 8"),
+            ({"dims_per_block": 2.0}, TypeError, "dims_per_block must be an integer"),
+            ({"num_leaves": 0}, ValueError, "num_leaves must be >= 1"),
+            ({"num_leaves": -3}, ValueError, "num_leaves must be >= 1"),
+            ({"num_leaves": 2.5}, TypeError, "num_leaves must be an integer"),
+            ({"anisotropic_threshold": -0.1}, ValueError, "anisotropic_threshold must be >= 0"),
+            ({"anisotropic_threshold": float("nan")}, ValueError, "anisotropic_threshold must be finite"),
+            ({"anisotropic_threshold": float("inf")}, ValueError, "anisotropic_threshold must be finite"),
+            ({"anisotropic_threshold": "big"}, TypeError, "anisotropic_threshold must be a number"),
+            ({"eta": 0.5}, ValueError, "eta must be >= 1"),
+            ({"eta": 0.0}, ValueError, "eta must be >= 1"),
+            ({"eta": float("nan")}, ValueError, "eta must be finite"),
+            ({"eta_formula": "approx"}, ValueError, "eta_formula must be one of"),
+            ({"num_threads": 0}, ValueError, "num_threads"),
+            ({"num_threads": -2}, ValueError, "num_threads"),
+            ({"num_threads": 1.5}, TypeError, "num_threads must be an integer"),
+            ({"leaves_to_search": 0}, ValueError, "leaves_to_search must be >= 1"),
+            ({"reorder_k": 0}, ValueError, "reorder_k must be >= 1"),
+            ({"training_iterations": -1}, ValueError, "training_iterations must be >= 0"),
+            ({"kmeans_iterations": 0}, ValueError, "kmeans_iterations must be >= 1"),
+            ({"training_sample_size": 0}, ValueError, "training_sample_size must be >= 1"),
+            ({"seed": -1}, ValueError, "seed must be >= 0"),
+            ({"seed": 1.0}, TypeError, "seed must be an integer"),
+        ],
+    )
     def test_bad_constructor_argument(self, kw, exc, match):
         with pytest.raises(exc, match=match):
             avq_plugin.AVQIndex(**kw)
@@ -461,8 +484,9 @@ class TestParameters:
         D_, I_ = idx.search(X[:5, :3], k=3, leaves_to_search=8)
         assert (I_ >= 0).all()
 
-    @pytest.mark.parametrize("d,dpb,blocks,size", [(16, 2, 8, 4), (17, 2, 9, 5), (50, 5, 10, 5), (1, 1, 1, 1),
-                                                   (97, 8, 13, 7)])
+    @pytest.mark.parametrize(
+        "d,dpb,blocks,size", [(16, 2, 8, 4), (17, 2, 9, 5), (50, 5, 10, 5), (1, 1, 1, 1), (97, 8, 13, 7)]
+    )
     def test_num_blocks_and_code_size(self, d, dpb, blocks, size):
         rng = np.random.default_rng(0)
         idx = fresh(num_leaves=2, dims_per_block=dpb).fit(rng.standard_normal((40, d)).astype(np.float32))
@@ -486,8 +510,10 @@ if given is not None:
     @st.composite
     def queries(draw):
         ndim = draw(st.sampled_from([0, 1, 2, 2, 2, 3]))
-        dims = [draw(st.sampled_from([0, 1, 2, 3, 5])) if i < ndim - 1 else draw(st.sampled_from([0, 1, 15, 16, 16, 17]))
-                for i in range(ndim)]
+        dims = [
+            draw(st.sampled_from([0, 1, 2, 3, 5])) if i < ndim - 1 else draw(st.sampled_from([0, 1, 15, 16, 16, 17]))
+            for i in range(ndim)
+        ]
         dtype = draw(st.sampled_from(DTYPES))
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
@@ -505,14 +531,24 @@ if given is not None:
 
     # Derandomized, so that every run checks the same inputs (the explicit examples are
     # regressions found by random runs).
-    @settings(max_examples=60, deadline=None, database=None, derandomize=True,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @example(Q=np.array(0.25, np.float32), k=1, lts=None, rk=None, kind="dot")
     @example(Q=np.full((2, 16), np.nan, np.float32), k=3, lts=2, rk=None, kind="cosine")
     @example(Q=np.zeros((1, 16), np.float32), k=3, lts=None, rk=5, kind="cosine")
     @example(Q=np.ones((3, 16), np.float32), k=2**62, lts=None, rk=None, kind="l2")
-    @given(Q=queries(), k=ks, lts=budgets, rk=budgets,
-           kind=st.sampled_from(["dot", "cosine", "l2", "exact-dot", "exact-cosine", "exact-l2"]))
+    @given(
+        Q=queries(),
+        k=ks,
+        lts=budgets,
+        rk=budgets,
+        kind=st.sampled_from(["dot", "cosine", "l2", "exact-dot", "exact-cosine", "exact-l2"]),
+    )
     def test_fuzz_search_valid_or_clean_error(indexes, Q, k, lts, rk, kind):
         index = indexes[kind]
         kw = {} if kind.startswith("exact") else {"leaves_to_search": lts, "reorder_k": rk}
@@ -551,8 +587,7 @@ def test_cosine_with_subnormal_norm_vectors_stays_finite():
     X = rng.standard_normal((400, 12)).astype(np.float32)
     X[:5] *= np.float32(1e-39)
     for cls_kwargs in ({"num_leaves": 4, "seed": 0}, None):
-        index = (avq_plugin.AVQIndex(metric="cosine", **cls_kwargs) if cls_kwargs
-                 else avq_plugin.ExactIndex("cosine"))
+        index = avq_plugin.AVQIndex(metric="cosine", **cls_kwargs) if cls_kwargs else avq_plugin.ExactIndex("cosine")
         index.fit(X)
         kw = {"leaves_to_search": 4, "reorder_k": 50} if cls_kwargs else {}
         D, I = index.search(X[:10], k=5, **kw)

@@ -32,10 +32,15 @@ _BUILD_KEYS = ("n_leaves", "avq_threshold", "dims_per_block")
 
 
 def _check_pair(group, pair):
-    if (not isinstance(pair, list) or len(pair) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)):
-        raise ValueError(f"run group {group!r}: query_args entries must be [leaves_to_search, reorder_k] "
-                         f"pairs of positive integers, got {pair!r}")
+    if (
+        not isinstance(pair, list)
+        or len(pair) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
+    ):
+        raise ValueError(
+            f"run group {group!r}: query_args entries must be [leaves_to_search, reorder_k] "
+            f"pairs of positive integers, got {pair!r}"
+        )
 
 
 def build_config(grid):
@@ -65,15 +70,17 @@ def build_config(grid):
                 for pair in g["query_args"]:
                     _check_pair(name, pair)
                 run_groups[name] = {"args": args, "query_args": [[list(p) for p in g["query_args"]]]}
-            out[point_type][metric] = [{
-                "name": grid["name"],
-                "docker_tag": grid["docker_tag"],
-                "module": grid["module"],
-                "constructor": grid["constructor"],
-                "base_args": [],
-                "disabled": False,
-                "run_groups": run_groups,
-            }]
+            out[point_type][metric] = [
+                {
+                    "name": grid["name"],
+                    "docker_tag": grid["docker_tag"],
+                    "module": grid["module"],
+                    "constructor": grid["constructor"],
+                    "base_args": [],
+                    "disabled": False,
+                    "run_groups": run_groups,
+                }
+            ]
     return out
 
 
@@ -110,8 +117,7 @@ def main(argv=None):
     current = open(args.out).read() if os.path.exists(args.out) else None
     if args.check:
         if current != text:
-            print(f"{args.out} is out of date: run python adapters/ann_benchmarks/generate_config.py",
-                  file=sys.stderr)
+            print(f"{args.out} is out of date: run python adapters/ann_benchmarks/generate_config.py", file=sys.stderr)
             return 1
         print(f"{args.out} is up to date")
         return 0

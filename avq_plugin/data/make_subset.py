@@ -65,10 +65,10 @@ def exact_top_k(train: np.ndarray, test: np.ndarray, k: int = K):
     if np.any(xn == 0) or np.any(qn == 0):
         raise ValueError("zero-norm vector: cosine distance is undefined")
 
-    ip = q @ x.T                                            # (nq, n)
+    ip = q @ x.T  # (nq, n)
     keys = {
-        "cosine": 1.0 - ip / np.outer(qn, xn),              # ascending
-        "dot": -ip,                                         # ascending == ip descending
+        "cosine": 1.0 - ip / np.outer(qn, xn),  # ascending
+        "dot": -ip,  # ascending == ip descending
         "l2": np.maximum(qn[:, None] ** 2 + xn[None, :] ** 2 - 2.0 * ip, 0.0),
     }
     out = {}
@@ -126,7 +126,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hdf5", help="path to glove6b-50-angular-200k.hdf5")
     parser.add_argument(
-        "-o", "--output",
+        "-o",
+        "--output",
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "glove50_20k.npz"),
         help="output .npz path (default: next to this script)",
     )

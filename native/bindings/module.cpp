@@ -116,7 +116,9 @@ py::tuple make_result(size_t nq, size_t k, const std::function<void(float*, int6
   return py::make_tuple(D, I);
 }
 
-py::bytes to_bytes(const std::string& s) { return py::bytes(s.data(), s.size()); }
+py::bytes to_bytes(const std::string& s) {
+  return py::bytes(s.data(), s.size());
+}
 
 std::string_view bytes_view(const py::bytes& b) {
   char* p = nullptr;
@@ -462,7 +464,8 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("nthreads"))
       .def_property_readonly("d", &ExactIndex::d)
-      .def_property_readonly("metric", [](const ExactIndex& self) { return std::string(avq::metric_name(self.metric())); })
+      .def_property_readonly("metric",
+                             [](const ExactIndex& self) { return std::string(avq::metric_name(self.metric())); })
       .def_static("deserialize",
                   [](const py::bytes& b) {
                     std::string_view v = bytes_view(b);

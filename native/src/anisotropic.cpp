@@ -219,8 +219,8 @@ namespace {
 // Fixed chunking (independent of the thread count) for deterministic reductions.
 constexpr size_t kReduceChunks = 32;
 
-double encode_all(const float* R, const float* U, const double* eta, size_t n, const BlockLayout& L,
-                  const float* cb, uint8_t* codes, int nthreads) {
+double encode_all(const float* R, const float* U, const double* eta, size_t n, const BlockLayout& L, const float* cb,
+                  uint8_t* codes, int nthreads) {
   const size_t d = L.d, M = L.num_blocks;
   std::vector<float> cbt(L.codebook_size());
   transpose_codebook(L, cb, cbt.data());
@@ -232,8 +232,8 @@ double encode_all(const float* R, const float* U, const double* eta, size_t n, c
       size_t b = c * per, e = std::min(n, b + per);
       double acc = 0;
       for (size_t i = b; i < e; ++i)
-        acc += encode_anisotropic(R + i * d, U ? U + i * d : nullptr, eta ? eta[i] : 1.0, L, cbt.data(),
-                                  codes + i * M, sc);
+        acc += encode_anisotropic(R + i * d, U ? U + i * d : nullptr, eta ? eta[i] : 1.0, L, cbt.data(), codes + i * M,
+                                  sc);
       chunk_loss[c] = acc;
     }
   });
@@ -395,9 +395,8 @@ void update_codebooks(const float* R, const float* U, const double* eta, size_t 
 
 }  // namespace
 
-std::vector<float> train_codebooks(const float* R, const float* U, const double* eta, size_t n,
-                                   const BlockLayout& L, const CodebookTrainOptions& opt, Monitor* mon,
-                                   CodebookTrainStats* stats) {
+std::vector<float> train_codebooks(const float* R, const float* U, const double* eta, size_t n, const BlockLayout& L,
+                                   const CodebookTrainOptions& opt, Monitor* mon, CodebookTrainStats* stats) {
   if (n == 0) throw InvalidArgument("no training vectors");
   const size_t d = L.d, M = L.num_blocks, K = kCentersPerBlock;
   std::vector<float> cb(L.codebook_size());
@@ -409,8 +408,7 @@ std::vector<float> train_codebooks(const float* R, const float* U, const double*
     check_stop(mon);
     const size_t off = L.offset[m], dm = L.dims[m];
     sub.resize(nk * dm);
-    for (size_t i = 0; i < nk; ++i)
-      std::memcpy(sub.data() + i * dm, R + (i * n / nk) * d + off, dm * sizeof(float));
+    for (size_t i = 0; i < nk; ++i) std::memcpy(sub.data() + i * dm, R + (i * n / nk) * d + off, dm * sizeof(float));
     KMeansOptions ko;
     ko.k = K;
     ko.iterations = opt.kmeans_iterations;
@@ -446,7 +444,8 @@ std::vector<float> train_codebooks(const float* R, const float* U, const double*
         for (size_t m = 0; m < M; ++m) {
           size_t k = codes[i * M + m];
           cnt[m * K + k] += 1;
-          for (size_t j = 0; j < L.dims[m]; ++j) sums[K * L.offset[m] + k * L.dims[m] + j] += R[i * d + L.offset[m] + j];
+          for (size_t j = 0; j < L.dims[m]; ++j)
+            sums[K * L.offset[m] + k * L.dims[m] + j] += R[i * d + L.offset[m] + j];
         }
       for (size_t m = 0; m < M; ++m)
         for (size_t k = 0; k < K; ++k)

@@ -21,7 +21,8 @@ namespace avq {
 
 constexpr int kCentersPerBlock = 16;  // 4-bit codes
 constexpr double kMaxEta = 1e4;
-constexpr size_t kMaxBlocks = 8192;  // 16-bit accumulation keeps >= 7 table levels per block       // cap when T approaches ||x|| (the exact eta diverges)
+constexpr size_t kMaxBlocks = 8192;  // 16-bit accumulation keeps >= 7 table levels per block       // cap when T
+                                     // approaches ||x|| (the exact eta diverges)
 
 // Exact eta for t = T / ||x|| in [0, 1) and dimension d (>= 1). t <= 0 gives 1.
 double eta_exact(double t, int d);
@@ -78,7 +79,7 @@ double encode_anisotropic(const float* r, const float* u, double eta, const Bloc
 struct CodebookTrainOptions {
   int kmeans_iterations = 10;
   size_t kmeans_sample = 16384;  // rows used by the per-block k-means initialisation (1k per centre)
-  int avq_iterations = 8;  // alternations of (encode, least-squares codebook update); 0 = encode-only
+  int avq_iterations = 8;        // alternations of (encode, least-squares codebook update); 0 = encode-only
   int cg_iterations = 12;
   uint64_t seed = 0;
   int nthreads = 1;

@@ -18,18 +18,24 @@ namespace avq {
 
 const char* metric_name(Metric m) {
   switch (m) {
-    case Metric::kDot: return "dot";
-    case Metric::kCosine: return "cosine";
-    case Metric::kL2: return "l2";
+    case Metric::kDot:
+      return "dot";
+    case Metric::kCosine:
+      return "cosine";
+    case Metric::kL2:
+      return "l2";
   }
   return "?";
 }
 
 const char* reorder_name(ReorderMode r) {
   switch (r) {
-    case ReorderMode::kNone: return "none";
-    case ReorderMode::kFloat32: return "float32";
-    case ReorderMode::kInt8: return "int8";
+    case ReorderMode::kNone:
+      return "none";
+    case ReorderMode::kFloat32:
+      return "float32";
+    case ReorderMode::kInt8:
+      return "int8";
   }
   return "?";
 }
@@ -382,7 +388,8 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   std::iota(sample.begin(), sample.end(), 0);
   if (S < n) {
     std::mt19937_64 rng(p_.seed * 0x2545F4914F6CDD1DULL + 7);
-    for (size_t i = 0; i < S; ++i) std::swap(sample[i], sample[i + std::uniform_int_distribution<size_t>(0, n - 1 - i)(rng)]);
+    for (size_t i = 0; i < S; ++i)
+      std::swap(sample[i], sample[i + std::uniform_int_distribution<size_t>(0, n - 1 - i)(rng)]);
     sample.resize(S);
     std::sort(sample.begin(), sample.end());
   }
@@ -807,8 +814,7 @@ void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
 // Common start of search_one and search_one_float: fills D, I with the padding (-1 ids, the
 // worst score), prepares the query in s.q and selects the leaves in s.leaf_sel (nprobe is
 // lowered to their number). Returns the prepared query, or nullptr when the index is empty.
-const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D,
-                                int64_t* I) const {
+const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D, int64_t* I) const {
   const float pad = p_.metric == Metric::kL2 ? kPadBest : -kPadBest;
   for (size_t j = 0; j < k; ++j) {
     D[j] = pad;
@@ -882,8 +888,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     }
     kt.scan_lut16(leaf.codes_p, ng, Mp, s.lut8.data(), s.acc.data());
     const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
-    size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias,
-                                  s.topn.threshold(), s.idx.data(), s.sc.data());
+    size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
+                                  s.idx.data(), s.sc.data());
     s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
@@ -943,8 +949,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   if (ntotal_ != 0) throw InvalidArgument("set_quantizer needs an empty index (call reset() first)");
   if (L == 0 || L > (size_t(1) << 31)) throw InvalidArgument("the number of leaves must be in [1, 2^31]");
   for (size_t i = 0; i < L * d; ++i)
-    if (!std::isfinite(probe[i]) || !std::isfinite(resid[i]))
-      throw InvalidArgument("centres contain NaN or infinity");
+    if (!std::isfinite(probe[i]) || !std::isfinite(resid[i])) throw InvalidArgument("centres contain NaN or infinity");
   for (size_t i = 0; i < layout_.codebook_size(); ++i)
     if (!std::isfinite(codebooks[i])) throw InvalidArgument("codebooks contain NaN or infinity");
   mapping_.reset();
@@ -975,8 +980,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   trained_ = true;
 }
 
-void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids,
-                      const float* norms2) {
+void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids, const float* norms2) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
   if (p_.reorder != ReorderMode::kNone)

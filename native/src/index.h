@@ -42,7 +42,6 @@ void reserve_huge(std::vector<T>& v, size_t n) {
   advise_huge_pages(v.data(), n * sizeof(T));
 }
 
-
 enum class Metric : uint32_t { kDot = 0, kCosine = 1, kL2 = 2 };
 enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
 
@@ -55,8 +54,8 @@ struct IndexParams {
   uint32_t num_leaves = 0;  // 0: about sqrt(n) at train time
   uint32_t dims_per_block = 2;
   double threshold = std::numeric_limits<double>::quiet_NaN();  // T; NaN: none
-  double eta = 0;            // > 0: fixed eta for every point (overrides threshold)
-  bool eta_scann = false;    // ScaNN's limit formula instead of the exact one
+  double eta = 0;                                               // > 0: fixed eta for every point (overrides threshold)
+  bool eta_scann = false;                                       // ScaNN's limit formula instead of the exact one
   uint32_t avq_iterations = 3;      // encode / codebook-update alternations (0: encode-only)
   uint32_t kmeans_iterations = 10;  // partitioner Lloyd iterations
   uint32_t pq_kmeans_iterations = 10;
@@ -108,8 +107,8 @@ class Index {
   // (dot), the cosine similarity (cosine) or the squared L2 distance (l2); exact when reordering,
   // else the quantized estimate. leaves_to_search is clamped to num_leaves. reorder_k: number of
   // candidates re-scored exactly (ignored when reorder is none; raised to k if smaller).
-  void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads,
-              float* D, int64_t* I) const;
+  void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads, float* D,
+              int64_t* I) const;
 
   // Installs a quantizer built elsewhere (the Faiss adapter: codebooks imported from a Faiss
   // index, or IVF probing by the residual centres as Faiss's IndexIVF does) in place of train().
@@ -169,9 +168,9 @@ class Index {
     uint32_t n = 0;
     std::vector<uint8_t> codes;  // packed: (ceil(n/32), num_blocks_pad, 16)
     std::vector<int64_t> ids;
-    uint64_t row_off = 0;  // the leaf's rows in the reorder arena: [row_off, row_off + n)
-    uint32_t row_cap = 0;  // rows reserved there
-    std::vector<float> bias;    // l2 only: -0.5 * ||x||^2 per point
+    uint64_t row_off = 0;     // the leaf's rows in the reorder arena: [row_off, row_off + n)
+    uint32_t row_cap = 0;     // rows reserved there
+    std::vector<float> bias;  // l2 only: -0.5 * ||x||^2 per point
     // Views used by search: point into the vectors above or into a mapped file.
     const uint8_t* codes_p = nullptr;
     const int64_t* ids_p = nullptr;
@@ -183,8 +182,7 @@ class Index {
   void materialize();  // copy mapped data into owned storage before a mutation
   void ensure_id_map() const;
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
-  void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
-                  int64_t* I) const;
+  void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D, int64_t* I) const;
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
   const float* start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D, int64_t* I) const;
   void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;
@@ -204,7 +202,7 @@ class Index {
   std::vector<float> codebooks_;      // (16, d) per block, see BlockLayout
   std::vector<float> codebooks_t_;    // per block (dims, 16): the LUT-building layout
   void build_codebooks_t();
-  std::vector<float> int8_scale_;     // (d) per-dimension scale of the int8 reorder vectors
+  std::vector<float> int8_scale_;  // (d) per-dimension scale of the int8 reorder vectors
   TrainStats stats_;
   double threshold_used_ = std::numeric_limits<double>::quiet_NaN();
   std::shared_ptr<const EtaFunction> eta_fn_;  // per-point eta (tabulated once per training)

@@ -21,7 +21,9 @@ const char kMagic[8] = {'A', 'V', 'Q', 'I', 'N', 'D', 'E', 'X'};
 constexpr uint32_t kEndian = 0x01020304u;
 constexpr size_t kAlign = 64;
 
-inline size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+inline size_t align_up(size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
 
 struct CrcTable {
   uint32_t t[256];
@@ -34,7 +36,9 @@ struct CrcTable {
   }
 };
 
-std::string errno_text() { return std::string(std::strerror(errno)); }
+std::string errno_text() {
+  return std::string(std::strerror(errno));
+}
 
 }  // namespace
 
@@ -194,8 +198,8 @@ ContainerReader::ContainerReader(const uint8_t* data, size_t size, const std::ve
                           "); upgrade avq-plugin");
   if (version == 0) throw InvalidArgument("corrupted index file: format version 0");
   if (total != size)
-    throw InvalidArgument("truncated or corrupted index file: header says " + std::to_string(total) +
-                          " bytes, got " + std::to_string(size));
+    throw InvalidArgument("truncated or corrupted index file: header says " + std::to_string(total) + " bytes, got " +
+                          std::to_string(size));
   size_t off = kAlign;
   for (uint32_t i = 0; i < nsec; ++i) {
     if (size - off < kAlign || off > size)
@@ -290,7 +294,8 @@ std::string Index::serialize() const {
       ids.push_back({l.ids_p, l.n * sizeof(int64_t)});
       codes.push_back({l.codes_p, ((l.n + 31) / 32) * gb});
       if (p_.reorder != ReorderMode::kNone)
-        (p_.reorder == ReorderMode::kFloat32 ? vecs : vecs8).push_back({store + l.row_off * row_bytes, l.n * row_bytes});
+        (p_.reorder == ReorderMode::kFloat32 ? vecs : vecs8)
+            .push_back({store + l.row_off * row_bytes, l.n * row_bytes});
       if (p_.metric == Metric::kL2) bias.push_back({l.bias_p, l.n * sizeof(float)});
     }
     w.add("IDS_", ids);

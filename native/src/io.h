@@ -112,7 +112,8 @@ class ByteReader {
   ByteReader(SectionView v, const char* what) : p_(v.data), n_(v.size), what_(what) {}
   template <class T>
   T get() {
-    if (n_ - off_ < sizeof(T) || off_ > n_) throw InvalidArgument(std::string("corrupted file: section ") + what_ + " is too short");
+    if (n_ - off_ < sizeof(T) || off_ > n_)
+      throw InvalidArgument(std::string("corrupted file: section ") + what_ + " is too short");
     T v;
     std::memcpy(&v, p_ + off_, sizeof(T));
     off_ += sizeof(T);

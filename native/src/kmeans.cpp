@@ -24,8 +24,8 @@ inline float small_l2(const float* a, const float* b, size_t d) {
   return s;
 }
 
-void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, const CenterTable* ct,
-                  size_t k, bool by_dot, uint32_t* out, float* out_score) {
+void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, const CenterTable* ct, size_t k,
+                  bool by_dot, uint32_t* out, float* out_score) {
   std::vector<float> scores(ct->ngroups * 16);
   for (size_t i = begin; i < end; ++i) {
     const float* xi = x + i * d;

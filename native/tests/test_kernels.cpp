@@ -51,7 +51,9 @@ std::vector<int8_t> rand_i8(size_t n) {
   return v;
 }
 
-bool bits_equal(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+bool bits_equal(const float* a, const float* b, size_t n) {
+  return std::memcmp(a, b, n * sizeof(float)) == 0;
+}
 
 // |got - ref| within a generous bound on float summation error: eps * d * sum |terms|.
 bool close_to(float got, double ref, double abs_sum, size_t d) {
@@ -242,7 +244,7 @@ void test_scan(const k::KernelTable& t) {
         if (mode == 3) {
           if (nb != 258) continue;
           for (size_t i = 0; i < nb * 16; ++i) lut[i] = i < 16 * 131 || i >= 16 * 132 ? 255 : 0;
-          for (size_t i = 0; i < 16; ++i) codes[i] = 0xFF;  // lut[m][15] = 255 for 257 blocks
+          for (size_t i = 0; i < 16; ++i) codes[i] = 0xFF;       // lut[m][15] = 255 for 257 blocks
           for (size_t m = 0; m < nb; ++m) codes[m * 16] = 0xFF;  // point 0 and 16 of group 0
         }
         std::vector<uint16_t> want(ng * 32), got(ng * 32 + 1, 0xBEEF);
@@ -260,8 +262,8 @@ void test_scan(const k::KernelTable& t) {
 // ---------------------------------------------------------------------------------------------
 // filter_scores
 // ---------------------------------------------------------------------------------------------
-size_t naive_filter(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
-                    uint32_t* idx, float* score) {
+size_t naive_filter(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr, uint32_t* idx,
+                    float* score) {
   size_t k = 0;
   for (size_t i = 0; i < n; ++i) {
     volatile float s = static_cast<float>(acc[i]) * a;  // volatile: keep each step rounded
@@ -371,9 +373,8 @@ void test_dot_t16(const k::KernelTable& t, const k::KernelTable& ref) {
       for (float& v : ct) v = u(rng);
       t.dot_t16(q.data(), ct.data(), ng, d, a.data());
       ref.dot_t16(q.data(), ct.data(), ng, d, b.data());
-      check(bits_equal(a.data(), b.data(), ng * 16),
-            std::string(k::level_name(t.level)) + " dot_t16 bit-identical d=" + std::to_string(d) + " ng=" +
-                std::to_string(ng));
+      check(bits_equal(a.data(), b.data(), ng * 16), std::string(k::level_name(t.level)) + " dot_t16 bit-identical d=" +
+                                                         std::to_string(d) + " ng=" + std::to_string(ng));
       bool ok = true;
       for (size_t g = 0; g < ng; ++g)
         for (size_t l = 0; l < 16; ++l) {

@@ -52,8 +52,8 @@ CpuFeatures detect() {
   if (!osxsave || !avx) return f;
 
   const unsigned long long xcr0 = read_xcr0();
-  const bool os_ymm = (xcr0 & 0x6ull) == 0x6ull;     // XMM | YMM
-  const bool os_zmm = (xcr0 & 0xE6ull) == 0xE6ull;   // XMM | YMM | opmask | ZMM_Hi256 | Hi16_ZMM
+  const bool os_ymm = (xcr0 & 0x6ull) == 0x6ull;    // XMM | YMM
+  const bool os_zmm = (xcr0 & 0xE6ull) == 0xE6ull;  // XMM | YMM | opmask | ZMM_Hi256 | Hi16_ZMM
   if (!os_ymm) return f;
 
   // __get_cpuid_count returns 0 when leaf 7 is above the maximum supported leaf.
@@ -78,7 +78,9 @@ const CpuFeatures& features() {
 
 #endif  // AVQ_CPUID_GNU
 
-inline char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+inline char ascii_lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 // Case-insensitive comparison of a C string with a lower-case literal.
 bool equals_ci(const char* s, const char* lower) {
@@ -141,7 +143,7 @@ SimdLevel default_level() {
   SimdLevel requested;
   const char* env = std::getenv("AVQ_SIMD_LEVEL");
   if (env == nullptr || env[0] == '\0' || !parse_level(env, &requested)) return best;  // unset / unknown
-  if (static_cast<int>(requested) > static_cast<int>(best)) return best;                // clamp
+  if (static_cast<int>(requested) > static_cast<int>(best)) return best;               // clamp
   return requested;
 }
 
@@ -160,7 +162,9 @@ const KernelTable* table_for(SimdLevel level) {
   }
 }
 
-const KernelTable& active() { return *active_slot().load(std::memory_order_acquire); }
+const KernelTable& active() {
+  return *active_slot().load(std::memory_order_acquire);
+}
 
 bool set_active_level(SimdLevel level) {
   const KernelTable* t = table_for(level);

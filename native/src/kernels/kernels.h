@@ -47,8 +47,7 @@ struct KernelTable {
   // lut layout: (nblocks_pad, 16) uint8; padding blocks have all-zero entries.
   // nblocks_pad is even (>= 2). The caller guarantees sum_m max_k lut[m][k] <= 65535.
   // out layout: (ngroups * 32) uint16, out[32g + p] = sum_m lut[m][code(32g+p, m)].
-  void (*scan_lut16)(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut,
-                     uint16_t* out);
+  void (*scan_lut16)(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut, uint16_t* out);
 
   // Threshold filter after a scan. For i < n: s = float(acc[i]) * a + b, then s = s + bias[i]
   // when bias != nullptr. Every i with s > thr is appended to out_idx / out_score in increasing i.

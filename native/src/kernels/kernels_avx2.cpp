@@ -37,10 +37,10 @@ inline __m256i first_lanes_mask(size_t k) {
 
 // Canonical fold of the 16 lane sums held as lo = lanes 0..7, hi = lanes 8..15.
 inline float fold16(__m256 lo, __m256 hi) {
-  const __m256 v = _mm256_add_ps(lo, hi);                                           // s = 8
+  const __m256 v = _mm256_add_ps(lo, hi);                                         // s = 8
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // s = 4
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));       // s = 2: lanes 0,1 += lanes 2,3
-  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x1));  // s = 1: lane 0 += lane 1
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));                                         // s = 2: lanes 0,1 += lanes 2,3
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x1));                                   // s = 1: lane 0 += lane 1
   return _mm_cvtss_f32(x);
 }
 
@@ -238,8 +238,7 @@ void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d
 // per lookup (about 12% faster). At the end of the group the two 128-bit lanes (even / odd
 // blocks) are added, even is recovered, and even/odd are interleaved back into point order.
 // No per-block branches; the group's accumulators stay in registers.
-void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut,
-                uint16_t* out) {
+void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut, uint16_t* out) {
   const __m256i nib = _mm256_set1_epi8(0x0F);
   const size_t group_bytes = nblocks_pad * 16;
   for (size_t g = 0; g < ngroups; ++g) {
@@ -306,8 +305,8 @@ constexpr CompressTable kCompress = make_compress_table();
 // vmaskmovps, are very slow on AMD, so they are avoided). Tail (< 8 points): scalar, same
 // arithmetic.
 template <bool kHasBias>
-inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b,
-                          float thr, uint32_t* out_idx, float* out_score) {
+inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
+                          uint32_t* out_idx, float* out_score) {
   const __m256 va = _mm256_set1_ps(a);
   const __m256 vb = _mm256_set1_ps(b);
   const __m256 vthr = _mm256_set1_ps(thr);
@@ -343,8 +342,8 @@ inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, floa
   return k;
 }
 
-size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
-                     uint32_t* out_idx, float* out_score) {
+size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr, uint32_t* out_idx,
+                     float* out_score) {
   if (bias != nullptr) return filter_impl<true>(acc, bias, n, a, b, thr, out_idx, out_score);
   return filter_impl<false>(acc, nullptr, n, a, b, thr, out_idx, out_score);
 }
@@ -384,8 +383,7 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
 
 // 8 values per step; the compare masks pick left-packing permutations (kCompress) and full
 // 8-lane stores go to the current counts (outputs have 16 floats of slack).
-void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
-                   size_t* n_lt) {
+void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
   const __m256 vp = _mm256_set1_ps(pivot);
   const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i nibble_mask = _mm256_set1_epi32(0xF);
@@ -415,13 +413,15 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx2, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
-    &dot_gather,      &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16, &partition_f32,
+    SimdLevel::kAvx2, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
+    &dot_i8_gather,   &scan_lut16, &filter_scores, &dot_t16,   &partition_f32,
 };
 
 }  // namespace
 
-const KernelTable& table() { return kTable; }
+const KernelTable& table() {
+  return kTable;
+}
 
 }  // namespace avx2
 }  // namespace kernels

@@ -34,7 +34,9 @@ namespace avx512 {
 namespace {
 
 // Mask with the first k lanes / bytes set (k < 16 / k < 64 respectively; k == 0 gives 0).
-inline __mmask16 first_mask16(size_t k) { return static_cast<__mmask16>((1u << k) - 1u); }
+inline __mmask16 first_mask16(size_t k) {
+  return static_cast<__mmask16>((1u << k) - 1u);
+}
 
 // Canonical fold of the 16 lane sums: s = 8 (two 256-bit halves), 4, 2, 1.
 inline float fold16(__m512 acc) {
@@ -167,15 +169,14 @@ void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d
 // caller guarantees every sum is <= 65535. At the end of the group the four 128-bit lanes are
 // summed (512 -> 256 -> 128), even is recovered, and even/odd are interleaved into point order.
 // No per-block branches; the group's accumulators stay in registers.
-void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut,
-                uint16_t* out) {
+void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut, uint16_t* out) {
   const __m512i nib = _mm512_set1_epi8(0x0F);
   const __m256i nib256 = _mm256_set1_epi8(0x0F);
   const size_t group_bytes = nblocks_pad * 16;
   const size_t full_bytes = group_bytes & ~static_cast<size_t>(63);  // whole 4-block steps
-  const bool has_pair = full_bytes != group_bytes;                  // 2 blocks left over
-  const __m256i lut_pair = has_pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + full_bytes))
-                                    : _mm256_setzero_si256();
+  const bool has_pair = full_bytes != group_bytes;                   // 2 blocks left over
+  const __m256i lut_pair =
+      has_pair ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + full_bytes)) : _mm256_setzero_si256();
   for (size_t g = 0; g < ngroups; ++g) {
     const uint8_t* c = codes + g * group_bytes;
     __m512i lo_all = _mm512_setzero_si512();  // points 0..15, even + 256 * odd (mod 2^16)
@@ -229,8 +230,8 @@ void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const 
 // i + 16 <= n) but may leave unspecified values in entries >= the returned count. The tail
 // (< 16 points) uses masked loads, a masked compare and a masked store of exactly the matches.
 template <bool kHasBias>
-inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b,
-                          float thr, uint32_t* out_idx, float* out_score) {
+inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
+                          uint32_t* out_idx, float* out_score) {
   const __m512 va = _mm512_set1_ps(a);
   const __m512 vb = _mm512_set1_ps(b);
   const __m512 vthr = _mm512_set1_ps(thr);
@@ -270,8 +271,8 @@ inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, floa
   return k;
 }
 
-size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
-                     uint32_t* out_idx, float* out_score) {
+size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr, uint32_t* out_idx,
+                     float* out_score) {
   if (bias != nullptr) return filter_impl<true>(acc, bias, n, a, b, thr, out_idx, out_score);
   return filter_impl<false>(acc, nullptr, n, a, b, thr, out_idx, out_score);
 }
@@ -307,8 +308,7 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
 
 // 16 values per step: register-form compress (the memory form is slow on AMD Zen 4) and full
 // 16-lane stores at the current counts (outputs have 16 floats of slack).
-void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
-                   size_t* n_lt) {
+void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
   const __m512 vp = _mm512_set1_ps(pivot);
   size_t g = 0, l = 0, i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -335,13 +335,15 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx512, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
-    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16, &partition_f32,
+    SimdLevel::kAvx512, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
+    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &partition_f32,
 };
 
 }  // namespace
 
-const KernelTable& table() { return kTable; }
+const KernelTable& table() {
+  return kTable;
+}
 
 }  // namespace avx512
 }  // namespace kernels

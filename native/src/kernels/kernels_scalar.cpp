@@ -52,8 +52,7 @@ struct L2Term {
 // Canonical 16-lane reduction of term(a[i], b[i]) over i < d.
 template <class Term>
 inline float reduce16(const float* a, const float* b, size_t d) {
-  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f,
-                   0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   size_t i = 0;
   for (; i + 16 <= d; i += 16) {
     for (int j = 0; j < 16; ++j) acc[j] += Term::term(a[i + j], b[i + j]);
@@ -65,8 +64,7 @@ inline float reduce16(const float* a, const float* b, size_t d) {
 
 // Canonical 16-lane reduction of w[i] * float(x[i]) over i < d.
 inline float reduce16_i8(const float* w, const int8_t* x, size_t d) {
-  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f,
-                   0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   size_t i = 0;
   for (; i + 16 <= d; i += 16) {
     for (int j = 0; j < 16; ++j) acc[j] += w[i + j] * static_cast<float>(x[i + j]);
@@ -75,9 +73,13 @@ inline float reduce16_i8(const float* w, const int8_t* x, size_t d) {
   return fold16(acc);
 }
 
-float dot(const float* a, const float* b, size_t d) { return reduce16<DotTerm>(a, b, d); }
+float dot(const float* a, const float* b, size_t d) {
+  return reduce16<DotTerm>(a, b, d);
+}
 
-float l2sqr(const float* a, const float* b, size_t d) { return reduce16<L2Term>(a, b, d); }
+float l2sqr(const float* a, const float* b, size_t d) {
+  return reduce16<L2Term>(a, b, d);
+}
 
 void dot_batch(const float* q, const float* x, size_t n, size_t d, float* out) {
   for (size_t i = 0; i < n; ++i) out[i] = reduce16<DotTerm>(q, x + i * d, d);
@@ -98,8 +100,7 @@ void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d
 // codes: (ngroups, nblocks_pad, 16) bytes. In group g, block m, byte j holds the code of point
 // 32g+j in its low nibble and the code of point 32g+j+16 in its high nibble.
 // lut: (nblocks_pad, 16). out: (ngroups * 32) uint16 in natural point order.
-void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut,
-                uint16_t* out) {
+void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const uint8_t* lut, uint16_t* out) {
   const size_t group_bytes = nblocks_pad * 16;
   for (size_t g = 0; g < ngroups; ++g) {
     const uint8_t* c = codes + g * group_bytes;
@@ -118,8 +119,8 @@ void scan_lut16(const uint8_t* codes, size_t ngroups, size_t nblocks_pad, const 
 }
 
 template <bool kHasBias>
-inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b,
-                          float thr, uint32_t* out_idx, float* out_score) {
+inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
+                          uint32_t* out_idx, float* out_score) {
   size_t k = 0;
   for (size_t i = 0; i < n; ++i) {
     float s = static_cast<float>(acc[i]) * a;
@@ -134,8 +135,8 @@ inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, floa
   return k;
 }
 
-size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
-                     uint32_t* out_idx, float* out_score) {
+size_t filter_scores(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr, uint32_t* out_idx,
+                     float* out_score) {
   if (bias != nullptr) return filter_impl<true>(acc, bias, n, a, b, thr, out_idx, out_score);
   return filter_impl<false>(acc, nullptr, n, a, b, thr, out_idx, out_score);
 }
@@ -153,8 +154,7 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
   }
 }
 
-void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
-                   size_t* n_lt) {
+void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
   size_t g = 0, l = 0;
   for (size_t i = 0; i < n; ++i) {
     const float v = src[i];
@@ -168,13 +168,15 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kScalar, &dot,       &l2sqr,      &dot_batch,     &l2sqr_batch,
-    &dot_gather,        &dot_i8_gather, &scan_lut16, &filter_scores, &dot_t16, &partition_f32,
+    SimdLevel::kScalar, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
+    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &partition_f32,
 };
 
 }  // namespace
 
-const KernelTable& table() { return kTable; }
+const KernelTable& table() {
+  return kTable;
+}
 
 }  // namespace scalar
 }  // namespace kernels
