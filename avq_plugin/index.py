@@ -19,7 +19,7 @@ from .tuning import TuneReport
 __all__ = ["AVQIndex", "ExactIndex", "TuneReport"]
 
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
-# (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (README).
+# (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (docs/parameters.md).
 AUTO_THRESHOLD = 0.2
 # Search defaults (leaves_to_search = ceil(fraction * num_leaves)); chosen so that the shipped
 # GloVe subset reaches recall@10 >= 0.9 (tests/test_recall.py checks it).
