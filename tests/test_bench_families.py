@@ -128,6 +128,10 @@ def test_interleaved_run_times_every_setting_in_rounds(tmp_path):
         for q in b["queries"]:
             assert len(q["seconds"]) == 2 and q["best_seconds"] == min(q["seconds"])
             assert q["qps"] == pytest.approx(40 / q["best_seconds"])
+    one = bench.run_benchmark(ds, tmp_path, ["hnswlib", "avq"], only_builds=["h16"], **kw)
+    assert [b["name"] for b in one["builds"]] == ["h16"]
+    with pytest.raises(ValueError, match="nosuch"):
+        bench.run_benchmark(ds, tmp_path, ["hnswlib"], only_builds=["nosuch"], **kw)
     plain = bench.run_benchmark(ds, tmp_path, ["hnswlib", "avq"], family="small", **kw)
     assert plain["settings"]["interleave"] is False
     recalls = [[q["recall"] for q in b["queries"]] for b in res["builds"]]

@@ -98,6 +98,7 @@ def _parse_args(argv):
         help="grids of a dataset family: a file stem in benchmark_configs/families/ or a path; 'auto' "
         "(default) picks the family whose match rule admits the dataset, 'none' uses the per-system files",
     )
+    p.add_argument("--builds", metavar="LIST", help="comma-separated build names: run only these builds")
     p.add_argument(
         "--interleave",
         action="store_true",
@@ -240,6 +241,7 @@ def _main(argv) -> int:
         runners=runners,
         family=args.family,
         interleave=args.interleave,
+        only_builds=[b.strip() for b in args.builds.split(",") if b.strip()] if args.builds else None,
     )
     for note in skipped_notes:
         results["skipped"].setdefault(note.split(" ", 1)[0], note)

@@ -36,6 +36,7 @@ def run_benchmark(
     runners: dict | None = None,
     family: str | None = "auto",
     interleave: bool = False,
+    only_builds: Sequence[str] | None = None,
 ) -> dict:
     """Build and query every configured system on ``dataset``.
 
@@ -79,6 +80,8 @@ def run_benchmark(
         settings in ``reps`` rounds over every index (each round one timing per setting,
         the best kept), so that a change of machine load during the run affects every
         system alike. Needs the memory of all indexes at once.
+    only_builds : sequence of str, optional
+        Run only the builds of these names (of any system); a name no grid defines is an error.
 
     Returns
     -------
@@ -145,6 +148,14 @@ def run_benchmark(
 
     br_slots: dict = {}
     grids: dict = {}
+    if only_builds is not None:
+        known = {
+            b["name"]
+            for system in systems
+            for b in load_system_config(config_dir, system, dataset.n_train, dataset.metric, quick, family=fam).builds
+        }
+        if set(only_builds) - known:
+            raise ValueError(f"builds {sorted(set(only_builds) - known)} are not in the grids of {list(systems)}")
     for system in systems:
         try:
             runner = runners.pop(system, None) or make_runner(system, threads)
@@ -154,6 +165,10 @@ def run_benchmark(
             continue
         runner.threads, runner.bars = threads, bars
         cfg = load_system_config(config_dir, system, dataset.n_train, dataset.metric, quick, family=fam)
+        if only_builds is not None:
+            cfg.builds = [b for b in cfg.builds if b["name"] in only_builds]
+            if not cfg.builds:
+                continue
         _warm_up(runner, cfg, dataset, say)
         for build in cfg.builds:
             say(f"[{system}] build {build['name']} {build['args']}")

@@ -370,7 +370,15 @@ def text_order(n: int, seed: int) -> np.ndarray:
 
 
 def embed(
-    work: str, model: str, shard: int, max_tokens: int, seed: int, limit: int | None, part: str, engine: str = "numpy"
+    work: str,
+    model: str,
+    shard: int,
+    max_tokens: int,
+    seed: int,
+    limit: int | None,
+    part: str,
+    engine: str = "numpy",
+    shards: list[int] | None = None,
 ) -> str:
     """Embed texts in ``text_order`` shards of ``shard`` texts; ``part`` "i/m" takes every m-th shard from i."""
     texts = load_corpus(work)
@@ -382,9 +390,10 @@ def embed(
     n = len(texts) if limit is None else min(limit, len(texts))
     n_shards = (n + shard - 1) // shard
     first, every = (int(v) for v in part.split("/"))
+    todo = list(range(first, n_shards, every)) if shards is None else [s for s in shards if s < n_shards]
     t0 = time.time()
     done = 0
-    for s in range(first, n_shards, every):
+    for s in todo:
         path = os.path.join(d, f"emb-{s:05d}.npy")
         if os.path.exists(path):
             continue
@@ -395,7 +404,7 @@ def embed(
         os.replace(path + ".tmp.npy", path)
         done += len(chunk)
         el = time.time() - t0
-        left = sum(min(shard, n - r * shard) for r in range(s + every, n_shards, every))
+        left = sum(min(shard, n - r * shard) for r in todo[todo.index(s) + 1 :])
         print(
             f"embed {model}: shard {s + 1}/{n_shards}  {len(chunk) / (time.time() - t):.0f} texts/s  "
             f"{done / el:.1f} texts/s overall  eta {left / max(done / el, 1e-9) / 60:.1f} min",
@@ -538,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--part", default="0/1", help="I/M: this process embeds shards I, I+M, ... (M processes in parallel)"
     )
+    ap.add_argument("--shards", help="comma-separated shard numbers to embed, in this order (instead of --part)")
     ap.add_argument("--max-tokens", type=int, default=128, help="truncate texts to this many word pieces")
     ap.add_argument("--threads", type=int, default=None, help="BLAS threads (sets OMP/OPENBLAS_NUM_THREADS)")
     ap.add_argument("--subset-train", type=int, default=20_000)
@@ -555,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.step in ("corpus", "all"):
             build_corpus(a.work, a.apt_lists)
         if a.step in ("embed", "all"):
-            embed(a.work, a.model, a.shard, a.max_tokens, a.seed, a.limit, a.part, a.engine)
+            shards = [int(v) for v in a.shards.split(",")] if a.shards else None
+            embed(a.work, a.model, a.shard, a.max_tokens, a.seed, a.limit, a.part, a.engine, shards)
         if a.step in ("hdf5", "all"):
             if not a.out:
                 ap.error("--out is required")
