@@ -439,6 +439,16 @@ class AVQIndex(_NativeWrapper):
         self._require_trained()
         return self._index.leaf_sizes()
 
+    def _contains(self, ids):
+        """Boolean (n,): which of the ids are indexed."""
+        self._require_trained()
+        return self._index.contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
+
+    def _probe_centers(self):
+        """The centres leaves are chosen by, float32 (num_leaves, d)."""
+        self._require_trained()
+        return np.asarray(self._index.probe_centers(), np.float32).reshape(self._index.num_leaves, -1)
+
     def _quantizer_digest(self):
         """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
         import hashlib

@@ -335,6 +335,15 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("ids").noconvert())
       .def(
+          "contains",
+          [](const Index& self, IArray ids) {
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::array_t<uint8_t> out(n);
+            self.contains(ids.data(), n, out.mutable_data());
+            return out;
+          },
+          py::arg("ids").noconvert())
+      .def(
           "get_leaves",
           [](const Index& self, IArray ids) {
             size_t n = static_cast<size_t>(ids.shape(0));

@@ -729,6 +729,12 @@ void Index::get_codes(const int64_t* ids, size_t n, uint8_t* out) const {
   }
 }
 
+void Index::contains(const int64_t* ids, size_t n, uint8_t* out) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  ensure_id_map();
+  for (size_t t = 0; t < n; ++t) out[t] = id_map_.count(ids[t]) ? 1 : 0;
+}
+
 void Index::get_leaves(const int64_t* ids, size_t n, int64_t* out) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   ensure_id_map();

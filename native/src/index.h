@@ -147,6 +147,8 @@ class Index {
 
   // Codes of the given ids, layout (n, num_blocks) uint8; throws InvalidArgument on unknown id.
   void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
+  // out[t] = 1 when ids[t] is indexed, else 0.
+  void contains(const int64_t* ids, size_t n, uint8_t* out) const;
   // Leaf of each given id.
   void get_leaves(const int64_t* ids, size_t n, int64_t* out) const;
   // All ids in storage order (leaf by leaf).
