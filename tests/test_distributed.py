@@ -519,7 +519,7 @@ def test_replicas_survive_a_worker_killed_mid_stream(client, glove, tmp_path):
     X, Q = glove
     ensure_two_workers(client)
     index = ShardedAVQIndex(metric="cosine", n_shards=4, replicas=2, client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X[:8000], chunks=(4000, 50))
     )
     infos = index.shard_info()
     assert all(len(set(i["workers"])) == 2 for i in infos)  # two workers per shard
@@ -544,10 +544,12 @@ def test_replicas_survive_a_worker_killed_mid_stream(client, glove, tmp_path):
 def test_lost_leaf_shard_raises_unless_saved(client, glove, tmp_path):
     X, Q = glove
     ensure_two_workers(client)
-    saved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(5000, 50)))
+    saved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X[:6000], chunks=(3000, 50)))
     saved.save(tmp_path / "s.avqs")
     expected = saved.search(Q, k=10)
-    unsaved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(5000, 50)))
+    unsaved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(
+        da.from_array(X[6000:12000], chunks=(3000, 50))
+    )
     infos = unsaved.shard_info()
     with pytest.raises(ShardLostError, match="lost .a worker died. and could not be recovered") as err:
         search_with_worker_killed(client, unsaved, Q, tmp_path / "kill", k=10)

@@ -182,8 +182,9 @@ class ShardedAVQIndex:
         As for :class:`~avq_plugin.AVQIndex`; every shard shares one quantizer trained with
         them. ``num_leaves=None`` picks round(sqrt(n)) for the *total* n.
     n_shards : int or None
-        Number of shards, each a contiguous range of rows. None: one shard per row chunk of a
-        dask array, or per file of a list of files.
+        Number of shards. sharding="leaves": None gives one per worker. sharding="rows": each
+        shard a contiguous range of rows; None gives one per row chunk of a dask array, or per
+        file of a list of files.
     training_sample_size : int or None
         Rows sampled across all chunks to train the quantizer; None: min(n, max(100000,
         64 * num_leaves)), as for ``AVQIndex``. The sample is gathered in one worker.
@@ -194,13 +195,25 @@ class ShardedAVQIndex:
     client : distributed.Client or None
         The cluster to use. None: the current default client, or a new ``Client()`` (a local
         cluster) when there is none.
+    sharding : {"leaves", "rows"}
+        "leaves": whole leaves per shard, each query sent only to the shards owning its probed
+        leaves, with one ``reorder_k`` budget per query split across them (see the package
+        docstring and docs/dask.md); supports replicas and ``add``/``remove``. "rows": row
+        ranges, every query to every shard with the full budget each (the former design).
+    replicas : int
+        sharding="leaves": copies of each shard, on distinct workers. A search uses one live
+        copy per shard (the least busy); a lost copy is re-created from a survivor in the
+        background; a shard is lost (``ShardLostError``) only when every copy is gone and it
+        has no saved file that is up to date.
 
     Attributes
     ----------
     ntotal : int
         Number of indexed vectors.
     shard_bounds_ : list of (int, int)
-        Global row (= id) range [start, stop) of each shard.
+        sharding="rows": global row (= id) range [start, stop) of each shard.
+    leaf_to_shard_ : int32 (num_leaves,)
+        sharding="leaves": the shard owning each leaf.
 
     Examples
     --------
@@ -578,6 +591,7 @@ class ShardedAVQIndex:
             "shard_tasks": len(self._shards),
             "dask_tasks": len(self._shards),
             "candidates_scanned_per_query": None,
+            "reranked_per_query": None,
             "client_seconds": time.perf_counter() - t1,
         }
         del t0
@@ -1082,6 +1096,7 @@ class ShardedAVQIndex:
         total = sizes.sum(axis=1)
         jobs = {}
         visited = np.zeros(nq, np.int32)
+        rerank = np.zeros(nq, np.int64)
         for j in range(self._n_shards):
             mask = owner == j
             rows = np.flatnonzero(mask.any(axis=1))
@@ -1094,6 +1109,8 @@ class ShardedAVQIndex:
             leaves = np.take_along_axis(np.where(m, P[rows], -1), order, axis=1)[:, :width]
             scanned = np.where(m, sizes[rows], 0).sum(axis=1)
             budget = split_reorder_budget(rk, scanned, total[rows])
+            # Re-ranking work: the shard re-scores min(its candidates, max(k, its budget)).
+            rerank[rows] += np.minimum(scanned, np.maximum(k, budget))
             jobs[j] = (rows, np.ascontiguousarray(leaves, np.int32), budget, int(scanned.sum()))
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
@@ -1135,6 +1152,7 @@ class ShardedAVQIndex:
             "shard_tasks": int(shard_tasks),
             "dask_tasks": int(tasks),
             "candidates_scanned_per_query": float(total.mean()) if nq else 0.0,
+            "reranked_per_query": float(rerank.mean()) if nq else 0.0,
             "client_seconds": client_s,
         }
         if self.replicas > 1:
@@ -1147,8 +1165,10 @@ class ShardedAVQIndex:
         ``shards_visited_per_query`` (mean), ``shard_tasks`` (shard sub-batches searched,
         retries included), ``dask_tasks`` (tasks submitted: one per worker per round),
         ``candidates_scanned_per_query`` (vectors in the probed leaves, mean; None for row
-        shards, where every shard scans its part of every probed leaf) and ``client_seconds``
-        (time the client spent routing and merging, waiting excluded).
+        shards), ``reranked_per_query`` (candidates re-scored exactly over all shards, at most
+        about ``reorder_k`` + k per visited shard; None for row shards, where it is up to
+        n_shards x reorder_k) and ``client_seconds`` (time the client spent routing and
+        merging, waiting excluded).
         """
         return None if self._stats is None else dict(self._stats)
 
