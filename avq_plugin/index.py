@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import time
 import warnings
 
 import numpy as np
 
 from . import _native, tuning
 from . import _validation as V
+from ._progress import check_progress, progress_callback
 from ._wrapper import _NativeWrapper
 from .exact import ExactIndex
 from .tuning import TuneReport
@@ -25,54 +24,6 @@ AUTO_THRESHOLD = 0.2
 # GloVe subset reaches recall@10 >= 0.9 (tests/test_recall.py checks it).
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
-
-
-class _Progress:
-    """Progress lines on stderr for verbose training."""
-
-    def __init__(self):
-        self.t0 = time.perf_counter()
-        self.last = None
-
-    def __call__(self, stage, done, total, info):
-        key = (stage, done)
-        if key == self.last:
-            return
-        self.last = key
-        msg = f"[avq {time.perf_counter() - self.t0:7.2f}s] {stage} {done}/{total}"
-        if info:
-            msg += f" ({info})"
-        print(msg, file=sys.stderr, flush=True)
-
-
-class _TqdmStages:
-    """Progress as tqdm bars on stderr, one per stage (``progress=True``)."""
-
-    def __init__(self, tqdm):
-        self.tqdm = tqdm
-        self.stage, self.bar, self.done = None, None, 0
-
-    def __call__(self, stage, done, total, info):
-        if stage != self.stage:
-            self.close()
-            self.stage, self.done = stage, 0
-            self.bar = self.tqdm(total=int(total), desc=f"avq: {stage}", leave=False, file=sys.stderr)
-        if done > self.done:
-            self.bar.update(done - self.done)
-            self.done = done
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        self.stage, self.bar = None, None
-
-
-def _check_progress(progress):
-    if progress is None or isinstance(progress, bool) or callable(progress):
-        return progress
-    raise TypeError(
-        f"progress must be None, True, False or a callable (stage, done, total, info), got {type(progress).__name__}"
-    )
 
 
 class AVQIndex(_NativeWrapper):
@@ -178,7 +129,7 @@ class AVQIndex(_NativeWrapper):
         self.num_threads = V.resolve_threads(num_threads)
         self.seed = V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
         self.verbose = bool(verbose)
-        self.progress = _check_progress(progress)
+        self.progress = check_progress(progress)
         if self.anisotropic_threshold == 0.0 and self.eta is None:
             warnings.warn(
                 "anisotropic_threshold=0 gives eta = 1: plain reconstruction-loss PQ "
@@ -239,29 +190,10 @@ class AVQIndex(_NativeWrapper):
             raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
 
     # ------------------------------------------------------------------ build
-    def _progress_callback(self):
-        """The callback for one train/add call, or None (see the ``progress`` parameter)."""
-        progress = getattr(self, "progress", None)
-        if progress is None:
-            return _Progress() if self.verbose else None
-        if progress is False:
-            return None
-        if progress is True:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return _Progress()
-            return _TqdmStages(tqdm)
-        return progress
-
     def _with_progress(self, run):
-        """``run(callback)`` with this index's progress callback; closes bars it opened."""
-        callback = self._progress_callback()
-        try:
+        """``run(callback)`` with this index's progress callback (see the ``progress`` parameter)."""
+        with progress_callback(getattr(self, "progress", None), self.verbose) as callback:
             return run(callback)
-        finally:
-            if isinstance(callback, _TqdmStages):
-                callback.close()
 
     def _threshold_for(self, X):
         T = self.anisotropic_threshold
