@@ -19,7 +19,7 @@ Two ways to shard (``sharding=``):
 
 Modules: ``index`` (ShardedAVQIndex), ``worker`` (the worker-side replica registry and tasks),
 ``placement`` (leaf placement, budget split), ``merge`` (top-k merging), ``manifest`` (saved
-directories), ``sources`` (input reading), ``bench`` (the benchmark). See docs/dask.md.
+directories), ``sources`` (input reading); the benchmark is ``avq_plugin.bench.distributed``. See docs/dask.md.
 
 Needs the ``distributed`` extra: ``pip install "avq-plugin[distributed]"``.
 """

@@ -1,14 +1,14 @@
 """Benchmark of ShardedAVQIndex on a local Dask cluster: QPS with 1 and 2 workers, memory per
-worker, and the per-shard figures behind the README's sizing note.
+worker, and the per-shard figures behind the sizing note of docs/dask.md.
 
 Run (hold the machine's benchmark lock so no other timing job runs at the same time)::
 
-    flock /tmp/avq-bench.lock python -m avq_plugin.distributed.bench \\
+    flock /tmp/avq-bench.lock python -m avq_plugin.bench.distributed \\
         --dataset /work/shared/data/glove6b-50-angular-200k.hdf5 --json dist.json
 
 Shard sweep (CPU per query against the number of shards, leaf-routed vs row shards)::
 
-    flock /tmp/avq-bench.lock python -m avq_plugin.distributed.bench \\
+    flock /tmp/avq-bench.lock python -m avq_plugin.bench.distributed \\
         --dataset /work/shared/data/glove6b-50-angular-200k.hdf5 --sweep 1,2,4,8,16 \\
         --budgets 20:100 --batch 10000 --json sweep.json
 
@@ -20,7 +20,7 @@ Steps, all with the same shards (built once, saved, then loaded by each cluster)
    bytes of the shared quantizer;
 2. per-shard search costs in this process (1 thread): a fixed per-query cost (leaf scoring,
    lookup table), the scan cost per vector of the probed leaves, and the re-scoring cost per
-   candidate, the inputs of the fan-out model in the README;
+   candidate, the inputs of the fan-out model in docs/dask.md;
 3. batched QPS and recall@10 of the loaded index on a LocalCluster with 1 worker and with 2
    workers (1 thread each), against one AVQIndex with the same quantizer in this process
    (1 and 2 threads); the resident memory (RSS) of every worker.
@@ -99,7 +99,7 @@ def _cluster(n_workers, threads):
 def sweep(args):
     """CPU per query, QPS, shards visited and recall against the number of shards, leaf-routed
     vs row shards, on a 2-worker LocalCluster, against one in-process AVQIndex."""
-    from . import ShardedAVQIndex
+    from ..distributed import ShardedAVQIndex
 
     ds = load_hdf5(args.dataset)
     if ds.metric != "angular":
@@ -193,7 +193,7 @@ def sweep(args):
 
 
 def main(argv=None):
-    from . import ShardedAVQIndex
+    from ..distributed import ShardedAVQIndex
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", required=True, help="ann-benchmarks HDF5 file (angular)")
