@@ -21,7 +21,8 @@ from distributed import Client, LocalCluster, WorkerPlugin
 
 from avq_plugin import ExactIndex
 from avq_plugin.datasets import load_glove_subset
-from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_topk
+from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_rows, merge_topk
+from avq_plugin.distributed.placement import balanced_leaf_groups, refine_leaf_groups, split_reorder_budget
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -144,6 +145,64 @@ def test_merge_topk_equals_one_sorted_list():
     o = np.lexsort((ids, -scores), axis=1)[:, :10]
     np.testing.assert_array_equal(I, np.take_along_axis(ids, o, 1))
     np.testing.assert_array_equal(D, np.take_along_axis(scores, o, 1))
+
+
+def test_merge_rows_equals_merge_topk_on_the_rows_answered():
+    rng = np.random.default_rng(1)
+    nq, k = 40, 5
+    parts, full_D, full_I = [], [], []
+    for _ in range(3):
+        rows = np.sort(rng.choice(nq, size=25, replace=False))
+        D = -np.sort(-rng.integers(0, 6, size=(len(rows), k)).astype(np.float32), axis=1)  # ties
+        I = rng.permutation(10000)[: len(rows) * k].reshape(len(rows), k).astype(np.int64)
+        I[0, -1] = -1  # a padded entry
+        D[0, -1] = -FLT_MAX
+        parts.append((rows, D, I))
+        Df = np.full((nq, k), -FLT_MAX, np.float32)
+        If = np.full((nq, k), -1, np.int64)
+        Df[rows], If[rows] = D, I
+        full_D.append(Df)
+        full_I.append(If)
+    D, I = merge_rows(nq, k, parts, "dot")
+    D1, I1 = merge_topk(full_D, full_I, k, "dot")
+    hits = np.zeros(nq, int)
+    for rows, _, _ in parts:
+        hits[rows] += 1
+    multi = hits > 1  # rows answered once keep that part's own order
+    np.testing.assert_array_equal(I[multi], I1[multi])
+    np.testing.assert_array_equal(D[multi], D1[multi])
+    assert np.all(I[hits == 0] == -1) and np.all(D[hits == 0] == -FLT_MAX)
+    for rows, _, Ip in parts:
+        one = hits[rows] == 1
+        np.testing.assert_array_equal(I[rows[one]], Ip[one])
+
+
+def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
+    rng = np.random.default_rng(0)
+    # 8 well separated clusters of 16 leaves each; queries probe leaves of one cluster.
+    centres = np.concatenate([rng.normal(size=(1, 8)) * 10 + rng.normal(size=(16, 8)) for _ in range(8)])
+    counts = rng.integers(50, 150, size=len(centres))
+    for S in (1, 3, 8):
+        g = balanced_leaf_groups(centres, counts, S)
+        assert set(g.tolist()) == set(range(S))
+        sizes = np.bincount(g, weights=counts, minlength=S)
+        assert sizes.max() - sizes.min() <= 2 * counts.max()
+    g = balanced_leaf_groups(centres, counts, 8)
+    probes = np.stack(
+        [rng.choice(np.arange(c * 16, c * 16 + 16), size=6, replace=False) for c in rng.integers(0, 8, 500)]
+    )
+    before = np.mean([len(set(g[p].tolist())) for p in probes])
+    g2 = refine_leaf_groups(g, probes, counts, 8, max_imbalance=0.2)
+    after = np.mean([len(set(g2[p].tolist())) for p in probes])
+    assert after <= before and after < 1.5
+    sizes = np.bincount(g2, weights=counts, minlength=8)
+    assert sizes.max() <= counts.sum() / 8 * 1.2 + 1e-9 and sizes.min() >= counts.sum() / 8 * 0.8 - 1e-9
+    with pytest.raises(ValueError, match="n_shards"):
+        balanced_leaf_groups(centres, counts, len(centres) + 1)
+    # Budgets: shares of the scanned candidates, at least 1, covering everything when rk >= total.
+    b = split_reorder_budget(100, np.array([300, 100, 0]), np.array([400, 400, 400]))
+    assert b.tolist() == [75, 25, 1]
+    assert np.all(split_reorder_budget(500, np.array([300, 100]), np.array([400, 400])) >= [300, 100])
 
 
 # ---------------------------------------------------------------------------------- exactness
