@@ -1097,21 +1097,31 @@ class ShardedAVQIndex:
         jobs = {}
         visited = np.zeros(nq, np.int32)
         rerank = np.zeros(nq, np.int64)
+        # One stable sort of the (query, probed leaf) pairs by shard: each shard's pairs come out
+        # grouped by query, in probe order.
+        w = P.shape[1]
+        order = np.argsort(owner.ravel(), kind="stable")
+        bounds = np.searchsorted(owner.ravel()[order], np.arange(self._n_shards + 1))
+        q_all = order // w
+        leaf_all = P.ravel()[order]
+        size_all = sizes.ravel()[order]
         for j in range(self._n_shards):
-            mask = owner == j
-            rows = np.flatnonzero(mask.any(axis=1))
-            if not len(rows):
+            a, b = bounds[j], bounds[j + 1]
+            if a == b:
                 continue
-            m = mask[rows]
+            q = q_all[a:b]
+            start = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+            rows = q[start]
+            count = np.diff(np.r_[start, b - a])
+            pos = np.arange(b - a) - np.repeat(start, count)
+            leaves = np.full((len(rows), int(count.max())), -1, np.int32)
+            leaves[np.repeat(np.arange(len(rows)), count), pos] = leaf_all[a:b]
+            scanned = np.add.reduceat(size_all[a:b], start)
             visited[rows] += 1
-            order = np.argsort(~m, axis=1, kind="stable")
-            width = int(m.sum(axis=1).max())
-            leaves = np.take_along_axis(np.where(m, P[rows], -1), order, axis=1)[:, :width]
-            scanned = np.where(m, sizes[rows], 0).sum(axis=1)
             budget = split_reorder_budget(rk, scanned, total[rows])
             # Re-ranking work: the shard re-scores min(its candidates, max(k, its budget)).
             rerank[rows] += np.minimum(scanned, np.maximum(k, budget))
-            jobs[j] = (rows, np.ascontiguousarray(leaves, np.int32), budget, int(scanned.sum()))
+            jobs[j] = (rows, leaves, budget, int(scanned.sum()))
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
         remaining = dict(jobs)

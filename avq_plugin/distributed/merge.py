@@ -65,6 +65,45 @@ def merge_topk(D_parts, I_parts, k, metric):
     return np.ascontiguousarray(Dm, np.float32), np.ascontiguousarray(Im, np.int64)
 
 
+# Up to this many entries per query (parts x k), merge_rows ranks every entry against every other
+# one (O(width^2) per query, vectorised) instead of sorting.
+_DENSE_MERGE_MAX = 48
+
+
+def _merge_dense(D, I, k, parts, multi, n_multi, metric):
+    """Rows of several parts: rank each entry by the number of entries better than it."""
+    pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
+    slot = np.full(len(multi), -1, np.int64)
+    slot[multi] = np.arange(n_multi)
+    cols = []
+    for rows, d, i in parts:
+        d = np.asarray(d, np.float32)[:, :k]
+        i = np.asarray(i, np.int64)[:, :k]
+        Db = np.full((n_multi, d.shape[1]), pad_score, np.float32)
+        Ib = np.full((n_multi, d.shape[1]), -1, np.int64)
+        sel = multi[rows]
+        Db[slot[rows[sel]]] = d[sel]
+        Ib[slot[rows[sel]]] = i[sel]
+        cols.append((Db, Ib))
+    Dm = np.concatenate([c[0] for c in cols], axis=1)
+    Im = np.concatenate([c[1] for c in cols], axis=1)
+    pad = Im < 0
+    s = (Dm if metric == "l2" else -Dm).astype(np.float64)  # smaller is better
+    s[pad] = np.inf
+    ids = np.where(pad, np.iinfo(np.int64).max, Im)
+    # better[q, a, b]: entry b ranks before entry a (smaller key, then smaller id; padding last
+    # and, among padding, by column so that every rank is distinct).
+    col = np.arange(Dm.shape[1])
+    tie = (s[:, None, :] == s[:, :, None]) & (
+        (ids[:, None, :] < ids[:, :, None]) | ((ids[:, None, :] == ids[:, :, None]) & (col[None, :] < col[:, None]))
+    )
+    rank = ((s[:, None, :] < s[:, :, None]) | tie).sum(axis=2)
+    q, c = np.nonzero(rank < k)
+    rows = np.flatnonzero(multi)[q]
+    I[rows, rank[q, c]] = np.where(pad[q, c], -1, Im[q, c])
+    D[rows, rank[q, c]] = np.where(pad[q, c], pad_score, Dm[q, c])
+
+
 def merge_rows(nq, k, parts, metric):
     """Merge top-k lists that cover *some* of the queries each (routed search).
 
@@ -83,6 +122,8 @@ def merge_rows(nq, k, parts, metric):
     for rows, _, _ in parts:
         hits[rows] += 1
     multi = hits > 1
+    n_multi = int(multi.sum())
+    dense = sum(min(k, np.asarray(p[1]).shape[1]) for p in parts) <= _DENSE_MERGE_MAX
     sub = []
     for rows, d, i in parts:
         d = np.asarray(d, np.float32)[:, :k]
@@ -91,10 +132,12 @@ def merge_rows(nq, k, parts, metric):
         w = d.shape[1]
         D[rows[one], :w] = d[one]
         I[rows[one], :w] = i[one]
-        if not one.all():
+        if not one.all() and not dense:
             sel = ~one
             sub.append((np.repeat(rows[sel], w), d[sel].ravel(), i[sel].ravel()))
-    if sub:
+    if n_multi and dense:
+        _merge_dense(D, I, k, parts, multi, n_multi, metric)
+    elif sub:
         R = np.concatenate([s[0] for s in sub])
         Df = np.concatenate([s[1] for s in sub])
         If = np.concatenate([s[2] for s in sub])
