@@ -152,6 +152,12 @@ def sweep(args):
                             flush=True,
                         )
                 index.search(Q[:100], k=K)  # warm-up
+                # The in-process control again, next to this configuration (ratios from one run).
+                own0 = time.process_time()
+                t_single, _ = _best_time(
+                    lambda: single.search(Q, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1), args.repeats
+                )
+                single_cpu = (time.process_time() - own0) / args.repeats / len(Q)
                 cpu0, own0 = _cpu_of_workers(client), time.process_time()
                 t, (_, I) = _best_time(lambda: index.search(Q, k=K), args.repeats)
                 wcpu = (_cpu_of_workers(client) - cpu0) / args.repeats / len(Q)
@@ -169,13 +175,16 @@ def sweep(args):
                         "client_cpu_us_per_query": ccpu * 1e6,
                         "recall": _recall(I, gt),
                         "stats": st,
+                        "single_cpu_us_per_query": single_cpu * 1e6,
+                        "single_qps_1_thread": len(Q) / t_single,
                     }
                 )
                 r = rows[-1]
                 print(
                     f"  {mode} S={S}: QPS {r['qps']:.0f}, CPU {r['cpu_us_per_query']:.1f} us/query (workers "
                     f"{wcpu * 1e6:.1f} + client {ccpu * 1e6:.1f}), visited {st['shards_visited_per_query']:.2f}, "
-                    f"recall {r['recall']:.4f}, build {build:.1f} s",
+                    f"recall {r['recall']:.4f}, build {build:.1f} s; one AVQIndex next to it: "
+                    f"{single_cpu * 1e6:.1f} us/query (ratio {r['cpu_us_per_query'] / (single_cpu * 1e6):.2f})",
                     flush=True,
                 )
                 index.release()

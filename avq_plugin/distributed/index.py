@@ -793,7 +793,10 @@ class ShardedAVQIndex:
             raise ValueError(f"{what} needs sharding='leaves' (row shards are immutable)")
 
     def _live_workers(self):
-        return list(self.client.scheduler_info(n_workers=-1)["workers"])
+        # Asked of the scheduler directly: Client.scheduler_info() returns the client's cached
+        # identity, which its periodic refresh (without per-worker entries) can overwrite.
+        client = self.client
+        return list(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
 
     def _fit_leaves(self, X, n, d, client):
         template_task, L = self._template_task(X, n)
@@ -921,7 +924,7 @@ class ShardedAVQIndex:
                         raise exc
                 if pending and not progressed:
                     live = set(self._live_workers())
-                    for i in sorted(pending):
+                    for i in sorted(pending) if live else ():
                         if calls[i][0] not in live:
                             pending.discard(i)
                             out[i] = (False, RuntimeError(f"worker {calls[i][0]} left the cluster"))
@@ -942,6 +945,8 @@ class ShardedAVQIndex:
     def _refresh_replicas(self):
         """Forgets replicas on workers that left; starts rebuilding missing replicas."""
         live = set(self._live_workers())
+        if not live:
+            return  # no worker at all: leave the table as it is (the search fails on its tasks)
         with self._lock:
             for hs in self._holders:
                 hs[:] = [w for w in hs if w in live]
