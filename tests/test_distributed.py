@@ -22,7 +22,12 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from avq_plugin import ExactIndex
 from avq_plugin.datasets import load_glove_subset
 from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_rows, merge_topk
-from avq_plugin.distributed.placement import balanced_leaf_groups, refine_leaf_groups, split_reorder_budget
+from avq_plugin.distributed.placement import (
+    balanced_leaf_groups,
+    probe_rank_weights,
+    refine_leaf_groups,
+    split_reorder_budget,
+)
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -199,10 +204,15 @@ def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
     assert sizes.max() <= counts.sum() / 8 * 1.2 + 1e-9 and sizes.min() >= counts.sum() / 8 * 0.8 - 1e-9
     with pytest.raises(ValueError, match="n_shards"):
         balanced_leaf_groups(centres, counts, len(centres) + 1)
-    # Budgets: shares of the scanned candidates, at least 1, covering everything when rk >= total.
-    b = split_reorder_budget(100, np.array([300, 100, 0]), np.array([400, 400, 400]))
+    # Budgets: weighted shares, at least 1; the whole budget when it covers every candidate.
+    b = split_reorder_budget(100, np.array([300.0, 100.0, 0.0]), np.array([400.0] * 3), np.array([900] * 3))
     assert b.tolist() == [75, 25, 1]
-    assert np.all(split_reorder_budget(500, np.array([300, 100]), np.array([400, 400])) >= [300, 100])
+    assert split_reorder_budget(500, np.array([300.0, 1.0]), np.array([301.0] * 2), np.array([400] * 2)).tolist() == [
+        500,
+        500,
+    ]
+    w = probe_rank_weights(np.array([[100, 100, 50]]))
+    assert w.tolist() == [[100.0, 50.0, 50 / 3]]
 
 
 # ---------------------------------------------------------------------------------- exactness

@@ -96,6 +96,59 @@ def _cluster(n_workers, threads):
     return cluster, Client(cluster)
 
 
+def simulate(args):
+    """Shards visited, re-ranking work and recall of leaf-routed search against the number of
+    shards, without Dask: one AVQIndex over all the data plays every shard (a shard's answer is
+    ``_search_leaves`` restricted to its leaves: the codes, scores and in-leaf order a shard
+    holds), with the placement and routing code of ``ShardedAVQIndex``. Counts and recall
+    only, no timing (deterministic)."""
+    from ..distributed.merge import merge_rows
+    from ..distributed.placement import balanced_leaf_groups, refine_leaf_groups, route_queries
+
+    ds = load_hdf5(args.dataset)
+    X, Q, gt = ds.train, ds.test[: args.batch], ds.neighbors[: args.batch]
+    lts, rk = (int(v) for v in args.budgets.split(",")[0].split(":"))
+    index = AVQIndex(metric="cosine", anisotropic_threshold=args.threshold, num_threads=-1, seed=0).fit(X)
+    counts, centres = index._leaf_sizes(), index._probe_centers()
+    sample = X[np.sort(np.random.default_rng(0).choice(len(X), min(len(X), 20000), replace=False))]
+    probes = index._probe(sample, lts)
+    P = index._probe(Q, lts)
+    base = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=rk)[1], gt)
+    print(f"  one AVQIndex: recall@10 {base:.4f} at leaves_to_search={lts}, reorder_k={rk}", flush=True)
+    rows = []
+    for S in (int(v) for v in args.simulate.split(",")):
+        groups = refine_leaf_groups(balanced_leaf_groups(centres, counts, S), probes, counts, S)
+        random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
+        jobs, visited, reranked, _ = route_queries(P, groups, counts, S, K, rk)
+        parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, _ in jobs.values()]
+        _, I = merge_rows(len(Q), K, parts, "cosine")
+        work = int(round(reranked.mean()))
+        same_work = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=work)[1], gt)
+        sizes = np.bincount(groups, weights=counts, minlength=S)
+        rows.append(
+            {
+                "shards": S,
+                "visited": float(visited.mean()),
+                "visited_random_placement": float(np.mean([len(set(r)) for r in random[P].tolist()])),
+                "shard_vectors_min_max": [int(sizes.min()), int(sizes.max())],
+                "reranked_per_query": float(reranked.mean()),
+                "recall": _recall(I, gt),
+                "single_recall_same_work": same_work,
+            }
+        )
+        r = rows[-1]
+        print(
+            f"  S={S}: visited {r['visited']:.2f} (random placement {r['visited_random_placement']:.2f}), shard "
+            f"vectors {sizes.min():.0f}..{sizes.max():.0f}, re-ranked/query {r['reranked_per_query']:.1f}, recall "
+            f"{r['recall']:.4f}; one AVQIndex at reorder_k={work}: {same_work:.4f}",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"lts": lts, "rk": rk, "single_recall": base, "rows": rows}, f, indent=1)
+    return rows
+
+
 def sweep(args):
     """CPU per query, QPS, shards visited and recall against the number of shards, leaf-routed
     vs row shards, on a 2-worker LocalCluster, against one in-process AVQIndex."""
@@ -214,7 +267,10 @@ def main(argv=None):
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--sweep", help="shard counts, e.g. 1,2,4,8,16: run the shard sweep instead")
     ap.add_argument("--modes", default="leaves,rows", help="shardings of the sweep")
+    ap.add_argument("--simulate", help="shard counts: routing counts and recall without Dask (no timing)")
     args = ap.parse_args(argv)
+    if args.simulate:
+        return simulate(args)
     if args.sweep:
         return sweep(args)
     budgets = [tuple(int(v) for v in b.split(":")) for b in args.budgets.split(",")]

@@ -33,7 +33,7 @@ from .manifest import (
     _write_manifest,
 )
 from .merge import merge_rows, merge_topk
-from .placement import balanced_leaf_groups, refine_leaf_groups, split_reorder_budget
+from .placement import balanced_leaf_groups, refine_leaf_groups, route_queries
 from .sources import _allocate, _as_sources, _sources_to_dask, _take_rows
 
 try:
@@ -1096,37 +1096,7 @@ class ShardedAVQIndex:
         self._refresh_replicas()
         nq = Q.shape[0]
         P = self._router._probe(Q, lts)
-        owner = self._leaf_to_shard[P]
-        sizes = self._leaf_sizes[P]
-        total = sizes.sum(axis=1)
-        jobs = {}
-        visited = np.zeros(nq, np.int32)
-        rerank = np.zeros(nq, np.int64)
-        # One stable sort of the (query, probed leaf) pairs by shard: each shard's pairs come out
-        # grouped by query, in probe order.
-        w = P.shape[1]
-        order = np.argsort(owner.ravel(), kind="stable")
-        bounds = np.searchsorted(owner.ravel()[order], np.arange(self._n_shards + 1))
-        q_all = order // w
-        leaf_all = P.ravel()[order]
-        size_all = sizes.ravel()[order]
-        for j in range(self._n_shards):
-            a, b = bounds[j], bounds[j + 1]
-            if a == b:
-                continue
-            q = q_all[a:b]
-            start = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
-            rows = q[start]
-            count = np.diff(np.r_[start, b - a])
-            pos = np.arange(b - a) - np.repeat(start, count)
-            leaves = np.full((len(rows), int(count.max())), -1, np.int32)
-            leaves[np.repeat(np.arange(len(rows)), count), pos] = leaf_all[a:b]
-            scanned = np.add.reduceat(size_all[a:b], start)
-            visited[rows] += 1
-            budget = split_reorder_budget(rk, scanned, total[rows])
-            # Re-ranking work: the shard re-scores min(its candidates, max(k, its budget)).
-            rerank[rows] += np.minimum(scanned, np.maximum(k, budget))
-            jobs[j] = (rows, leaves, budget, int(scanned.sum()))
+        jobs, visited, rerank, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
         remaining = dict(jobs)
