@@ -235,16 +235,19 @@ def test_masked_arrays_bypass_validation():
 
 # ------------------------------------------------------------------------------------- 6
 def test_exact_index_auto_ids_wrap_around():
-    X = data(3, 4)
-    idx = avq_plugin.ExactIndex().fit(X[:1], ids=[INT64_MAX - 1])
-    with pytest.raises(ValueError, match="id"):
-        idx.add(X[1:3])  # would need ids 2**63 - 1 and 2**63 (wraps to -2**63)
-    assert idx.get_ids().tolist() == [INT64_MAX - 1]
-    idx.add(X[1:2])  # exactly one id left
-    assert sorted(idx.get_ids().tolist()) == [INT64_MAX - 1, INT64_MAX]
-    with pytest.raises(ValueError, match="id"):
-        idx.add(X[2:3])
-    assert (idx.get_ids() >= 0).all()
+    X = data(4, 4)
+    for cls in (avq_plugin.ExactIndex, avq_plugin.AVQIndex):  # one rule for both index types
+        idx = cls(num_leaves=1) if cls is avq_plugin.AVQIndex else cls()
+        idx.fit(X[:1], ids=[INT64_MAX - 3])
+        with pytest.raises(ValueError, match="ids"):
+            idx.add(X[1:4])  # would need ids up to 2**63 (wraps to -2**63)
+        assert idx.get_ids().tolist() == [INT64_MAX - 3]
+        idx.add(X[1:3])  # the last two automatic ids
+        assert sorted(idx.get_ids().tolist()) == [INT64_MAX - 3, INT64_MAX - 2, INT64_MAX - 1]
+        with pytest.raises(ValueError, match="ids"):
+            idx.add(X[3:4])
+        idx.add(X[3:4], ids=[INT64_MAX])  # explicit ids are still possible
+        assert (idx.get_ids() >= 0).all() and idx.ntotal == 4
 
 
 # ------------------------------------------------------------------------------------- 7
@@ -320,7 +323,10 @@ def test_extreme_magnitudes():
             avq_plugin.ExactIndex(metric=metric).fit(X).search(X[:3] * 1e19, 5)
         # The edges of the range work and give the same neighbours as unscaled data.
         lim = avq_plugin._native.limits()
-        for s in (0.99 * lim["max_abs_value"] / np.abs(X).max(), 1.01 * lim["min_nonzero_norm"] / np.linalg.norm(X, axis=1).min()):
+        for s in (
+            0.99 * lim["max_abs_value"] / np.abs(X).max(),
+            1.01 * lim["min_nonzero_norm"] / np.linalg.norm(X, axis=1).min(),
+        ):
             Xs = (X.astype(np.float64) * s).astype(np.float32)
             D, I = avq_plugin.ExactIndex(metric=metric).fit(Xs).search(Xs[:20], 5)
             D0, I0 = avq_plugin.ExactIndex(metric=metric).fit(X).search(X[:20], 5)
@@ -391,10 +397,21 @@ def test_leftover_temp_files_and_durability(tmp_path):
         f"avq_plugin.ExactIndex().fit(np.eye(4, dtype=np.float32)).save({str(tmp_path / 'd.avq')!r})"
     )
     res = subprocess.run(
-        ["strace", "-f", "-o", str(log), "-e", "trace=openat,fsync,rename,renameat,renameat2", sys.executable, "-c", code],
+        [
+            "strace",
+            "-f",
+            "-o",
+            str(log),
+            "-e",
+            "trace=openat,fsync,rename,renameat,renameat2",
+            sys.executable,
+            "-c",
+            code,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tempfile.gettempdir(),
     )
     if res.returncode != 0 and "ptrace" in res.stderr:
         pytest.skip(f"strace cannot trace here: {res.stderr.strip()[:200]}")
