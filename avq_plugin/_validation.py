@@ -19,7 +19,7 @@ METRICS = ("dot", "cosine", "l2")
 #: Limits of every parameter and value, defined once in the native core (native/src/common.h,
 #: ``limits``) and used by every check below: max_leaves, max_leaves_to_search, max_reorder_k,
 #: max_k, max_threads, max_training_sample_size, max_iterations, max_seed, max_dim, and the
-#: accepted numeric range of vectors under dot and l2 (max_abs_value, min_nonzero_norm).
+#: accepted numeric range of vectors under dot and l2 (max_abs_value, min_data_norm).
 LIMITS = dict(_native.limits())
 REORDER_MODES = ("float32", "int8", "none")
 

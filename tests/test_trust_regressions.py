@@ -309,37 +309,49 @@ def test_oversized_parameters_fail_late():
 # ------------------------------------------------------------------------------------- 9
 def test_extreme_magnitudes():
     X = data(500, 16)
+    lim = avq_plugin._native.limits()
+    Q0 = X[:20]
     for metric in ("dot", "l2"):
-        for scale in (1e19, 1e-20):
-            for est in (avq_plugin.AVQIndex(metric=metric, num_leaves=5), avq_plugin.ExactIndex(metric=metric)):
-                with pytest.raises(ValueError, match="supported range"):
-                    est.fit(X * scale)
+        D0, I0 = avq_plugin.ExactIndex(metric=metric).fit(X).search(Q0, 5)
+        # Too large for float32 arithmetic: rejected everywhere (data, queries), naming the range.
+        for est in (avq_plugin.AVQIndex(metric=metric, num_leaves=5), avq_plugin.ExactIndex(metric=metric)):
+            with pytest.raises(ValueError, match="supported range"):
+                est.fit(X * 1e19)
         idx = avq_plugin.AVQIndex(metric=metric, num_leaves=5, seed=0).fit(X)
         with pytest.raises(ValueError, match="supported range"):
-            idx.search(X[:3] * 1e19, 5)
+            idx.search(Q0 * 1e19, 5)
         with pytest.raises(ValueError, match="supported range"):
-            idx._index.search(np.ascontiguousarray(X[:3] * 1e19), 5, 5, 50, 1)  # native checks too
+            idx._index.search(np.ascontiguousarray(Q0 * 1e19), 5, 5, 50, 1)  # the native layer checks too
         with pytest.raises(ValueError, match="supported range"):
-            avq_plugin.ExactIndex(metric=metric).fit(X).search(X[:3] * 1e19, 5)
-        # The edges of the range work and give the same neighbours as unscaled data.
-        lim = avq_plugin._native.limits()
-        for s in (
-            0.99 * lim["max_abs_value"] / np.abs(X).max(),
-            1.01 * lim["min_nonzero_norm"] / np.linalg.norm(X, axis=1).min(),
-        ):
+            avq_plugin.ExactIndex(metric=metric).fit(X).search(Q0 * 1e19, 5)
+        # Training data that is tiny as a whole: rejected by the quantizer (not silently poor).
+        with pytest.raises(ValueError, match="supported range"):
+            avq_plugin.AVQIndex(metric=metric, num_leaves=5).fit(X * 1e-20)
+        # The edges of the range work and give the neighbours of the unscaled data.
+        top = np.abs(X).max()
+        for s in (0.99 * lim["max_abs_value"] / top, 1.01 * lim["min_data_norm"] / np.linalg.norm(X, axis=1).max()):
             Xs = (X.astype(np.float64) * s).astype(np.float32)
             D, I = avq_plugin.ExactIndex(metric=metric).fit(Xs).search(Xs[:20], 5)
-            D0, I0 = avq_plugin.ExactIndex(metric=metric).fit(X).search(X[:20], 5)
-            assert (I[:, 0] == I0[:, 0]).all() and np.isfinite(D).all()
+            assert (I[:, 0] == I0[:, 0]).all() and np.isfinite(D).all(), s
             D, I = avq_plugin.AVQIndex(metric=metric, num_leaves=5, seed=0).fit(Xs).search(Xs[:20], 5, 5, 500)
-            assert (I[:, 0] == I0[:, 0]).mean() > 0.9 and np.isfinite(D).all()
+            assert (I[:, 0] == I0[:, 0]).mean() >= 0.9 and np.isfinite(D).all(), s
+    # Small dot queries rank exactly as their unscaled version (scaled internally by 2**e).
+    idx = avq_plugin.AVQIndex(metric="dot", num_leaves=5, seed=0).fit(X)
+    D, I = idx.search(Q0, 5)
+    for e in (-70, -130):
+        Dt, It = idx.search(Q0 * np.float32(2.0**e), 5)
+        assert np.array_equal(I, It), e
+        np.testing.assert_allclose(Dt.astype(np.float64), D.astype(np.float64) * 2.0**e, rtol=1e-6, atol=1e-44)
+    # Exact search of small data stays exact (subnormal products are computed, not flushed).
+    D, I = avq_plugin.ExactIndex(metric="dot").fit(X * np.float32(1e-20)).search(Q0, 5)
+    assert (I[:, 0] == avq_plugin.ExactIndex(metric="dot").fit(X).search(Q0, 5)[1][:, 0]).all()
     # Cosine is scale-free: any finite nonzero rows are handled.
-    D0, I0 = avq_plugin.ExactIndex(metric="cosine").fit(X).search(X[:20], 5)
+    D0, I0 = avq_plugin.ExactIndex(metric="cosine").fit(X).search(Q0, 5)
     for scale in (1e19, 1e-20):
-        D, I = avq_plugin.ExactIndex(metric="cosine").fit(X * scale).search(X[:20] * scale, 5)
+        D, I = avq_plugin.ExactIndex(metric="cosine").fit(X * scale).search(Q0 * scale, 5)
         assert (I == I0).all()
-        D, I = avq_plugin.AVQIndex(metric="cosine", num_leaves=5, seed=0).fit(X * scale).search(X[:20], 5, 5, 500)
-        assert (I[:, 0] == I0[:, 0]).mean() > 0.9
+        D, I = avq_plugin.AVQIndex(metric="cosine", num_leaves=5, seed=0).fit(X * scale).search(Q0, 5, 5, 500)
+        assert (I[:, 0] == I0[:, 0]).mean() >= 0.9
 
 
 # ------------------------------------------------------------------------------------ 10
@@ -431,6 +443,7 @@ def test_loader_consistency():
     X = data(500, 8)
     avq = avq_plugin.AVQIndex(metric="l2", num_leaves=4, seed=0).fit(X).to_bytes()
     exact = avq_plugin.ExactIndex().fit(X).to_bytes()
+    avq8 = avq_plugin.AVQIndex(num_leaves=4, reorder="int8", seed=0).fit(X).to_bytes()
     bad = {
         "AVQ RVEC NaN": (avq_plugin.AVQIndex, patch_section(avq, "RVEC", 40, "<f", float("nan"))),
         "AVQ RVEC inf": (avq_plugin.AVQIndex, patch_section(avq, "RVEC", 0, "<f", float("inf"))),
@@ -438,6 +451,9 @@ def test_loader_consistency():
         "AVQ id INT64_MIN": (avq_plugin.AVQIndex, patch_section(avq, "IDS_", 8, "<q", INT64_MIN)),
         "AVQ negative next id": (avq_plugin.AVQIndex, patch_section(avq, "PARM", 88, "<q", -5)),
         "AVQ absurd iterations": (avq_plugin.AVQIndex, patch_section(avq, "PARM", 40, "<I", 2**32 - 1)),
+        "AVQ positive BIAS": (avq_plugin.AVQIndex, patch_section(avq, "BIAS", 4, "<f", 1.0)),
+        "AVQ STAT NaN": (avq_plugin.AVQIndex, patch_section(avq, "STAT", 0, "<d", float("nan"))),
+        "AVQ int8 -128": (avq_plugin.AVQIndex, patch_section(avq8, "RV8_", 3, "<b", -128)),
         "Exact VECS NaN": (avq_plugin.ExactIndex, patch_section(exact, "VECS", 12, "<f", float("nan"))),
         "Exact id -1": (avq_plugin.ExactIndex, patch_section(exact, "IDS_", 0, "<q", -1)),
         "Exact id INT64_MIN": (avq_plugin.ExactIndex, patch_section(exact, "IDS_", 0, "<q", INT64_MIN)),

@@ -40,16 +40,17 @@ using IArray = py::array_t<int64_t, py::array::c_style>;
 // Python thread with the GIL held and no index lock, checks signals and runs the callback.
 class PyMonitor : public avq::Monitor {
  public:
-  explicit PyMonitor(py::object cb) : cb_(std::move(cb)) {}
+  explicit PyMonitor(py::object cb) : cb_(std::move(cb)), has_cb_(!cb_.is_none()) {}
   bool should_stop() override { return stop_.load(std::memory_order_relaxed); }
   void progress(const char* stage, size_t done, size_t total, const std::string& info) override {
+    if (!has_cb_) return;
     std::lock_guard<std::mutex> g(mu_);
     pending_.emplace_back(Report{stage, done, total, info});
   }
   // GIL held. check_signals: also look for Ctrl-C (not once the operation has finished: a
   // pending signal is then raised by the interpreter itself).
   void poll(bool check_signals) {
-    if (err_) return;
+    if (failed()) return;
     if (check_signals && PyErr_CheckSignals() != 0) {
       err_ = std::make_unique<py::error_already_set>();
       stop_.store(true);
@@ -68,12 +69,17 @@ class PyMonitor : public avq::Monitor {
         err_ = std::make_unique<py::error_already_set>(std::move(e));
         stop_.store(true);
         return;
+      } catch (...) {  // never unwind past the waiting loop: the worker must be joined first
+        other_ = std::current_exception();
+        stop_.store(true);
+        return;
       }
     }
   }
-  bool failed() const { return err_ != nullptr; }
+  bool failed() const { return err_ != nullptr || other_ != nullptr; }
   // GIL held: raises the exception of the callback or of the signal handler.
   [[noreturn]] void rethrow() {
+    if (other_) std::rethrow_exception(other_);
     if (err_) {
       err_->restore();
       err_.reset();
@@ -88,10 +94,12 @@ class PyMonitor : public avq::Monitor {
     std::string info;
   };
   py::object cb_;
+  const bool has_cb_;
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::vector<Report> pending_;
   std::unique_ptr<py::error_already_set> err_;
+  std::exception_ptr other_;
 };
 
 // Runs f (which takes an index lock) on a native thread; the calling thread, GIL held, waits
@@ -318,7 +326,7 @@ PYBIND11_MODULE(_native, m) {
         d["max_threads"] = L::kMaxThreads;
         d["max_seed"] = L::kMaxSeed;
         d["max_abs_value"] = L::kMaxAbsValue;
-        d["min_nonzero_norm"] = L::kMinNonzeroNorm;
+        d["min_data_norm"] = L::kMinDataNorm;
         return d;
       },
       "Limits of every parameter and value the core accepts (the Python checks use them).");

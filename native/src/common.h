@@ -25,12 +25,15 @@ constexpr uint64_t kMaxK = (uint64_t(1) << 31) - 1;
 constexpr int kMaxThreads = 1024;
 constexpr uint64_t kMaxSeed = uint64_t(std::numeric_limits<int64_t>::max());
 // Accepted numeric range of vectors under the scale-dependent metrics (dot, l2): every
-// coordinate |x| <= kMaxAbsValue (so that squared norms, inner products and squared distances of
-// up to kMaxDim dimensions stay finite in float32) and every nonzero vector of norm >=
-// kMinNonzeroNorm (so that they stay normal floats, not subnormal). Cosine normalises in double
-// and accepts any finite nonzero vector.
+// coordinate |x| <= kMaxAbsValue, so that squared norms, inner products and squared distances of
+// up to kMaxDim dimensions stay finite in float32. The training data of an AVQ index must not be
+// tiny as a whole: its largest norm must be >= kMinDataNorm (below, its squared norms, k-means
+// distances and lookup tables would be subnormal floats). Single small or subnormal vectors are
+// fine (they are near zero relative to the rest), and so are small queries (dot queries are
+// scaled by a power of two inside the search, which is exact). Cosine normalises in double and
+// accepts any finite nonzero vector.
 constexpr double kMaxAbsValue = 1e15;
-constexpr double kMinNonzeroNorm = 1e-15;
+constexpr double kMinDataNorm = 1e-15;
 // Per-thread search scratch above this is released after each call (it is bounded by the
 // index's size, but must not be kept at its high-water mark forever).
 constexpr size_t kScratchKeepBytes = size_t(8) << 20;

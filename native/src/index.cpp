@@ -240,6 +240,7 @@ void advise_huge_pages(void* p, size_t bytes) {
 
 struct Index::Scratch {
   std::vector<float> q, leaf_scores, lut, exact, w;
+  float q_unscale = 1.f;  // dot: the prepared query is q / q_unscale (a power of two)
   std::vector<uint32_t> idx;
   std::vector<std::pair<float, uint32_t>> leaf_sel;
   std::vector<uint64_t> keys, keys_tmp, keys_aux;
@@ -331,39 +332,49 @@ std::vector<float> Index::centers() const {
   return resid_centers_;
 }
 
+namespace {
+std::string fmt_g(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", v);
+  return std::string(b);
+}
+}  // namespace
+
 void check_vectors(const float* x, size_t n, size_t d, Metric metric, const char* what) {
   const bool scale_free = metric == Metric::kCosine;
+  const float max_abs = static_cast<float>(limits::kMaxAbsValue);
   for (size_t i = 0; i < n; ++i) {
     const float* xi = x + i * d;
-    double s = 0, mx = 0;
+    float mx = 0.f;
+    bool finite = true;
     for (size_t j = 0; j < d; ++j) {
-      if (!std::isfinite(xi[j]))
-        throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " contains NaN or infinity");
-      s += double(xi[j]) * xi[j];
-      mx = std::max(mx, double(std::fabs(xi[j])));
+      finite &= std::isfinite(xi[j]);
+      mx = std::max(mx, std::fabs(xi[j]));
     }
+    if (!finite) throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " contains NaN or infinity");
     if (scale_free) {
       if (mx == 0)
         throw InvalidArgument(std::string(what) + " " + std::to_string(i) +
                               " is a zero vector, which has no direction under cosine");
-      continue;
+    } else if (mx > max_abs) {
+      throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " has a value of magnitude " + fmt_g(mx) +
+                            ", outside the supported range of metric '" + metric_name(metric) +
+                            "': |value| <= " + fmt_g(limits::kMaxAbsValue) +
+                            " (scale the data, or use metric='cosine', which accepts any finite values)");
     }
-    auto fmt = [](double v) {
-      char b[32];
-      std::snprintf(b, sizeof b, "%.3g", v);
-      return std::string(b);
-    };
-    const std::string range = "outside the supported range of metric '" + std::string(metric_name(metric)) +
-                              "': every |value| <= " + fmt(limits::kMaxAbsValue) +
-                              " and every nonzero vector of norm >= " + fmt(limits::kMinNonzeroNorm) +
-                              " (scale the data, or use metric='cosine')";
-    if (mx > limits::kMaxAbsValue)
-      throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " has a value of magnitude " + fmt(mx) +
-                            ", " + range);
-    if (mx > 0 && std::sqrt(s) < limits::kMinNonzeroNorm)
-      throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " has norm " + fmt(std::sqrt(s)) + ", " +
-                            range);
   }
+}
+
+void check_data_scale(const float* x, size_t n, size_t d, Metric metric) {
+  if (metric == Metric::kCosine) return;
+  double best = 0;
+  for (size_t i = 0; i < n; ++i) best = std::max(best, norm_of(x + i * d, d));
+  if (best > 0 && best < limits::kMinDataNorm)
+    throw InvalidArgument("X: the largest vector norm is " + fmt_g(best) + ", outside the supported range of metric '" +
+                          metric_name(metric) +
+                          "': training data needs vectors of norm >= " + fmt_g(limits::kMinDataNorm) +
+                          " (its squared norms and inner products would be subnormal floats; scale the data, "
+                          "or use metric='cosine', which accepts any finite values)");
 }
 
 std::vector<int64_t> new_ids_for_add(const int64_t* ids, size_t n, int64_t next_id,
@@ -517,6 +528,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   const size_t d = p_.d;
   if (n == 0) throw InvalidArgument("cannot train on an empty array");
   check_vectors(x, n, d, p_.metric, "X row");
+  check_data_scale(x, n, d, p_.metric);
   size_t L = p_.num_leaves ? p_.num_leaves : std::max<size_t>(1, size_t(std::lround(std::sqrt(double(n)))));
   if (L > n)
     throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
@@ -960,6 +972,20 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, siz
   if (ntotal_ == 0) return nullptr;
   s.q.resize(p_.d);
   prepare_vector(q_in, s.q.data());
+  s.q_unscale = 1.f;
+  if (p_.metric == Metric::kDot) {
+    // Rankings under dot do not depend on the query's scale: bring its largest coordinate into
+    // [1, 2) by a power of two (exact), so that small queries keep normal-float lookup tables
+    // and scores; the scores are scaled back on output.
+    float mx = 0.f;
+    for (float v : s.q) mx = std::max(mx, std::fabs(v));
+    if (mx > 0.f) {
+      const int e = std::ilogb(mx);
+      const double down = std::ldexp(1.0, -e);  // up to 2^149: not a float
+      for (float& v : s.q) v = static_cast<float>(v * down);
+      s.q_unscale = std::ldexp(1.f, e);
+    }
+  }
   select_leaves(s.q.data(), nprobe, s);
   nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
   const size_t need = std::min(k, ntotal_);
@@ -1005,6 +1031,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   }
   double scale = 1.0;
   if (range_max > 0) scale = std::min(255.0 / range_max, (65535.0 - double(M)) / range_sum);
+  scale = std::min(scale, 1e30);  // a negligible LUT (tiny l2 query) must not overflow the float scale
   {
     // Round half up (entries are >= 0); the float product is the same at every SIMD level.
     const float fs = static_cast<float>(scale);
@@ -1085,7 +1112,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   for (size_t j = 0; j < nout; ++j) {
     const Cand& c = cands[j];
     I[j] = leaves_[c.leaf].ids_p[c.pos];
-    D[j] = l2 ? std::max(0.f, qn2 - 2.f * c.score) : c.score;
+    D[j] = l2 ? std::max(0.f, qn2 - 2.f * c.score) : c.score * s.q_unscale;
   }
 }
 
@@ -1237,7 +1264,7 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
   }
   for (size_t j = 0; j < heap.size(); ++j) {
     I[j] = leaves_[heap[j].leaf].ids_p[heap[j].pos];
-    D[j] = l2 ? std::max(0.f, qn2 - 2.f * heap[j].score) : heap[j].score;
+    D[j] = l2 ? std::max(0.f, qn2 - 2.f * heap[j].score) : heap[j].score * s.q_unscale;
   }
 }
 

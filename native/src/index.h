@@ -51,10 +51,11 @@ const char* metric_name(Metric m);
 const char* reorder_name(ReorderMode r);
 
 // The accepted values of vectors (data, queries, stored vectors), one rule for every index type
-// and every path: finite; under dot and l2 within the range of limits::kMaxAbsValue and
-// limits::kMinNonzeroNorm; under cosine nonzero. Throws InvalidArgument naming `what` and the
-// row ("<what> <row> ...").
+// and every path: finite; under dot and l2 every |value| <= limits::kMaxAbsValue; under cosine
+// nonzero. Throws InvalidArgument naming `what` and the row ("<what> <row> ...").
 void check_vectors(const float* x, size_t n, size_t d, Metric metric, const char* what);
+// Training data of an AVQ index under dot and l2: its largest norm is 0 or >= limits::kMinDataNorm.
+void check_data_scale(const float* x, size_t n, size_t d, Metric metric);
 
 // Ids: -1 is the padding of search results and INT64_MIN is reserved with it (Faiss's
 // convention of negative sentinels); neither may be added nor read from a file.

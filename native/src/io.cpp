@@ -435,6 +435,13 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   uint64_t nloss = sr.get<uint64_t>();
   if (nloss > sr.remaining() / sizeof(double)) throw InvalidArgument("corrupted index file: section STAT is too short");
   for (uint64_t i = 0; i < nloss; ++i) idx->stats_.loss.push_back(sr.get<double>());
+  {
+    const TrainStats& st = idx->stats_;
+    bool ok = std::isfinite(st.eta_min) && std::isfinite(st.eta_max) && std::isfinite(st.eta_mean) &&
+              (std::isnan(st.threshold) || (std::isfinite(st.threshold) && st.threshold >= 0));
+    for (double v : st.loss) ok = ok && std::isfinite(v);
+    if (!ok) throw InvalidArgument("corrupted index file: non-finite value in STAT");
+  }
 
   const float* pc = expect_array<float>(r, "PCEN", L * d);
   const float* rc = expect_array<float>(r, "RCEN", L * d);
@@ -476,7 +483,14 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   // (CODE, RVEC, RV8_) are used in place unread: like their checksums, their values are not
   // checked then (docs/reliability.md, "Memory-mapped files").
   check_stored_ids(ids, ntotal, next_id);
-  if (bias) check_finite(bias, ntotal, "BIAS");
+  if (bias) {
+    check_finite(bias, ntotal, "BIAS");  // -0.5 ||x||^2: never positive
+    for (uint64_t i = 0; i < ntotal; ++i)
+      if (bias[i] > 0) throw InvalidArgument("corrupted index file: positive value in BIAS");
+  }
+  if (vecs8 && !mapping)
+    for (uint64_t i = 0; i < ntotal * d; ++i)
+      if (vecs8[i] == -128) throw InvalidArgument("corrupted index file: int8 value out of range in RV8_");
   if (vecs && !mapping) {
     try {
       check_vectors(vecs, ntotal, d, p.metric, "RVEC row");
