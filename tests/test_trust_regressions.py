@@ -86,8 +86,7 @@ def test_deadlock_gil_reacquired_under_index_lock():
         seen = []
         def progress(stage, done, total, info):
             seen.append((idx.ntotal, len(idx.get_ids())))      # runs while add is under way
-        idx._progress_factory = lambda: progress
-        idx.verbose = True
+        idx.progress = progress
         done = threading.Event()
         def writer():
             for _ in range(40):
