@@ -267,6 +267,14 @@ def test_degenerate_data_empty_leaves(metric):
                 assert ((I >= 0).sum(axis=1) == min(k, len(X))).all(), (k, lts, I[:, :5])
         D, I = idx._index.search_float_lut(Q, 10, 1, 1)
         assert (I >= 0).all()
+    # 20 distinct rows, 20 copies each, 20 leaves: k-means gives each distinct row its own leaf
+    # (an empty cluster takes the farthest point of the largest one).
+    rng = np.random.default_rng(1)
+    rng.standard_normal((10, 8))
+    X = np.repeat(rng.standard_normal((20, 8)).astype(np.float32), 20, axis=0)
+    for seed in range(3):
+        sizes = avq_plugin.AVQIndex(metric=metric, num_leaves=20, seed=seed).fit(X)._index.leaf_sizes()
+        assert (sizes == 20).all(), (seed, sizes)
 
 
 # ------------------------------------------------------------------------------------- 8
