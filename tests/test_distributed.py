@@ -514,6 +514,11 @@ def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
         assert stats["shards_visited_per_query"] == pytest.approx(visited)
         assert stats["shard_tasks"] <= 4
     assert leafy.search_stats()["shards_visited_per_query"] == 4  # every leaf probed
+    # k beyond the vectors of the probed leaves: more leaves are probed, as one index does.
+    D, I = leafy.search(Q, k=300, leaves_to_search=1, reorder_k=X.shape[0])
+    D1, I1 = single.search(Q, k=300, leaves_to_search=1, reorder_k=X.shape[0])
+    np.testing.assert_array_equal(I, I1)
+    np.testing.assert_array_equal(D, D1)
     # With few probed leaves most queries visit few shards (neighbouring leaves placed together).
     leafy.search(Q, k=10, leaves_to_search=3)
     assert leafy.search_stats()["shards_visited_per_query"] < 2

@@ -1096,6 +1096,7 @@ class ShardedAVQIndex:
         self._refresh_replicas()
         nq = Q.shape[0]
         P = self._router._probe(Q, lts)
+        P = self._widen_short_probes(Q, P, k)
         jobs, visited, rerank, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
@@ -1143,6 +1144,22 @@ class ShardedAVQIndex:
         if self.replicas > 1:
             self._add_replicas()
         return D, I
+
+    def _widen_short_probes(self, Q, P, k):
+        """As one AVQIndex does: a query whose probed leaves hold fewer than k vectors probes
+        the next leaves, best first, until they hold k (or every leaf is probed)."""
+        need = min(k, self._ntotal)
+        short = np.flatnonzero(self._leaf_sizes[P].sum(axis=1) < need)
+        if not len(short):
+            return P
+        full = self._router._probe(Q[short], self._num_leaves)
+        cum = np.cumsum(self._leaf_sizes[full], axis=1)
+        n_probe = np.minimum((cum < need).sum(axis=1) + 1, full.shape[1])
+        width = max(P.shape[1], int(n_probe.max()))
+        wide = np.full((P.shape[0], width), -1, np.int32)
+        wide[:, : P.shape[1]] = P
+        wide[short] = np.where(np.arange(width) < n_probe[:, None], full[:, :width], -1)
+        return wide
 
     def search_stats(self):
         """Routing figures of the last ``search`` call (a dict), or None before any search.

@@ -141,15 +141,16 @@ def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, 
 def route_queries(P, leaf_to_shard, leaf_sizes, n_shards, k, reorder_k):
     """The work of a routed search: which shard scans which leaves for which queries.
 
-    P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``).
+    P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``), -1 for none.
     Returns (jobs, visited, reranked, scanned): jobs maps a shard to (query rows, leaves int32
     (rows, width) in probe order padded with -1, re-ranking budgets (rows,), candidates);
     per query the number of shards visited, the candidates re-ranked and the candidates scanned.
     """
     nq = P.shape[0]
     rk = reorder_k
-    owner = leaf_to_shard[P]
-    sizes = leaf_sizes[P]
+    valid = P >= 0  # -1: no leaf (rows widened for a few queries, see ShardedAVQIndex)
+    owner = np.where(valid, leaf_to_shard[np.maximum(P, 0)], n_shards)  # n_shards: sorts last, unused
+    sizes = np.where(valid, leaf_sizes[np.maximum(P, 0)], 0)
     total = sizes.sum(axis=1)
     weights = probe_rank_weights(sizes)
     total_weight = weights.sum(axis=1)
