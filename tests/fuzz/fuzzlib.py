@@ -325,6 +325,33 @@ def _id_list(index):
     return sorted(index.get_ids().tolist())
 
 
+def _check_loaded(cls, index, blob, tmpdir, rng):
+    """What a file that loaded must satisfy (raises Finding)."""
+    first = exercise(index, rng)
+    again = cls.from_bytes(index.to_bytes())
+    if _id_list(again) != _id_list(index):
+        raise Finding("to_bytes/from_bytes round trip changed the ids")
+    if first is not None:
+        Q, budgets, results = first
+        j = 0
+        for b in budgets:
+            for k in (1, 5):
+                D, I = again.search(Q, k=k, num_threads=1, **b)
+                if not (np.array_equal(I, results[j][1]) and np.array_equal(D, results[j][0], equal_nan=True)):
+                    raise Finding("to_bytes/from_bytes round trip changed the search results")
+                j += 1
+    if tmpdir is not None and cls is avq_plugin.AVQIndex:
+        path = os.path.join(tmpdir, "fuzz.avq")
+        with open(path, "wb") as f:
+            f.write(blob)
+        for mmap in (False, True):
+            mapped = cls.load(path, mmap=mmap)
+            if mapped.ntotal != index.ntotal:
+                raise Finding(f"load(mmap={mmap}) and from_bytes disagree on ntotal")
+            exercise(mapped, rng)
+            del mapped
+
+
 def run_loader(blob, tmpdir=None, rng=None):
     """The loader target. Returns 'rejected' or 'loaded'; raises Finding, Known or any exception."""
     rng = rng or np.random.default_rng(0)
@@ -343,33 +370,11 @@ def run_loader(blob, tmpdir=None, rng=None):
         if cls is not classes[0]:
             raise Finding(f"{cls.__name__}.from_bytes accepted a file of kind {kind}")
         try:
-            first = exercise(index, rng)
+            _check_loaded(cls, index, blob, tmpdir, rng)
         except Finding:
             for defect, why in suspects:  # a broken contract explained by an open defect
                 known(defect, why)
             raise
-        again = cls.from_bytes(index.to_bytes())
-        if _id_list(again) != _id_list(index):
-            raise Finding("to_bytes/from_bytes round trip changed the ids")
-        if first is not None:
-            Q, budgets, results = first
-            j = 0
-            for b in budgets:
-                for k in (1, 5):
-                    D, I = again.search(Q, k=k, num_threads=1, **b)
-                    if not (np.array_equal(I, results[j][1]) and np.array_equal(D, results[j][0], equal_nan=True)):
-                        raise Finding("to_bytes/from_bytes round trip changed the search results")
-                    j += 1
-        if tmpdir is not None and cls is avq_plugin.AVQIndex:
-            path = os.path.join(tmpdir, "fuzz.avq")
-            with open(path, "wb") as f:
-                f.write(blob)
-            for mmap in (False, True):
-                mapped = cls.load(path, mmap=mmap)
-                if mapped.ntotal != index.ntotal:
-                    raise Finding(f"load(mmap={mmap}) and from_bytes disagree on ntotal")
-                exercise(mapped, rng)
-                del mapped
     return outcome
 
 
