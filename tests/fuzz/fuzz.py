@@ -119,15 +119,18 @@ def fuzz(target, seconds, seed, save_dir, timeout, include_known):
             if include_known:
                 cmd.append("--include-known")
             errf = open(os.path.join(tmp, "stderr"), "w+")
+            if os.path.exists(cur):
+                os.unlink(cur)  # the previous child's last input is saved already
             child = subprocess.Popen(cmd, stderr=errf)
+            started = time.time()
             crash = None
             while child.poll() is None:
                 time.sleep(0.05)
                 try:
                     idle = time.time() - os.stat(cur).st_mtime
-                except FileNotFoundError:
-                    idle = 0.0
-                if idle > timeout and time.time() > t0 + 30:  # 30 s grace for the start (corpus, harness)
+                except FileNotFoundError:  # still setting up (corpus, harness): allow a slow start
+                    idle = time.time() - started - 60
+                if idle > timeout:
                     child.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
                     child.wait()
                     crash = f"hang: no progress for {timeout:.0f} s"
@@ -145,7 +148,7 @@ def fuzz(target, seconds, seed, save_dir, timeout, include_known):
                     total["outcomes"][k] = total["outcomes"].get(k, 0) + v
                 total["findings"] += st["findings"]
             if crash is not None:
-                data = open(cur, "rb").read()
+                data = open(cur, "rb").read() if os.path.exists(cur) else b""
                 note = crash + "\n" + "\n".join(err.strip().splitlines()[-40:])
                 path = save_input(target, data, save_dir, note)
                 total["findings"].append(f"{path}: {crash}")
