@@ -69,6 +69,7 @@ def worker(args):
     import faulthandler
 
     faulthandler.enable()
+    fuzzlib.limit_memory()
     fuzzlib.KNOWN_OPEN = frozenset() if args.include_known else fuzzlib.KNOWN_OPEN
     state = {"tmpdir": tempfile.mkdtemp(prefix="avq-fuzz-")}
     if args.target == "loader":
@@ -121,7 +122,7 @@ def fuzz(target, seconds, seed, save_dir, timeout, include_known):
             errf = open(os.path.join(tmp, "stderr"), "w+")
             if os.path.exists(cur):
                 os.unlink(cur)  # the previous child's last input is saved already
-            child = subprocess.Popen(cmd, stderr=errf)
+            child = subprocess.Popen(cmd, stderr=errf, env=fuzzlib.child_env())
             started = time.time()
             crash = None
             while child.poll() is None:
@@ -162,6 +163,7 @@ def fuzz(target, seconds, seed, save_dir, timeout, include_known):
 
 def replay(path, include_known=False):
     """Run one saved input in this process; exit 0 (contract holds), 3 (known open defect), 1 (finding)."""
+    fuzzlib.limit_memory()
     fuzzlib.KNOWN_OPEN = frozenset() if include_known else fuzzlib.KNOWN_OPEN
     path = Path(path)
     target = path.name.split("-")[0]

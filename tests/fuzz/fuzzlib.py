@@ -52,6 +52,32 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 
+# Memory a fuzz or replay process may use: an input that makes the index allocate without bound fails
+# with MemoryError (a finding) instead of swapping out the machine.
+MEMORY_LIMIT_MB = 6144
+
+
+def under_asan():
+    return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def child_env():
+    """Environment for a fuzz/replay child: under ASan, a heap limit for its allocator (best effort: memory
+    that bypasses the heap is not counted, so inputs of open run-away defects are never run under ASan)."""
+    env = dict(os.environ)
+    if under_asan() and "malloc_limit_mb" not in env.get("ASAN_OPTIONS", ""):
+        env["ASAN_OPTIONS"] = f"{env.get('ASAN_OPTIONS', '')}:malloc_limit_mb={MEMORY_LIMIT_MB // 4}".lstrip(":")
+    return env
+
+
+def limit_memory():
+    """In the child itself: an address-space limit (not under ASan, whose shadow memory needs terabytes)."""
+    if not under_asan():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_MB << 20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
 class Finding(Exception):
     """A broken contract (not a crash): the message says which."""
 
