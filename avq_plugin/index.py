@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import time
 import warnings
 
 import numpy as np
 
 from . import _native, tuning
 from . import _validation as V
+from ._progress import check_progress, progress_callback
 from ._wrapper import _NativeWrapper
 from .exact import ExactIndex
 from .tuning import TuneReport
@@ -26,53 +25,11 @@ AUTO_THRESHOLD = 0.2
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
 
-
-class _Progress:
-    """Progress lines on stderr for verbose training."""
-
-    def __init__(self):
-        self.t0 = time.perf_counter()
-        self.last = None
-
-    def __call__(self, stage, done, total, info):
-        key = (stage, done)
-        if key == self.last:
-            return
-        self.last = key
-        msg = f"[avq {time.perf_counter() - self.t0:7.2f}s] {stage} {done}/{total}"
-        if info:
-            msg += f" ({info})"
-        print(msg, file=sys.stderr, flush=True)
-
-
-class _TqdmStages:
-    """Progress as tqdm bars on stderr, one per stage (``progress=True``)."""
-
-    def __init__(self, tqdm):
-        self.tqdm = tqdm
-        self.stage, self.bar, self.done = None, None, 0
-
-    def __call__(self, stage, done, total, info):
-        if stage != self.stage:
-            self.close()
-            self.stage, self.done = stage, 0
-            self.bar = self.tqdm(total=int(total), desc=f"avq: {stage}", leave=False, file=sys.stderr)
-        if done > self.done:
-            self.bar.update(done - self.done)
-            self.done = done
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        self.stage, self.bar = None, None
-
-
-def _check_progress(progress):
-    if progress is None or isinstance(progress, bool) or callable(progress):
-        return progress
-    raise TypeError(
-        f"progress must be None, True, False or a callable (stage, done, total, info), got {type(progress).__name__}"
-    )
+# Bounds of the search fast path (the full checks are in _validation).
+_MAX_K = V.LIMITS["max_k"]
+_MAX_LTS = V.LIMITS["max_leaves_to_search"]
+_MAX_RK = V.LIMITS["max_reorder_k"]
+_MAX_THREADS = V.LIMITS["max_threads"]
 
 
 class AVQIndex(_NativeWrapper):
@@ -137,6 +94,18 @@ class AVQIndex(_NativeWrapper):
     ((3, 5), 'int64', 'float32')
     """
 
+    # Integer parameters are checked on every assignment (constructor, setters, unpickling,
+    # loading), against the limits exported by the native core (_validation.LIMITS).
+    num_leaves = V.Checked(V.check_num_leaves)
+    dims_per_block = V.Checked(lambda v: V.check_int("dims_per_block", v, minimum=1, maximum=8))
+    leaves_to_search = V.Checked(V.check_leaves_to_search)
+    reorder_k = V.Checked(V.check_reorder_k)
+    training_iterations = V.Checked(lambda v: V.check_iterations("training_iterations", v))
+    kmeans_iterations = V.Checked(lambda v: V.check_iterations("kmeans_iterations", v, minimum=1))
+    training_sample_size = V.Checked(V.check_training_sample_size)
+    num_threads = V.Checked(V.resolve_threads)
+    seed = V.Checked(V.check_seed)
+
     def __init__(
         self,
         metric="dot",
@@ -158,8 +127,8 @@ class AVQIndex(_NativeWrapper):
         progress=None,
     ):
         self.metric = V.check_metric(metric)
-        self.num_leaves = V.check_int("num_leaves", num_leaves, minimum=1, maximum=2**31 - 1, allow_none=True)
-        self.dims_per_block = V.check_int("dims_per_block", dims_per_block, minimum=1, maximum=8)
+        self.num_leaves = num_leaves
+        self.dims_per_block = dims_per_block
         if anisotropic_threshold is not None and not (
             isinstance(anisotropic_threshold, str) and anisotropic_threshold == "auto"
         ):
@@ -168,17 +137,15 @@ class AVQIndex(_NativeWrapper):
         self.eta = V.check_float("eta", eta, minimum=1.0, allow_none=True)
         self.eta_formula = V.check_choice("eta_formula", eta_formula, ("exact", "scann"))
         self.reorder = V.check_choice("reorder", "none" if reorder is None else reorder, V.REORDER_MODES)
-        self.leaves_to_search = V.check_int("leaves_to_search", leaves_to_search, minimum=1, allow_none=True)
-        self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
-        self.training_iterations = V.check_int("training_iterations", training_iterations, minimum=0, maximum=1000)
-        self.kmeans_iterations = V.check_int("kmeans_iterations", kmeans_iterations, minimum=1, maximum=1000)
-        self.training_sample_size = V.check_int(
-            "training_sample_size", training_sample_size, minimum=1, allow_none=True
-        )
-        self.num_threads = V.resolve_threads(num_threads)
-        self.seed = V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
+        self.leaves_to_search = leaves_to_search
+        self.reorder_k = reorder_k
+        self.training_iterations = training_iterations
+        self.kmeans_iterations = kmeans_iterations
+        self.training_sample_size = training_sample_size
+        self.num_threads = num_threads
+        self.seed = seed
         self.verbose = bool(verbose)
-        self.progress = _check_progress(progress)
+        self.progress = check_progress(progress)
         if self.anisotropic_threshold == 0.0 and self.eta is None:
             warnings.warn(
                 "anisotropic_threshold=0 gives eta = 1: plain reconstruction-loss PQ "
@@ -239,29 +206,10 @@ class AVQIndex(_NativeWrapper):
             raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
 
     # ------------------------------------------------------------------ build
-    def _progress_callback(self):
-        """The callback for one train/add call, or None (see the ``progress`` parameter)."""
-        progress = getattr(self, "progress", None)
-        if progress is None:
-            return _Progress() if self.verbose else None
-        if progress is False:
-            return None
-        if progress is True:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return _Progress()
-            return _TqdmStages(tqdm)
-        return progress
-
     def _with_progress(self, run):
-        """``run(callback)`` with this index's progress callback; closes bars it opened."""
-        callback = self._progress_callback()
-        try:
+        """``run(callback)`` with this index's progress callback (see the ``progress`` parameter)."""
+        with progress_callback(getattr(self, "progress", None), self.verbose) as callback:
             return run(callback)
-        finally:
-            if isinstance(callback, _TqdmStages):
-                callback.close()
 
     def _threshold_for(self, X):
         T = self.anisotropic_threshold
@@ -376,13 +324,15 @@ class AVQIndex(_NativeWrapper):
         ----------
         Q : array (nq, d) or (d,)
         k : int
-            Results per query. When fewer than k vectors are found (small index, few leaves
-            probed), the rows are padded with id -1 and distance -FLT_MAX (dot, cosine) or
-            +FLT_MAX (l2), as Faiss does.
+            Results per query. Every row holds min(k, ntotal) results: when the probed leaves
+            hold fewer than k vectors, the probe widens to the next best leaves. Only an index
+            of fewer than k vectors pads its rows, with id -1 and distance -FLT_MAX (dot,
+            cosine) or +FLT_MAX (l2), as Faiss does.
         leaves_to_search : int, optional
             Leaves probed per query (clamped to num_leaves).
         reorder_k : int, optional
-            Candidates re-scored exactly (raised to k when smaller; ignored with reorder="none").
+            Candidates re-scored exactly (raised to k when smaller, lowered to the number of
+            vectors probed; ignored with reorder="none").
         num_threads : int, optional
             Threads for this call (queries are split across a native pool, GIL released).
 
@@ -397,7 +347,7 @@ class AVQIndex(_NativeWrapper):
         index = self._index
         if index is None or not index.is_trained:
             self._require_trained()
-        if type(k) is not int or k < 1:
+        if type(k) is not int or not 0 < k <= _MAX_K:
             k = V.check_k(k)
         # Fast path for the common case (a C-contiguous float32 array of the right width);
         # the native layer re-checks every query for NaN/inf and, under cosine, zero norm.
@@ -420,21 +370,87 @@ class AVQIndex(_NativeWrapper):
         if leaves_to_search is not None:
             lts = (
                 leaves_to_search
-                if type(leaves_to_search) is int and leaves_to_search > 0
-                else V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+                if type(leaves_to_search) is int and 0 < leaves_to_search <= _MAX_LTS
+                else V.check_leaves_to_search(leaves_to_search, allow_none=False)
             )
         if reorder_k is not None:
             rk = (
                 reorder_k
-                if type(reorder_k) is int and reorder_k > 0
-                else V.check_int("reorder_k", reorder_k, minimum=1)
+                if type(reorder_k) is int and 0 < reorder_k <= _MAX_RK
+                else V.check_reorder_k(reorder_k, allow_none=False)
             )
         nt = (
             self.num_threads
             if num_threads is None
-            else (num_threads if type(num_threads) is int and num_threads > 0 else V.resolve_threads(num_threads))
+            else (
+                num_threads
+                if type(num_threads) is int and 0 < num_threads <= _MAX_THREADS
+                else V.resolve_threads(num_threads)
+            )
         )
         return self._index.search(Q, k, lts, rk, nt)
+
+    # ------------------------------------------------------------------ routed search
+    # Protected: the building blocks of leaf-routed sharding (avq_plugin.distributed), where a
+    # router chooses the leaves once and each shard scans only those it holds.
+    def _probe(self, Q, leaves_to_search, num_threads=None):
+        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
+        self._require_trained()
+        Q = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return self._index.probe(Q, lts, nt)
+
+    def _search_leaves(self, Q, k, leaves, reorder_k, num_threads=None):
+        """``search`` restricted to given leaves per query.
+
+        leaves: int (nq, w), each row scanned in its order, -1 entries skipped, no leaf twice;
+        reorder_k: int or int (nq,) per query. A query's candidates and scores are those
+        ``search`` finds in the same leaves, so with leaves = ``_probe(Q, lts)`` and the same
+        reorder_k the result equals ``search(Q, k, lts, reorder_k)``.
+        """
+        self._require_trained()
+        k = V.check_k(k)
+        Q = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        V.check_result_size(Q.shape[0], k)
+        leaves = np.asarray(leaves)
+        if leaves.ndim != 2 or leaves.shape[0] != Q.shape[0] or not np.issubdtype(leaves.dtype, np.integer):
+            raise ValueError(f"leaves must be an integer array of shape ({Q.shape[0]}, w), got {leaves.shape}")
+        if leaves.size and (leaves.min() < -1 or leaves.max() >= self._index.num_leaves):
+            raise ValueError(f"leaves must be in [-1, {self._index.num_leaves}) (-1: none)")
+        leaves = np.ascontiguousarray(leaves, dtype=np.int32)
+        rk = np.asarray(reorder_k)
+        if rk.ndim == 0:
+            rk = np.full(Q.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
+        elif rk.shape != (Q.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
+            raise ValueError(f"reorder_k must be a positive int or {Q.shape[0]} positive ints")
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return self._index.search_leaves(Q, k, leaves, np.ascontiguousarray(rk, np.int64), nt)
+
+    def _leaf_sizes(self):
+        """Vectors per leaf, int64 (num_leaves,)."""
+        self._require_trained()
+        return self._index.leaf_sizes()
+
+    def _contains(self, ids):
+        """Boolean (n,): which of the ids are indexed."""
+        self._require_trained()
+        return self._index.contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
+
+    def _probe_centers(self):
+        """The centres leaves are chosen by, float32 (num_leaves, d)."""
+        self._require_trained()
+        return np.asarray(self._index.probe_centers(), np.float32).reshape(self._index.num_leaves, -1)
+
+    def _quantizer_digest(self):
+        """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
+        import hashlib
+
+        self._require_trained()
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self._index.centers(), np.float32).tobytes())
+        h.update(np.ascontiguousarray(self._index.codebooks(), np.float32).tobytes())
+        return h
 
     def tune(
         self,
@@ -716,9 +732,7 @@ class AVQIndex(_NativeWrapper):
     @classmethod
     def from_bytes(cls, data):
         """Inverse of ``to_bytes``."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__}")
-        return cls._from_native(_native.Index.deserialize(bytes(data)))
+        return cls._from_native(_native.Index.deserialize(V.as_bytes(data)))
 
     def __getstate__(self):
         state = self._python_state()

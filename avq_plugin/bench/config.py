@@ -44,7 +44,7 @@ def find_config_dir(explicit: str | os.PathLike | None = None) -> Path:
         return path
     candidates = [
         Path.cwd() / "benchmark_configs",
-        Path(__file__).resolve().parent.parent / "benchmark_configs",
+        Path(__file__).resolve().parents[2] / "benchmark_configs",
     ]
     for path in candidates:
         if path.is_dir():
