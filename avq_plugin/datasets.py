@@ -34,6 +34,7 @@ __all__ = [
     "GLOVE_SUBSET_FILE",
     "load_glove_subset",
     "load_glove_subset_ground_truth",
+    "load_embedding_subset",
     "load_hdf5",
     "load_npy",
     "normalize_metric",
@@ -209,6 +210,71 @@ def load_glove_subset() -> Dataset:
         test=np.ascontiguousarray(z["test"], dtype=np.float32),
         neighbors=z["neighbors_cosine"].astype(np.int64),
         distances=z["distances_cosine"].astype(np.float32),
+    )
+
+
+#: The sentence-embedding test subset: a source checkout's ``benchmarks/embeddings/data/`` (kept out of the wheel).
+EMBEDDING_SUBSET_FILE = "debian-minilm-384-20k.npz"
+#: Environment variable naming the embedding subset file where no source checkout is at hand.
+EMBEDDING_SUBSET_ENV = "AVQ_EMBEDDING_SUBSET"
+
+
+def _embedding_subset_path(path) -> str:
+    if path is not None:
+        return os.fspath(path)
+    if os.environ.get(EMBEDDING_SUBSET_ENV):
+        return os.environ[EMBEDDING_SUBSET_ENV]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidate = os.path.join(here, "benchmarks", "embeddings", "data", EMBEDDING_SUBSET_FILE)
+    if os.path.exists(candidate):
+        return candidate
+    raise FileNotFoundError(
+        f"{EMBEDDING_SUBSET_FILE} is not in the wheel: pass path= (a source checkout has it in "
+        f"benchmarks/embeddings/data/) or set {EMBEDDING_SUBSET_ENV}"
+    )
+
+
+def load_embedding_subset(path: str | os.PathLike | None = None) -> Dataset:
+    """Load the 20,000 x 384 sentence-embedding subset (angular) with its exact ground truth.
+
+    Sentences of Debian's English package descriptions embedded with
+    all-MiniLM-L6-v2 (see ``benchmarks/embeddings/README.md``): the first 20,000
+    database rows and the first 1,000 held-out queries of the development set,
+    stored as per-row int8 codes and float32 scales (``x = codes * scale``,
+    cosine error below 1e-4) and returned de-quantised as float32; the ground
+    truth was computed from exactly these float32 values.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        The ``.npz`` file. Default: ``$AVQ_EMBEDDING_SUBSET``, else
+        ``benchmarks/embeddings/data/debian-minilm-384-20k.npz`` beside the
+        package in a source checkout (the file is not in the wheel).
+
+    Returns
+    -------
+    Dataset
+        ``name="debian-minilm-384-20k"``, ``metric="angular"``, ``train`` float32
+        (20000, 384), ``test`` float32 (1000, 384), ``neighbors`` int64
+        (1000, 100), ``distances`` float32 (1000, 100), ascending ``1 - cos``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no file is found.
+    """
+    with np.load(_embedding_subset_path(path)) as z:
+        train = z["train_codes"].astype(np.float32) * z["train_scale"].astype(np.float32)[:, None]
+        test = z["test_codes"].astype(np.float32) * z["test_scale"].astype(np.float32)[:, None]
+        neighbors = z["neighbors"].astype(np.int64)
+        distances = z["distances"].astype(np.float32)
+    return Dataset(
+        name="debian-minilm-384-20k",
+        metric="angular",
+        train=np.ascontiguousarray(train),
+        test=np.ascontiguousarray(test),
+        neighbors=neighbors,
+        distances=distances,
     )
 
 

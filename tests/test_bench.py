@@ -131,7 +131,7 @@ def test_resolve_num_leaves():
 def test_yaml_configs_parse_for_all_size_classes():
     cfg_dir = bench.find_config_dir(str(Path(__file__).resolve().parent.parent / "benchmark_configs"))
     t = bench.load_targets(cfg_dir)
-    assert t == {"k": 10, "epsilon": 1e-3, "targets": [0.8, 0.9, 0.95, 0.99]}
+    assert t == {"k": 10, "epsilon": 1e-3, "targets": [0.8, 0.9, 0.95, 0.99], "interpolate": True}
     for system in bench.SYSTEMS:
         for n in (20000, 190000, 10**7):
             for metric in ("angular", "euclidean"):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._common import SYSTEMS
-from .config import find_config_dir, load_targets
+from .config import find_config_dir, find_family, load_targets
 from .ground_truth import ensure_ground_truth
 from .progress import Bars
 from .report import _json_default, format_summary, summarize, write_outputs
@@ -91,6 +91,20 @@ def _parse_args(argv):
         "and reports the time per pass (default 0.1)",
     )
     p.add_argument("--quick", action="store_true", help="reduced grids")
+    p.add_argument(
+        "--family",
+        default="auto",
+        metavar="NAME",
+        help="grids of a dataset family: a file stem in benchmark_configs/families/ or a path; 'auto' "
+        "(default) picks the family whose match rule admits the dataset, 'none' uses the per-system files",
+    )
+    p.add_argument("--builds", metavar="LIST", help="comma-separated build names: run only these builds")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="build everything first, then time all settings of all systems in --reps rounds "
+        "(fair ratios on a machine whose load changes; holds every index in memory)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
     args = p.parse_args(argv)
 
@@ -206,6 +220,7 @@ def _main(argv) -> int:
             dataset = ensure_ground_truth(dataset, k, "file")  # its errors come before any output
         say(f"loaded {dataset!r} in {time.perf_counter() - t0:.1f} s; configs from {config_dir}")
         dataset = ensure_ground_truth(dataset, k, args.ground_truth, args.cache_dir, say=say)
+        find_family(config_dir, args.family, dataset.metric, dataset.dim, dataset.n_train)  # fail early
     except (FileNotFoundError, ImportError, ValueError, OSError) as exc:
         raise CommandLineError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     for note in skipped_notes:
@@ -224,6 +239,9 @@ def _main(argv) -> int:
         threads=args.threads,
         bars=bars,
         runners=runners,
+        family=args.family,
+        interleave=args.interleave,
+        only_builds=[b.strip() for b in args.builds.split(",") if b.strip()] if args.builds else None,
     )
     for note in skipped_notes:
         results["skipped"].setdefault(note.split(" ", 1)[0], note)

@@ -76,7 +76,9 @@ def load_targets(config_dir: Path) -> dict:
     Returns
     -------
     dict
-        ``{"k": int, "epsilon": float, "targets": list of float}``.
+        ``{"k": int, "epsilon": float, "targets": list of float, "interpolate": bool}``;
+        ``interpolate`` (default False) reports the QPS at each target interpolated on each
+        system's recall-QPS Pareto frontier instead of the best measured setting reaching it.
     """
     raw = _yaml_load(config_dir / "targets.yaml") or {}
     targets = sorted(float(t) for t in raw.get("targets", [0.9, 0.95]))
@@ -84,6 +86,7 @@ def load_targets(config_dir: Path) -> dict:
         "k": int(raw.get("k", 10)),
         "epsilon": float(raw.get("epsilon", ANN_BENCHMARKS_EPSILON)),
         "targets": targets,
+        "interpolate": bool(raw.get("interpolate", False)),
     }
 
 
@@ -133,11 +136,12 @@ class SystemConfig:
     size_class : str
         Name of the selected size class.
     builds : list of dict
-        ``{"name": str, "args": dict}``, metric overrides already merged.
+        ``{"name": str, "args": dict}``, metric overrides already merged, plus ``query_args``
+        (list of tuple) for a build with a grid of its own.
     query_arg_names : list of str
         Names of the query arguments, in order.
     query_args : list of tuple
-        One tuple of values per query setting.
+        One tuple of values per query setting (for builds without their own).
     """
 
     system: str
@@ -164,7 +168,108 @@ def _expand_query_args(raw: Any, names: Sequence[str]) -> list[tuple]:
     return out
 
 
-def load_system_config(config_dir: Path, system: str, n_train: int, metric: str, quick: bool = False) -> SystemConfig:
+#: Sub-directory of ``benchmark_configs/`` holding one grid file per dataset family.
+FAMILY_DIR = "families"
+
+
+@dataclass
+class Family:
+    """One dataset family's grids (``benchmark_configs/families/<name>.yaml``).
+
+    Attributes
+    ----------
+    name : str
+        The file stem.
+    path : pathlib.Path
+        The file.
+    match : dict
+        When ``--family auto`` picks it: ``metric``, ``min_dim``/``max_dim``, ``min_n``/``max_n``
+        (each optional, bounds inclusive).
+    systems : dict
+        ``{system: section}``; a section has the keys of a size class (``builds``,
+        ``query_args``, ``quick``) plus ``query_arg_names`` and optional ``metric_overrides``.
+    """
+
+    name: str
+    path: Path
+    match: dict
+    systems: dict
+
+    def matches(self, metric: str, dim: int, n_train: int) -> bool:
+        m = self.match
+        if m.get("metric") is not None and m["metric"] != metric:
+            return False
+        lo_d, hi_d = m.get("min_dim"), m.get("max_dim")
+        lo_n, hi_n = m.get("min_n"), m.get("max_n")
+        return (
+            (lo_d is None or dim >= int(lo_d))
+            and (hi_d is None or dim <= int(hi_d))
+            and (lo_n is None or n_train >= int(lo_n))
+            and (hi_n is None or n_train <= int(hi_n))
+        )
+
+
+def load_family(path: str | os.PathLike) -> Family:
+    """Read one family file (see :class:`Family`)."""
+    path = Path(path)
+    raw = _yaml_load(path) or {}
+    systems = raw.get("systems")
+    if not isinstance(systems, dict) or not systems:
+        raise ValueError(f"{path}: a family file needs a non-empty 'systems' mapping")
+    for name, sec in systems.items():
+        if not isinstance(sec, dict) or not sec.get("builds"):
+            raise ValueError(f"{path}: systems.{name} needs 'builds'")
+    return Family(path.stem, path, dict(raw.get("match") or {}), systems)
+
+
+def find_family(config_dir: Path, choice: str | None, metric: str, dim: int, n_train: int) -> Family | None:
+    """The family grid to use for a dataset.
+
+    Parameters
+    ----------
+    config_dir : pathlib.Path
+        Directory holding the YAML files; family files are in its ``families/``.
+    choice : str or None
+        ``"auto"``: the one family whose ``match`` admits the dataset (None if none does; an
+        error if several do); ``"none"`` or None: no family (the per-system size classes);
+        otherwise a family name (file stem in ``families/``) or a path to a family file.
+    metric, dim, n_train
+        The dataset's metric (``"angular"``/``"euclidean"``), dimension and size.
+
+    Returns
+    -------
+    Family or None
+    """
+    if choice is None or choice == "none":
+        return None
+    fam_dir = config_dir / FAMILY_DIR
+    if choice != "auto":
+        path = Path(choice)
+        if not path.is_file():
+            path = fam_dir / f"{choice}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in fam_dir.glob("*.yaml")) if fam_dir.is_dir() else []
+            raise ValueError(f"family {choice!r} not found (known: {', '.join(known) or 'none'})")
+        return load_family(path)
+    if not fam_dir.is_dir():
+        return None
+    hits = [f for f in (load_family(p) for p in sorted(fam_dir.glob("*.yaml"))) if f.matches(metric, dim, n_train)]
+    if len(hits) > 1:
+        raise ValueError(
+            f"families {', '.join(f.name for f in hits)} all match {metric} d={dim} n={n_train}: "
+            "make their 'match' ranges disjoint or pass --family"
+        )
+    return hits[0] if hits else None
+
+
+def load_system_config(
+    config_dir: Path,
+    system: str,
+    n_train: int,
+    metric: str,
+    quick: bool = False,
+    family: Family | None = None,
+) -> SystemConfig:
     """Read ``<system>.yaml`` and select the grid for a dataset.
 
     The file holds ``query_arg_names``, optional ``metric_overrides``
@@ -188,22 +293,30 @@ def load_system_config(config_dir: Path, system: str, n_train: int, metric: str,
     quick : bool, default=False
         Use the size class's ``quick`` grid.
 
+    family : Family, optional
+        A dataset family's grids (:func:`find_family`); a system it lists uses its section
+        instead of ``<system>.yaml`` (reported as size class ``family:<name>``).
+
     Returns
     -------
     SystemConfig
         The selected builds and query settings.
     """
-    raw = _yaml_load(config_dir / f"{system}.yaml")
+    if family is not None and system in family.systems:
+        raw = family.systems[system]
+        chosen = dict(raw, name=f"family:{family.name}")
+    else:
+        raw = _yaml_load(config_dir / f"{system}.yaml")
+        chosen = None
+        for size_class in raw["size_classes"]:
+            max_n = size_class.get("max_n")
+            if max_n is None or n_train <= int(max_n):
+                chosen = size_class
+                break
+        if chosen is None:
+            raise ValueError(f"{system}.yaml: no size class admits n_train={n_train}")
     names = list(raw.get("query_arg_names") or [])
     overrides = (raw.get("metric_overrides") or {}).get(metric) or {}
-    chosen = None
-    for size_class in raw["size_classes"]:
-        max_n = size_class.get("max_n")
-        if max_n is None or n_train <= int(max_n):
-            chosen = size_class
-            break
-    if chosen is None:
-        raise ValueError(f"{system}.yaml: no size class admits n_train={n_train}")
 
     builds = [dict(b) for b in chosen["builds"]]
     query_raw = chosen.get("query_args")
@@ -225,5 +338,8 @@ def load_system_config(config_dir: Path, system: str, n_train: int, metric: str,
             print(f"  note: {system} build {b['name']} equals {seen[key]} for {metric} data; skipped", file=sys.stderr)
             continue
         seen[key] = b["name"]
-        resolved.append({"name": b["name"], "args": args})
+        entry = {"name": b["name"], "args": args}
+        if b.get("query_args") is not None and not (quick and chosen.get("quick", {}).get("query_args")):
+            entry["query_args"] = _expand_query_args(b["query_args"], names)  # this build's own grid
+        resolved.append(entry)
     return SystemConfig(system, chosen.get("name", "?"), resolved, names, _expand_query_args(query_raw, names))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import load_system_config, load_targets
+from .config import find_family, load_system_config, load_targets
 from .measure import BuildRun, _measure_build, _measure_query, _warm_up
 from .progress import Bars
 from .report import _fmt_qa, _mb
@@ -34,6 +34,9 @@ def run_benchmark(
     threads: int = 1,
     bars: Bars | None = None,
     runners: dict | None = None,
+    family: str | None = "auto",
+    interleave: bool = False,
+    only_builds: Sequence[str] | None = None,
 ) -> dict:
     """Build and query every configured system on ``dataset``.
 
@@ -67,6 +70,18 @@ def run_benchmark(
         Progress bars for builds and sweeps (default: none).
     runners : dict, optional
         Already created runners by system name (see :func:`make_runner`).
+    family : str or None, default="auto"
+        Grids of a dataset family (``benchmark_configs/families/``, see
+        :func:`~avq_plugin.bench.config.find_family`): ``"auto"`` picks the family whose
+        ``match`` admits the dataset, ``"none"``/None uses the per-system size classes,
+        anything else names a family or a family file.
+    interleave : bool, default=False
+        Build every configuration first and keep all indexes, then time the query
+        settings in ``reps`` rounds over every index (each round one timing per setting,
+        the best kept), so that a change of machine load during the run affects every
+        system alike. Needs the memory of all indexes at once.
+    only_builds : sequence of str, optional
+        Run only the builds of these names (of any system); a name no grid defines is an error.
 
     Returns
     -------
@@ -90,9 +105,57 @@ def run_benchmark(
     if dataset.distances.shape[1] < k:
         raise ValueError(f"ground truth has {dataset.distances.shape[1]} columns < k={k}")
     rows = list(dataset.test)  # 1-D float32 views, shared by every system
+    fam = find_family(config_dir, family, dataset.metric, dataset.dim, dataset.n_train)
+    if fam is not None:
+        say(f"grids: family {fam.name} ({fam.path})")
     builds: list[BuildRun] = []
     skipped: dict[str, str] = {}
     runners = dict(runners or {})
+    kept: list[tuple] = []  # (runner, BuildRun, cfg) of the builds timed after all builds (interleave)
+
+    def sweep(runner, br, cfg, reps_now, label):
+        grid = grids[id(br)]
+        bar = bars.bar(f"{runner_name(br)} sweep{label}", len(grid) * len(modes), "setting")
+        try:
+            for i, values in enumerate(grid):
+                qa = dict(zip(cfg.query_arg_names, values))
+                for j, mode in enumerate(modes):
+                    try:
+                        qr = _measure_query(runner, dataset, rows, k, qa, mode, reps_now, targets["epsilon"], min_time)
+                    except Exception as exc:
+                        say(f"  {mode} {qa} FAILED: {type(exc).__name__}: {exc}")
+                        br.error = f"{mode} {qa}: {type(exc).__name__}: {exc}"
+                        continue
+                    finally:
+                        bar.update(1)
+                    slot = i * len(modes) + j
+                    prev = br_slots.setdefault(id(br), {}).get(slot)
+                    if prev is None:
+                        br_slots[id(br)][slot] = qr
+                        br.queries.append(qr)
+                    else:  # a later round of an interleaved run: keep the fastest pass
+                        prev.seconds += qr.seconds
+                        prev.passes += qr.passes
+                        if qr.best_seconds < prev.best_seconds:
+                            prev.best_seconds, prev.qps, prev.cpu_over_wall = qr.best_seconds, qr.qps, qr.cpu_over_wall
+                        qr = prev
+                    say(f"  {mode:6s} {_fmt_qa(qa):32s} recall={qr.recall:.4f} qps={qr.qps:9.1f}")
+        finally:
+            bar.close()
+
+    def runner_name(br):
+        return f"{br.system} {br.name}"
+
+    br_slots: dict = {}
+    grids: dict = {}
+    if only_builds is not None:
+        known = {
+            b["name"]
+            for system in systems
+            for b in load_system_config(config_dir, system, dataset.n_train, dataset.metric, quick, family=fam).builds
+        }
+        if set(only_builds) - known:
+            raise ValueError(f"builds {sorted(set(only_builds) - known)} are not in the grids of {list(systems)}")
     for system in systems:
         try:
             runner = runners.pop(system, None) or make_runner(system, threads)
@@ -101,7 +164,11 @@ def run_benchmark(
             say(f"note: {exc}")
             continue
         runner.threads, runner.bars = threads, bars
-        cfg = load_system_config(config_dir, system, dataset.n_train, dataset.metric, quick)
+        cfg = load_system_config(config_dir, system, dataset.n_train, dataset.metric, quick, family=fam)
+        if only_builds is not None:
+            cfg.builds = [b for b in cfg.builds if b["name"] in only_builds]
+            if not cfg.builds:
+                continue
         _warm_up(runner, cfg, dataset, say)
         for build in cfg.builds:
             say(f"[{system}] build {build['name']} {build['args']}")
@@ -119,26 +186,23 @@ def run_benchmark(
                 runner.close()
                 continue
             say(f"  built in {br.build_seconds:.2f} s, RSS +{_mb(br.rss_delta_bytes)} MB, index {_mb(br.own_bytes)} MB")
-            sweep = bars.bar(f"{system} {build['name']} sweep", len(cfg.query_args) * len(modes), "setting")
-            try:
-                for values in cfg.query_args:
-                    qa = dict(zip(cfg.query_arg_names, values))
-                    for mode in modes:
-                        try:
-                            qr = _measure_query(runner, dataset, rows, k, qa, mode, reps, targets["epsilon"], min_time)
-                        except Exception as exc:
-                            say(f"  {mode} {qa} FAILED: {type(exc).__name__}: {exc}")
-                            br.error = f"{mode} {qa}: {type(exc).__name__}: {exc}"
-                            continue
-                        finally:
-                            sweep.update(1)
-                        br.queries.append(qr)
-                        say(f"  {mode:6s} {_fmt_qa(qa):32s} recall={qr.recall:.4f} qps={qr.qps:9.1f}")
-            finally:
-                sweep.close()
             builds.append(br)
+            grids[id(br)] = build.get("query_args") or cfg.query_args
+            if interleave:
+                kept.append((runner, br, cfg))
+                runner = make_runner(system, threads)  # a fresh runner for the next build: this one keeps its index
+                runner.threads, runner.bars = threads, bars
+                continue
+            sweep(runner, br, cfg, reps, "")
             runner.close()
             gc.collect()
+    for r in range(reps if interleave else 0):
+        for runner, br, cfg in kept:
+            say(f"[{br.system}] {br.name}: round {r + 1}/{reps}")
+            sweep(runner, br, cfg, 1, f" round {r + 1}/{reps}")
+    for runner, _, _ in kept:
+        runner.close()
+    gc.collect()
     return {
         "dataset": {
             "name": dataset.name,
@@ -156,6 +220,8 @@ def run_benchmark(
             "threads": threads,
             "config_dir": str(config_dir),
             "systems": list(systems),
+            "family": None if fam is None else fam.name,
+            "interleave": bool(interleave),
         },
         "targets": targets,
         "skipped": skipped,
@@ -182,9 +248,38 @@ def _environment() -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     avq = sys.modules.get("avq_plugin")
+    if avq is not None:
+        env["avq_plugin_version"] = getattr(avq, "__version__", "?")
+        env["avq_plugin_path"] = os.path.dirname(getattr(avq, "__file__", "") or "")
+    env.update(_git_commit())
     if avq is not None and hasattr(avq, "build_info"):
         try:
             env["avq_plugin_build_info"] = avq.build_info()
         except Exception:
             pass
     return env
+
+
+def _git_commit(cwd: str | None = None) -> dict:
+    """``git_commit`` (and ``git_dirty``) of the working directory's checkout, if it is one.
+
+    avq-bench runs from the repository root (where ``benchmark_configs/`` is), so this names
+    the sources the installed package was built from when the two agree.
+    """
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": head, "git_dirty": bool(dirty)}

@@ -40,6 +40,15 @@ class ScannRunner(Runner):
             "int8": scann.scann_ops_pybind.scann_builder.ReorderType.INT8,
             "bfloat16": scann.scann_ops_pybind.scann_builder.ReorderType.BFLOAT16,
         }[a.pop("reorder_quantize", "float32")]
+        # SOAR spilling (ScaNN >= 1.3: tree(soar_lambda=, overretrieve_factor=)) and score-aware
+        # partition assignment (tree(avq=)) are passed only when set, so older ScaNN still runs the rest.
+        tree_extra = {}
+        for key in ("soar_lambda", "overretrieve_factor", "avq"):
+            value = a.pop(key, None)
+            if value is not None:
+                tree_extra[key] = float(value)
+        if "soar_lambda" in tree_extra and measure != "dot_product":
+            raise ValueError("scann's SOAR needs dot_product (angular data)")
         builder = (
             scann.scann_ops_pybind.builder(data, a.pop("num_neighbors", 10), measure)
             .tree(
@@ -48,6 +57,7 @@ class ScannRunner(Runner):
                 training_sample_size=sample,
                 spherical=bool(a.pop("spherical", False)),
                 quantize_centroids=bool(a.pop("quantize_centroids", False)),
+                **tree_extra,
             )
             .score_ah(int(a.pop("dims_per_block", 2)), anisotropic_quantization_threshold=threshold)
             .reorder(int(a.pop("default_reorder", 1)), quantize=quantize)
@@ -62,7 +72,8 @@ class ScannRunner(Runner):
             bar.update(1)
             bar.close()
         self.index.set_num_threads(self.threads)
-        self.resolved = f"{measure}, {leaves} leaves"
+        extra = "".join(f", {k}={v:g}" for k, v in tree_extra.items())
+        self.resolved = f"{measure}, {leaves} leaves{extra}"
 
     def single_fn(self, k, qa):
         search, leaves, reorder = self.index.search, qa["leaves_to_search"], qa["reorder"]
