@@ -98,6 +98,15 @@ class AVQIndex(_NativeWrapper):
         per-dimension scales (4x less memory), or none.
     leaves_to_search, reorder_k : int or None
         Default search budget; None chooses from num_leaves (see ``search``).
+    spill : {None, "soar"}
+        "soar": SOAR spilling (Sun et al., NeurIPS 2023). Every vector is also stored, as a
+        second 4-bit code (no second reorder vector), in the leaf minimising
+        ``||x - c||^2 + soar_lambda * <r, x - c>^2 / ||r||^2`` (r: the residual in its own
+        leaf), so fewer leaves reach the same recall. Search drops the duplicate candidates
+        before re-scoring. Costs code_size + 16 bytes per vector and about as much add time as
+        the encoding itself.
+    soar_lambda : float >= 0
+        Orthogonality amplification of ``spill="soar"`` (0: plain second-nearest leaf).
     training_iterations : int
         Alternations of (anisotropic encoding, least-squares codebook update); 0 keeps the
         k-means codebooks and only encodes anisotropically (ScaNN's behaviour).
@@ -135,6 +144,8 @@ class AVQIndex(_NativeWrapper):
         reorder="float32",
         leaves_to_search=None,
         reorder_k=None,
+        spill=None,
+        soar_lambda=1.5,
         training_iterations=3,
         kmeans_iterations=10,
         training_sample_size=None,
@@ -155,6 +166,10 @@ class AVQIndex(_NativeWrapper):
         self.reorder = V.check_choice("reorder", reorder, V.REORDER_MODES)
         self.leaves_to_search = V.check_int("leaves_to_search", leaves_to_search, minimum=1, allow_none=True)
         self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+        self.spill = None if spill is None else V.check_choice("spill", spill, ("soar",))
+        self.soar_lambda = V.check_float("soar_lambda", soar_lambda, minimum=0.0)
+        if self.soar_lambda > _native.MAX_SOAR_LAMBDA:
+            raise ValueError(f"soar_lambda must be <= {_native.MAX_SOAR_LAMBDA:g}, got {self.soar_lambda}")
         self.training_iterations = V.check_int("training_iterations", training_iterations, minimum=0, maximum=1000)
         self.kmeans_iterations = V.check_int("kmeans_iterations", kmeans_iterations, minimum=1, maximum=1000)
         self.training_sample_size = V.check_int(
@@ -276,6 +291,8 @@ class AVQIndex(_NativeWrapper):
             threshold_mode=(
                 1 if self.anisotropic_threshold == "auto" else 2 if self.anisotropic_threshold is None else 0
             ),
+            spill=self.spill or "none",
+            soar_lambda=self.soar_lambda,
         )
         index.train(X, self.num_threads, self._progress())
         self._index = index
@@ -545,6 +562,8 @@ class AVQIndex(_NativeWrapper):
         obj.reorder = p["reorder"]
         obj.leaves_to_search = p["default_leaves_to_search"] or None
         obj.reorder_k = p["default_reorder_k"] or None
+        obj.spill = None if p["spill"] == "none" else p["spill"]
+        obj.soar_lambda = p["soar_lambda"]
         obj.training_iterations = p["avq_iterations"]
         obj.kmeans_iterations = p["kmeans_iterations"]
         obj.training_sample_size = p["training_sample_size"] or None
@@ -603,6 +622,8 @@ class AVQIndex(_NativeWrapper):
                 "reorder",
                 "leaves_to_search",
                 "reorder_k",
+                "spill",
+                "soar_lambda",
                 "training_iterations",
                 "kmeans_iterations",
                 "training_sample_size",
@@ -612,6 +633,7 @@ class AVQIndex(_NativeWrapper):
         return state
 
     def __setstate__(self, state):
+        self.spill, self.soar_lambda = None, 1.5  # absent from states pickled before SOAR
         for k, v in state["params"].items():
             setattr(self, k, v)
         for k in ("anisotropic_threshold", "eta_formula", "num_threads", "verbose"):

@@ -15,8 +15,13 @@
 #include "anisotropic.h"
 #include "common.h"
 #include "kmeans.h"
+#include "soar.h"
 
 namespace avq {
+
+namespace kernels {
+struct KernelTable;
+}
 
 // Advises the kernel to back [p, p + bytes) with transparent huge pages (no-op elsewhere).
 void advise_huge_pages(void* p, size_t bytes);
@@ -73,6 +78,10 @@ struct IndexParams {
   // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
   // Stored as an optional trailing PARM field (absent in older files: false).
   bool l2_decoded_norms = false;
+  // SOAR spilling (soar.h): a second, spilled copy of every vector. Stored in the optional file
+  // section SOAR (absent: none).
+  SpillMode spill = SpillMode::kNone;
+  double soar_lambda = kDefaultSoarLambda;
 };
 
 struct TrainStats {
@@ -226,6 +235,17 @@ class Index {
   mutable std::unordered_map<int64_t, uint64_t> id_map_;  // id -> (leaf << 32) | position
   mutable std::shared_mutex mu_;
   mutable std::mutex id_map_mu_;
+
+  // SOAR spilling (soar.cpp); null unless p_.spill is set.
+  std::unique_ptr<SpillStore> spill_;
+  void spill_reset();  // the leaves were rebuilt empty (train, set_quantizer, reset)
+  void spill_encode(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, int nthreads, Monitor* mon,
+                    std::vector<uint32_t>& spill_leaf, std::vector<uint8_t>& spill_codes) const;
+  void spill_commit(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, const std::vector<int64_t>& new_ids,
+                    const std::vector<uint32_t>& spill_leaf, const std::vector<uint8_t>& spill_codes);
+  void spill_load(const uint8_t* data, size_t size);
+  void scan_spilled(const float* q, uint32_t li, const kernels::KernelTable& kt, float inv_scale, double offset,
+                    Scratch& s) const;
 
   friend class IndexIO;
 };

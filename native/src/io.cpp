@@ -304,6 +304,7 @@ std::string Index::serialize() const {
     if (p_.reorder == ReorderMode::kInt8) w.add("RV8_", vecs8);
     if (p_.metric == Metric::kL2) w.add("BIAS", bias);
   }
+  if (spill_) w.add_owned("SOAR", spill_->serialize(group_bytes(), p_.metric == Metric::kL2));
   return w.to_string();
 }
 
@@ -356,6 +357,12 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   }
   if (p.d == 0 || p.d > (1u << 20) || p.dims_per_block < 1 || p.dims_per_block > 8)
     throw InvalidArgument("corrupted index file: invalid dimension or dims_per_block");
+  if (r.has("SOAR")) {  // optional section (soar.h): absent in files without spilling
+    const SectionView sv = r.get("SOAR");
+    p.spill = SpillMode::kSoar;
+    p.soar_lambda = SpillStore::read_lambda(sv.data, sv.size);
+    if (p.l2_decoded_norms) throw InvalidArgument("corrupted index file: SOAR with decoded l2 norms");
+  }
   std::unique_ptr<Index> idx(new Index(p));
   idx->threshold_used_ = threshold_used;
   if (!trained) return idx;
@@ -464,6 +471,10 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   idx->next_id_ = next_id;
   idx->trained_ = true;
   idx->mapping_ = mapping;
+  if (idx->spill_) {
+    const SectionView sv = r.get("SOAR");
+    idx->spill_load(sv.data, sv.size);
+  }
   return idx;
 }
 
