@@ -291,9 +291,8 @@ class AVQIndex(_NativeWrapper):
             threshold_mode=(
                 1 if self.anisotropic_threshold == "auto" else 2 if self.anisotropic_threshold is None else 0
             ),
-            spill=self.spill or "none",
-            soar_lambda=self.soar_lambda,
         )
+        index.set_spill(self.spill or "none", self.soar_lambda)
         index.train(X, self.num_threads, self._progress())
         self._index = index
         stats = index.train_stats()

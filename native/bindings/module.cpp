@@ -221,44 +221,37 @@ PYBIND11_MODULE(_native, m) {
   py::class_<Index> index_cls(m, "Index");
   bind_common(index_cls);
   index_cls
-      .def(
-          py::init([](const std::string& metric, uint32_t d, uint32_t num_leaves, uint32_t dims_per_block,
-                      double threshold, double eta, bool eta_scann, uint32_t avq_iterations, uint32_t kmeans_iterations,
-                      uint32_t pq_kmeans_iterations, uint64_t training_sample_size, uint64_t seed,
-                      const std::string& reorder, uint32_t default_leaves_to_search, uint32_t default_reorder_k,
-                      uint32_t threshold_mode, bool l2_decoded_norms, const std::string& spill, double soar_lambda) {
-            avq::IndexParams p;
-            p.metric = parse_metric(metric);
-            p.d = d;
-            p.num_leaves = num_leaves;
-            p.dims_per_block = dims_per_block;
-            p.threshold = threshold;
-            p.eta = eta;
-            p.eta_scann = eta_scann;
-            p.avq_iterations = avq_iterations;
-            p.kmeans_iterations = kmeans_iterations;
-            p.pq_kmeans_iterations = pq_kmeans_iterations;
-            p.training_sample_size = training_sample_size;
-            p.seed = seed;
-            p.reorder = parse_reorder(reorder);
-            p.default_leaves_to_search = default_leaves_to_search;
-            p.default_reorder_k = default_reorder_k;
-            if (threshold_mode > 2) throw py::value_error("invalid threshold_mode");
-            p.threshold_mode = threshold_mode;
-            p.l2_decoded_norms = l2_decoded_norms;
-            if (spill == "soar")
-              p.spill = avq::SpillMode::kSoar;
-            else if (spill != "none")
-              throw py::value_error("spill must be 'none' or 'soar'");
-            p.soar_lambda = soar_lambda;
-            return std::make_unique<Index>(p);
-          }),
-          py::arg("metric"), py::arg("d"), py::arg("num_leaves"), py::arg("dims_per_block"), py::arg("threshold"),
-          py::arg("eta"), py::arg("eta_scann"), py::arg("avq_iterations"), py::arg("kmeans_iterations"),
-          py::arg("pq_kmeans_iterations"), py::arg("training_sample_size"), py::arg("seed"), py::arg("reorder"),
-          py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0,
-          py::arg("l2_decoded_norms") = false, py::arg("spill") = "none",
-          py::arg("soar_lambda") = avq::kDefaultSoarLambda)
+      .def(py::init([](const std::string& metric, uint32_t d, uint32_t num_leaves, uint32_t dims_per_block,
+                       double threshold, double eta, bool eta_scann, uint32_t avq_iterations,
+                       uint32_t kmeans_iterations, uint32_t pq_kmeans_iterations, uint64_t training_sample_size,
+                       uint64_t seed, const std::string& reorder, uint32_t default_leaves_to_search,
+                       uint32_t default_reorder_k, uint32_t threshold_mode, bool l2_decoded_norms) {
+             avq::IndexParams p;
+             p.metric = parse_metric(metric);
+             p.d = d;
+             p.num_leaves = num_leaves;
+             p.dims_per_block = dims_per_block;
+             p.threshold = threshold;
+             p.eta = eta;
+             p.eta_scann = eta_scann;
+             p.avq_iterations = avq_iterations;
+             p.kmeans_iterations = kmeans_iterations;
+             p.pq_kmeans_iterations = pq_kmeans_iterations;
+             p.training_sample_size = training_sample_size;
+             p.seed = seed;
+             p.reorder = parse_reorder(reorder);
+             p.default_leaves_to_search = default_leaves_to_search;
+             p.default_reorder_k = default_reorder_k;
+             if (threshold_mode > 2) throw py::value_error("invalid threshold_mode");
+             p.threshold_mode = threshold_mode;
+             p.l2_decoded_norms = l2_decoded_norms;
+             return std::make_unique<Index>(p);
+           }),
+           py::arg("metric"), py::arg("d"), py::arg("num_leaves"), py::arg("dims_per_block"), py::arg("threshold"),
+           py::arg("eta"), py::arg("eta_scann"), py::arg("avq_iterations"), py::arg("kmeans_iterations"),
+           py::arg("pq_kmeans_iterations"), py::arg("training_sample_size"), py::arg("seed"), py::arg("reorder"),
+           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0,
+           py::arg("l2_decoded_norms") = false)
       .def(
           "train",
           [](Index& self, FArray x, int nthreads, py::object callback) {
@@ -425,6 +418,19 @@ PYBIND11_MODULE(_native, m) {
              d["soar_lambda"] = p.soar_lambda;
              return d;
            })
+      .def(
+          "set_spill",
+          [](Index& self, const std::string& spill, double soar_lambda) {
+            avq::SpillMode m = avq::SpillMode::kNone;
+            if (spill == "soar")
+              m = avq::SpillMode::kSoar;
+            else if (spill != "none")
+              throw py::value_error("spill must be 'none' or 'soar'");
+            py::gil_scoped_release release;  // never wait for the index lock holding the GIL
+            self.set_spill(m, soar_lambda);
+          },
+          py::arg("spill"), py::arg("soar_lambda"),
+          "Chooses SOAR spilling before training (ValueError on a trained index).")
       .def("set_default_search_params", &Index::set_default_search_params, py::arg("leaves_to_search"),
            py::arg("reorder_k"), "Search defaults stored with the index (0: chosen by the Python layer).")
       .def_property_readonly("d", [](const Index& self) { return self.params().d; })

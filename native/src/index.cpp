@@ -283,14 +283,7 @@ Index::Index(const IndexParams& p) : p_(p) {
   if (p_.l2_decoded_norms && p_.reorder != ReorderMode::kNone)
     throw InvalidArgument("l2_decoded_norms needs reorder='none' (re-scoring uses the exact norms)");
   layout_ = BlockLayout(p_.d, p_.dims_per_block);
-  if (static_cast<uint32_t>(p_.spill) > 1) throw InvalidArgument("unknown spill mode");
-  if (!(p_.soar_lambda >= 0 && p_.soar_lambda <= kMaxSoarLambda))
-    throw InvalidArgument("soar_lambda must be in [0, " + std::to_string(kMaxSoarLambda) + "]");
-  if (p_.spill != SpillMode::kNone) {
-    if (p_.l2_decoded_norms) throw InvalidArgument("spill='soar' does not support l2_decoded_norms");
-    spill_ = std::make_unique<SpillStore>();
-    spill_->lambda = p_.soar_lambda;
-  }
+  init_spill();
 }
 
 Index::~Index() = default;

@@ -155,6 +155,9 @@ class Index {
   // Replaces the search defaults stored with the index (0: chosen by the Python layer); they are
   // serialized with it. Takes the exclusive lock. Used by AVQIndex.tune (issue 6).
   void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
+  // Chooses the spill mode and SOAR lambda (soar.h) of an untrained index (throws
+  // InvalidArgument once trained or on a bad value). Exclusive lock.
+  void set_spill(SpillMode mode, double soar_lambda);
   bool is_trained() const { return trained_; }
   size_t ntotal() const;
   size_t num_leaves() const { return nleaves_; }
@@ -238,6 +241,7 @@ class Index {
 
   // SOAR spilling (soar.cpp); null unless p_.spill is set.
   std::unique_ptr<SpillStore> spill_;
+  void init_spill();   // validates p_.spill / p_.soar_lambda, creates spill_
   void spill_reset();  // the leaves were rebuilt empty (train, set_quantizer, reset)
   void spill_encode(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, int nthreads, Monitor* mon,
                     std::vector<uint32_t>& spill_leaf, std::vector<uint8_t>& spill_codes) const;

@@ -159,6 +159,33 @@ double SpillStore::read_lambda(const uint8_t* data, size_t size) {
 
 // ------------------------------------------------------------------------- Index's spill hooks
 
+void Index::init_spill() {
+  if (static_cast<uint32_t>(p_.spill) > 1) throw InvalidArgument("unknown spill mode");
+  if (!(p_.soar_lambda >= 0 && p_.soar_lambda <= kMaxSoarLambda))
+    throw InvalidArgument("soar_lambda must be in [0, " + std::to_string(kMaxSoarLambda) + "]");
+  spill_.reset();
+  if (p_.spill == SpillMode::kNone) return;
+  if (p_.l2_decoded_norms) throw InvalidArgument("spill='soar' does not support l2_decoded_norms");
+  spill_ = std::make_unique<SpillStore>();
+  spill_->lambda = p_.soar_lambda;
+}
+
+void Index::set_spill(SpillMode mode, double soar_lambda) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (trained_) throw InvalidArgument("the spill mode is chosen before training");
+  IndexParams p = p_;
+  p.spill = mode;
+  p.soar_lambda = soar_lambda;
+  std::swap(p, p_);
+  try {
+    init_spill();
+  } catch (...) {
+    std::swap(p, p_);
+    init_spill();
+    throw;
+  }
+}
+
 void Index::spill_reset() {
   if (spill_) spill_->reset(nleaves_, resid_centers_.data(), p_.d);
 }
