@@ -313,6 +313,20 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("ids").noconvert())
       .def(
+          "get_spill_leaves",
+          [](const Index& self, IArray ids) {
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::array_t<int64_t> out(n);
+            const int64_t* p = ids.data();
+            int64_t* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              self.get_spill_leaves(p, n, o);
+            }
+            return out;
+          },
+          py::arg("ids").noconvert(), "Leaf of each id's SOAR copy (-1: none).")
+      .def(
           "set_quantizer",
           [](Index& self, FArray probe, FArray resid, FArray codebooks) {
             const size_t d = self.params().d;

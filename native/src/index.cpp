@@ -55,9 +55,11 @@ inline bool better(const Cand& a, const Cand& b) {
   return a.pos < b.pos;
 }
 
-// SOAR: replaces the references of spilled copies by their primary copy's and drops repeated
-// vectors, keeping the first occurrence (order kept). set: scratch for an open-addressing set.
-void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<uint64_t>& set) {
+// SOAR: replaces the references of spilled copies by their primary copy's, drops repeated
+// vectors (keeping the first occurrence, order kept), then keeps the `want` best (by `better`;
+// `sorted`: cands are sorted best first). set: scratch for an open-addressing set.
+void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<uint64_t>& set, size_t want,
+                   bool sorted) {
   size_t cap = 64;
   int shift = 58;
   while (cap < 2 * cands.size()) {
@@ -81,6 +83,10 @@ void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<u
     cands[w++] = c;
   }
   cands.resize(w);
+  if (w > want) {
+    if (!sorted) std::nth_element(cands.begin(), cands.begin() + (want - 1), cands.end(), better);
+    cands.resize(want);
+  }
 }
 
 constexpr size_t kTopNSlack = 256;  // top-N buffer room above cap before a cut
@@ -932,8 +938,9 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
 
   // 3. Scan the probed leaves; keep the best `cap` approximate scores.
   const bool reorder = p_.reorder != ReorderMode::kNone;
-  // SOAR: a vector can come twice (both copies); room for k distinct ones when not reordering.
-  const size_t cap = reorder ? std::max(k, reorder_k) : (spill_ ? 2 * k : k);
+  // SOAR: a vector can come twice (both copies): keep twice as many, then `want` distinct ones.
+  const size_t want = reorder ? std::max(k, reorder_k) : k;
+  const size_t cap = spill_ ? 2 * want : want;
   s.topn.reset(cap);
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
@@ -953,7 +960,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
-  if (spill_) dedup_spilled(cands, *spill_, s.seen);
+  if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder);
 
   // 4. Exact re-scoring of the candidates.
   if (reorder && !cands.empty()) {

@@ -148,6 +148,9 @@ class Index {
   void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
   // Leaf of each given id.
   void get_leaves(const int64_t* ids, size_t n, int64_t* out) const;
+  // Leaf of each given id's SOAR copy (soar.h), -1 when it has none (no spilling, one leaf, or
+  // added with add_codes); throws InvalidArgument on unknown id. O(ntotal): for tests and tools.
+  void get_spill_leaves(const int64_t* ids, size_t n, int64_t* out) const;
   // All ids in storage order (leaf by leaf).
   std::vector<int64_t> all_ids() const;
 

@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
 
 #include "index.h"
 #include "io.h"
@@ -277,6 +281,22 @@ void Index::spill_commit(const float* x, size_t n, const std::vector<uint32_t>& 
     sl.n++;
   }
   spill_->total += n;
+}
+
+void Index::get_spill_leaves(const int64_t* ids, size_t n, int64_t* out) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::unordered_map<int64_t, int64_t> where;
+  if (spill_)
+    for (size_t l = 0; l < spill_->lists.size(); ++l)
+      for (uint32_t i = 0; i < spill_->lists[l].n; ++i) where[spill_->lists[l].ids[i]] = int64_t(l);
+  std::unordered_map<int64_t, bool> known;
+  for (const Leaf& l : leaves_)
+    for (uint32_t i = 0; i < l.n; ++i) known[l.ids_p[i]] = true;
+  for (size_t t = 0; t < n; ++t) {
+    if (!known.count(ids[t])) throw InvalidArgument("unknown id " + std::to_string(ids[t]));
+    auto it = where.find(ids[t]);
+    out[t] = it == where.end() ? -1 : it->second;
+  }
 }
 
 void Index::spill_load(const uint8_t* data, size_t size) {
