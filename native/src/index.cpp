@@ -13,6 +13,7 @@
 #include "io.h"
 #include "kernels/kernels.h"
 #include "kmeans.h"
+#include "reorder.h"
 
 namespace avq {
 
@@ -875,8 +876,7 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, Scr
 
 // SOAR: scans the spilled copies held by leaf li with the query's LUT (as search_one does the
 // leaf's own vectors); their candidates carry kSpillLeafFlag in the leaf.
-void Index::scan_spilled(const float* q, uint32_t li, const kernels::KernelTable& kt, float inv_scale, double offset,
-                         Scratch& s) const {
+void Index::scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_scale, float bias, Scratch& s) const {
   const SpillStore::List& sl = spill_->lists[li];
   const size_t ng = (sl.n + 31) / 32;
   if (s.acc.size() < ng * 32) {
@@ -885,7 +885,6 @@ void Index::scan_spilled(const float* q, uint32_t li, const kernels::KernelTable
     s.sc.resize(ng * 32);
   }
   kt.scan_lut16(sl.codes.data(), ng, layout_.num_blocks_pad, s.lut8.data(), s.acc.data());
-  const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * p_.d, p_.d) + static_cast<float>(offset);
   const float* pb = p_.metric == Metric::kL2 ? sl.bias.data() : nullptr;
   const size_t cnt =
       kt.filter_scores(s.acc.data(), pb, sl.n, inv_scale, bias, s.topn.threshold(), s.idx.data(), s.sc.data());
@@ -945,8 +944,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
     const Leaf& leaf = leaves_[li];
-    if (spill_ && spill_->lists[li].n) scan_spilled(q, li, kt, inv_scale, offset, s);
-    if (leaf.n == 0) continue;
+    const bool spilled = spill_ && spill_->lists[li].n;
+    if (leaf.n == 0 && !spilled) continue;
     const size_t ng = (leaf.n + 31) / 32;
     if (s.acc.size() < ng * 32) {
       s.acc.resize(ng * 32);
@@ -958,6 +957,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
                                   s.idx.data(), s.sc.data());
     s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
+    if (spilled) scan_spilled(li, kt, inv_scale, bias, s);  // after: it reuses s.acc
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
   if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder);
@@ -968,21 +968,14 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     s.exact.resize(nc);
     if (p_.reorder == ReorderMode::kFloat32) {
       s.rows.resize(nc);
-      for (size_t c = 0; c < nc; ++c) {
-        s.rows[c] = rvec_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
-        const char* row = reinterpret_cast<const char*>(s.rows[c]);
-        for (size_t off = 0; off < d * sizeof(float); off += 64) __builtin_prefetch(row + off);
-      }
-      kt.dot_gather(q, s.rows.data(), nc, d, s.exact.data());
+      for (size_t c = 0; c < nc; ++c) s.rows[c] = rvec_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
+      reorder_dot_f32(kt, q, s.rows.data(), nc, d, s.exact.data());
     } else {
       s.w.resize(d);
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
       s.rows8.resize(nc);
-      for (size_t c = 0; c < nc; ++c) {
-        s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
-        for (size_t off = 0; off < d; off += 64) __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
-      }
-      kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());
+      for (size_t c = 0; c < nc; ++c) s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
+      reorder_dot_i8(kt, s.w.data(), s.rows8.data(), nc, d, s.exact.data());
     }
     for (size_t c = 0; c < nc; ++c) {
       float v = s.exact[c];

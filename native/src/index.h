@@ -251,8 +251,7 @@ class Index {
   void spill_commit(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, const std::vector<int64_t>& new_ids,
                     const std::vector<uint32_t>& spill_leaf, const std::vector<uint8_t>& spill_codes);
   void spill_load(const uint8_t* data, size_t size);
-  void scan_spilled(const float* q, uint32_t li, const kernels::KernelTable& kt, float inv_scale, double offset,
-                    Scratch& s) const;
+  void scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_scale, float bias, Scratch& s) const;
 
   friend class IndexIO;
 };
