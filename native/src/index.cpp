@@ -13,7 +13,6 @@
 #include "io.h"
 #include "kernels/kernels.h"
 #include "kmeans.h"
-#include "reorder.h"
 
 namespace avq {
 
@@ -968,14 +967,21 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     s.exact.resize(nc);
     if (p_.reorder == ReorderMode::kFloat32) {
       s.rows.resize(nc);
-      for (size_t c = 0; c < nc; ++c) s.rows[c] = rvec_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
-      reorder_dot_f32(kt, q, s.rows.data(), nc, d, s.exact.data());
+      for (size_t c = 0; c < nc; ++c) {
+        s.rows[c] = rvec_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
+        const char* row = reinterpret_cast<const char*>(s.rows[c]);
+        for (size_t off = 0; off < d * sizeof(float); off += 64) __builtin_prefetch(row + off);
+      }
+      kt.dot_gather(q, s.rows.data(), nc, d, s.exact.data());
     } else {
       s.w.resize(d);
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
       s.rows8.resize(nc);
-      for (size_t c = 0; c < nc; ++c) s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
-      reorder_dot_i8(kt, s.w.data(), s.rows8.data(), nc, d, s.exact.data());
+      for (size_t c = 0; c < nc; ++c) {
+        s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
+        for (size_t off = 0; off < d; off += 64) __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
+      }
+      kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());
     }
     for (size_t c = 0; c < nc; ++c) {
       float v = s.exact[c];
