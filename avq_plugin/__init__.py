@@ -17,8 +17,9 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"in-place build. Original error: {exc}"
     ) from exc
 
-from .faiss_compat import IndexAVQ, SearchParametersAVQ, read_index, write_index
-from .index import AVQIndex, ExactIndex
+from .exact import ExactIndex
+from .faiss import IndexAVQ, SearchParametersAVQ, read_index, write_index
+from .index import AVQIndex
 
 __version__ = _native.build_info()["version"]
 

@@ -4,7 +4,7 @@
 that lives in the memory of a Dask worker, and answers queries by broadcasting them to every
 shard and merging the shards' top-k on the client.
 
-Design (see the README section "Sharded indexes on Dask" for the full discussion):
+Design (see docs/dask.md for the full discussion):
 
 - **One quantizer.** The partition centres and the PQ codebooks are trained once, in a worker,
   on a sample drawn from every row chunk of the input (each chunk gives a share of the sample

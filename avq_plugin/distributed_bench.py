@@ -1,5 +1,5 @@
 """Benchmark of ShardedAVQIndex on a local Dask cluster: QPS with 1 and 2 workers, memory per
-worker, and the per-shard figures behind the README's sizing note.
+worker, and the per-shard figures behind the sizing note of docs/dask.md.
 
 Run (hold the machine's benchmark lock so no other timing job runs at the same time)::
 
@@ -14,7 +14,7 @@ Steps, all with the same shards (built once, saved, then loaded by each cluster)
    bytes of the shared quantizer;
 2. per-shard search costs in this process (1 thread): a fixed per-query cost (leaf scoring,
    lookup table), the scan cost per vector of the probed leaves, and the re-scoring cost per
-   candidate, the inputs of the fan-out model in the README;
+   candidate, the inputs of the fan-out model in docs/dask.md;
 3. batched QPS and recall@10 of the loaded index on a LocalCluster with 1 worker and with 2
    workers (1 thread each), against one AVQIndex with the same quantizer in this process
    (1 and 2 threads); the resident memory (RSS) of every worker.

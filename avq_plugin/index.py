@@ -1,69 +1,29 @@
-"""AVQIndex and ExactIndex: thin Python wrappers over the native core."""
+"""AVQIndex: the Python face of the native index (the only module that builds or touches one)."""
 
 from __future__ import annotations
 
 import math
 import os
-import sys
-import time
 import warnings
 
 import numpy as np
 
-from . import _native, _tune
+from . import _native, tuning
 from . import _validation as V
-from ._tune import TuneReport
+from ._progress import check_progress, progress_callback
+from ._wrapper import _NativeWrapper
+from .exact import ExactIndex
+from .tuning import TuneReport
 
 __all__ = ["AVQIndex", "ExactIndex", "TuneReport"]
 
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
-# (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (README).
+# (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (docs/parameters.md).
 AUTO_THRESHOLD = 0.2
 # Search defaults (leaves_to_search = ceil(fraction * num_leaves)); chosen so that the shipped
 # GloVe subset reaches recall@10 >= 0.9 (tests/test_recall.py checks it).
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
-
-
-class _Progress:
-    """Progress lines on stderr for verbose training."""
-
-    def __init__(self):
-        self.t0 = time.perf_counter()
-        self.last = None
-
-    def __call__(self, stage, done, total, info):
-        key = (stage, done)
-        if key == self.last:
-            return
-        self.last = key
-        msg = f"[avq {time.perf_counter() - self.t0:7.2f}s] {stage} {done}/{total}"
-        if info:
-            msg += f" ({info})"
-        print(msg, file=sys.stderr, flush=True)
-
-
-class _NativeWrapper:
-    """What both index types share: the wrapped native object and its size."""
-
-    _index = None
-
-    @property
-    def ntotal(self):
-        """Number of indexed vectors."""
-        return 0 if self._index is None else self._index.ntotal
-
-    def __len__(self):
-        return self.ntotal
-
-    @property
-    def d(self):
-        """Dimension (None before the first training or add)."""
-        return None if self._index is None else self._index.d
-
-    def memory_usage(self):
-        """Bytes held by the index."""
-        return 0 if self._index is None else self._index.memory_usage()
 
 
 class AVQIndex(_NativeWrapper):
@@ -93,9 +53,9 @@ class AVQIndex(_NativeWrapper):
     eta_formula : {"exact", "scann"}
         eta from T by the exact closed form (default) or ScaNN's large-d limit, which falls
         below 1 (no effect) when T < ||x|| / sqrt(d).
-    reorder : {"float32", "int8", "none"}
+    reorder : {"float32", "int8", "none"} or None
         Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
-        per-dimension scales (4x less memory), or none.
+        per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
         Default search budget; None chooses from num_leaves (see ``search``).
     spill : {None, "soar"}
@@ -120,7 +80,12 @@ class AVQIndex(_NativeWrapper):
     seed : int
         Seed of every random choice; the same seed and data give the same index.
     verbose : bool
-        Print training progress to stderr.
+        Print training progress to stderr (when ``progress`` is None).
+    progress : None, bool or callable
+        Progress of ``train``, ``add`` and ``fit``: None follows ``verbose``; True shows tqdm
+        bars on stderr (progress lines when tqdm is not installed); False shows nothing; a
+        callable is called as ``progress(stage, done, total, info)`` (stage and info are
+        strings) as the work advances. A callable is not kept by pickling.
 
     Examples
     --------
@@ -152,6 +117,7 @@ class AVQIndex(_NativeWrapper):
         num_threads=None,
         seed=0,
         verbose=False,
+        progress=None,
     ):
         self.metric = V.check_metric(metric)
         self.num_leaves = V.check_int("num_leaves", num_leaves, minimum=1, maximum=2**31 - 1, allow_none=True)
@@ -163,7 +129,7 @@ class AVQIndex(_NativeWrapper):
         self.anisotropic_threshold = anisotropic_threshold
         self.eta = V.check_float("eta", eta, minimum=1.0, allow_none=True)
         self.eta_formula = V.check_choice("eta_formula", eta_formula, ("exact", "scann"))
-        self.reorder = V.check_choice("reorder", reorder, V.REORDER_MODES)
+        self.reorder = V.check_choice("reorder", "none" if reorder is None else reorder, V.REORDER_MODES)
         self.leaves_to_search = V.check_int("leaves_to_search", leaves_to_search, minimum=1, allow_none=True)
         self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
         self.spill = None if spill is None else V.check_choice("spill", spill, ("soar",))
@@ -178,6 +144,7 @@ class AVQIndex(_NativeWrapper):
         self.num_threads = V.resolve_threads(num_threads)
         self.seed = V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
         self.verbose = bool(verbose)
+        self.progress = check_progress(progress)
         if self.anisotropic_threshold == 0.0 and self.eta is None:
             warnings.warn(
                 "anisotropic_threshold=0 gives eta = 1: plain reconstruction-loss PQ "
@@ -238,12 +205,10 @@ class AVQIndex(_NativeWrapper):
             raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
 
     # ------------------------------------------------------------------ build
-    #: Makes the progress callback of verbose training and adding; avq-bench swaps in
-    #: progress bars (a callable (stage, done, total, info) -> None).
-    _progress_factory = _Progress
-
-    def _progress(self):
-        return self._progress_factory() if self.verbose else None
+    def _with_progress(self, run):
+        """``run(callback)`` with this index's progress callback (see the ``progress`` parameter)."""
+        with progress_callback(getattr(self, "progress", None), self.verbose) as callback:
+            return run(callback)
 
     def _threshold_for(self, X):
         T = self.anisotropic_threshold
@@ -267,11 +232,8 @@ class AVQIndex(_NativeWrapper):
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _train(self, X, stacklevel):
-        n, d = X.shape
-        if self.num_leaves is not None and self.num_leaves > n:
-            raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
-        threshold = self._threshold_for(X)
+    def _new_native(self, d, threshold, *, l2_decoded_norms=False):
+        """An untrained native index with this object's parameters (the one place that makes one)."""
         index = _native.Index(
             metric=self.metric,
             d=d,
@@ -291,9 +253,19 @@ class AVQIndex(_NativeWrapper):
             threshold_mode=(
                 1 if self.anisotropic_threshold == "auto" else 2 if self.anisotropic_threshold is None else 0
             ),
+            l2_decoded_norms=l2_decoded_norms,
         )
         index.set_spill(self.spill or "none", self.soar_lambda)
-        index.train(X, self.num_threads, self._progress())
+        return index
+
+    def _train(self, X, stacklevel, *, l2_decoded_norms=False):
+        """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
+        n, d = X.shape
+        if self.num_leaves is not None and self.num_leaves > n:
+            raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
+        threshold = self._threshold_for(X)
+        index = self._new_native(d, threshold, l2_decoded_norms=l2_decoded_norms)
+        self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         self._index = index
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
@@ -315,7 +287,7 @@ class AVQIndex(_NativeWrapper):
         self._require_trained()
         X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
-        self._index.add(X, ids, self.num_threads, self._progress())
+        self._with_progress(lambda callback: self._index.add(X, ids, self.num_threads, callback))
         return self
 
     def fit(self, X, ids=None):
@@ -323,7 +295,7 @@ class AVQIndex(_NativeWrapper):
         X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
         self._train(X, stacklevel=3)
-        self._index.add(X, ids, self.num_threads, self._progress())
+        self._with_progress(lambda callback: self._index.add(X, ids, self.num_threads, callback))
         return self
 
     def remove(self, ids):
@@ -440,10 +412,11 @@ class AVQIndex(_NativeWrapper):
         Tuning queries and their exact neighbours come from one of:
 
         - **held-out points** (``queries=None``, the default): ``num_queries`` indexed vectors
-          drawn at random (seeded) from ``X``; each one's own id is removed from its exact
-          neighbours and from the search results, so the estimate is not optimistic. Needs
-          ``X``, because the index keeps only compressed codes (and, with
-          ``reorder="float32"``, normalised re-ranking vectors that may differ from the input);
+          drawn at random (seeded); each one's own id is removed from its exact neighbours and
+          from the search results, so the estimate is not optimistic. They come from ``X`` when
+          given; without ``X`` an index with ``reorder="float32"`` uses its stored re-ranking
+          vectors (the input, normalised under cosine), while one with ``reorder="int8"`` or
+          ``"none"`` keeps only approximations and needs ``X``;
         - **given queries** (``queries=Q``): the exact neighbours come from ``ground_truth`` if
           given, else from brute force over ``X`` if given, else, for ``reorder="float32"``,
           from the index itself (every leaf probed, every candidate re-scored exactly).
@@ -511,7 +484,7 @@ class AVQIndex(_NativeWrapper):
         >>> report.recall >= 0.9, index.default_search_params() == (report.leaves_to_search, report.reorder_k)
         (True, True)
         """
-        return _tune.tune(
+        report = tuning.tune(
             self,
             target_recall,
             k,
@@ -524,7 +497,94 @@ class AVQIndex(_NativeWrapper):
             reorder_k=reorder_k,
             margin=margin,
             seed=seed,
+            stacklevel=3,
         )
+        self._apply_tune(report)
+        return report
+
+    def _apply_tune(self, report):
+        """Make the budget of a :class:`TuneReport` this index's default (kept by save and pickle)."""
+        self.leaves_to_search = int(report.leaves_to_search)
+        if report.reorder_k is not None:
+            self.reorder_k = int(report.reorder_k)
+        self._sync_search_defaults()
+
+    # ------------------------------------------------------------------ protected: for IndexAVQ, tuning, sharding
+    # These give the package's other front-ends (avq_plugin.faiss, avq_plugin.tuning, the
+    # distributed index) what they need without touching the native object.
+    def _native_params(self):
+        """The native parameter record (a dict, as stored in the file)."""
+        self._require_index()
+        return self._index.params()
+
+    def _quantizer(self):
+        """(centres (num_leaves, d) float32, codebooks (16 d,) float32) of the trained index."""
+        self._require_trained()
+        return self._index.centers().reshape(self._index.num_leaves, self._index.d), self._index.codebooks()
+
+    def _set_quantizer(self, probe, residual, codebooks):
+        """Install probe centres, residual centres (L, d) and codebooks (16 d) in an empty index."""
+        self._require_index()
+        self._index.set_quantizer(
+            np.ascontiguousarray(probe, np.float32),
+            np.ascontiguousarray(residual, np.float32),
+            np.ascontiguousarray(codebooks, np.float32),
+        )
+
+    def _init_from_quantizer(self, d, centres, codebooks, *, l2_decoded_norms=False):
+        """Start an empty index from given centres (L, d) and codebooks (16 d) instead of training.
+
+        ``anisotropic_threshold`` must be None or a number (new vectors are encoded with it).
+        """
+        T = self.anisotropic_threshold
+        if T == "auto":
+            raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
+        native = self._new_native(d, math.nan if T is None else float(T), l2_decoded_norms=l2_decoded_norms)
+        native.set_quantizer(
+            np.ascontiguousarray(centres, np.float32),
+            np.ascontiguousarray(centres, np.float32),
+            np.ascontiguousarray(codebooks, np.float32),
+        )
+        self._index = native
+
+    def _get_leaves(self, ids):
+        """Leaf of each id (int64 array); ValueError for an unknown id."""
+        self._require_trained()
+        return self._index.get_leaves(V.as_ids(ids, None, unique=False, reject_padding=False))
+
+    def _add_codes(self, codes, leaves, ids, norms2=None):
+        """Add pre-computed codes (n, num_blocks) in the given leaves (reorder="none" only)."""
+        self._require_trained()
+        self._index.add_codes(
+            np.ascontiguousarray(codes, np.uint8),
+            np.ascontiguousarray(leaves, np.int64),
+            np.ascontiguousarray(ids, np.int64),
+            None if norms2 is None else np.ascontiguousarray(norms2, np.float32),
+        )
+
+    def _search_float_lut(self, Q, k, leaves_to_search, num_threads):
+        """Codes-only search with float lookup tables (Faiss's scores); Q validated by the caller."""
+        self._require_trained()
+        return self._index.search_float_lut(Q, k, leaves_to_search, num_threads)
+
+    def _stored_vectors(self, rows):
+        """(ids, vectors) of the float32 re-ranking store at positions ``rows`` of the id order.
+
+        Position i is the i-th smallest id, so after ``fit(X)`` position i is row i of X. The
+        vectors are those given to ``add`` (normalised under cosine). The native core has no
+        accessor for the store, so they are read from the sections IDS_ and RVEC of the
+        serialised index (container layout: native/src/io.h); this costs one copy of the index.
+        """
+        self._require_trained()
+        if self.reorder != "float32":
+            raise ValueError(f"an index with reorder={self.reorder!r} keeps no float32 vectors")
+        blob = self._index.serialize()
+        sections = _container_sections(blob)
+        n, d = self.ntotal, self._index.d
+        ids = np.frombuffer(blob, np.int64, count=n, offset=sections["IDS_"])
+        vectors = np.frombuffer(blob, np.float32, count=n * d, offset=sections["RVEC"]).reshape(n, d)
+        rows = np.argsort(ids, kind="stable")[rows]
+        return ids[rows], np.ascontiguousarray(vectors[rows])
 
     # ------------------------------------------------------------------ inspection
     def get_codes(self, ids):
@@ -544,6 +604,8 @@ class AVQIndex(_NativeWrapper):
             "eta_formula": self.eta_formula,
             "num_threads": self.num_threads,
             "verbose": self.verbose,
+            # a callable is not pickled (it may not be picklable); True/False/None are
+            "progress": self.progress if isinstance(self.progress, bool) else None,
         }
 
     @classmethod
@@ -569,6 +631,7 @@ class AVQIndex(_NativeWrapper):
         obj.num_threads = V.resolve_threads(None)
         obj.seed = p["seed"]
         obj.verbose = False
+        obj.progress = None
         obj._index = native
         return obj
 
@@ -637,115 +700,17 @@ class AVQIndex(_NativeWrapper):
             setattr(self, k, v)
         for k in ("anisotropic_threshold", "eta_formula", "num_threads", "verbose"):
             setattr(self, k, state[k])
+        self.progress = state.get("progress")  # absent from pickles of earlier versions
         self._index = None if state["index"] is None else _native.Index.deserialize(state["index"])
 
 
-class ExactIndex(_NativeWrapper):
-    """Exact brute-force search with the AVQIndex API: the recall oracle.
-
-    Parameters
-    ----------
-    metric : {"dot", "cosine", "l2"}
-    num_threads : int or None
-        Threads for batched search; None or -1: all cores.
-
-    Examples
-    --------
-    >>> import numpy as np, avq_plugin
-    >>> X = np.eye(4, dtype=np.float32)
-    >>> D, I = avq_plugin.ExactIndex(metric="dot").fit(X).search(X[1], k=1)
-    >>> int(I[0, 0]), float(D[0, 0])
-    (1, 1.0)
-    """
-
-    def __init__(self, metric="dot", *, num_threads=None):
-        self.metric = V.check_metric(metric)
-        self.num_threads = V.resolve_threads(num_threads)
-        self._index = None
-
-    @property
-    def is_trained(self):
-        return self._index is not None
-
-    def train(self, X):
-        """Fix the dimension from X (nothing to learn). Returns self."""
-        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
-        self._index = _native.ExactIndex(self.metric, X.shape[1])
-        return self
-
-    def add(self, X, ids=None):
-        """Add vectors with optional int64 ids. Returns self."""
-        X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
-        ids = V.as_ids(ids, X.shape[0])
-        if self._index is None:
-            self._index = _native.ExactIndex(self.metric, X.shape[1])
-        self._index.add(X, ids)
-        return self
-
-    def fit(self, X, ids=None):
-        """Index exactly X (replacing any content). Returns self."""
-        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
-        ids = V.as_ids(ids, X.shape[0])
-        self._index = _native.ExactIndex(self.metric, X.shape[1])
-        self._index.add(X, ids)
-        return self
-
-    def remove(self, ids):
-        if self._index is None:
-            return 0
-        return int(self._index.remove(V.as_ids(ids, None, unique=False, reject_padding=False)))
-
-    def reset(self):
-        if self._index is not None:
-            self._index.reset()
-
-    def get_ids(self):
-        return np.zeros(0, np.int64) if self._index is None else self._index.all_ids()
-
-    def search(self, Q, k=10, num_threads=None, **_ignored_budget):
-        """Exact top-k; same output contract as ``AVQIndex.search`` (budget arguments ignored)."""
-        if self._index is None:
-            raise ValueError("the index is empty: call fit(X) or add(X) first")
-        k = V.check_k(k)
-        Q = V.as_float_matrix(Q, "Q", d=self._index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
-        V.check_result_size(Q.shape[0], k)
-        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
-        return self._index.search(Q, k, nt)
-
-    def save(self, path):
-        if self._index is None:
-            raise ValueError("nothing to save: the index is empty")
-        self._index.save(os.fspath(path))
-
-    @classmethod
-    def load(cls, path):
-        obj = cls.__new__(cls)
-        obj._index = _native.ExactIndex.load(os.fspath(path))
-        obj.metric = obj._index.metric
-        obj.num_threads = V.resolve_threads(None)
-        return obj
-
-    def to_bytes(self):
-        if self._index is None:
-            raise ValueError("nothing to serialize: the index is empty")
-        return self._index.serialize()
-
-    @classmethod
-    def from_bytes(cls, data):
-        obj = cls.__new__(cls)
-        obj._index = _native.ExactIndex.deserialize(bytes(data))
-        obj.metric = obj._index.metric
-        obj.num_threads = V.resolve_threads(None)
-        return obj
-
-    def __getstate__(self):
-        return {
-            "metric": self.metric,
-            "num_threads": self.num_threads,
-            "index": None if self._index is None else self._index.serialize(),
-        }
-
-    def __setstate__(self, state):
-        self.metric = state["metric"]
-        self.num_threads = state["num_threads"]
-        self._index = None if state["index"] is None else _native.ExactIndex.deserialize(state["index"])
+def _container_sections(blob):
+    """{tag: payload offset} of a serialised index (the container of native/src/io.h)."""
+    count = int(np.frombuffer(blob, np.uint32, count=1, offset=20)[0])
+    sections, off = {}, 64
+    for _ in range(count):
+        tag = bytes(blob[off : off + 4]).decode("ascii")
+        length = int(np.frombuffer(blob, np.uint64, count=1, offset=off + 8)[0])
+        sections[tag] = off + 64
+        off += 64 + (length + 63) // 64 * 64
+    return sections

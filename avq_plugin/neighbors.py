@@ -48,7 +48,7 @@ __all__ = ["AVQNearestNeighbors", "AVQKNeighborsTransformer", "EXACT_SEARCH_THRE
 
 #: With ``algorithm="auto"``, training sets with fewer rows than this are searched exactly
 #: (:class:`avq_plugin.ExactIndex`): below it a partitioned index does not pay for its
-#: training time, and results are then exact and deterministic (README, "scikit-learn").
+#: training time, and results are then exact and deterministic (docs/sklearn.md, "Defaults").
 EXACT_SEARCH_THRESHOLD = 5000
 
 #: Metric names accepted by ``metric`` -> (effective metric, native index metric).
@@ -63,7 +63,7 @@ _METRICS = {
 }
 _ALGORITHMS = ("auto", "avq", "brute")
 
-# Automatic search budget (measured on GloVe-50d, README "scikit-learn"): leaves_to_search =
+# Automatic search budget (measured on GloVe-50d, docs/sklearn.md "Defaults"): leaves_to_search =
 # ceil(PROBE_SQRT_FACTOR * sqrt(num_leaves)) reaches recall@10 ~0.98 with sqrt(n) leaves at
 # n = 20k and 190k; reorder_k = max(REORDER_MIN, REORDER_PER_NEIGHBOR * k).
 PROBE_SQRT_FACTOR = 3.5
@@ -426,7 +426,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
     A drop-in replacement for :class:`sklearn.neighbors.NearestNeighbors`: ``kneighbors``,
     ``kneighbors_graph``, ``radius_neighbors`` and ``radius_neighbors_graph`` with the same
     signatures and outputs, backed by :class:`avq_plugin.AVQIndex`. The default search budget
-    reaches recall@10 >= 0.95 against exact search on GloVe and digits data (see the README);
+    reaches recall@10 >= 0.95 against exact search on GloVe and digits data (see docs/sklearn.md);
     distances of the returned neighbours are exact.
 
     Parameters

@@ -4,6 +4,7 @@ warnings, the plain-PQ special cases and determinism."""
 from __future__ import annotations
 
 import math
+import pickle
 import struct
 
 import numpy as np
@@ -379,3 +380,34 @@ def test_different_seed_different_codebooks(metric, synthetic):
     assert not np.array_equal(ca, cb)
     ids = np.arange(len(X))
     assert (a.get_codes(ids) != b.get_codes(ids)).any(axis=1).mean() > 0.2
+
+
+def test_reorder_none_spelled_as_python_none(synthetic):
+    X, Q = synthetic
+    a = avq_plugin.AVQIndex(metric="dot", num_leaves=20, reorder=None, eta=4.0, seed=0).fit(X)
+    b = avq_plugin.AVQIndex(metric="dot", num_leaves=20, reorder="none", eta=4.0, seed=0).fit(X)
+    assert a.reorder == "none" and a.to_bytes() == b.to_bytes()
+    for x, y in zip(a.search(Q, k=10, leaves_to_search=5), b.search(Q, k=10, leaves_to_search=5)):
+        np.testing.assert_array_equal(x, y)
+    assert a.memory_usage() < avq_plugin.AVQIndex(metric="dot", num_leaves=20, eta=4.0, seed=0).fit(X).memory_usage()
+
+
+def test_progress_parameter(synthetic, capsys):
+    X, _ = synthetic
+    calls = []
+    index = avq_plugin.AVQIndex(metric="l2", num_leaves=10, seed=0, progress=lambda *a: calls.append(a)).fit(X)
+    stages = {c[0] for c in calls}
+    assert len(stages) >= 2 and all(isinstance(s, str) for s in stages)
+    assert all(isinstance(done, int) and isinstance(total, int) and 0 <= done <= total for _, done, total, _ in calls)
+    # the callback is the progress, not a pickled attribute; the index still searches the same
+    back = pickle.loads(pickle.dumps(index))
+    assert back.progress is None and back.to_bytes() == index.to_bytes()
+    # False silences even verbose training; None follows verbose (lines on stderr)
+    capsys.readouterr()
+    avq_plugin.AVQIndex(metric="l2", num_leaves=10, seed=0, verbose=True, progress=False).fit(X[:2000])
+    assert capsys.readouterr().err == ""
+    avq_plugin.AVQIndex(metric="l2", num_leaves=10, seed=0, verbose=True).fit(X[:2000])
+    assert "[avq" in capsys.readouterr().err
+    avq_plugin.AVQIndex(metric="l2", num_leaves=10, seed=0, progress=True).fit(X[:2000])  # tqdm bars, closed
+    with pytest.raises(TypeError, match="progress"):
+        avq_plugin.AVQIndex(progress="yes")

@@ -325,19 +325,19 @@ def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
     index.add(X[:1000])
     write_index(index, tmp_path / "l2.avq")
     back = read_index(tmp_path / "l2.avq")
-    assert back._index.params()["l2_decoded_norms"] is True
+    assert back._avq._native_params()["l2_decoded_norms"] is True
     back.add(X[1000:])  # vectors added after loading use the same formula
     D, I = back.search(Q, 1)
     rec = back.reconstruct_batch(I[:, 0])
     np.testing.assert_allclose(D[:, 0], ((Q - rec) ** 2).sum(1), atol=0.05 * D.max())
     # A file written before the field existed (PARM without its last u32) still loads, with the
     # exact-norm formula; an invalid flag is rejected.
-    blob = index._index.serialize()
+    blob = index._avq.to_bytes()
     _, sections = parse_sections(blob)
     parm = next(s for s in sections if s["tag"] == "PARM")
     payload = bytes(blob[parm["payload_offset"] : parm["payload_offset"] + parm["length"]])
     old = avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4]))
-    assert old._index.params()["l2_decoded_norms"] is False and old.ntotal == 1000
+    assert old._native_params()["l2_decoded_norms"] is False and old.ntotal == 1000
     with pytest.raises(ValueError, match="l2 norm mode"):
         avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4] + (2).to_bytes(4, "little")))
     # The flag is for codes-only indexes: re-scoring needs exact norms.
@@ -350,9 +350,9 @@ def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
 def test_docstring_examples():
     import doctest
 
-    from avq_plugin import faiss_compat
+    import avq_plugin.faiss.index
 
-    result = doctest.testmod(faiss_compat)
+    result = doctest.testmod(avq_plugin.faiss.index)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -377,7 +377,7 @@ def test_native_quantizer_import_checks(data):
     X, _ = data
     index = IndexAVQ(16, 8, 4, IP, nlist=4)
     index.train(X)
-    native = index._index
+    native = index._avq._index  # the native entry points themselves
     centres = native.centers().reshape(4, 16)
     cb = native.codebooks()
     codes = np.zeros((2, 8), np.uint8)
@@ -403,7 +403,7 @@ def test_native_quantizer_import_checks(data):
     stored = IndexAVQ(16, 8, 4, IP, reorder_k=10)
     stored.train(X)
     with pytest.raises(ValueError, match="reorder='none'"):
-        stored._index.add_codes(codes, np.array([0, 0]))
+        stored._avq._index.add_codes(codes, np.array([0, 0]))
     assert index.ntotal == 0 and stored.ntotal == 0
 
 

@@ -171,8 +171,9 @@ def test_bad_arguments(glove, built, kwargs, error, match):
 def test_bad_data_arguments(glove, built):
     X, Q, gt = glove
     index = fresh(built)
+    codes_only = avq_plugin.AVQIndex(metric="cosine", reorder=None, eta=4.0, seed=0).fit(X)
     with pytest.raises(ValueError, match="pass X="):
-        index.tune(0.9)
+        codes_only.tune(0.9)
     with pytest.raises(ValueError, match="rows but the index holds"):
         index.tune(0.9, X=X[:100])
     with pytest.raises(ValueError, match="features"):
@@ -184,3 +185,28 @@ def test_bad_data_arguments(glove, built):
     with pytest.raises(ValueError, match="not trained"):
         avq_plugin.AVQIndex(metric="cosine").tune(0.9, X=X)
     assert (index.leaves_to_search, index.reorder_k) == (built.leaves_to_search, built.reorder_k)
+
+
+def test_held_out_tuning_without_X_uses_the_stored_vectors(glove, built):
+    """reorder="float32" keeps the indexed vectors: tune() needs no X, and draws the same held-out
+    sample (by id) with the same exact neighbours as tune(X=X), so it makes the same choice."""
+    X, _, _ = glove
+    with_x = fresh(built).tune(0.9, k=10, X=X, num_queries=300, reorder_k=40)
+    index = fresh(built)
+    without_x = index.tune(0.9, k=10, num_queries=300, reorder_k=40)
+    assert without_x.source == "held-out" and without_x.num_queries == 300
+    assert (without_x.leaves_to_search, without_x.reorder_k) == (with_x.leaves_to_search, with_x.reorder_k)
+    assert without_x.recall == pytest.approx(with_x.recall, abs=1e-9)
+    assert without_x.evaluated == with_x.evaluated
+    assert index.default_search_params() == (without_x.leaves_to_search, 40)
+
+
+def test_tuning_function_returns_a_report_without_changing_the_index(glove, built):
+    from avq_plugin import tuning
+
+    X, _, _ = glove
+    index = fresh(built)
+    before = (index.leaves_to_search, index.reorder_k)
+    report = tuning.tune(index, 0.9, k=10, X=X, num_queries=200, reorder_k=40)
+    assert isinstance(report, TuneReport) and report.recall >= 0.9
+    assert (index.leaves_to_search, index.reorder_k) == before

@@ -430,7 +430,7 @@ class TestParameters:
             ({"metric": "COSINE"}, ValueError, "metric must be one of"),
             ({"metric": None}, ValueError, "metric must be one of"),
             ({"reorder": "fp16"}, ValueError, "reorder must be one of"),
-            ({"reorder": None}, ValueError, "reorder must be one of"),
+            ({"reorder": "None"}, ValueError, "reorder must be one of"),  # None itself means "none"
             ({"dims_per_block": 0}, ValueError, "dims_per_block must be >= 1"),
             ({"dims_per_block": 9}, ValueError, "dims_per_block must be <= 8"),
             ({"dims_per_block": 2.0}, TypeError, "dims_per_block must be an integer"),

@@ -1,5 +1,5 @@
 // The AVQ index: k-means partitioning, anisotropic 4-bit PQ of residuals, LUT16 SIMD scan,
-// exact reordering. See the README for the parameter glossary.
+// exact reordering. See docs/parameters.md for the parameter glossary.
 #pragma once
 
 #include <cmath>

@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import warnings
 
 import numpy as np
 
-from . import _native
-from . import _validation as V
-from .index import AVQIndex, _Progress
+from .. import _validation as V
+from ..index import AVQIndex
 
-__all__ = ["IndexAVQ", "SearchParametersAVQ", "write_index", "read_index", "METRIC_INNER_PRODUCT", "METRIC_L2"]
+__all__ = ["IndexAVQ", "SearchParametersAVQ", "METRIC_INNER_PRODUCT", "METRIC_L2"]
 
 # The integers Faiss uses for its metrics (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2).
 METRIC_INNER_PRODUCT = 0
@@ -42,14 +39,6 @@ METRIC_L2 = 1
 _METRIC_NAMES = {METRIC_INNER_PRODUCT: "dot", METRIC_L2: "l2"}
 _FLT_MAX = float(np.finfo(np.float32).max)
 _MAX_DSUB = 8  # dims per 4-bit block supported by the native code
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError('this needs faiss: pip install "avq-plugin[faiss]" (faiss-cpu >= 1.8)') from exc
-    return faiss
 
 
 def _check_metric(metric):
@@ -287,35 +276,6 @@ class IndexAVQ:
             raise ValueError("reorder_k must stay an integer for an index that stores vectors")
         self._reorder_k = V.check_int("reorder_k", value, minimum=1, allow_none=True)
 
-    @property
-    def _index(self):
-        return self._avq._index
-
-    def _new_native(self, threshold, threshold_spec):
-        """A native index with this object's parameters (untrained)."""
-        avq = self._avq
-        return _native.Index(
-            metric=avq.metric,
-            d=self.d,
-            num_leaves=self.nlist or 1,
-            dims_per_block=self.dsub,
-            threshold=threshold,
-            eta=0.0,
-            eta_scann=False,
-            avq_iterations=avq.training_iterations,
-            kmeans_iterations=avq.kmeans_iterations,
-            pq_kmeans_iterations=10,
-            training_sample_size=avq.training_sample_size or 0,
-            seed=avq.seed,
-            reorder=avq.reorder,
-            default_leaves_to_search=self._nprobe,
-            default_reorder_k=self._reorder_k or 0,
-            threshold_mode=1 if threshold_spec == "auto" else 2 if threshold_spec is None else 0,
-            # L2 distances from the decoded vectors, as Faiss computes them (see IndexParams).
-            # (codes only: re-scoring with stored vectors needs the exact norms).
-            l2_decoded_norms=self.metric_type == METRIC_L2 and avq.reorder == "none",
-        )
-
     def __repr__(self):
         kind = "exhaustive" if self.nlist is None else f"nlist={self.nlist}, nprobe={self.nprobe}"
         return (
@@ -346,37 +306,29 @@ class IndexAVQ:
         if self.nlist is not None and self.nlist > x.shape[0]:
             raise ValueError(f"nlist={self.nlist} exceeds the number of training vectors ({x.shape[0]})")
         avq = self._avq
-        threshold = avq._threshold_for(x)
-        native = self._new_native(threshold, avq.anisotropic_threshold)
-        native.train(x, avq.num_threads, _Progress() if avq.verbose else None)
-        stats = native.train_stats()
-        if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
-            warnings.warn(
-                f"anisotropic_threshold={threshold:.4g} gives eta <= 1 for some vectors (eta range "
-                f"{stats['eta_min']:.3g}..{stats['eta_max']:.3g}); those vectors get plain PQ",
-                UserWarning,
-                stacklevel=2,
-            )
-        avq._index = native
-        if self.metric_type == METRIC_INNER_PRODUCT and native.num_leaves > 1:
+        self._sync_defaults()
+        # L2 distances from the decoded vectors, as Faiss computes them (codes only: re-scoring
+        # with stored vectors needs the exact norms).
+        avq._train(x, stacklevel=3, l2_decoded_norms=self.metric_type == METRIC_L2 and avq.reorder == "none")
+        if self.metric_type == METRIC_INNER_PRODUCT and avq.num_leaves_ > 1:
             # Faiss's IndexIVF probes and assigns by <x, c> with the same centres it subtracts;
             # do the same (the native default probes by unit directions), so that both pick the
             # same leaves and the exported index ranks the same candidates.
-            centres = native.centers().reshape(native.num_leaves, self.d)
-            native.set_quantizer(centres, centres, native.codebooks())
+            centres, codebooks = avq._quantizer()
+            avq._set_quantizer(centres, centres, codebooks)
 
     def add(self, x):
         """Encode and add vectors x (n, d); they get ids max id + 1 onwards (0.. on a fresh index)."""
         self._require_trained()
         x = self._matrix(x)
-        self._index.add(x, None, self._avq.num_threads, None)
+        self._avq.add(x)
 
     def add_with_ids(self, x, ids):
         """Encode and add vectors x (n, d) with the given int64 ids (unique, not already present)."""
         self._require_trained()
         x = self._matrix(x)
         ids = V.as_ids(ids, x.shape[0])
-        self._index.add(x, ids, self._avq.num_threads, None)
+        self._avq.add(x, ids)
 
     def reset(self):
         """Remove every vector; the training is kept."""
@@ -392,8 +344,7 @@ class IndexAVQ:
             raise TypeError("remove_ids takes an array of ids; Faiss IDSelector objects are not supported")
         if not self.is_trained:
             return 0
-        ids = V.as_ids(ids, None, unique=False, reject_padding=False)
-        return int(self._index.remove(ids))
+        return self._avq.remove(ids)
 
     # ------------------------------------------------------------------ search
     def _budget(self, params):
@@ -418,9 +369,10 @@ class IndexAVQ:
 
     def _native_search(self, x, k, budget):
         nprobe, rk, float_lut = budget
+        avq = self._avq
         if float_lut:
-            return self._index.search_float_lut(x, k, nprobe, self._avq.num_threads)
-        return self._index.search(x, k, nprobe, rk, self._avq.num_threads)
+            return avq._search_float_lut(x, k, nprobe, avq.num_threads)
+        return avq.search(x, k, leaves_to_search=nprobe, reorder_k=rk, num_threads=avq.num_threads)
 
     def search(self, x, k, *, params=None, D=None, I=None):
         """Search the k best vectors for each query.
@@ -501,11 +453,8 @@ class IndexAVQ:
 
     # ------------------------------------------------------------------ decoding
     def _quantizer_arrays(self):
-        native = self._index
-        L = native.num_leaves
-        centres = native.centers().reshape(L, self.d)
-        codebooks = native.codebooks().reshape(self.M, 16, self.dsub)  # Faiss's (M, ksub, dsub)
-        return centres, codebooks
+        centres, codebooks = self._avq._quantizer()
+        return centres, codebooks.reshape(self.M, 16, self.dsub)  # Faiss's (M, ksub, dsub)
 
     def reconstruct_batch(self, ids):
         """Decoded vectors (leaf centre + codewords) of the given ids, float32 (n, d)."""
@@ -513,8 +462,8 @@ class IndexAVQ:
         ids = V.as_ids(ids, None, unique=False, reject_padding=False)
         if ids.size == 0:
             return np.zeros((0, self.d), np.float32)
-        codes = self._index.get_codes(ids)
-        leaves = self._index.get_leaves(ids)
+        codes = self._avq.get_codes(ids)
+        leaves = self._avq._get_leaves(ids)
         centres, codebooks = self._quantizer_arrays()
         words = codebooks[np.arange(self.M)[None, :], codes]  # (n, M, dsub)
         return (centres[leaves] + words.reshape(len(ids), self.d)).astype(np.float32)
@@ -539,210 +488,41 @@ class IndexAVQ:
     def get_codes(self, ids):
         """The 4-bit codes (0..15) of the given ids, uint8 (n, M)."""
         self._require_trained()
-        return self._index.get_codes(V.as_ids(ids, None, unique=False, reject_padding=False))
+        return self._avq.get_codes(ids)
 
     # ------------------------------------------------------------------ Faiss export / import
-    def _leaf_contents(self):
-        """(ids, leaves, codes) of every stored vector, in storage order."""
-        ids = self._index.all_ids()
-        if ids.size == 0:
-            return ids, np.zeros(0, np.int64), np.zeros((0, self.M), np.uint8)
-        return ids, self._index.get_leaves(ids), self._index.get_codes(ids)
-
     def to_faiss(self, fast_scan=False, bbs=32):
         """A real Faiss index carrying these codebooks and codes (needs the ``faiss`` extra).
 
-        Parameters
-        ----------
-        fast_scan : bool
-            Return the FastScan variant (``IndexPQFastScan`` / ``IndexIVFPQFastScan``), built by
-            Faiss from the plain one.
-        bbs : int
-            FastScan block size (a multiple of 32).
-
-        Returns
-        -------
-        faiss.Index
-            Exhaustive: ``faiss.IndexPQ`` whose centroids are our codewords plus the leaf centre,
-            wrapped in ``faiss.IndexIDMap`` unless the ids are exactly 0 .. ntotal - 1. IVF:
-            ``faiss.IndexIVFPQ`` (``by_residual=True``) whose flat coarse quantizer holds our
-            leaf centres, with our ids; ``nprobe`` is copied. Faiss searches it with float
-            lookup tables; the stored float32 vectors (``reorder_k``) are not exported.
+        See :func:`avq_plugin.faiss.export.to_faiss`.
         """
-        faiss = _import_faiss()
-        self._require_trained()
-        fast_scan = bool(fast_scan)
-        bbs = V.check_int("bbs", bbs, minimum=32)
-        if bbs % 32:
-            raise ValueError(f"bbs must be a multiple of 32, got {bbs}")
-        native = self._index
-        L = native.num_leaves
-        centres, codebooks = self._quantizer_arrays()
-        ids, leaves, codes = self._leaf_contents()
-        packed = _pack_codes(codes, self.code_size)
-        metric = self.metric_type
-        if L == 1:
-            folded = codebooks + centres[0].reshape(self.M, 1, self.dsub)
-            pq_index = faiss.IndexPQ(self.d, self.M, 4, metric)
-            faiss.copy_array_to_vector(np.ascontiguousarray(folded, np.float32).ravel(), pq_index.pq.centroids)
-            pq_index.is_trained = True
-            sequential = np.array_equal(np.sort(ids), np.arange(ids.size))
-            if ids.size:
-                order = np.argsort(ids, kind="stable") if sequential else np.arange(ids.size)
-                faiss.copy_array_to_vector(np.ascontiguousarray(packed[order]).ravel(), pq_index.codes)
-                pq_index.ntotal = int(ids.size)
-            out = faiss.IndexPQFastScan(pq_index, bbs) if fast_scan else pq_index
-            if not sequential:
-                # IndexIDMap only wraps an empty index: wrap an empty placeholder, then point it
-                # at the filled one (kept alive through referenced_objects, as faiss's wrappers do).
-                wrapped = faiss.IndexIDMap(faiss.IndexPQ(self.d, self.M, 4, metric))
-                wrapped.index = out
-                wrapped.referenced_objects = [out]
-                faiss.copy_array_to_vector(np.ascontiguousarray(ids[order], np.int64), wrapped.id_map)
-                wrapped.ntotal = int(ids.size)
-                out = wrapped
-            return out
-        quantizer = faiss.IndexFlatIP(self.d) if metric == METRIC_INNER_PRODUCT else faiss.IndexFlatL2(self.d)
-        quantizer.add(np.ascontiguousarray(centres, np.float32))
-        ivf = faiss.IndexIVFPQ(quantizer, self.d, L, self.M, 4, metric)
-        ivf.by_residual = True
-        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), ivf.pq.centroids)
-        ivf.is_trained = True
-        order = np.argsort(leaves, kind="stable")
-        bounds = np.searchsorted(leaves[order], np.arange(L + 1))
-        for leaf in range(L):
-            sel = order[bounds[leaf] : bounds[leaf + 1]]
-            if sel.size == 0:
-                continue
-            lid = np.ascontiguousarray(ids[sel], np.int64)
-            lcodes = np.ascontiguousarray(packed[sel])
-            ivf.invlists.add_entries(leaf, sel.size, faiss.swig_ptr(lid), faiss.swig_ptr(lcodes))
-        ivf.ntotal = int(ids.size)
-        ivf.precompute_table()
-        ivf.nprobe = min(self.nprobe, L)
-        if fast_scan:
-            fs = faiss.IndexIVFPQFastScan(ivf, bbs)
-            fs.nprobe = ivf.nprobe
-            return fs
-        return ivf
+        from .export import to_faiss
+
+        return to_faiss(self, fast_scan=fast_scan, bbs=bbs)
 
     @classmethod
     def from_faiss(cls, index, *, anisotropic_threshold=None, nprobe=None, num_threads=None, seed=0):
         """An IndexAVQ that starts from a trained Faiss index (needs the ``faiss`` extra).
 
-        Supported: ``faiss.IndexPQ`` (4-bit, ``d / M <= 8``), ``faiss.IndexIVFPQ`` with
-        ``by_residual=True`` and a flat coarse quantizer, and either wrapped in
-        ``faiss.IndexIDMap``. The Faiss codebooks (and coarse centroids) are taken as they are;
-        the vectors already in the Faiss index keep Faiss's codes and ids (the raw vectors are
-        not available to re-encode them). Vectors added afterwards are encoded with the
-        anisotropic loss when ``anisotropic_threshold`` is a number T (ScaNN's recipe: k-means
-        codebooks, anisotropic encoding; T = 0.2 * mean ||x|| is a good start for inner
-        product), or by nearest codeword when it is None (Faiss's encoding).
-
-        The result stores codes only (``reorder_k=None``).
+        See :func:`avq_plugin.faiss.export.from_faiss`.
         """
-        faiss = _import_faiss()
-        if not isinstance(index, faiss.Index):
-            raise TypeError(f"from_faiss expects a faiss.Index, got {type(index).__name__}")
-        # downcast_index returns a second proxy that does not own the object: keep the caller's
-        # proxy (which owns it, and its quantizer) alive until we are done.
-        owner = index  # noqa: F841
-        index = faiss.downcast_index(index)
-        id_map = None
-        if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-            id_map = faiss.vector_to_array(index.id_map).astype(np.int64)
-            index = faiss.downcast_index(index.index)
-        if anisotropic_threshold is not None:
-            anisotropic_threshold = V.check_float("anisotropic_threshold", anisotropic_threshold, minimum=0.0)
-        if isinstance(index, faiss.IndexIVFPQ) and not isinstance(index, faiss.IndexIVFPQFastScan):
-            nlist = int(index.nlist)
-        elif isinstance(index, faiss.IndexPQ):
-            nlist = None
-        else:
-            raise TypeError(
-                f"from_faiss supports faiss.IndexPQ and faiss.IndexIVFPQ (optionally in IndexIDMap), "
-                f"got {type(index).__name__}"
-            )
-        pq = index.pq
-        d, M, nbits = int(index.d), int(pq.M), int(pq.nbits)
-        if nbits != 4:
-            raise ValueError(f"the Faiss index uses {nbits}-bit codes; IndexAVQ supports 4-bit codes only")
-        if d // M > _MAX_DSUB:
-            raise ValueError(f"the Faiss index has d / M = {d // M} dimensions per sub-quantizer (at most {_MAX_DSUB})")
-        if not index.is_trained:
-            raise ValueError("the Faiss index is not trained")
-        metric = int(index.metric_type)
-        if metric not in (METRIC_INNER_PRODUCT, METRIC_L2):
-            raise ValueError(f"unsupported Faiss metric {metric}: only inner product (0) and L2 (1)")
-        obj = cls(
-            d,
-            M,
-            4,
-            metric,
-            nlist=nlist,
-            nprobe=int(nprobe if nprobe is not None else getattr(index, "nprobe", 1)),
-            anisotropic_threshold=anisotropic_threshold,
-            reorder_k=None,
-            num_threads=num_threads,
-            seed=seed,
+        from .export import from_faiss
+
+        return from_faiss(
+            index, anisotropic_threshold=anisotropic_threshold, nprobe=nprobe, num_threads=num_threads, seed=seed
         )
-        codebooks = faiss.vector_to_array(pq.centroids).astype(np.float32)
-        if nlist is None:
-            centres = np.zeros((1, d), np.float32)
-            ntotal = int(index.ntotal)
-            packed = faiss.vector_to_array(index.codes).reshape(ntotal, -1) if ntotal else np.zeros((0, 1), np.uint8)
-            codes = _unpack_codes(packed, M)
-            leaves = np.zeros(ntotal, np.int64)
-            ids = np.arange(ntotal, dtype=np.int64)
-        else:
-            if not index.by_residual:
-                raise ValueError("IndexIVFPQ with by_residual=False cannot be represented: AVQ leaves encode residuals")
-            centres = np.ascontiguousarray(index.quantizer.reconstruct_n(0, nlist), np.float32)
-            invlists = index.invlists
-            cs = int(invlists.code_size)
-            all_ids, all_codes, all_leaves = [], [], []
-            for leaf in range(nlist):
-                size = int(invlists.list_size(leaf))
-                if size == 0:
-                    continue
-                lid = faiss.rev_swig_ptr(invlists.get_ids(leaf), size).copy()
-                lcodes = faiss.rev_swig_ptr(invlists.get_codes(leaf), size * cs).copy().reshape(size, cs)
-                all_ids.append(lid.astype(np.int64))
-                all_codes.append(lcodes)
-                all_leaves.append(np.full(size, leaf, np.int64))
-            ids = np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64)
-            codes = _unpack_codes(np.concatenate(all_codes), M) if all_codes else np.zeros((0, M), np.uint8)
-            leaves = np.concatenate(all_leaves) if all_leaves else np.zeros(0, np.int64)
-        if id_map is not None:
-            if id_map.size != ids.size:
-                raise ValueError("corrupted IndexIDMap: id_map and the index disagree on ntotal")
-            ids = id_map[ids]
-        avq = obj._avq
-        native = obj._new_native(
-            math.nan if anisotropic_threshold is None else anisotropic_threshold, anisotropic_threshold
-        )
-        native.set_quantizer(centres, centres, codebooks)
-        avq.anisotropic_threshold = anisotropic_threshold
-        avq._index = native
-        if ids.size:
-            norms2 = None
-            if metric == METRIC_L2:
-                cb = codebooks.reshape(M, 16, d // M)
-                dec = centres[leaves] + cb[np.arange(M)[None, :], codes].reshape(ids.size, d)
-                norms2 = np.einsum("ij,ij->i", dec, dec).astype(np.float32)
-            native.add_codes(
-                np.ascontiguousarray(codes), np.ascontiguousarray(leaves), np.ascontiguousarray(ids), norms2
-            )
-        return obj
 
     # ------------------------------------------------------------------ persistence
     def _sync_defaults(self):
-        if self._index is not None:
-            self._index.set_default_search_params(self._nprobe, self._reorder_k or 0)
+        """Make nprobe and reorder_k the wrapped AVQIndex's default budget (kept in its files)."""
+        self._avq.leaves_to_search = self._nprobe
+        self._avq.reorder_k = self._reorder_k
+        self._avq._sync_search_defaults()
 
     @classmethod
-    def _from_native(cls, native):
-        p = native.params()
+    def _from_avq(cls, avq):
+        """An IndexAVQ around a loaded AVQIndex; ValueError when no Faiss index describes it."""
+        p = avq._native_params()
         if p["metric"] not in ("dot", "l2"):
             raise ValueError(
                 f"this file holds a {p['metric']!r} index, which has no Faiss metric: load it with AVQIndex.load"
@@ -753,11 +533,10 @@ class IndexAVQ:
                 f"this index has uneven blocks (d={d}, dims_per_block={dpb}): no Faiss M describes it; "
                 "load it with AVQIndex.load"
             )
-        avq = AVQIndex._from_native(native)
         obj = cls.__new__(cls)
         obj.d, obj.M, obj.nbits = d, d // dpb, 4
         obj.metric_type = METRIC_INNER_PRODUCT if p["metric"] == "dot" else METRIC_L2
-        L = native.num_leaves if native.is_trained else (p["num_leaves"] or 1)
+        L = avq.num_leaves_ if avq.is_trained else (p["num_leaves"] or 1)
         obj.nlist = None if L == 1 else L
         obj._nprobe = p["default_leaves_to_search"] or 1
         obj._stores_vectors = p["reorder"] != "none"
@@ -791,43 +570,3 @@ class IndexAVQ:
         self.d, self.M, self.nbits = state["d"], state["M"], 4
         self.metric_type = state["metric_type"]
         self.nlist = state["nlist"]
-
-
-def _pack_codes(codes, code_size):
-    """(n, M) 4-bit codes -> (n, code_size) bytes, two per byte, low nibble first (Faiss's layout)."""
-    n, M = codes.shape
-    padded = np.zeros((n, code_size * 2), np.uint8)
-    padded[:, :M] = codes
-    return np.ascontiguousarray(padded[:, 0::2] | (padded[:, 1::2] << 4))
-
-
-def _unpack_codes(packed, M):
-    """Inverse of _pack_codes: (n, ceil(M/2)) bytes -> (n, M) codes."""
-    packed = np.asarray(packed, np.uint8)
-    out = np.empty((packed.shape[0], packed.shape[1] * 2), np.uint8)
-    out[:, 0::2] = packed & 0x0F
-    out[:, 1::2] = packed >> 4
-    return np.ascontiguousarray(out[:, :M])
-
-
-def write_index(index, path):
-    """Write an IndexAVQ to one file (the project's format, written atomically).
-
-    Mirrors ``faiss.write_index``; ``nprobe`` and ``reorder_k`` are saved with the index. For a
-    Faiss index use ``faiss.write_index`` (``index.to_faiss()`` converts).
-    """
-    if not isinstance(index, IndexAVQ):
-        raise TypeError(
-            f"write_index expects an IndexAVQ, got {type(index).__name__} "
-            "(use faiss.write_index for Faiss indexes, AVQIndex.save for AVQIndex)"
-        )
-    if index._index is None:
-        raise ValueError("the index is not trained: nothing to write")
-    index._sync_defaults()
-    index._index.save(os.fspath(path))
-
-
-def read_index(path):
-    """Read an IndexAVQ written by ``write_index`` (or an inner-product / L2 AVQIndex file with
-    d divisible by dims_per_block). Raises ValueError on a corrupted or unsuitable file."""
-    return IndexAVQ._from_native(_native.Index.load(os.fspath(path), False))

@@ -1,4 +1,8 @@
-"""Auto-tuning of the search budget of an AVQIndex to a target recall (``AVQIndex.tune``).
+"""Auto-tuning of the search budget of an AVQIndex to a target recall.
+
+:func:`tune` measures and returns a :class:`TuneReport`; :meth:`avq_plugin.AVQIndex.tune` calls it
+and makes the chosen budget the index's default. This module imports no index module at import
+time (the index is an argument), so there is no import cycle with ``index.py``.
 
 How it works, in short: the recall of a search grows with ``leaves_to_search`` (L) for a fixed
 ``reorder_k`` (R), and the smallest L reaching a recall goal shrinks as R grows. For each R of a
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validation as V
+from .exact import ExactIndex
 
 #: reorder_k candidates, as multiples of k.
 REORDER_MULTIPLIERS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -144,14 +149,24 @@ def tune(
     reorder_k=None,
     margin=None,
     seed=None,
+    stacklevel=2,
 ):
-    """Implementation of :meth:`avq_plugin.AVQIndex.tune` (see its docstring)."""
+    """Measure the fastest search budget of a trained ``index`` reaching ``target_recall``.
+
+    The arguments are those of :meth:`avq_plugin.AVQIndex.tune` (see its docstring), which
+    calls this function and applies the report; this function changes nothing on the index.
+    ``stacklevel`` is that of the warnings (the caller of this function by default).
+
+    Returns
+    -------
+    TuneReport
+    """
     t_start = time.perf_counter()
-    index._require_trained()
-    native = index._index
+    if not index.is_trained:
+        raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
     target = _check_target(target_recall)
     k = V.check_int("k", k, minimum=1)
-    ntotal = native.ntotal
+    ntotal = index.ntotal
     if ntotal == 0:
         raise ValueError("the index is empty: add vectors before tuning")
     if time_budget_s is not None:
@@ -162,7 +177,7 @@ def tune(
     fixed_reorder = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
     seed = index.seed if seed is None else V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     cosine = index.metric == "cosine"
-    d = native.d
+    d = index.d
 
     if X is not None:
         X = V.as_float_matrix(X, "X", d=d, nonzero_rows=cosine)
@@ -171,7 +186,7 @@ def tune(
                 f"X has {X.shape[0]} rows but the index holds {ntotal} vectors: pass exactly the indexed vectors"
             )
         ids = np.arange(ntotal, dtype=np.int64) if ids is None else V.as_ids(ids, X.shape[0])
-        if not np.array_equal(np.sort(ids), np.sort(native.all_ids())):
+        if not np.array_equal(np.sort(ids), np.sort(index.get_ids())):
             raise ValueError(
                 "the ids of X are not the ids in the index: pass the ids given to add()/fit() "
                 "(default: 0..n-1 in the order of X)"
@@ -182,12 +197,11 @@ def tune(
     if queries is None:
         if ground_truth is not None:
             raise ValueError("ground_truth needs the queries it belongs to: pass queries too")
-        if X is None:
+        if X is None and index.reorder != "float32":
             raise ValueError(
-                "tuning on held-out points needs the indexed vectors (the index keeps only codes"
-                + ("" if index.reorder == "float32" else f" and {index.reorder} re-ranking data")
-                + "): pass X=<the vectors given to fit/add> (and ids= if you chose ids), "
-                "or pass queries="
+                f"tuning on held-out points needs the indexed vectors (the index keeps only codes and "
+                f"{index.reorder} re-ranking data): pass X=<the vectors given to fit/add> (and ids= if you "
+                "chose ids), or pass queries="
             )
         if ntotal < k + 2:
             raise ValueError(
@@ -196,8 +210,14 @@ def tune(
         nq = min(num_queries or DEFAULT_NUM_QUERIES, ntotal)
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(ntotal, size=nq, replace=False))
-        Q = np.ascontiguousarray(X[rows])
-        self_ids = ids[rows]
+        if X is not None:
+            Q = np.ascontiguousarray(X[rows])
+            self_ids = ids[rows]
+        else:
+            # The float32 re-ranking vectors are the indexed vectors (normalised under cosine,
+            # which leaves every cosine score unchanged); rows are positions in id order, which
+            # is the row order of X after fit(X): the same sample as with X.
+            self_ids, Q = index._stored_vectors(rows)
         source, k_search = "held-out", k + 1
     else:
         Q = V.as_float_matrix(queries, "queries", d=d, allow_1d=True, nonzero_rows=cosine)
@@ -221,12 +241,15 @@ def tune(
         source, k_search = "queries", k
 
     # ----------------------------------------------------------------- exact ground truth
+    num_leaves = index.num_leaves_
+
+    def search(Q, k, L, R, num_threads):
+        return index.search(Q, k, leaves_to_search=L, reorder_k=R, num_threads=num_threads)[1]
+
     nt = index.num_threads
     if ground_truth is not None:
         gt = ground_truth  # validated and subsampled with the queries above
     elif X is not None:
-        from .index import ExactIndex  # late import: index.py imports this module
-
         exact = ExactIndex(metric=index.metric, num_threads=nt).fit(X, ids)
         gt = exact.search(Q, k=k_search)[1]
         del exact
@@ -234,7 +257,9 @@ def tune(
             gt = _drop_self(gt, self_ids, k)
     elif index.reorder == "float32":
         # Probing every leaf and re-scoring every candidate against the float32 store is exact.
-        gt = native.search(Q, k, native.num_leaves, ntotal, nt)[1]
+        gt = search(Q, k_search, num_leaves, ntotal, nt)
+        if self_ids is not None:
+            gt = _drop_self(gt, self_ids, k)
     else:
         raise ValueError(
             f"an index with reorder={index.reorder!r} keeps no exact vectors to compute the ground "
@@ -242,13 +267,12 @@ def tune(
         )
 
     # ----------------------------------------------------------------- search over (L, R)
-    num_leaves = native.num_leaves
     evaluated = {}
 
     def recall_of(L, R):
         key = (L, R)
         if key not in evaluated:
-            I = native.search(Q, k_search, L, R if R is not None else k_search, nt)[1]
+            I = search(Q, k_search, L, R if R is not None else k_search, nt)
             if self_ids is not None:
                 I = _drop_self(I, self_ids, k)
             per = _recall_rows(I, gt)
@@ -319,7 +343,7 @@ def tune(
         for _ in range(3):
             passes, t0 = 0, time.perf_counter()
             while True:
-                native.search(Q, k, L, R if R is not None else k, 1)
+                search(Q, k, L, R if R is not None else k, 1)
                 passes += 1
                 elapsed = time.perf_counter() - t0
                 if elapsed >= _MIN_TIMING_S:
@@ -343,7 +367,7 @@ def tune(
             f"recall@{k} = {recall:.4f} on {nq} tuning queries (target_recall={target:g}"
             f"{'' if reached else ' not reached'})",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     elif not reached:
         warnings.warn(
@@ -351,15 +375,9 @@ def tune(
             f"largest budget tried (leaves_to_search={L}, reorder_k={R}), which reaches recall@{k} = "
             f"{recall:.4f} on {nq} tuning queries",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
-    index.leaves_to_search = int(L)
-    if R is not None:
-        index.reorder_k = int(R)
-    setter = getattr(native, "set_default_search_params", None)
-    if setter is not None:  # stores the defaults in the native index, so save/load keep them
-        setter(int(L), int(index.reorder_k or 0))
     return TuneReport(
         leaves_to_search=int(L),
         reorder_k=None if R is None else int(R),

@@ -1,0 +1,229 @@
+"""The YAML sweeps of ``benchmark_configs/``: where they are, what they say, resolved for a dataset."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._common import ANN_BENCHMARKS_EPSILON, INSTALL_HINT
+
+# --------------------------------------------------------------------------- configuration
+
+
+def find_config_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Locate the ``benchmark_configs/`` directory.
+
+    Parameters
+    ----------
+    explicit : str or os.PathLike, optional
+        Directory given with ``--configs``; it must exist.
+
+    Returns
+    -------
+    pathlib.Path
+        ``explicit`` if given; else ``./benchmark_configs`` in the current
+        working directory; else ``benchmark_configs/`` in the repository root
+        that contains this package (source checkouts and editable installs).
+
+    Raises
+    ------
+    FileNotFoundError
+        If no such directory exists.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--configs {path}: not a directory")
+        return path
+    candidates = [
+        Path.cwd() / "benchmark_configs",
+        Path(__file__).resolve().parents[2] / "benchmark_configs",
+    ]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        "no benchmark_configs/ directory found (looked in "
+        + ", ".join(str(p) for p in candidates)
+        + "); run from the avq-plugin repository root or pass --configs DIR"
+    )
+
+
+def _yaml_load(path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError as exc:
+        raise ImportError(f"avq-bench needs PyYAML to read {path}: {INSTALL_HINT}") from exc
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_targets(config_dir: Path) -> dict:
+    """Read ``targets.yaml``: recall depth ``k``, ``epsilon`` and recall ``targets``.
+
+    Parameters
+    ----------
+    config_dir : pathlib.Path
+        Directory holding the YAML files.
+
+    Returns
+    -------
+    dict
+        ``{"k": int, "epsilon": float, "targets": list of float}``.
+    """
+    raw = _yaml_load(config_dir / "targets.yaml") or {}
+    targets = sorted(float(t) for t in raw.get("targets", [0.9, 0.95]))
+    return {
+        "k": int(raw.get("k", 10)),
+        "epsilon": float(raw.get("epsilon", ANN_BENCHMARKS_EPSILON)),
+        "targets": targets,
+    }
+
+
+def resolve_num_leaves(value: Any, n: int) -> int:
+    """Turn a ``num_leaves``/``nlist`` config value into a count.
+
+    Parameters
+    ----------
+    value : int or str
+        An integer, ``"sqrt"`` (``round(sqrt(n))``) or ``"sqrt*F"`` (for
+        example ``"sqrt*2"``: ``round(F * sqrt(n))``).
+    n : int
+        Number of database vectors.
+
+    Returns
+    -------
+    int
+        At least 1 and at most ``n``.
+
+    Examples
+    --------
+    >>> resolve_num_leaves("sqrt", 20000), resolve_num_leaves("sqrt*2", 10000), resolve_num_leaves(64, 10)
+    (141, 200, 10)
+    """
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        if text == "sqrt":
+            factor = 1.0
+        elif text.startswith("sqrt*"):
+            factor = float(text[5:])
+        else:
+            raise ValueError(f"num_leaves must be an int, 'sqrt' or 'sqrt*F', got {value!r}")
+        count = int(round(factor * math.sqrt(n)))
+    else:
+        count = int(value)
+    return max(1, min(count, n))
+
+
+@dataclass
+class SystemConfig:
+    """The part of one system's YAML file that applies to a dataset.
+
+    Attributes
+    ----------
+    system : str
+        ``"avq"``, ``"scann"``, ``"faiss"`` or ``"exact"``.
+    size_class : str
+        Name of the selected size class.
+    builds : list of dict
+        ``{"name": str, "args": dict}``, metric overrides already merged.
+    query_arg_names : list of str
+        Names of the query arguments, in order.
+    query_args : list of tuple
+        One tuple of values per query setting.
+    """
+
+    system: str
+    size_class: str
+    builds: list
+    query_arg_names: list
+    query_args: list
+
+
+def _expand_query_args(raw: Any, names: Sequence[str]) -> list[tuple]:
+    """List of lists -> tuples; mapping name -> values -> Cartesian product."""
+    if raw is None:
+        return [()]
+    if isinstance(raw, dict):
+        if sorted(raw) != sorted(names):
+            raise ValueError(f"query_args keys {sorted(raw)} != query_arg_names {list(names)}")
+        return list(itertools.product(*(raw[name] for name in names)))
+    out = []
+    for item in raw:
+        item = tuple(item) if isinstance(item, (list, tuple)) else (item,)
+        if len(item) != len(names):
+            raise ValueError(f"query args {item} do not match names {list(names)}")
+        out.append(item)
+    return out
+
+
+def load_system_config(config_dir: Path, system: str, n_train: int, metric: str, quick: bool = False) -> SystemConfig:
+    """Read ``<system>.yaml`` and select the grid for a dataset.
+
+    The file holds ``query_arg_names``, optional ``metric_overrides``
+    (``{angular|euclidean: {arg: value}}``, merged into every build's args) and
+    ``size_classes``: a list whose first entry with ``max_n >= n_train``
+    (``max_n: null`` means unbounded) is used. A size class has ``builds``
+    (``[{name, args}]``), ``query_args`` (a list of value lists, or a mapping
+    ``name -> values`` expanded as a Cartesian product) and ``quick`` (the same
+    keys, ``builds`` given as names, used with ``--quick``).
+
+    Parameters
+    ----------
+    config_dir : pathlib.Path
+        Directory holding the YAML files.
+    system : str
+        System name, also the file stem.
+    n_train : int
+        Number of database vectors; selects the size class.
+    metric : {"angular", "euclidean"}
+        Dataset metric; selects ``metric_overrides``.
+    quick : bool, default=False
+        Use the size class's ``quick`` grid.
+
+    Returns
+    -------
+    SystemConfig
+        The selected builds and query settings.
+    """
+    raw = _yaml_load(config_dir / f"{system}.yaml")
+    names = list(raw.get("query_arg_names") or [])
+    overrides = (raw.get("metric_overrides") or {}).get(metric) or {}
+    chosen = None
+    for size_class in raw["size_classes"]:
+        max_n = size_class.get("max_n")
+        if max_n is None or n_train <= int(max_n):
+            chosen = size_class
+            break
+    if chosen is None:
+        raise ValueError(f"{system}.yaml: no size class admits n_train={n_train}")
+
+    builds = [dict(b) for b in chosen["builds"]]
+    query_raw = chosen.get("query_args")
+    if quick and chosen.get("quick"):
+        q = chosen["quick"]
+        if q.get("builds"):
+            by_name = {b["name"]: b for b in builds}
+            unknown = [name for name in q["builds"] if name not in by_name]
+            if unknown:
+                raise ValueError(f"{system}.yaml: quick builds {unknown} are not defined")
+            builds = [by_name[name] for name in q["builds"]]
+        query_raw = q.get("query_args", query_raw)
+
+    resolved, seen = [], {}
+    for b in builds:
+        args = {**(b.get("args") or {}), **overrides}
+        key = json.dumps(args, sort_keys=True, default=str)
+        if key in seen:
+            print(f"  note: {system} build {b['name']} equals {seen[key]} for {metric} data; skipped", file=sys.stderr)
+            continue
+        seen[key] = b["name"]
+        resolved.append({"name": b["name"], "args": args})
+    return SystemConfig(system, chosen.get("name", "?"), resolved, names, _expand_query_args(query_raw, names))

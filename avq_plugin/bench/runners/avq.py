@@ -1,0 +1,54 @@
+"""avq_plugin's own index under avq-bench."""
+
+from __future__ import annotations
+
+from ..config import resolve_num_leaves
+from ..progress import _StageBars
+from .base import Runner, SystemUnavailable
+
+
+class AVQRunner(Runner):
+    """avq_plugin.AVQIndex (imported lazily, so the bench runs without the build)."""
+
+    own_memory_kind = "memory_usage()"
+
+    def __init__(self) -> None:
+        try:
+            import avq_plugin
+
+            self.cls = avq_plugin.AVQIndex
+        except (ImportError, AttributeError) as exc:
+            raise SystemUnavailable(
+                f"avq_plugin.AVQIndex not importable ({exc}): skipped "
+                "(build it with 'pip install --no-build-isolation -e .')"
+            ) from exc
+        self.version = getattr(avq_plugin, "__version__", "?")
+
+    def build(self, train, metric, args):
+        metric_name = {"angular": "cosine", "euclidean": "l2"}[metric]
+        args = dict(args)
+        if isinstance(args.get("num_leaves"), str):
+            args["num_leaves"] = resolve_num_leaves(args["num_leaves"], train.shape[0])
+        bars = self.bars if self.bars is not None and self.bars.enabled else None
+        stages = _StageBars(bars, "avq") if bars is not None else None
+        self.index = self.cls(metric=metric_name, num_threads=self.threads, progress=stages or False, **args)
+        try:
+            self.index.fit(train)
+        finally:
+            if stages is not None:
+                stages.close()
+        self.resolved = f"{metric_name}, {self.index.num_leaves_} leaves"
+
+    def single_fn(self, k, qa):
+        search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
+        return lambda q: search(q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
+
+    def batch_fn(self, k, qa):
+        search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
+        return lambda Q: search(Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
+
+    def budget(self, qa, k):
+        return (qa["leaves_to_search"], qa["reorder_k"])
+
+    def own_memory(self):
+        return int(self.index.memory_usage())
