@@ -36,27 +36,44 @@ def leaf_query(idx, leaf):
     return np.asarray(idx._index.probe_centers()).reshape(-1, idx._index.d)[leaf].astype(np.float32)
 
 
-def all_of_leaf(idx, q, n):
-    D, I = idx.search(q[None], k=n, leaves_to_search=1, reorder_k=n)
-    return set(I[0][I[0] >= 0].tolist())
+def exact_scores(metric, q, X):
+    if metric == "l2":
+        return -((X - q) ** 2).sum(1)
+    if metric == "cosine":
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return X @ q
+
+
+def top_of_leaf(idx, leaf, k, extra_leaves=0):
+    """Ids returned for a query whose best leaf is `leaf`, probing it alone, all re-scored."""
+    q = leaf_query(idx, leaf)
+    D, I = idx.search(q[None], k=k, leaves_to_search=1 + extra_leaves, reorder_k=10000)
+    return q, I[0][I[0] >= 0]
 
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_found_through_either_leaf(metric):
     idx, X, _ = fit(metric)
-    ids = np.asarray(idx._index.all_ids())
+    ids = np.arange(len(X), dtype=np.int64) * 7 + 3  # X's order
     prim = idx._index.get_leaves(ids)
     spill = idx._index.get_spill_leaves(ids)
     assert (spill >= 0).all(), "every vector has a spilled copy"
     assert (spill != prim).all(), "the copy is in another leaf"
-    by_leaf = {leaf: all_of_leaf(idx, leaf_query(idx, leaf), len(X)) for leaf in range(16)}
-    for i, p, s in zip(ids.tolist(), prim.tolist(), spill.tolist()):
-        assert i in by_leaf[p]
-        assert i in by_leaf[s]
-    # A leaf holds its own vectors plus the copies spilled into it, nothing else.
+    found_spilled = 0
     for leaf in range(16):
-        expect = set(ids[prim == leaf].tolist()) | set(ids[spill == leaf].tolist())
-        assert by_leaf[leaf] == expect
+        # Probing one leaf with every candidate re-scored returns the exact top-k of the vectors
+        # held there: its own and those spilled into it (k = its own count: no widening).
+        members = np.flatnonzero((prim == leaf) | (spill == leaf))
+        k = int((prim == leaf).sum())
+        if k == 0:
+            continue
+        q, got = top_of_leaf(idx, leaf, k)
+        sc = exact_scores(metric, q, X[members])
+        want = set(ids[members[np.argsort(-sc, kind="stable")[:k]]].tolist())
+        assert len(got) == k and len(set(got.tolist())) == k
+        assert set(got.tolist()) == want
+        found_spilled += int((spill[(got - 3) // 7] == leaf).sum())
+    assert found_spilled > 0
 
 
 def test_spill_beats_no_spill_at_equal_leaves():
@@ -109,12 +126,18 @@ def test_remove_deletes_both_copies(metric):
     assert idx.remove(gone) == 0
     keep = np.setdiff1d(ids, gone)
     assert idx.ntotal == len(keep)
-    # The survivors' copies were moved around by the removals: still found through both leaves.
-    by_leaf = {leaf: all_of_leaf(idx, leaf_query(idx, leaf), len(X)) for leaf in range(16)}
-    union = set().union(*by_leaf.values())
-    assert union == set(keep.tolist())
-    for i in keep.tolist():
-        assert i in by_leaf[prim[i]] and i in by_leaf[spill[i]]
+    # The survivors' copies were moved around by the removals: each leaf still returns the exact
+    # top-k of its own survivors and the survivors spilled into it (nothing removed).
+    vec = {i: X[(i - 3) // 7] for i in keep.tolist()}
+    metric_ = idx.metric
+    for leaf in range(16):
+        members = [i for i in keep.tolist() if prim[i] == leaf or spill[i] == leaf]
+        k = sum(prim[i] == leaf for i in keep.tolist())
+        if k == 0:
+            continue
+        q, got = top_of_leaf(idx, leaf, k)
+        sc = exact_scores(metric_, q, np.stack([vec[i] for i in members]))
+        assert set(got.tolist()) == {members[j] for j in np.argsort(-sc, kind="stable")[:k]}
     np.testing.assert_array_equal(idx._index.get_spill_leaves(keep), [spill[i] for i in keep.tolist()])
     D, I = idx.search(Q, k=len(keep), leaves_to_search=16, reorder_k=len(keep))
     for row in I:
