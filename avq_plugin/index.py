@@ -64,6 +64,15 @@ class AVQIndex(_NativeWrapper):
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
         Default search budget; None chooses from num_leaves (see ``search``).
+    spill : {None, "soar"}
+        "soar": SOAR spilling (Sun et al., NeurIPS 2023). Every vector is also stored, as a
+        second 4-bit code (no second reorder vector), in the leaf minimising
+        ``||x - c||^2 + soar_lambda * <r, x - c>^2 / ||r||^2`` (r: the residual in its own
+        leaf), so fewer leaves reach the same recall. Search drops the duplicate candidates
+        before re-scoring. Costs code_size + 16 bytes per vector and about as much add time as
+        the encoding itself.
+    soar_lambda : float >= 0
+        Orthogonality amplification of ``spill="soar"`` (0: plain second-nearest leaf).
     training_iterations : int
         Alternations of (anisotropic encoding, least-squares codebook update); 0 keeps the
         k-means codebooks and only encodes anisotropically (ScaNN's behaviour).
@@ -118,6 +127,8 @@ class AVQIndex(_NativeWrapper):
         reorder="float32",
         leaves_to_search=None,
         reorder_k=None,
+        spill=None,
+        soar_lambda=1.5,
         training_iterations=3,
         kmeans_iterations=10,
         training_sample_size=None,
@@ -144,6 +155,10 @@ class AVQIndex(_NativeWrapper):
         self.training_sample_size = training_sample_size
         self.num_threads = num_threads
         self.seed = seed
+        self.spill = None if spill is None else V.check_choice("spill", spill, ("soar",))
+        self.soar_lambda = V.check_float("soar_lambda", soar_lambda, minimum=0.0)
+        if self.soar_lambda > _native.MAX_SOAR_LAMBDA:
+            raise ValueError(f"soar_lambda must be <= {_native.MAX_SOAR_LAMBDA:g}, got {self.soar_lambda}")
         self.verbose = bool(verbose)
         self.progress = check_progress(progress)
         if self.anisotropic_threshold == 0.0 and self.eta is None:
@@ -235,7 +250,7 @@ class AVQIndex(_NativeWrapper):
 
     def _new_native(self, d, threshold, *, l2_decoded_norms=False):
         """An untrained native index with this object's parameters (the one place that makes one)."""
-        return _native.Index(
+        index = _native.Index(
             metric=self.metric,
             d=d,
             num_leaves=self.num_leaves or 0,
@@ -256,6 +271,8 @@ class AVQIndex(_NativeWrapper):
             ),
             l2_decoded_norms=l2_decoded_norms,
         )
+        index.set_spill(self.spill or "none", self.soar_lambda)
+        return index
 
     def _train(self, X, stacklevel, *, l2_decoded_norms=False):
         """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
@@ -690,6 +707,8 @@ class AVQIndex(_NativeWrapper):
         obj.reorder = p["reorder"]
         obj.leaves_to_search = p["default_leaves_to_search"] or None
         obj.reorder_k = p["default_reorder_k"] or None
+        obj.spill = None if p["spill"] == "none" else p["spill"]
+        obj.soar_lambda = p["soar_lambda"]
         obj.training_iterations = p["avq_iterations"]
         obj.kmeans_iterations = p["kmeans_iterations"]
         obj.training_sample_size = p["training_sample_size"] or None
@@ -747,6 +766,8 @@ class AVQIndex(_NativeWrapper):
                 "reorder",
                 "leaves_to_search",
                 "reorder_k",
+                "spill",
+                "soar_lambda",
                 "training_iterations",
                 "kmeans_iterations",
                 "training_sample_size",
@@ -756,6 +777,7 @@ class AVQIndex(_NativeWrapper):
         return state
 
     def __setstate__(self, state):
+        self.spill, self.soar_lambda = None, 1.5  # absent from states pickled before SOAR
         for k, v in state["params"].items():
             setattr(self, k, v)
         for k in ("anisotropic_threshold", "eta_formula", "num_threads", "verbose"):

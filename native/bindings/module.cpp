@@ -325,6 +325,7 @@ PYBIND11_MODULE(_native, m) {
           throw py::value_error("SIMD level '" + name + "' is not available on this CPU or build");
       },
       py::arg("level"));
+  m.attr("MAX_SOAR_LAMBDA") = avq::kMaxSoarLambda;
   m.def("simd_level", [] { return std::string(avq::kernels::level_name(avq::kernels::active().level)); });
   m.def(
       "limits",
@@ -497,6 +498,20 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("ids").noconvert())
       .def(
+          "get_spill_leaves",
+          [](const Index& self, IArray ids) {
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::array_t<int64_t> out(n);
+            const int64_t* p = ids.data();
+            int64_t* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              self.get_spill_leaves(p, n, o);
+            }
+            return out;
+          },
+          py::arg("ids").noconvert(), "Leaf of each id's SOAR copy (-1: none).")
+      .def(
           "set_quantizer",
           [](Index& self, FArray probe, FArray resid, FArray codebooks) {
             const size_t d = self.d();
@@ -598,8 +613,23 @@ PYBIND11_MODULE(_native, m) {
              d["default_reorder_k"] = p.default_reorder_k;
              d["threshold_mode"] = p.threshold_mode;
              d["l2_decoded_norms"] = p.l2_decoded_norms;
+             d["spill"] = avq::spill_name(p.spill);
+             d["soar_lambda"] = p.soar_lambda;
              return d;
            })
+      .def(
+          "set_spill",
+          [](Index& self, const std::string& spill, double soar_lambda) {
+            avq::SpillMode m = avq::SpillMode::kNone;
+            if (spill == "soar")
+              m = avq::SpillMode::kSoar;
+            else if (spill != "none")
+              throw py::value_error("spill must be 'none' or 'soar'");
+            py::gil_scoped_release release;  // never wait for the index lock holding the GIL
+            self.set_spill(m, soar_lambda);
+          },
+          py::arg("spill"), py::arg("soar_lambda"),
+          "Chooses SOAR spilling before training (ValueError on a trained index).")
       .def("set_default_search_params", &Index::set_default_search_params, py::arg("leaves_to_search"),
            py::arg("reorder_k"), py::call_guard<py::gil_scoped_release>(),
            "Search defaults stored with the index (0: chosen by the Python layer).")

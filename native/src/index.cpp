@@ -56,6 +56,40 @@ inline bool better(const Cand& a, const Cand& b) {
   return a.pos < b.pos;
 }
 
+// SOAR: replaces the references of spilled copies by their primary copy's, drops repeated
+// vectors (keeping the first occurrence, order kept), then keeps the `want` best (by `better`;
+// `sorted`: cands are sorted best first). set: scratch for an open-addressing set.
+void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<uint64_t>& set, size_t want,
+                   bool sorted) {
+  size_t cap = 64;
+  int shift = 58;
+  while (cap < 2 * cands.size()) {
+    cap <<= 1;
+    --shift;
+  }
+  set.assign(cap, 0);
+  size_t w = 0;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    Cand c = cands[i];
+    if (c.leaf & kSpillLeafFlag) {
+      const uint64_t r = sp.lists[c.leaf & ~kSpillLeafFlag].ref[c.pos];
+      c.leaf = static_cast<uint32_t>(r >> 32);
+      c.pos = static_cast<uint32_t>(r);
+    }
+    const uint64_t key = ((uint64_t(c.leaf) << 32) | c.pos) + 1;  // 0 marks an empty slot
+    size_t h = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift);
+    while (set[h] != 0 && set[h] != key) h = (h + 1) & (cap - 1);
+    if (set[h] == key) continue;
+    set[h] = key;
+    cands[w++] = c;
+  }
+  cands.resize(w);
+  if (w > want) {
+    if (!sorted) std::nth_element(cands.begin(), cands.begin() + (want - 1), cands.end(), better);
+    cands.resize(want);
+  }
+}
+
 constexpr size_t kTopNSlack = 256;  // top-N buffer room above cap before a cut
 
 // The (k+1)-th largest of src[0..n) (k < n), src unchanged: quickselect whose order-keeping
@@ -249,6 +283,7 @@ struct Index::Scratch {
   std::vector<float> sc;
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
+  std::vector<uint64_t> seen;  // SOAR: de-duplication hash set of primary references
   TopN topn;
   const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
   size_t given_n = 0;
@@ -295,6 +330,7 @@ Index::Index(const IndexParams& p) : p_(p) {
   at_most("default_reorder_k", p_.default_reorder_k, limits::kMaxReorderK);
   at_most("threshold_mode", p_.threshold_mode, 2);
   layout_ = BlockLayout(p_.d, p_.dims_per_block);
+  init_spill();
 }
 
 Index::~Index() = default;
@@ -647,6 +683,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   leaves_.assign(L, Leaf());
   for (Leaf& l : leaves_) sync_views(l);
   clear_arena();
+  spill_reset();
   ntotal_ = 0;
   next_id_ = 0;
   {
@@ -712,6 +749,9 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   std::vector<uint32_t> leaf_of;
   std::vector<uint8_t> codes;
   encode_points(x, n, nthreads, mon, leaf_of, codes);
+  std::vector<uint32_t> spill_leaf;
+  std::vector<uint8_t> spill_codes;
+  spill_encode(x, n, leaf_of, nthreads, mon, spill_leaf, spill_codes);
   materialize();
   std::vector<size_t> more(nleaves_, 0);
   for (size_t i = 0; i < n; ++i) more[leaf_of[i]]++;
@@ -787,6 +827,7 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     if (id_map_valid_) id_map_[new_ids[i]] = (uint64_t(leaf_of[i]) << 32) | pos;
     l.n++;
   }
+  spill_commit(x, n, leaf_of, new_ids, spill_leaf, spill_codes);
   for (Leaf& l : leaves_) sync_views(l);
   for (int64_t id : new_ids) next_id_ = next_id_after(next_id_, id);
   ntotal_ += n;
@@ -803,6 +844,7 @@ size_t Index::remove(const int64_t* ids, size_t n) {
   for (size_t t = 0; t < n; ++t) {
     auto it = id_map_.find(ids[t]);
     if (it == id_map_.end()) continue;
+    if (spill_) spill_->remove(ids[t], gb, M);
     size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu;
     Leaf& l = leaves_[li];
     size_t last = l.n - 1;
@@ -815,6 +857,7 @@ size_t Index::remove(const int64_t* ids, size_t n) {
       if (!rvec8_.empty()) std::memcpy(&rvec8_[(l.row_off + pos) * d], &rvec8_[(l.row_off + last) * d], d);
       if (!l.bias.empty()) l.bias[pos] = l.bias[last];
       id_map_[l.ids[pos]] = (uint64_t(li) << 32) | pos;
+      if (spill_) spill_->repoint(l.ids[pos], static_cast<uint32_t>(li), static_cast<uint32_t>(pos));
     }
     for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
     l.ids.pop_back();
@@ -840,6 +883,7 @@ void Index::reset() {
   mapping_.reset();
   std::vector<Leaf>(nleaves_).swap(leaves_);  // frees the storage (assign would keep capacity)
   clear_arena();
+  spill_reset();
   for (Leaf& l : leaves_) sync_views(l);
   ntotal_ = 0;
   next_id_ = 0;
@@ -907,6 +951,7 @@ size_t Index::memory_usage() const {
   } else {
     b += rvec_.capacity() * sizeof(float) + rvec8_.capacity();
   }
+  if (spill_) b += spill_->memory_usage();
   std::lock_guard<std::mutex> g(id_map_mu_);
   if (id_map_valid_) b += id_map_.bucket_count() * sizeof(void*) + id_map_.size() * 32;
   return b;
@@ -1066,6 +1111,23 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, siz
   return s.q.data();
 }
 
+// SOAR: scans the spilled copies held by leaf li with the query's LUT (as search_one does the
+// leaf's own vectors); their candidates carry kSpillLeafFlag in the leaf.
+void Index::scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_scale, float bias, Scratch& s) const {
+  const SpillStore::List& sl = spill_->lists[li];
+  const size_t ng = (sl.n + 31) / 32;
+  if (s.acc.size() < ng * 32) {
+    s.acc.resize(ng * 32);
+    s.idx.resize(ng * 32);
+    s.sc.resize(ng * 32);
+  }
+  kt.scan_lut16(sl.codes.data(), ng, layout_.num_blocks_pad, s.lut8.data(), s.acc.data());
+  const float* pb = p_.metric == Metric::kL2 ? sl.bias.data() : nullptr;
+  const size_t cnt =
+      kt.filter_scores(s.acc.data(), pb, sl.n, inv_scale, bias, s.topn.threshold(), s.idx.data(), s.sc.data());
+  s.topn.append(s.sc.data(), s.idx.data(), cnt, li | kSpillLeafFlag);
+}
+
 void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                        int64_t* I) const {
   const kernels::KernelTable& kt = kernels::active();
@@ -1075,6 +1137,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   size_t probed = 0;
   const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
   if (!q) return;
+  if (spill_)  // SOAR: the probed leaves' spilled copies are probed too
+    for (size_t t = 0; t < nprobe; ++t) probed += spill_->lists[s.leaf_sel[t].second].n;
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
   //    global scale chosen so that the 16-bit accumulators cannot overflow.
@@ -1115,12 +1179,15 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   // 3. Scan the probed leaves; keep the best `cap` approximate scores.
   const bool reorder = p_.reorder != ReorderMode::kNone;
   // At most the number of vectors probed (and at least 1): bounded before the top-N sizing.
-  const size_t cap = std::max<size_t>(1, std::min(reorder ? std::max(k, reorder_k) : k, probed));
+  // SOAR: a vector can come twice (both copies): keep twice as many, then `want` distinct ones.
+  const size_t want = std::max<size_t>(1, std::min(reorder ? std::max(k, reorder_k) : k, probed));
+  const size_t cap = spill_ ? 2 * want : want;
   s.topn.reset(cap);
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
     const Leaf& leaf = leaves_[li];
-    if (leaf.n == 0) continue;
+    const bool spilled = spill_ && spill_->lists[li].n;
+    if (leaf.n == 0 && !spilled) continue;
     const size_t ng = (leaf.n + 31) / 32;
     if (s.acc.size() < ng * 32) {
       s.acc.resize(ng * 32);
@@ -1132,8 +1199,10 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
                                   s.idx.data(), s.sc.data());
     s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
+    if (spilled) scan_spilled(li, kt, inv_scale, bias, s);  // after: it reuses s.acc
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
+  if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder);
 
   // 4. Exact re-scoring of the candidates.
   if (reorder && !cands.empty()) {
@@ -1212,6 +1281,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   leaves_.assign(L, Leaf());
   for (Leaf& l : leaves_) sync_views(l);
   clear_arena();
+  spill_reset();
   ntotal_ = 0;
   next_id_ = 0;
   {

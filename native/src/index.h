@@ -17,8 +17,13 @@
 #include "anisotropic.h"
 #include "common.h"
 #include "kmeans.h"
+#include "soar.h"
 
 namespace avq {
+
+namespace kernels {
+struct KernelTable;
+}
 
 // Advises the kernel to back [p, p + bytes) with transparent huge pages (no-op elsewhere).
 void advise_huge_pages(void* p, size_t bytes);
@@ -100,6 +105,10 @@ struct IndexParams {
   // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
   // Stored as an optional trailing PARM field (absent in older files: false).
   bool l2_decoded_norms = false;
+  // SOAR spilling (soar.h): a second, spilled copy of every vector. Stored in the optional file
+  // section SOAR (absent: none).
+  SpillMode spill = SpillMode::kNone;
+  double soar_lambda = kDefaultSoarLambda;
 };
 
 struct TrainStats {
@@ -180,6 +189,9 @@ class Index {
   void contains(const int64_t* ids, size_t n, uint8_t* out) const;
   // Leaf of each given id.
   void get_leaves(const int64_t* ids, size_t n, int64_t* out) const;
+  // Leaf of each given id's SOAR copy (soar.h), -1 when it has none (no spilling, one leaf, or
+  // added with add_codes); throws InvalidArgument on unknown id. O(ntotal): for tests and tools.
+  void get_spill_leaves(const int64_t* ids, size_t n, int64_t* out) const;
   // All ids in storage order (leaf by leaf).
   std::vector<int64_t> all_ids() const;
 
@@ -188,6 +200,9 @@ class Index {
   // Replaces the search defaults stored with the index (0: chosen by the Python layer); they are
   // serialized with it. Takes the exclusive lock. Used by AVQIndex.tune (issue 6).
   void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
+  // Chooses the spill mode and SOAR lambda (soar.h) of an untrained index (throws
+  // InvalidArgument once trained or on a bad value). Exclusive lock.
+  void set_spill(SpillMode mode, double soar_lambda);
   bool is_trained() const;
   size_t ntotal() const;
   size_t num_leaves() const;
@@ -270,6 +285,17 @@ class Index {
   mutable std::unordered_map<int64_t, uint64_t> id_map_;  // id -> (leaf << 32) | position
   mutable std::shared_mutex mu_;
   mutable std::mutex id_map_mu_;
+
+  // SOAR spilling (soar.cpp); null unless p_.spill is set.
+  std::unique_ptr<SpillStore> spill_;
+  void init_spill();   // validates p_.spill / p_.soar_lambda, creates spill_
+  void spill_reset();  // the leaves were rebuilt empty (train, set_quantizer, reset)
+  void spill_encode(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, int nthreads, Monitor* mon,
+                    std::vector<uint32_t>& spill_leaf, std::vector<uint8_t>& spill_codes) const;
+  void spill_commit(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, const std::vector<int64_t>& new_ids,
+                    const std::vector<uint32_t>& spill_leaf, const std::vector<uint8_t>& spill_codes);
+  void spill_load(const uint8_t* data, size_t size);
+  void scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_scale, float bias, Scratch& s) const;
 
   friend class IndexIO;
 };

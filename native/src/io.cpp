@@ -358,6 +358,7 @@ std::string Index::serialize() const {
     if (p_.reorder == ReorderMode::kInt8) w.add("RV8_", vecs8);
     if (p_.metric == Metric::kL2) w.add("BIAS", bias);
   }
+  if (spill_) w.add_owned("SOAR", spill_->serialize(group_bytes(), p_.metric == Metric::kL2));
   return w.to_string();
 }
 
@@ -412,6 +413,12 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     throw InvalidArgument("corrupted index file: invalid dimension or dims_per_block");
   if (!(std::isnan(threshold_used) || (std::isfinite(threshold_used) && threshold_used >= 0)))
     throw InvalidArgument("corrupted index file: invalid threshold");
+  if (r.has("SOAR")) {  // optional section (soar.h): absent in files without spilling
+    const SectionView sv = r.get("SOAR");
+    p.spill = SpillMode::kSoar;
+    p.soar_lambda = SpillStore::read_lambda(sv.data, sv.size);
+    if (p.l2_decoded_norms) throw InvalidArgument("corrupted index file: SOAR with decoded l2 norms");
+  }
   std::unique_ptr<Index> idx;
   try {
     idx.reset(new Index(p));  // the constructor's rule for every parameter
@@ -540,6 +547,10 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   idx->next_id_ = next_id;
   idx->trained_ = true;
   idx->mapping_ = mapping;
+  if (idx->spill_) {
+    const SectionView sv = r.get("SOAR");
+    idx->spill_load(sv.data, sv.size);
+  }
   return idx;
 }
 
