@@ -162,7 +162,7 @@ class Dataset:
         return (
             f"Dataset(name={self.name!r}, metric={self.metric!r}, "
             f"train={self.train.shape}, test={self.test.shape}, "
-            f"ground_truth_k={self.neighbors.shape[1] if self.has_ground_truth else None})"
+            f"ground_truth_k={self.neighbors.shape[1] if self.neighbors is not None and self.distances is not None else None})"
         )
 
 
@@ -359,7 +359,7 @@ def _check_pair(source: str, train: np.ndarray, test: np.ndarray) -> None:
         raise ValueError(f"{source}: the vectors contain NaN or infinite values")
 
 
-def _exact_distances(train, test, ids, metric):
+def _exact_distances(train: np.ndarray, test: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
     """float32 distances (ann-benchmarks units) of the given neighbour ids, computed in float64."""
     x = train.astype(np.float64)[ids]
     q = test.astype(np.float64)[:, None, :]

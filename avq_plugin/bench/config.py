@@ -217,7 +217,8 @@ def load_system_config(config_dir: Path, system: str, n_train: int, metric: str,
             builds = [by_name[name] for name in q["builds"]]
         query_raw = q.get("query_args", query_raw)
 
-    resolved, seen = [], {}
+    resolved: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
     for b in builds:
         args = {**(b.get("args") or {}), **overrides}
         key = json.dumps(args, sort_keys=True, default=str)
