@@ -14,7 +14,15 @@ from typing import Any, Literal, overload
 import numpy as np
 import numpy.typing as npt
 
+from . import _native
+
 METRICS = ("dot", "cosine", "l2")
+
+#: Limits of every parameter and value, defined once in the native core (native/src/common.h,
+#: ``limits``) and used by every check below: max_leaves, max_leaves_to_search, max_reorder_k,
+#: max_k, max_threads, max_training_sample_size, max_iterations, max_seed, max_dim, and the
+#: accepted numeric range of vectors under dot and l2 (max_abs_value, min_data_norm).
+LIMITS: dict[str, Any] = dict(_native.limits())  # ints, except the float bounds of vector values
 REORDER_MODES = ("float32", "int8", "none")
 
 
@@ -95,20 +103,83 @@ def check_float(
 
 
 def resolve_threads(num_threads: object, name: str = "num_threads") -> int:
-    """None or -1: every core of the machine; otherwise a positive integer."""
+    """None or -1: every core of the machine; otherwise an integer in [1, max_threads]."""
+    all_cores = min(os.cpu_count() or 1, LIMITS["max_threads"])
     if num_threads is None:
-        return os.cpu_count() or 1
+        return all_cores
     n = check_int(name, num_threads)
     if n == -1:
-        return os.cpu_count() or 1
+        return all_cores
     if n < 1:
         raise ValueError(f"{name} must be a positive integer, -1 or None, got {n}")
+    if n > LIMITS["max_threads"]:
+        raise ValueError(f"{name} must be <= {LIMITS['max_threads']}, got {n}")
     return n
 
 
+def check_num_leaves(value, name="num_leaves"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_leaves"], allow_none=True)
+
+
+def check_leaves_to_search(value, name="leaves_to_search", allow_none=True):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_leaves_to_search"], allow_none=allow_none)
+
+
+def check_reorder_k(value, name="reorder_k", allow_none=True):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_reorder_k"], allow_none=allow_none)
+
+
+def check_training_sample_size(value, name="training_sample_size"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_training_sample_size"], allow_none=True)
+
+
+def check_iterations(name, value, minimum=0):
+    return check_int(name, value, minimum=minimum, maximum=LIMITS["max_iterations"])
+
+
+def check_seed(value, name="seed"):
+    return check_int(name, value, minimum=0, maximum=LIMITS["max_seed"])
+
+
+def as_bytes(data, name="data"):
+    """A serialized index as bytes; anything else is a TypeError before any allocation."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{name} must be bytes, bytearray or memoryview, got {type(data).__name__}")
+
+
+class Checked:
+    """A validated attribute: every assignment (constructor, setter, unpickling, loading) is
+    checked by ``check(value)``, whose result is stored."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+        self.slot = "_checked_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = self.check(value)
+
+
 def _to_array(X: Any, name: str) -> np.ndarray:
-    if isinstance(X, np.ndarray):
+    if type(X) is np.ndarray:
         return X
+    if isinstance(X, np.ndarray):
+        # Subclasses (masked arrays, np.matrix): validate exactly what native code will read,
+        # the underlying data (a mask hides NaN from isfinite but not from the index).
+        return np.asarray(X)
     if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
         raise TypeError(f"{name}: sparse matrices are not supported; pass a dense array")
     try:
@@ -213,7 +284,7 @@ MAX_RESULT_BYTES = 8 << 30
 
 
 def check_k(k: object, name: str = "k") -> int:
-    return check_int(name, k, minimum=1)
+    return check_int(name, k, minimum=1, maximum=LIMITS["max_k"])
 
 
 def check_result_size(nq: int, k: int) -> None:

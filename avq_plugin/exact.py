@@ -33,9 +33,11 @@ class ExactIndex(_NativeWrapper[_native.ExactIndex]):
     (1, 1.0)
     """
 
+    num_threads = V.Checked(V.resolve_threads)  # checked on every assignment
+
     def __init__(self, metric: str = "dot", *, num_threads: int | None = None) -> None:
         self.metric = V.check_metric(metric)
-        self.num_threads = V.resolve_threads(num_threads)
+        self.num_threads = num_threads
         self._index = None
 
     @property
@@ -114,7 +116,7 @@ class ExactIndex(_NativeWrapper[_native.ExactIndex]):
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> ExactIndex:
-        return cls._from_native(_native.ExactIndex.deserialize(bytes(data)))
+        return cls._from_native(_native.ExactIndex.deserialize(V.as_bytes(data)))
 
     def __getstate__(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f" (original error: {exc})"
     ) from exc
 
+from ._validation import LIMITS
 from .index import AVQIndex, ExactIndex
 
 __all__ = ["AVQNearestNeighbors", "AVQKNeighborsTransformer", "EXACT_SEARCH_THRESHOLD"]
@@ -77,16 +78,22 @@ _RECOMPUTE_BYTES = 1 << 26
 
 
 @overload
-def _check_int(name: str, value: object, minimum: int, allow_none: Literal[False] = ...) -> int: ...
+def _check_int(
+    name: str, value: object, minimum: int, allow_none: Literal[False] = ..., maximum: int | None = ...
+) -> int: ...
 @overload
-def _check_int(name: str, value: object, minimum: int, allow_none: bool) -> int | None: ...
-def _check_int(name: str, value: object, minimum: int, allow_none: bool = False) -> int | None:
+def _check_int(name: str, value: object, minimum: int, allow_none: bool, maximum: int | None = ...) -> int | None: ...
+def _check_int(
+    name: str, value: object, minimum: int, allow_none: bool = False, maximum: int | None = None
+) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if int(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and int(value) > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -103,7 +110,7 @@ def _resolve_n_jobs(n_jobs: object) -> int:
     """scikit-learn's n_jobs: None -> 1, -1 -> all cores, -2 -> all but one, ..."""
     if n_jobs is None:
         return 1
-    n = _check_int("n_jobs", n_jobs, minimum=-(2**31))
+    n = _check_int("n_jobs", n_jobs, minimum=-(2**31), maximum=LIMITS["max_threads"])
     if n == 0:
         raise ValueError("n_jobs == 0 has no meaning; use None (1 thread), a positive count or -1 (all cores)")
     if n > 0:
@@ -133,10 +140,16 @@ class _AVQNeighborsBase(BaseEstimator):
             raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
         if not isinstance(self.algorithm, str) or self.algorithm not in _ALGORITHMS:
             raise ValueError(f"algorithm must be one of {_ALGORITHMS}, got {self.algorithm!r}")
-        _check_int("n_neighbors", self.n_neighbors, minimum=1)
-        _check_int("num_leaves", self.num_leaves, minimum=1, allow_none=True)
-        _check_int("leaves_to_search", self.leaves_to_search, minimum=1, allow_none=True)
-        _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True)
+        _check_int("n_neighbors", self.n_neighbors, minimum=1, maximum=LIMITS["max_k"])
+        _check_int("num_leaves", self.num_leaves, minimum=1, allow_none=True, maximum=LIMITS["max_leaves"])
+        _check_int(
+            "leaves_to_search",
+            self.leaves_to_search,
+            minimum=1,
+            allow_none=True,
+            maximum=LIMITS["max_leaves_to_search"],
+        )
+        _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True, maximum=LIMITS["max_reorder_k"])
         dpb = _check_int("dims_per_block", self.dims_per_block, minimum=1)
         if dpb > 8:
             raise ValueError(f"dims_per_block must be <= 8, got {dpb}")
@@ -246,17 +259,10 @@ class _AVQNeighborsBase(BaseEstimator):
         if isinstance(index, ExactIndex):
             _, I = index.search(Q, k, num_threads=n_threads)
         else:
-            if lts is None or rk is None:
-                budget_lts, budget_rk = self._budget(k)
-                lts = budget_lts if lts is None else lts
-                rk = budget_rk if rk is None else rk
+            if lts is None:
+                lts, rk = self._budget(k)
+            # Rows are complete: the index widens the probe when its leaves hold fewer than k.
             _, I = index.search(Q, k, leaves_to_search=lts, reorder_k=rk, num_threads=n_threads)
-            short = (I < 0).any(axis=1)
-            if short.any():
-                # The probed leaves held fewer than k points: search those rows exhaustively.
-                _, I[short] = index.search(
-                    Q[short], k, leaves_to_search=index.num_leaves_, reorder_k=max(rk, k), num_threads=n_threads
-                )
         if (I < 0).any():  # pragma: no cover - k <= n_samples_fit is checked by the callers
             raise RuntimeError("the index returned fewer neighbours than requested")
         return self._exact_distances(Q, I)
@@ -321,7 +327,7 @@ class _AVQNeighborsBase(BaseEstimator):
         check_is_fitted(self)
         if n_neighbors is None:
             n_neighbors = self.n_neighbors
-        n_neighbors = _check_int("n_neighbors", n_neighbors, minimum=1)
+        n_neighbors = _check_int("n_neighbors", n_neighbors, minimum=1, maximum=LIMITS["max_k"])
         query_is_train = X is None
         if X is None:
             Q = self._fit_X
