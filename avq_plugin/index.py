@@ -400,6 +400,73 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         )
         return index.search(Q, k, lts, rk, nt)
 
+    # ------------------------------------------------------------------ routed search
+    # Protected: the building blocks of leaf-routed sharding (avq_plugin.distributed), where a
+    # router chooses the leaves once and each shard scans only those it holds.
+    def _probe(self, Q: npt.ArrayLike, leaves_to_search: int, num_threads: int | None = None) -> npt.NDArray[np.int32]:
+        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
+        index = self._require_trained()
+        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return index.probe(A, lts, nt)
+
+    def _search_leaves(
+        self,
+        Q: npt.ArrayLike,
+        k: int,
+        leaves: npt.ArrayLike,
+        reorder_k: int | npt.ArrayLike,
+        num_threads: int | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """``search`` restricted to given leaves per query.
+
+        leaves: int (nq, w), each row scanned in its order, -1 entries skipped, no leaf twice;
+        reorder_k: int or int (nq,) per query. A query's candidates and scores are those
+        ``search`` finds in the same leaves, so with leaves = ``_probe(Q, lts)`` and the same
+        reorder_k the result equals ``search(Q, k, lts, reorder_k)``.
+        """
+        index = self._require_trained()
+        k = V.check_k(k)
+        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        V.check_result_size(A.shape[0], k)
+        leaf_rows = np.asarray(leaves)
+        if leaf_rows.ndim != 2 or leaf_rows.shape[0] != A.shape[0] or not np.issubdtype(leaf_rows.dtype, np.integer):
+            raise ValueError(f"leaves must be an integer array of shape ({A.shape[0]}, w), got {leaf_rows.shape}")
+        if leaf_rows.size and (leaf_rows.min() < -1 or leaf_rows.max() >= index.num_leaves):
+            raise ValueError(f"leaves must be in [-1, {index.num_leaves}) (-1: none)")
+        leaf_array = np.ascontiguousarray(leaf_rows, dtype=np.int32)
+        rk = np.asarray(reorder_k)
+        if rk.ndim == 0:
+            rk = np.full(A.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
+        elif rk.shape != (A.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
+            raise ValueError(f"reorder_k must be a positive int or {A.shape[0]} positive ints")
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return index.search_leaves(A, k, leaf_array, np.ascontiguousarray(rk, np.int64), nt)
+
+    def _leaf_sizes(self) -> npt.NDArray[np.int64]:
+        """Vectors per leaf, int64 (num_leaves,)."""
+        return self._require_trained().leaf_sizes()
+
+    def _contains(self, ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Boolean (n,): which of the ids are indexed."""
+        return self._require_trained().contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
+
+    def _probe_centers(self) -> npt.NDArray[np.float32]:
+        """The centres leaves are chosen by, float32 (num_leaves, d)."""
+        index = self._require_trained()
+        return np.asarray(index.probe_centers(), np.float32).reshape(index.num_leaves, -1)
+
+    def _quantizer_digest(self) -> Any:
+        """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
+        import hashlib
+
+        index = self._require_trained()
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(index.centers(), np.float32).tobytes())
+        h.update(np.ascontiguousarray(index.codebooks(), np.float32).tobytes())
+        return h
+
     def tune(
         self,
         target_recall: float = 0.95,
