@@ -8,6 +8,9 @@ AVQKNeighborsTransformer of avq_plugin.neighbors, imported on first use.
 
 from __future__ import annotations
 
+from importlib.metadata import version as _dist_version
+from typing import Any
+
 try:
     from . import _native
 except ImportError as exc:  # pragma: no cover - depends on how the package was installed
@@ -21,15 +24,16 @@ from .exact import ExactIndex
 from .faiss import IndexAVQ, SearchParametersAVQ, read_index, write_index
 from .index import AVQIndex
 
-__version__ = _native.build_info()["version"]
+# One source: the version in pyproject.toml, read from the installed package metadata.
+__version__: str = _dist_version("avq-plugin")
 
 
-def build_info():
+def build_info() -> dict[str, Any]:
     """Version, compiled SIMD levels, the level in use, compiler and flags (a dict)."""
     return dict(_native.build_info())
 
 
-def set_simd_level(level):
+def set_simd_level(level: str) -> None:
     """Use the 'scalar', 'avx2' or 'avx512' kernels (for tests and benchmarks).
 
     The default is the best level the CPU supports, lowered by the environment variable
@@ -38,17 +42,17 @@ def set_simd_level(level):
     _native.set_simd_level(level)
 
 
-def simd_level():
+def simd_level() -> str:
     """The SIMD level in use."""
     return _native.simd_level()
 
 
-def eta_exact(t, d):
+def eta_exact(t: float, d: int) -> float:
     """Exact anisotropic weight eta for t = T / ||x|| in dimension d (Guo et al. 2020)."""
     return _native.eta_exact(float(t), int(d))
 
 
-def eta_scann(t, d):
+def eta_scann(t: float, d: int) -> float:
     """ScaNN's large-d eta = (d - 1) t^2 / (1 - t^2)."""
     return _native.eta_scann(float(t), int(d))
 
@@ -57,7 +61,7 @@ def eta_scann(t, d):
 _SKLEARN_ESTIMATORS = ("AVQNearestNeighbors", "AVQKNeighborsTransformer")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _SKLEARN_ESTIMATORS:
         try:
             from . import neighbors
@@ -70,7 +74,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_SKLEARN_ESTIMATORS))
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numbers
 import os
+from typing import Any, Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _native
 
@@ -20,23 +22,33 @@ METRICS = ("dot", "cosine", "l2")
 #: ``limits``) and used by every check below: max_leaves, max_leaves_to_search, max_reorder_k,
 #: max_k, max_threads, max_training_sample_size, max_iterations, max_seed, max_dim, and the
 #: accepted numeric range of vectors under dot and l2 (max_abs_value, min_data_norm).
-LIMITS = dict(_native.limits())
+LIMITS: dict[str, Any] = dict(_native.limits())  # ints, except the float bounds of vector values
 REORDER_MODES = ("float32", "int8", "none")
 
 
-def check_metric(metric):
+def check_metric(metric: object) -> str:
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return metric
 
 
-def check_choice(name, value, choices):
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
-def check_int(name, value, *, minimum=None, maximum=None, allow_none=False):
+@overload
+def check_int(
+    name: str, value: object, *, minimum: int | None = ..., maximum: int | None = ..., allow_none: Literal[False] = ...
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: object, *, minimum: int | None = ..., maximum: int | None = ..., allow_none: bool
+) -> int | None: ...
+def check_int(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None, allow_none: bool = False
+) -> int | None:
     """An integer parameter (bools and floats are rejected)."""
     if value is None and allow_none:
         return None
@@ -50,7 +62,32 @@ def check_int(name, value, *, minimum=None, maximum=None, allow_none=False):
     return value
 
 
-def check_float(name, value, *, minimum=None, exclusive_minimum=None, allow_none=False):
+@overload
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = ...,
+    exclusive_minimum: float | None = ...,
+    allow_none: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = ...,
+    exclusive_minimum: float | None = ...,
+    allow_none: bool,
+) -> float | None: ...
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    exclusive_minimum: float | None = None,
+    allow_none: bool = False,
+) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -65,7 +102,7 @@ def check_float(name, value, *, minimum=None, exclusive_minimum=None, allow_none
     return value
 
 
-def resolve_threads(num_threads, name="num_threads"):
+def resolve_threads(num_threads: object, name: str = "num_threads") -> int:
     """None or -1: every core of the machine; otherwise an integer in [1, max_threads]."""
     all_cores = min(os.cpu_count() or 1, LIMITS["max_threads"])
     if num_threads is None:
@@ -136,7 +173,7 @@ class Checked:
         obj.__dict__[self.slot] = self.check(value)
 
 
-def _to_array(X, name):
+def _to_array(X: Any, name: str) -> np.ndarray:
     if type(X) is np.ndarray:
         return X
     if isinstance(X, np.ndarray):
@@ -151,7 +188,9 @@ def _to_array(X, name):
         raise ValueError(f"{name} could not be converted to a numeric array: {exc}") from None
 
 
-def as_float_matrix(X, name="X", *, d=None, allow_1d=False, nonzero_rows=False):
+def as_float_matrix(
+    X: object, name: str = "X", *, d: int | None = None, allow_1d: bool = False, nonzero_rows: bool = False
+) -> npt.NDArray[np.float32]:
     """Return X as a C-contiguous float32 (n, d) array, or raise TypeError/ValueError.
 
     float64 and integer inputs are converted explicitly; bool, complex, string and object
@@ -201,7 +240,19 @@ def as_float_matrix(X, name="X", *, d=None, allow_1d=False, nonzero_rows=False):
     return A
 
 
-def as_ids(ids, n, name="ids", *, unique=True, reject_padding=True):
+@overload
+def as_ids(ids: None, n: int | None, name: str = ..., *, unique: bool = ..., reject_padding: bool = ...) -> None: ...
+@overload
+def as_ids(
+    ids: npt.ArrayLike, n: int | None, name: str = ..., *, unique: bool = ..., reject_padding: bool = ...
+) -> npt.NDArray[np.int64]: ...
+@overload
+def as_ids(
+    ids: npt.ArrayLike | None, n: int | None, name: str = ..., *, unique: bool = ..., reject_padding: bool = ...
+) -> npt.NDArray[np.int64] | None: ...
+def as_ids(
+    ids: object, n: int | None, name: str = "ids", *, unique: bool = True, reject_padding: bool = True
+) -> npt.NDArray[np.int64] | None:
     """Return ids as a 1-D int64 array of length n (None stays None)."""
     if ids is None:
         return None
@@ -232,11 +283,11 @@ def as_ids(ids, n, name="ids", *, unique=True, reject_padding=True):
 MAX_RESULT_BYTES = 8 << 30
 
 
-def check_k(k, name="k"):
+def check_k(k: object, name: str = "k") -> int:
     return check_int(name, k, minimum=1, maximum=LIMITS["max_k"])
 
 
-def check_result_size(nq, k):
+def check_result_size(nq: int, k: int) -> None:
     if nq * k * 12 > MAX_RESULT_BYTES:
         raise ValueError(
             f"k={k} for {nq} queries needs {nq * k * 12 / 2**30:.1f} GiB of results; "

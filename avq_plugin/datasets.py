@@ -163,7 +163,7 @@ class Dataset:
         return (
             f"Dataset(name={self.name!r}, metric={self.metric!r}, "
             f"train={self.train.shape}, test={self.test.shape}, "
-            f"ground_truth_k={self.neighbors.shape[1] if self.has_ground_truth else None})"
+            f"ground_truth_k={self.neighbors.shape[1] if self.neighbors is not None and self.distances is not None else None})"
         )
 
 
@@ -219,7 +219,7 @@ EMBEDDING_SUBSET_FILE = "debian-minilm-384-20k.npz"
 EMBEDDING_SUBSET_ENV = "AVQ_EMBEDDING_SUBSET"
 
 
-def _embedding_subset_path(path) -> str:
+def _embedding_subset_path(path: str | os.PathLike[str] | None) -> str:
     if path is not None:
         return os.fspath(path)
     if os.environ.get(EMBEDDING_SUBSET_ENV):
@@ -425,7 +425,7 @@ def _check_pair(source: str, train: np.ndarray, test: np.ndarray) -> None:
         raise ValueError(f"{source}: the vectors contain NaN or infinite values")
 
 
-def _exact_distances(train, test, ids, metric):
+def _exact_distances(train: np.ndarray, test: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
     """float32 distances (ann-benchmarks units) of the given neighbour ids, computed in float64."""
     x = train.astype(np.float64)[ids]
     q = test.astype(np.float64)[:, None, :]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _native
 from . import _validation as V
@@ -13,7 +15,7 @@ from ._wrapper import _NativeWrapper
 __all__ = ["ExactIndex"]
 
 
-class ExactIndex(_NativeWrapper):
+class ExactIndex(_NativeWrapper[_native.ExactIndex]):
     """Exact brute-force search with the AVQIndex API: the recall oracle.
 
     Parameters
@@ -33,22 +35,22 @@ class ExactIndex(_NativeWrapper):
 
     num_threads = V.Checked(V.resolve_threads)  # checked on every assignment
 
-    def __init__(self, metric="dot", *, num_threads=None):
+    def __init__(self, metric: str = "dot", *, num_threads: int | None = None) -> None:
         self.metric = V.check_metric(metric)
         self.num_threads = num_threads
         self._index = None
 
     @property
-    def is_trained(self):
+    def is_trained(self) -> bool:
         return self._index is not None
 
-    def train(self, X):
+    def train(self, X: npt.ArrayLike) -> ExactIndex:
         """Fix the dimension from X (nothing to learn). Returns self."""
         X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
         self._index = _native.ExactIndex(self.metric, X.shape[1])
         return self
 
-    def add(self, X, ids=None):
+    def add(self, X: npt.ArrayLike, ids: npt.ArrayLike | None = None) -> ExactIndex:
         """Add vectors with optional int64 ids. Returns self."""
         X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
@@ -57,27 +59,30 @@ class ExactIndex(_NativeWrapper):
         self._index.add(X, ids)
         return self
 
-    def fit(self, X, ids=None):
+    def fit(self, X: npt.ArrayLike, ids: npt.ArrayLike | None = None) -> ExactIndex:
         """Index exactly X (replacing any content). Returns self."""
         X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
         ids = V.as_ids(ids, X.shape[0])
-        self._index = _native.ExactIndex(self.metric, X.shape[1])
-        self._index.add(X, ids)
+        index = _native.ExactIndex(self.metric, X.shape[1])
+        index.add(X, ids)
+        self._index = index
         return self
 
-    def remove(self, ids):
+    def remove(self, ids: npt.ArrayLike) -> int:
         if self._index is None:
             return 0
         return int(self._index.remove(V.as_ids(ids, None, unique=False, reject_padding=False)))
 
-    def reset(self):
+    def reset(self) -> None:
         if self._index is not None:
             self._index.reset()
 
-    def get_ids(self):
+    def get_ids(self) -> npt.NDArray[np.int64]:
         return np.zeros(0, np.int64) if self._index is None else self._index.all_ids()
 
-    def search(self, Q, k=10, num_threads=None, **_ignored_budget):
+    def search(
+        self, Q: npt.ArrayLike, k: int = 10, num_threads: int | None = None, **_ignored_budget: Any
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Exact top-k; same output contract as ``AVQIndex.search`` (budget arguments ignored)."""
         if self._index is None:
             raise ValueError("the index is empty: call fit(X) or add(X) first")
@@ -87,40 +92,40 @@ class ExactIndex(_NativeWrapper):
         nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
         return self._index.search(Q, k, nt)
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         if self._index is None:
             raise ValueError("nothing to save: the index is empty")
         self._index.save(os.fspath(path))
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike[str]) -> ExactIndex:
+        return cls._from_native(_native.ExactIndex.load(os.fspath(path)))
+
+    @classmethod
+    def _from_native(cls, native: _native.ExactIndex) -> ExactIndex:
         obj = cls.__new__(cls)
-        obj._index = _native.ExactIndex.load(os.fspath(path))
-        obj.metric = obj._index.metric
+        obj._index = native
+        obj.metric = native.metric
         obj.num_threads = V.resolve_threads(None)
         return obj
 
-    def to_bytes(self):
+    def to_bytes(self) -> bytes:
         if self._index is None:
             raise ValueError("nothing to serialize: the index is empty")
         return self._index.serialize()
 
     @classmethod
-    def from_bytes(cls, data):
-        obj = cls.__new__(cls)
-        obj._index = _native.ExactIndex.deserialize(V.as_bytes(data))
-        obj.metric = obj._index.metric
-        obj.num_threads = V.resolve_threads(None)
-        return obj
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> ExactIndex:
+        return cls._from_native(_native.ExactIndex.deserialize(V.as_bytes(data)))
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
             "num_threads": self.num_threads,
             "index": None if self._index is None else self._index.serialize(),
         }
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.metric = state["metric"]
         self.num_threads = state["num_threads"]
         self._index = None if state["index"] is None else _native.ExactIndex.deserialize(state["index"])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _native, tuning
 from . import _validation as V
-from ._progress import check_progress, progress_callback
+from ._progress import ProgressArg, ProgressCallback, check_progress, progress_callback
 from ._wrapper import _NativeWrapper
 from .exact import ExactIndex
 from .tuning import TuneReport
@@ -25,6 +28,8 @@ AUTO_THRESHOLD = 0.2
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
 
+_T = TypeVar("_T")
+PathLike = str | os.PathLike[str]
 # Bounds of the search fast path (the full checks are in _validation).
 _MAX_K = V.LIMITS["max_k"]
 _MAX_LTS = V.LIMITS["max_leaves_to_search"]
@@ -32,7 +37,7 @@ _MAX_RK = V.LIMITS["max_reorder_k"]
 _MAX_THREADS = V.LIMITS["max_threads"]
 
 
-class AVQIndex(_NativeWrapper):
+class AVQIndex(_NativeWrapper[_native.Index]):
     """Approximate nearest-neighbour index with anisotropic vector quantization.
 
     A k-means partition of the data into ``num_leaves`` leaves; every vector is stored as its
@@ -117,26 +122,26 @@ class AVQIndex(_NativeWrapper):
 
     def __init__(
         self,
-        metric="dot",
-        num_leaves=None,
-        dims_per_block=2,
-        anisotropic_threshold="auto",
+        metric: str = "dot",
+        num_leaves: int | None = None,
+        dims_per_block: int = 2,
+        anisotropic_threshold: float | str | None = "auto",
         *,
-        eta=None,
-        eta_formula="exact",
-        reorder="float32",
-        leaves_to_search=None,
-        reorder_k=None,
-        spill=None,
-        soar_lambda=1.5,
-        training_iterations=3,
-        kmeans_iterations=10,
-        training_sample_size=None,
-        num_threads=None,
-        seed=0,
-        verbose=False,
-        progress=None,
-    ):
+        eta: float | None = None,
+        eta_formula: str = "exact",
+        reorder: str | None = "float32",
+        leaves_to_search: int | None = None,
+        reorder_k: int | None = None,
+        spill: str | None = None,
+        soar_lambda: float = 1.5,
+        training_iterations: int = 3,
+        kmeans_iterations: int = 10,
+        training_sample_size: int | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+        verbose: bool = False,
+        progress: ProgressArg = None,
+    ) -> None:
         self.metric = V.check_metric(metric)
         self.num_leaves = num_leaves
         self.dims_per_block = dims_per_block
@@ -144,7 +149,7 @@ class AVQIndex(_NativeWrapper):
             isinstance(anisotropic_threshold, str) and anisotropic_threshold == "auto"
         ):
             anisotropic_threshold = V.check_float("anisotropic_threshold", anisotropic_threshold, minimum=0.0)
-        self.anisotropic_threshold = anisotropic_threshold
+        self.anisotropic_threshold: float | str | None = anisotropic_threshold
         self.eta = V.check_float("eta", eta, minimum=1.0, allow_none=True)
         self.eta_formula = V.check_choice("eta_formula", eta_formula, ("exact", "scann"))
         self.reorder = V.check_choice("reorder", "none" if reorder is None else reorder, V.REORDER_MODES)
@@ -172,61 +177,62 @@ class AVQIndex(_NativeWrapper):
 
     # ------------------------------------------------------------------ state
     @property
-    def is_trained(self):
+    def is_trained(self) -> bool:
         """True once ``train`` or ``fit`` has run."""
         return self._index is not None and self._index.is_trained
 
     @property
-    def num_blocks(self):
+    def num_blocks(self) -> int:
         """Number of 4-bit PQ blocks, ceil(d / dims_per_block)."""
-        self._require_index()
-        return self._index.num_blocks
+        return self._require_index().num_blocks
 
     @property
-    def code_size(self):
+    def code_size(self) -> int:
         """Bytes of PQ code per vector."""
-        self._require_index()
-        return self._index.code_size
+        return self._require_index().code_size
 
     @property
-    def num_leaves_(self):
+    def num_leaves_(self) -> int:
         """Number of leaves actually built."""
-        self._require_trained()
-        return self._index.num_leaves
+        return self._require_trained().num_leaves
 
     @property
-    def is_mapped(self):
+    def is_mapped(self) -> bool:
         """True when the codes are memory-mapped from a file (``load(..., mmap=True)``)."""
         return self._index is not None and self._index.is_mapped
 
     @property
-    def train_stats_(self):
+    def train_stats_(self) -> dict[str, Any]:
         """Training diagnostics: eta range, threshold, sample size, loss per alternation."""
-        self._require_trained()
-        return self._index.train_stats()
+        return self._require_trained().train_stats()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = f"ntotal={self.ntotal}" if self.is_trained else "untrained"
         return (
             f"AVQIndex(metric={self.metric!r}, num_leaves={self.num_leaves}, dims_per_block={self.dims_per_block}, "
             f"anisotropic_threshold={self.anisotropic_threshold!r}, reorder={self.reorder!r}; {state})"
         )
 
-    def _require_index(self):
+    def _require_index(self) -> _native.Index:
+        """The native index; ValueError when there is none yet."""
         if self._index is None:
             raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
+        return self._index
 
-    def _require_trained(self):
-        if not self.is_trained:
+    def _require_trained(self) -> _native.Index:
+        """The native index; ValueError when it is not trained yet."""
+        index = self._index
+        if index is None or not index.is_trained:
             raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
+        return index
 
     # ------------------------------------------------------------------ build
-    def _with_progress(self, run):
+    def _with_progress(self, run: Callable[[ProgressCallback | None], _T]) -> _T:
         """``run(callback)`` with this index's progress callback (see the ``progress`` parameter)."""
         with progress_callback(getattr(self, "progress", None), self.verbose) as callback:
             return run(callback)
 
-    def _threshold_for(self, X):
+    def _threshold_for(self, X: npt.NDArray[np.float32]) -> float:
         T = self.anisotropic_threshold
         if self.eta is not None:
             return math.nan
@@ -241,14 +247,14 @@ class AVQIndex(_NativeWrapper):
             return AUTO_THRESHOLD * mean_norm
         return float(T)
 
-    def train(self, X):
+    def train(self, X: npt.ArrayLike) -> AVQIndex:
         """Train the partition and the codebooks on X (n, d); drops any indexed vectors.
 
         Returns self.
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _new_native(self, d, threshold, *, l2_decoded_norms=False):
+    def _new_native(self, d: int, threshold: float, *, l2_decoded_norms: bool = False) -> _native.Index:
         """An untrained native index with this object's parameters (the one place that makes one)."""
         index = _native.Index(
             metric=self.metric,
@@ -274,7 +280,7 @@ class AVQIndex(_NativeWrapper):
         index.set_spill(self.spill or "none", self.soar_lambda)
         return index
 
-    def _train(self, X, stacklevel, *, l2_decoded_norms=False):
+    def _train(self, X: npt.NDArray[np.float32], stacklevel: int, *, l2_decoded_norms: bool = False) -> AVQIndex:
         """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
         n, d = X.shape
         if self.num_leaves is not None and self.num_leaves > n:
@@ -295,46 +301,50 @@ class AVQIndex(_NativeWrapper):
             )
         return self
 
-    def add(self, X, ids=None):
+    def add(self, X: npt.ArrayLike, ids: npt.ArrayLike | None = None) -> AVQIndex:
         """Encode and add vectors X (n, d) with int64 ``ids`` (default: max id + 1 onwards).
 
         Returns self.
         """
-        self._require_trained()
-        X = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
-        ids = V.as_ids(ids, X.shape[0])
-        self._with_progress(lambda callback: self._index.add(X, ids, self.num_threads, callback))
+        index = self._require_trained()
+        A = V.as_float_matrix(X, "X", d=self.d, nonzero_rows=self.metric == "cosine")
+        id_array = V.as_ids(ids, A.shape[0])
+        self._with_progress(lambda callback: index.add(A, id_array, self.num_threads, callback))
         return self
 
-    def fit(self, X, ids=None):
+    def fit(self, X: npt.ArrayLike, ids: npt.ArrayLike | None = None) -> AVQIndex:
         """``train(X)`` then ``add(X, ids)``. Returns self."""
-        X = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
-        ids = V.as_ids(ids, X.shape[0])
-        self._train(X, stacklevel=3)
-        self._with_progress(lambda callback: self._index.add(X, ids, self.num_threads, callback))
+        A = V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine")
+        id_array = V.as_ids(ids, A.shape[0])
+        index = self._train(A, stacklevel=3)._require_trained()
+        self._with_progress(lambda callback: index.add(A, id_array, self.num_threads, callback))
         return self
 
-    def remove(self, ids):
+    def remove(self, ids: npt.ArrayLike) -> int:
         """Delete vectors by id; other ids are unchanged. Returns the number removed."""
-        self._require_trained()
-        ids = V.as_ids(ids, None, unique=False, reject_padding=False)
-        return int(self._index.remove(ids))
+        index = self._require_trained()
+        return int(index.remove(V.as_ids(ids, None, unique=False, reject_padding=False)))
 
-    def reset(self):
+    def reset(self) -> None:
         """Remove every vector, keep the training."""
-        self._require_trained()
-        self._index.reset()
+        self._require_trained().reset()
 
     # ------------------------------------------------------------------ search
-    def default_search_params(self):
+    def default_search_params(self) -> tuple[int, int]:
         """(leaves_to_search, reorder_k) used when search() is not given them."""
-        self._require_trained()
-        L = self._index.num_leaves
+        L = self._require_trained().num_leaves
         lts = self.leaves_to_search or max(1, min(L, int(math.ceil(DEFAULT_PROBE_FRACTION * L))))
         rk = self.reorder_k or DEFAULT_REORDER_K
         return lts, rk
 
-    def search(self, Q, k=10, leaves_to_search=None, reorder_k=None, num_threads=None):
+    def search(
+        self,
+        Q: npt.ArrayLike,
+        k: int = 10,
+        leaves_to_search: int | None = None,
+        reorder_k: int | None = None,
+        num_threads: int | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Find the k best vectors for each query.
 
         Parameters
@@ -363,7 +373,7 @@ class AVQIndex(_NativeWrapper):
         """
         index = self._index
         if index is None or not index.is_trained:
-            self._require_trained()
+            index = self._require_trained()
         if type(k) is not int or not 0 < k <= _MAX_K:
             k = V.check_k(k)
         # Fast path for the common case (a C-contiguous float32 array of the right width);
@@ -405,20 +415,27 @@ class AVQIndex(_NativeWrapper):
                 else V.resolve_threads(num_threads)
             )
         )
-        return self._index.search(Q, k, lts, rk, nt)
+        return index.search(Q, k, lts, rk, nt)
 
     # ------------------------------------------------------------------ routed search
     # Protected: the building blocks of leaf-routed sharding (avq_plugin.distributed), where a
     # router chooses the leaves once and each shard scans only those it holds.
-    def _probe(self, Q, leaves_to_search, num_threads=None):
+    def _probe(self, Q: npt.ArrayLike, leaves_to_search: int, num_threads: int | None = None) -> npt.NDArray[np.int32]:
         """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
-        self._require_trained()
-        Q = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        index = self._require_trained()
+        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
         lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
         nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
-        return self._index.probe(Q, lts, nt)
+        return index.probe(A, lts, nt)
 
-    def _search_leaves(self, Q, k, leaves, reorder_k, num_threads=None):
+    def _search_leaves(
+        self,
+        Q: npt.ArrayLike,
+        k: int,
+        leaves: npt.ArrayLike,
+        reorder_k: int | npt.ArrayLike,
+        num_threads: int | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """``search`` restricted to given leaves per query.
 
         leaves: int (nq, w), each row scanned in its order, -1 entries skipped, no leaf twice;
@@ -426,64 +443,62 @@ class AVQIndex(_NativeWrapper):
         ``search`` finds in the same leaves, so with leaves = ``_probe(Q, lts)`` and the same
         reorder_k the result equals ``search(Q, k, lts, reorder_k)``.
         """
-        self._require_trained()
+        index = self._require_trained()
         k = V.check_k(k)
-        Q = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
-        V.check_result_size(Q.shape[0], k)
-        leaves = np.asarray(leaves)
-        if leaves.ndim != 2 or leaves.shape[0] != Q.shape[0] or not np.issubdtype(leaves.dtype, np.integer):
-            raise ValueError(f"leaves must be an integer array of shape ({Q.shape[0]}, w), got {leaves.shape}")
-        if leaves.size and (leaves.min() < -1 or leaves.max() >= self._index.num_leaves):
-            raise ValueError(f"leaves must be in [-1, {self._index.num_leaves}) (-1: none)")
-        leaves = np.ascontiguousarray(leaves, dtype=np.int32)
+        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        V.check_result_size(A.shape[0], k)
+        leaf_rows = np.asarray(leaves)
+        if leaf_rows.ndim != 2 or leaf_rows.shape[0] != A.shape[0] or not np.issubdtype(leaf_rows.dtype, np.integer):
+            raise ValueError(f"leaves must be an integer array of shape ({A.shape[0]}, w), got {leaf_rows.shape}")
+        if leaf_rows.size and (leaf_rows.min() < -1 or leaf_rows.max() >= index.num_leaves):
+            raise ValueError(f"leaves must be in [-1, {index.num_leaves}) (-1: none)")
+        leaf_array = np.ascontiguousarray(leaf_rows, dtype=np.int32)
         rk = np.asarray(reorder_k)
         if rk.ndim == 0:
-            rk = np.full(Q.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
-        elif rk.shape != (Q.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
-            raise ValueError(f"reorder_k must be a positive int or {Q.shape[0]} positive ints")
+            rk = np.full(A.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
+        elif rk.shape != (A.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
+            raise ValueError(f"reorder_k must be a positive int or {A.shape[0]} positive ints")
         nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
-        return self._index.search_leaves(Q, k, leaves, np.ascontiguousarray(rk, np.int64), nt)
+        return index.search_leaves(A, k, leaf_array, np.ascontiguousarray(rk, np.int64), nt)
 
-    def _leaf_sizes(self):
+    def _leaf_sizes(self) -> npt.NDArray[np.int64]:
         """Vectors per leaf, int64 (num_leaves,)."""
-        self._require_trained()
-        return self._index.leaf_sizes()
+        return self._require_trained().leaf_sizes()
 
-    def _contains(self, ids):
+    def _contains(self, ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Boolean (n,): which of the ids are indexed."""
-        self._require_trained()
-        return self._index.contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
+        return self._require_trained().contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
 
-    def _probe_centers(self):
+    def _probe_centers(self) -> npt.NDArray[np.float32]:
         """The centres leaves are chosen by, float32 (num_leaves, d)."""
-        self._require_trained()
-        return np.asarray(self._index.probe_centers(), np.float32).reshape(self._index.num_leaves, -1)
+        index = self._require_trained()
+        return np.asarray(index.probe_centers(), np.float32).reshape(index.num_leaves, -1)
 
-    def _quantizer_digest(self):
+    def _quantizer_digest(self) -> Any:
         """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
         import hashlib
 
-        self._require_trained()
+        index = self._require_trained()
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self._index.centers(), np.float32).tobytes())
-        h.update(np.ascontiguousarray(self._index.codebooks(), np.float32).tobytes())
+        h.update(np.ascontiguousarray(index.centers(), np.float32).tobytes())
+        h.update(np.ascontiguousarray(index.codebooks(), np.float32).tobytes())
         return h
 
     def tune(
         self,
-        target_recall=0.95,
-        k=10,
-        queries=None,
-        time_budget_s=None,
+        target_recall: float = 0.95,
+        k: int = 10,
+        queries: npt.ArrayLike | None = None,
+        time_budget_s: float | None = None,
         *,
-        X=None,
-        ids=None,
-        ground_truth=None,
-        num_queries=None,
-        reorder_k=None,
-        margin=None,
-        seed=None,
-    ):
+        X: npt.ArrayLike | None = None,
+        ids: npt.ArrayLike | None = None,
+        ground_truth: npt.ArrayLike | None = None,
+        num_queries: int | None = None,
+        reorder_k: int | None = None,
+        margin: float | None = None,
+        seed: int | None = None,
+    ) -> TuneReport:
         """Choose the fastest search budget that reaches a target recall, and make it the default.
 
         Finds, for a geometric grid of ``reorder_k`` values (k to 64k), the smallest
@@ -586,7 +601,7 @@ class AVQIndex(_NativeWrapper):
         self._apply_tune(report)
         return report
 
-    def _apply_tune(self, report):
+    def _apply_tune(self, report: TuneReport) -> None:
         """Make the budget of a :class:`TuneReport` this index's default (kept by save and pickle)."""
         self.leaves_to_search = int(report.leaves_to_search)
         if report.reorder_k is not None:
@@ -596,26 +611,26 @@ class AVQIndex(_NativeWrapper):
     # ------------------------------------------------------------------ protected: for IndexAVQ, tuning, sharding
     # These give the package's other front-ends (avq_plugin.faiss, avq_plugin.tuning, the
     # distributed index) what they need without touching the native object.
-    def _native_params(self):
+    def _native_params(self) -> dict[str, Any]:
         """The native parameter record (a dict, as stored in the file)."""
-        self._require_index()
-        return self._index.params()
+        return self._require_index().params()
 
-    def _quantizer(self):
+    def _quantizer(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """(centres (num_leaves, d) float32, codebooks (16 d,) float32) of the trained index."""
-        self._require_trained()
-        return self._index.centers().reshape(self._index.num_leaves, self._index.d), self._index.codebooks()
+        index = self._require_trained()
+        return index.centers().reshape(index.num_leaves, index.d), index.codebooks()
 
-    def _set_quantizer(self, probe, residual, codebooks):
+    def _set_quantizer(self, probe: npt.ArrayLike, residual: npt.ArrayLike, codebooks: npt.ArrayLike) -> None:
         """Install probe centres, residual centres (L, d) and codebooks (16 d) in an empty index."""
-        self._require_index()
-        self._index.set_quantizer(
+        self._require_index().set_quantizer(
             np.ascontiguousarray(probe, np.float32),
             np.ascontiguousarray(residual, np.float32),
             np.ascontiguousarray(codebooks, np.float32),
         )
 
-    def _init_from_quantizer(self, d, centres, codebooks, *, l2_decoded_norms=False):
+    def _init_from_quantizer(
+        self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike, *, l2_decoded_norms: bool = False
+    ) -> None:
         """Start an empty index from given centres (L, d) and codebooks (16 d) instead of training.
 
         ``anisotropic_threshold`` must be None or a number (new vectors are encoded with it).
@@ -631,27 +646,30 @@ class AVQIndex(_NativeWrapper):
         )
         self._index = native
 
-    def _get_leaves(self, ids):
+    def _get_leaves(self, ids: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Leaf of each id (int64 array); ValueError for an unknown id."""
-        self._require_trained()
-        return self._index.get_leaves(V.as_ids(ids, None, unique=False, reject_padding=False))
+        return self._require_trained().get_leaves(V.as_ids(ids, None, unique=False, reject_padding=False))
 
-    def _add_codes(self, codes, leaves, ids, norms2=None):
+    def _add_codes(
+        self, codes: npt.ArrayLike, leaves: npt.ArrayLike, ids: npt.ArrayLike, norms2: npt.ArrayLike | None = None
+    ) -> None:
         """Add pre-computed codes (n, num_blocks) in the given leaves (reorder="none" only)."""
-        self._require_trained()
-        self._index.add_codes(
+        self._require_trained().add_codes(
             np.ascontiguousarray(codes, np.uint8),
             np.ascontiguousarray(leaves, np.int64),
             np.ascontiguousarray(ids, np.int64),
             None if norms2 is None else np.ascontiguousarray(norms2, np.float32),
         )
 
-    def _search_float_lut(self, Q, k, leaves_to_search, num_threads):
+    def _search_float_lut(
+        self, Q: npt.NDArray[np.float32], k: int, leaves_to_search: int, num_threads: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Codes-only search with float lookup tables (Faiss's scores); Q validated by the caller."""
-        self._require_trained()
-        return self._index.search_float_lut(Q, k, leaves_to_search, num_threads)
+        return self._require_trained().search_float_lut(Q, k, leaves_to_search, num_threads)
 
-    def _stored_vectors(self, rows):
+    def _stored_vectors(
+        self, rows: npt.NDArray[np.integer[Any]]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """(ids, vectors) of the float32 re-ranking store at positions ``rows`` of the id order.
 
         Position i is the i-th smallest id, so after ``fit(X)`` position i is row i of X. The
@@ -659,30 +677,28 @@ class AVQIndex(_NativeWrapper):
         accessor for the store, so they are read from the sections IDS_ and RVEC of the
         serialised index (container layout: native/src/io.h); this costs one copy of the index.
         """
-        self._require_trained()
+        index = self._require_trained()
         if self.reorder != "float32":
             raise ValueError(f"an index with reorder={self.reorder!r} keeps no float32 vectors")
-        blob = self._index.serialize()
+        blob = index.serialize()
         sections = _container_sections(blob)
-        n, d = self.ntotal, self._index.d
+        n, d = self.ntotal, index.d
         ids = np.frombuffer(blob, np.int64, count=n, offset=sections["IDS_"])
         vectors = np.frombuffer(blob, np.float32, count=n * d, offset=sections["RVEC"]).reshape(n, d)
-        rows = np.argsort(ids, kind="stable")[rows]
-        return ids[rows], np.ascontiguousarray(vectors[rows])
+        order = np.argsort(ids, kind="stable")[rows]
+        return ids[order], np.ascontiguousarray(vectors[order])
 
     # ------------------------------------------------------------------ inspection
-    def get_codes(self, ids):
+    def get_codes(self, ids: npt.ArrayLike) -> npt.NDArray[np.uint8]:
         """PQ codes (0..15) of the given ids, uint8 (n, num_blocks)."""
-        self._require_trained()
-        return self._index.get_codes(V.as_ids(ids, None, unique=False, reject_padding=False))
+        return self._require_trained().get_codes(V.as_ids(ids, None, unique=False, reject_padding=False))
 
-    def get_ids(self):
+    def get_ids(self) -> npt.NDArray[np.int64]:
         """All indexed ids (storage order)."""
-        self._require_trained()
-        return self._index.all_ids()
+        return self._require_trained().all_ids()
 
     # ------------------------------------------------------------------ persistence
-    def _python_state(self):
+    def _python_state(self) -> dict[str, Any]:
         return {
             "anisotropic_threshold": self.anisotropic_threshold,
             "eta_formula": self.eta_formula,
@@ -693,7 +709,7 @@ class AVQIndex(_NativeWrapper):
         }
 
     @classmethod
-    def _from_native(cls, native):
+    def _from_native(cls, native: _native.Index) -> AVQIndex:
         p = native.params()
         obj = cls.__new__(cls)
         obj.metric = p["metric"]
@@ -719,21 +735,21 @@ class AVQIndex(_NativeWrapper):
         obj._index = native
         return obj
 
-    def _sync_search_defaults(self):
+    def _sync_search_defaults(self) -> None:
         # The native index stores the default budget in its files; attributes set after
         # construction (by tune or by hand) reach it here.
         setter = getattr(self._index, "set_default_search_params", None)
         if setter is not None:
             setter(int(self.leaves_to_search or 0), int(self.reorder_k or 0))
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Write the index to one file, atomically (temporary file + rename)."""
-        self._require_index()
+        index = self._require_index()
         self._sync_search_defaults()
-        self._index.save(os.fspath(path))
+        index.save(os.fspath(path))
 
     @classmethod
-    def load(cls, path, mmap=False):
+    def load(cls, path: PathLike, mmap: bool = False) -> AVQIndex:
         """Read an index written by ``save``.
 
         With ``mmap=True`` the codes and reorder vectors stay in the file (mapped read-only,
@@ -742,18 +758,18 @@ class AVQIndex(_NativeWrapper):
         """
         return cls._from_native(_native.Index.load(os.fspath(path), bool(mmap)))
 
-    def to_bytes(self):
+    def to_bytes(self) -> bytes:
         """The index serialized as bytes (the same format as ``save``)."""
-        self._require_index()
+        index = self._require_index()
         self._sync_search_defaults()
-        return self._index.serialize()
+        return index.serialize()
 
     @classmethod
-    def from_bytes(cls, data):
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> AVQIndex:
         """Inverse of ``to_bytes``."""
         return cls._from_native(_native.Index.deserialize(V.as_bytes(data)))
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = self._python_state()
         state["index"] = None if self._index is None else self._index.serialize()
         state["params"] = {
@@ -776,7 +792,7 @@ class AVQIndex(_NativeWrapper):
         }
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.spill, self.soar_lambda = None, 1.5  # absent from states pickled before SOAR
         for k, v in state["params"].items():
             setattr(self, k, v)
@@ -786,10 +802,11 @@ class AVQIndex(_NativeWrapper):
         self._index = None if state["index"] is None else _native.Index.deserialize(state["index"])
 
 
-def _container_sections(blob):
+def _container_sections(blob: bytes) -> dict[str, int]:
     """{tag: payload offset} of a serialised index (the container of native/src/io.h)."""
     count = int(np.frombuffer(blob, np.uint32, count=1, offset=20)[0])
-    sections, off = {}, 64
+    sections: dict[str, int] = {}
+    off = 64
     for _ in range(count):
         tag = bytes(blob[off : off + 4]).decode("ascii")
         length = int(np.frombuffer(blob, np.uint64, count=1, offset=off + 8)[0])

@@ -27,8 +27,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from typing import Any, Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 
 try:
     import scipy.sparse as sp
@@ -75,28 +77,36 @@ REORDER_PER_NEIGHBOR = 20
 _RECOMPUTE_BYTES = 1 << 26
 
 
-def _check_int(name, value, minimum, allow_none=False, maximum=None):
+@overload
+def _check_int(
+    name: str, value: object, minimum: int, allow_none: Literal[False] = ..., maximum: int | None = ...
+) -> int: ...
+@overload
+def _check_int(name: str, value: object, minimum: int, allow_none: bool, maximum: int | None = ...) -> int | None: ...
+def _check_int(
+    name: str, value: object, minimum: int, allow_none: bool = False, maximum: int | None = None
+) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
+    if int(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and int(value) > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
-def _check_real(name, value, minimum):
+def _check_real(name: str, value: object, minimum: float) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value}")
-    return value
+    x = float(value)
+    if not math.isfinite(x) or x < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {x}")
+    return x
 
 
-def _resolve_n_jobs(n_jobs):
+def _resolve_n_jobs(n_jobs: object) -> int:
     """scikit-learn's n_jobs: None -> 1, -1 -> all cores, -2 -> all but one, ..."""
     if n_jobs is None:
         return 1
@@ -108,10 +118,10 @@ def _resolve_n_jobs(n_jobs):
     return max(1, (os.cpu_count() or 1) + 1 + n)
 
 
-def _seed_from(random_state):
+def _seed_from(random_state: object) -> int:
     """int -> itself; RandomState or None -> one draw (None: numpy's global RandomState)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)):
-        if not 0 <= random_state < 2**32:
+        if not 0 <= int(random_state) < 2**32:
             raise ValueError(f"random_state must be in [0, 2**32), got {random_state}")
         return int(random_state)
     if random_state is None or isinstance(random_state, np.random.RandomState):
@@ -125,7 +135,7 @@ class _AVQNeighborsBase(BaseEstimator):
     """Fitting and querying shared by both estimators (not public)."""
 
     # ------------------------------------------------------------------ fitting
-    def _validate_params(self):
+    def _validate_params(self) -> None:
         if not isinstance(self.metric, str) or self.metric not in _METRICS:
             raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
         if not isinstance(self.algorithm, str) or self.algorithm not in _ALGORITHMS:
@@ -161,11 +171,11 @@ class _AVQNeighborsBase(BaseEstimator):
             if self.leaves_to_search is not None:
                 raise ValueError("give leaves_to_search or target_recall, not both")
 
-    def _tune_k(self):
+    def _tune_k(self) -> int:
         """Neighbours per query that target_recall refers to."""
         return self.n_neighbors
 
-    def fit(self, X, y=None):
+    def fit(self, X: npt.ArrayLike, y: object = None) -> Any:
         """Index the training data X.
 
         Parameters
@@ -181,16 +191,17 @@ class _AVQNeighborsBase(BaseEstimator):
         self
         """
         self._validate_params()
-        X = validate_data(self, X, reset=True, dtype=np.float32, order="C")
-        n, d = X.shape
+        data: npt.NDArray[np.float32] = validate_data(self, X, reset=True, dtype=np.float32, order="C")
+        n, d = data.shape
         self.effective_metric_, native_metric = _METRICS[self.metric]
         if native_metric == "cosine":
-            _reject_zero_rows(X, "X")
+            _reject_zero_rows(data, "X")
         n_threads = _resolve_n_jobs(self.n_jobs)
         tune_report = None
+        index: AVQIndex | ExactIndex
         use_exact = self.algorithm == "brute" or (self.algorithm == "auto" and n < EXACT_SEARCH_THRESHOLD)
         if use_exact:
-            index = ExactIndex(metric=native_metric, num_threads=n_threads).fit(X)
+            index = ExactIndex(metric=native_metric, num_threads=n_threads).fit(data)
         else:
             seed = _seed_from(self.random_state)  # exact search draws nothing
             num_leaves = self.num_leaves or max(1, round(math.sqrt(n)))
@@ -206,40 +217,43 @@ class _AVQNeighborsBase(BaseEstimator):
                 reorder_k=self.reorder_k or REORDER_MIN,
                 num_threads=n_threads,
                 seed=seed,
-            ).fit(X)
+            ).fit(data)
             if self.target_recall is not None:
                 k = min(self._tune_k(), n - 1) if n > 1 else 1
                 # reorder_k is fixed so that the choice does not depend on timings (determinism).
                 tune_report = index.tune(
                     target_recall=float(self.target_recall),
                     k=k,
-                    X=X,
+                    X=data,
                     reorder_k=self.reorder_k or max(REORDER_MIN, REORDER_PER_NEIGHBOR * k),
                     seed=seed,
                 )
         self.index_ = index
         self.tune_report_ = tune_report
         self.n_samples_fit_ = n
-        self._fit_X = X
-        self._sq_norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+        self._fit_X = data
+        self._sq_norms = np.einsum("ij,ij->i", data, data, dtype=np.float64)
         return self
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
         tags.input_tags.allow_nan = False
         return tags
 
     # ------------------------------------------------------------------ searching
-    def _budget(self, k):
+    def _budget(self, k: int) -> tuple[int, int]:
         """(leaves_to_search, reorder_k) for k results."""
         index = self.index_
+        assert isinstance(index, AVQIndex), "an exact index has no search budget"
         lts, rk = index.default_search_params()
         if self.reorder_k is None:
             rk = max(rk, REORDER_PER_NEIGHBOR * k)
         return lts, max(rk, k)
 
-    def _query(self, Q, k, n_threads, lts=None, rk=None):
+    def _query(
+        self, Q: npt.NDArray[np.float32], k: int, n_threads: int, lts: int | None = None, rk: int | None = None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """Top-k (ids, exact distances) of Q (float32, C) against the index; every row complete."""
         index = self.index_
         if isinstance(index, ExactIndex):
@@ -253,7 +267,9 @@ class _AVQNeighborsBase(BaseEstimator):
             raise RuntimeError("the index returned fewer neighbours than requested")
         return self._exact_distances(Q, I)
 
-    def _exact_distances(self, Q, I):
+    def _exact_distances(
+        self, Q: npt.NDArray[np.float32], I: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """Distances of the pairs (Q[i], X[I[i, j]]) in float64 and the metric's units; rows re-sorted."""
         X = self._fit_X
         nq, k = I.shape
@@ -279,13 +295,15 @@ class _AVQNeighborsBase(BaseEstimator):
         order = np.argsort(D, axis=1, kind="stable")
         return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
 
-    def _check_query(self, X):
-        X = validate_data(self, X, reset=False, dtype=np.float32, order="C")
+    def _check_query(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        data: npt.NDArray[np.float32] = validate_data(self, X, reset=False, dtype=np.float32, order="C")
         if self.effective_metric_ == "cosine":
-            _reject_zero_rows(X, "X")
-        return X
+            _reject_zero_rows(data, "X")
+        return data
 
-    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+    def kneighbors(
+        self, X: npt.ArrayLike | None = None, n_neighbors: int | None = None, return_distance: bool = True
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]] | npt.NDArray[np.int64]:
         """Find the (approximate) k nearest neighbours of each query point.
 
         Parameters
@@ -311,7 +329,7 @@ class _AVQNeighborsBase(BaseEstimator):
             n_neighbors = self.n_neighbors
         n_neighbors = _check_int("n_neighbors", n_neighbors, minimum=1, maximum=LIMITS["max_k"])
         query_is_train = X is None
-        if query_is_train:
+        if X is None:
             Q = self._fit_X
             k = n_neighbors + 1
         else:
@@ -327,7 +345,9 @@ class _AVQNeighborsBase(BaseEstimator):
             D, I = _drop_self(D, I)
         return (D, I) if return_distance else I
 
-    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
+    def kneighbors_graph(
+        self, X: npt.ArrayLike | None = None, n_neighbors: int | None = None, mode: str = "connectivity"
+    ) -> Any:
         """Graph of the k nearest neighbours, as a CSR matrix.
 
         Parameters
@@ -353,19 +373,19 @@ class _AVQNeighborsBase(BaseEstimator):
         return sp.csr_matrix((data, I.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, self.n_samples_fit_))
 
 
-def _check_radius(radius, metric):
+def _check_radius(radius: object, metric: str) -> float:
     """A finite number; >= 0 except under "dot", whose distances are negative inner products."""
     if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, numbers.Real):
         raise TypeError(f"radius must be a number, got {type(radius).__name__} {radius!r}")
-    radius = float(radius)
-    if not math.isfinite(radius):
-        raise ValueError(f"radius must be finite, got {radius}")
-    if radius < 0 and _METRICS.get(metric, ("",))[0] != "dot":
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    return radius
+    r = float(radius)
+    if not math.isfinite(r):
+        raise ValueError(f"radius must be finite, got {r}")
+    if r < 0 and _METRICS.get(metric, ("",))[0] != "dot":
+        raise ValueError(f"radius must be >= 0, got {r}")
+    return r
 
 
-def _reject_zero_rows(X, name):
+def _reject_zero_rows(X: npt.NDArray[Any], name: str) -> None:
     zero = ~X.any(axis=1)
     if zero.any():
         raise ValueError(
@@ -373,7 +393,9 @@ def _reject_zero_rows(X, name):
         )
 
 
-def _drop_self(D, I):
+def _drop_self(
+    D: npt.NDArray[np.float64], I: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """Remove each training point from its own k+1 results (kneighbors(X=None)).
 
     When the point is absent (more than k exact duplicates displaced it, or the approximate
@@ -479,19 +501,19 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
     def __init__(
         self,
         *,
-        n_neighbors=5,
-        radius=1.0,
-        metric="euclidean",
-        algorithm="auto",
-        num_leaves=None,
-        leaves_to_search=None,
-        reorder_k=None,
-        target_recall=None,
-        dims_per_block=2,
-        anisotropic_threshold="auto",
-        n_jobs=None,
-        random_state=None,
-    ):
+        n_neighbors: int = 5,
+        radius: float = 1.0,
+        metric: str = "euclidean",
+        algorithm: str = "auto",
+        num_leaves: int | None = None,
+        leaves_to_search: int | None = None,
+        reorder_k: int | None = None,
+        target_recall: float | None = None,
+        dims_per_block: int = 2,
+        anisotropic_threshold: float | str | None = "auto",
+        n_jobs: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
         self.n_neighbors = n_neighbors
         self.radius = radius
         self.metric = metric
@@ -505,11 +527,17 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def _validate_params(self):
+    def _validate_params(self) -> None:
         super()._validate_params()
         _check_radius(self.radius, self.metric)
 
-    def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
+    def radius_neighbors(
+        self,
+        X: npt.ArrayLike | None = None,
+        radius: float | None = None,
+        return_distance: bool = True,
+        sort_results: bool = False,
+    ) -> Any:
         """Find the neighbours within a radius of each query point (approximate).
 
         The index retrieves candidates in rounds: when every candidate of a row lies within
@@ -543,7 +571,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
             raise ValueError("return_distance must be True if sort_results is True.")
         radius = _check_radius(self.radius if radius is None else radius, self.metric)
         query_is_train = X is None
-        Q = self._fit_X if query_is_train else self._check_query(X)
+        Q = self._fit_X if X is None else self._check_query(X)
         nq, n = Q.shape[0], self.n_samples_fit_
         n_threads = _resolve_n_jobs(self.n_jobs)
         out_d = np.empty(nq, dtype=object)
@@ -551,7 +579,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         todo = np.arange(nq)
         k = min(n, max(32, 2 * self.n_neighbors + 1))
         exact = isinstance(self.index_, ExactIndex)
-        if not exact:
+        if not isinstance(self.index_, ExactIndex):
             lts, rk = self._budget(k)
             L = self.index_.num_leaves_
         while todo.size:
@@ -577,7 +605,13 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
                 lts = min(L, 2 * lts)
         return (out_d, out_i) if return_distance else out_i
 
-    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
+    def radius_neighbors_graph(
+        self,
+        X: npt.ArrayLike | None = None,
+        radius: float | None = None,
+        mode: str = "connectivity",
+        sort_results: bool = False,
+    ) -> Any:
         """Graph of the neighbours within ``radius`` (approximate; see ``radius_neighbors``).
 
         Parameters
@@ -649,19 +683,19 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
     def __init__(
         self,
         *,
-        mode="distance",
-        n_neighbors=5,
-        metric="euclidean",
-        algorithm="auto",
-        num_leaves=None,
-        leaves_to_search=None,
-        reorder_k=None,
-        target_recall=None,
-        dims_per_block=2,
-        anisotropic_threshold="auto",
-        n_jobs=None,
-        random_state=None,
-    ):
+        mode: str = "distance",
+        n_neighbors: int = 5,
+        metric: str = "euclidean",
+        algorithm: str = "auto",
+        num_leaves: int | None = None,
+        leaves_to_search: int | None = None,
+        reorder_k: int | None = None,
+        target_recall: float | None = None,
+        dims_per_block: int = 2,
+        anisotropic_threshold: float | str | None = "auto",
+        n_jobs: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
         self.mode = mode
         self.n_neighbors = n_neighbors
         self.metric = metric
@@ -675,21 +709,21 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def _validate_params(self):
+    def _validate_params(self) -> None:
         super()._validate_params()
         if self.mode not in ("distance", "connectivity"):
             raise ValueError(f"mode must be 'distance' or 'connectivity', got {self.mode!r}")
 
-    def _tune_k(self):
+    def _tune_k(self) -> int:
         return self.n_neighbors + (self.mode == "distance")
 
-    def fit(self, X, y=None):
+    def fit(self, X: npt.ArrayLike, y: object = None) -> AVQKNeighborsTransformer:
         """Index the training data X (see :meth:`AVQNearestNeighbors.fit`). Returns self."""
         super().fit(X)
         self._n_features_out = self.n_samples_fit_
         return self
 
-    def transform(self, X):
+    def transform(self, X: npt.ArrayLike) -> Any:
         """Compute the neighbours graph of X.
 
         Parameters
@@ -706,6 +740,6 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         add_one = self.mode == "distance"
         return self.kneighbors_graph(X, mode=self.mode, n_neighbors=self.n_neighbors + add_one)
 
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X: npt.ArrayLike, y: object = None) -> Any:
         """``fit(X).transform(X)``."""
         return self.fit(X).transform(X)

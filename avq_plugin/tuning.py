@@ -26,11 +26,16 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _validation as V
 from .exact import ExactIndex
+
+if TYPE_CHECKING:
+    from .index import AVQIndex
 
 #: reorder_k candidates, as multiples of k.
 REORDER_MULTIPLIERS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -89,9 +94,9 @@ class TuneReport:
     source: str
     reached: bool
     seconds: float
-    evaluated: list = field(default_factory=list, repr=False)
+    evaluated: list[tuple[int, int | None, float]] = field(default_factory=list, repr=False)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         """The report as a plain dict (JSON-serialisable)."""
         return {
             "leaves_to_search": self.leaves_to_search,
@@ -109,7 +114,7 @@ class TuneReport:
         }
 
 
-def _check_target(target_recall):
+def _check_target(target_recall: object) -> float:
     if isinstance(target_recall, (bool, np.bool_)) or not isinstance(
         target_recall, (int, float, np.floating, np.integer)
     ):
@@ -120,13 +125,13 @@ def _check_target(target_recall):
     return t
 
 
-def _recall_rows(I, gt):
+def _recall_rows(I: npt.NDArray[np.int64], gt: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     """Per-query recall: fraction of each gt row (nq, k) found in the matching I row."""
     hits = (I[:, :, None] == gt[:, None, :]).any(axis=1)
     return hits.mean(axis=1)
 
 
-def _drop_self(I, self_ids, k):
+def _drop_self(I: npt.NDArray[np.int64], self_ids: npt.NDArray[np.int64], k: int) -> npt.NDArray[np.int64]:
     """Remove each query's own id from its row of I (nq, k+1) and keep the first k columns."""
     keep = I != self_ids[:, None]
     # Rows without the query's id (not found, or beyond k+1) drop their last column instead.
@@ -136,21 +141,21 @@ def _drop_self(I, self_ids, k):
 
 
 def tune(
-    index,
-    target_recall=0.95,
-    k=10,
-    queries=None,
-    time_budget_s=None,
+    index: AVQIndex,
+    target_recall: float = 0.95,
+    k: int = 10,
+    queries: npt.ArrayLike | None = None,
+    time_budget_s: float | None = None,
     *,
-    X=None,
-    ids=None,
-    ground_truth=None,
-    num_queries=None,
-    reorder_k=None,
-    margin=None,
-    seed=None,
-    stacklevel=2,
-):
+    X: npt.ArrayLike | None = None,
+    ids: npt.ArrayLike | None = None,
+    ground_truth: npt.ArrayLike | None = None,
+    num_queries: int | None = None,
+    reorder_k: int | None = None,
+    margin: float | None = None,
+    seed: int | None = None,
+    stacklevel: int = 2,
+) -> TuneReport:
     """Measure the fastest search budget of a trained ``index`` reaching ``target_recall``.
 
     The arguments are those of :meth:`avq_plugin.AVQIndex.tune` (see its docstring), which
@@ -185,8 +190,8 @@ def tune(
             raise ValueError(
                 f"X has {X.shape[0]} rows but the index holds {ntotal} vectors: pass exactly the indexed vectors"
             )
-        ids = np.arange(ntotal, dtype=np.int64) if ids is None else V.as_ids(ids, X.shape[0])
-        if not np.array_equal(np.sort(ids), np.sort(index.get_ids())):
+        x_ids = np.arange(ntotal, dtype=np.int64) if ids is None else V.as_ids(ids, X.shape[0])
+        if not np.array_equal(np.sort(x_ids), np.sort(index.get_ids())):
             raise ValueError(
                 "the ids of X are not the ids in the index: pass the ids given to add()/fit() "
                 "(default: 0..n-1 in the order of X)"
@@ -212,7 +217,7 @@ def tune(
         rows = np.sort(rng.choice(ntotal, size=nq, replace=False))
         if X is not None:
             Q = np.ascontiguousarray(X[rows])
-            self_ids = ids[rows]
+            self_ids = x_ids[rows]
         else:
             # The float32 re-ranking vectors are the indexed vectors (normalised under cosine,
             # which leaves every cosine score unchanged); rows are positions in id order, which
@@ -243,14 +248,14 @@ def tune(
     # ----------------------------------------------------------------- exact ground truth
     num_leaves = index.num_leaves_
 
-    def search(Q, k, L, R, num_threads):
+    def search(Q: npt.NDArray[np.float32], k: int, L: int, R: int, num_threads: int) -> npt.NDArray[np.int64]:
         return index.search(Q, k, leaves_to_search=L, reorder_k=R, num_threads=num_threads)[1]
 
     nt = index.num_threads
     if ground_truth is not None:
         gt = ground_truth  # validated and subsampled with the queries above
     elif X is not None:
-        exact = ExactIndex(metric=index.metric, num_threads=nt).fit(X, ids)
+        exact = ExactIndex(metric=index.metric, num_threads=nt).fit(X, x_ids)
         gt = exact.search(Q, k=k_search)[1]
         del exact
         if self_ids is not None:
@@ -267,9 +272,9 @@ def tune(
         )
 
     # ----------------------------------------------------------------- search over (L, R)
-    evaluated = {}
+    evaluated: dict[tuple[int, int | None], tuple[float, float]] = {}
 
-    def recall_of(L, R):
+    def recall_of(L: int, R: int | None) -> tuple[float, float]:
         key = (L, R)
         if key not in evaluated:
             I = search(Q, k_search, L, R if R is not None else k_search, nt)
@@ -279,24 +284,25 @@ def tune(
             evaluated[key] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else 0.0)
         return evaluated[key]
 
-    def goal_of(L, R):
+    def goal_of(L: int, R: int | None) -> float:
         mean, se = recall_of(L, R)
         return min(1.0, target + (2.0 * se if margin is None else margin))
 
-    def reaches(L, R):
+    def reaches(L: int, R: int | None) -> bool:
         return recall_of(L, R)[0] >= goal_of(L, R) - 1e-12
 
-    def out_of_time():
+    def out_of_time() -> bool:
         return time_budget_s is not None and time.perf_counter() - t_start > time_budget_s
 
+    r_grid: list[int | None]
     if index.reorder == "none":
         r_grid = [None]
     elif fixed_reorder is not None:
         r_grid = [max(fixed_reorder, k)]
     else:
-        r_grid = sorted({min(max(int(round(m * k)), k), ntotal) for m in REORDER_MULTIPLIERS})
+        r_grid = [R for R in sorted({min(max(int(round(m * k)), k), ntotal) for m in REORDER_MULTIPLIERS})]
 
-    candidates = []  # (L, R) with L minimal for its R, L decreasing
+    candidates: list[tuple[int, int | None]] = []  # (L, R) with L minimal for its R, L decreasing
     hi = num_leaves
     timed_out = False
     stale = 0  # consecutive R values that did not lower L
@@ -338,7 +344,7 @@ def tune(
             break
 
     # ----------------------------------------------------------------- choose and time
-    def seconds_per_pass(L, R):
+    def seconds_per_pass(L: int, R: int | None) -> float:
         best = math.inf
         for _ in range(3):
             passes, t0 = 0, time.perf_counter()

@@ -302,6 +302,7 @@ def load_system_config(
     SystemConfig
         The selected builds and query settings.
     """
+    chosen: dict[str, Any] | None
     if family is not None and system in family.systems:
         raw = family.systems[system]
         chosen = dict(raw, name=f"family:{family.name}")
@@ -315,6 +316,7 @@ def load_system_config(
                 break
         if chosen is None:
             raise ValueError(f"{system}.yaml: no size class admits n_train={n_train}")
+    assert chosen is not None
     names = list(raw.get("query_arg_names") or [])
     overrides = (raw.get("metric_overrides") or {}).get(metric) or {}
 
@@ -330,7 +332,8 @@ def load_system_config(
             builds = [by_name[name] for name in q["builds"]]
         query_raw = q.get("query_args", query_raw)
 
-    resolved, seen = [], {}
+    resolved: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
     for b in builds:
         args = {**(b.get("args") or {}), **overrides}
         key = json.dumps(args, sort_keys=True, default=str)

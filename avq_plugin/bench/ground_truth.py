@@ -28,7 +28,7 @@ def _ground_truth_key(dataset, depth: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(f"avq-bench-gt-v1 {dataset.metric} {depth} {dataset.train.shape} {dataset.test.shape}".encode())
     for a in (dataset.train, dataset.test):
-        h.update(memoryview(np.ascontiguousarray(a, dtype=np.float32)).cast("B"))
+        h.update(np.ascontiguousarray(a, dtype=np.float32).data.cast("B"))
     return h.hexdigest()
 
 

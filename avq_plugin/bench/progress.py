@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 # --------------------------------------------------------------------------- progress
 
@@ -60,7 +61,9 @@ class _StageBars:
 
     def __init__(self, bars: Bars, label: str) -> None:
         self.bars, self.label = bars, label
-        self.stage, self.bar_, self.done = None, None, 0
+        self.stage: str | None = None
+        self.bar_: Any = None  # a tqdm bar or the line-printing fallback
+        self.done = 0
 
     def __call__(self, stage: str, done: int, total: int, info: str) -> None:
         if stage != self.stage:

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def _pareto(points: list[dict]) -> set:
     return keep
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Plain-text table: first column left-aligned, the others right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
@@ -334,7 +335,8 @@ def summarize(results: dict) -> dict:
     best = best_at_targets(results)
     systems = list(dict.fromkeys(b["system"] for b in results["builds"]))
     targets = results["targets"]["targets"]
-    headline, ratios = {}, {}
+    headline: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, Any] = {}
     for mode in results["settings"]["modes"]:
         headline[mode] = {}
         for s in systems:

@@ -6,7 +6,11 @@ they are reached through :meth:`IndexAVQ.to_faiss` and :meth:`IndexAVQ.from_fais
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from .. import _validation as V
 from .index import _MAX_DSUB, METRIC_INNER_PRODUCT, METRIC_L2, IndexAVQ
@@ -14,7 +18,7 @@ from .index import _MAX_DSUB, METRIC_INNER_PRODUCT, METRIC_L2, IndexAVQ
 __all__ = ["to_faiss", "from_faiss"]
 
 
-def _import_faiss():
+def _import_faiss() -> ModuleType:
     try:
         import faiss
     except ImportError as exc:
@@ -22,7 +26,7 @@ def _import_faiss():
     return faiss
 
 
-def _pack_codes(codes, code_size):
+def _pack_codes(codes: npt.NDArray[np.uint8], code_size: int) -> npt.NDArray[np.uint8]:
     """(n, M) 4-bit codes -> (n, code_size) bytes, two per byte, low nibble first (Faiss's layout)."""
     n, M = codes.shape
     padded = np.zeros((n, code_size * 2), np.uint8)
@@ -30,16 +34,16 @@ def _pack_codes(codes, code_size):
     return np.ascontiguousarray(padded[:, 0::2] | (padded[:, 1::2] << 4))
 
 
-def _unpack_codes(packed, M):
+def _unpack_codes(packed: npt.ArrayLike, M: int) -> npt.NDArray[np.uint8]:
     """Inverse of _pack_codes: (n, ceil(M/2)) bytes -> (n, M) codes."""
-    packed = np.asarray(packed, np.uint8)
-    out = np.empty((packed.shape[0], packed.shape[1] * 2), np.uint8)
-    out[:, 0::2] = packed & 0x0F
-    out[:, 1::2] = packed >> 4
+    b = np.asarray(packed, np.uint8)
+    out = np.empty((b.shape[0], b.shape[1] * 2), np.uint8)
+    out[:, 0::2] = b & 0x0F
+    out[:, 1::2] = b >> 4
     return np.ascontiguousarray(out[:, :M])
 
 
-def _leaf_contents(index):
+def _leaf_contents(index: IndexAVQ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
     """(ids, leaves, codes) of every stored vector, in storage order."""
     avq = index._avq
     ids = avq.get_ids()
@@ -48,7 +52,7 @@ def _leaf_contents(index):
     return ids, avq._get_leaves(ids), avq.get_codes(ids)
 
 
-def to_faiss(index, fast_scan=False, bbs=32):
+def to_faiss(index: IndexAVQ, fast_scan: bool = False, bbs: int = 32) -> Any:
     """A real Faiss index carrying the codebooks and codes of ``index`` (needs the ``faiss`` extra).
 
     Parameters
@@ -127,7 +131,14 @@ def to_faiss(index, fast_scan=False, bbs=32):
     return ivf
 
 
-def from_faiss(index, *, anisotropic_threshold=None, nprobe=None, num_threads=None, seed=0):
+def from_faiss(
+    index: Any,
+    *,
+    anisotropic_threshold: float | None = None,
+    nprobe: int | None = None,
+    num_threads: int | None = None,
+    seed: int = 0,
+) -> IndexAVQ:
     """An IndexAVQ that starts from a trained Faiss ``index`` (needs the ``faiss`` extra).
 
     Supported: ``faiss.IndexPQ`` (4-bit, ``d / M <= 8``), ``faiss.IndexIVFPQ`` with

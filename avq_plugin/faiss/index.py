@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import _validation as V
 from ..index import AVQIndex
@@ -41,7 +43,7 @@ _FLT_MAX = float(np.finfo(np.float32).max)
 _MAX_DSUB = 8  # dims per 4-bit block supported by the native code
 
 
-def _check_metric(metric):
+def _check_metric(metric: object) -> int:
     if isinstance(metric, (bool, np.bool_)) or not isinstance(metric, numbers.Integral) or int(metric) not in (0, 1):
         raise ValueError(
             f"metric must be faiss.METRIC_INNER_PRODUCT (0) or faiss.METRIC_L2 (1), got {metric!r} "
@@ -50,7 +52,7 @@ def _check_metric(metric):
     return int(metric)
 
 
-def _check_shape(d, M, nbits):
+def _check_shape(d: int, M: int, nbits: int) -> tuple[int, int, int]:
     d = V.check_int("d", d, minimum=1, maximum=1 << 20)
     M = V.check_int("M", M, minimum=1)
     nbits = V.check_int("nbits", nbits)
@@ -84,14 +86,14 @@ class SearchParametersAVQ:
     Any object with an ``nprobe`` attribute (e.g. ``faiss.SearchParametersIVF``) is accepted too.
     """
 
-    def __init__(self, nprobe=None, reorder_k=None, float_lut=None):
+    def __init__(self, nprobe: int | None = None, reorder_k: int | None = None, float_lut: bool | None = None) -> None:
         self.nprobe = V.check_int("nprobe", nprobe, minimum=1, allow_none=True)
         self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
         if float_lut is not None and not isinstance(float_lut, (bool, np.bool_)):
             raise TypeError(f"float_lut must be a bool or None, got {type(float_lut).__name__}")
         self.float_lut = None if float_lut is None else bool(float_lut)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"SearchParametersAVQ(nprobe={self.nprobe}, reorder_k={self.reorder_k}, float_lut={self.float_lut})"
 
 
@@ -173,23 +175,23 @@ class IndexAVQ:
 
     def __init__(
         self,
-        d,
-        M,
-        nbits=4,
-        metric=METRIC_INNER_PRODUCT,
+        d: int,
+        M: int,
+        nbits: int = 4,
+        metric: int = METRIC_INNER_PRODUCT,
         *,
-        nlist=None,
-        nprobe=1,
-        anisotropic_threshold="auto",
-        reorder_k=None,
-        float_lut=False,
-        training_iterations=3,
-        kmeans_iterations=10,
-        training_sample_size=None,
-        num_threads=None,
-        seed=0,
-        verbose=False,
-    ):
+        nlist: int | None = None,
+        nprobe: int = 1,
+        anisotropic_threshold: float | str | None = "auto",
+        reorder_k: int | None = None,
+        float_lut: bool = False,
+        training_iterations: int = 3,
+        kmeans_iterations: int = 10,
+        training_sample_size: int | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
         self.d, self.M, self.nbits = _check_shape(d, M, nbits)
         self.metric_type = _check_metric(metric)
         self.nlist = V.check_int("nlist", nlist, minimum=1, maximum=2**31 - 1, allow_none=True)
@@ -217,56 +219,56 @@ class IndexAVQ:
     ksub = 16
 
     @property
-    def dsub(self):
+    def dsub(self) -> int:
         """Dimensions per sub-quantizer, d / M."""
         return self.d // self.M
 
     @property
-    def code_size(self):
+    def code_size(self) -> int:
         """Bytes of code per vector, ceil(M * nbits / 8) (as Faiss)."""
         return (self.M * self.nbits + 7) // 8
 
     @property
-    def ntotal(self):
+    def ntotal(self) -> int:
         """Number of indexed vectors."""
         return self._avq.ntotal
 
     @property
-    def is_trained(self):
+    def is_trained(self) -> bool:
         """True once ``train`` has run (or the index came from ``read_index`` / ``from_faiss``)."""
         return self._avq.is_trained
 
     @property
-    def anisotropic_threshold(self):
+    def anisotropic_threshold(self) -> float | str | None:
         return self._avq.anisotropic_threshold
 
     @property
-    def nprobe(self):
+    def nprobe(self) -> int:
         """Leaves probed per query (IVF); clamped to nlist."""
         return self._nprobe
 
     @nprobe.setter
-    def nprobe(self, value):
+    def nprobe(self, value: int) -> None:
         self._nprobe = V.check_int("nprobe", value, minimum=1)
 
     @property
-    def float_lut(self):
+    def float_lut(self) -> bool:
         """Score codes with float lookup tables (Faiss's scores; slower, no re-ranking)."""
         return self._float_lut
 
     @float_lut.setter
-    def float_lut(self, value):
+    def float_lut(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"float_lut must be a bool, got {type(value).__name__}")
         self._float_lut = bool(value)
 
     @property
-    def reorder_k(self):
+    def reorder_k(self) -> int | None:
         """Candidates re-scored exactly (None: codes only)."""
         return self._reorder_k
 
     @reorder_k.setter
-    def reorder_k(self, value):
+    def reorder_k(self, value: int | None) -> None:
         if value is not None and not self._stores_vectors:
             raise ValueError(
                 "this index stores codes only: exact re-ranking needs the vectors, so create it with "
@@ -276,22 +278,22 @@ class IndexAVQ:
             raise ValueError("reorder_k must stay an integer for an index that stores vectors")
         self._reorder_k = V.check_int("reorder_k", value, minimum=1, allow_none=True)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kind = "exhaustive" if self.nlist is None else f"nlist={self.nlist}, nprobe={self.nprobe}"
         return (
             f"IndexAVQ(d={self.d}, M={self.M}, nbits={self.nbits}, metric_type={self.metric_type}, {kind}, "
             f"reorder_k={self.reorder_k}; ntotal={self.ntotal})"
         )
 
-    def _require_trained(self):
+    def _require_trained(self) -> None:
         if not self.is_trained:
             raise ValueError("the index is not trained: call train(x) first")
 
-    def _matrix(self, x, name="x"):
+    def _matrix(self, x: npt.ArrayLike, name: str = "x") -> npt.NDArray[np.float32]:
         return V.as_float_matrix(x, name, d=self.d)
 
     # ------------------------------------------------------------------ build
-    def train(self, x):
+    def train(self, x: npt.ArrayLike) -> None:
         """Train the leaves (IVF) and the anisotropic codebooks on x, float (n, d).
 
         Training an index that holds vectors raises ValueError (their codes would no longer
@@ -317,25 +319,25 @@ class IndexAVQ:
             centres, codebooks = avq._quantizer()
             avq._set_quantizer(centres, centres, codebooks)
 
-    def add(self, x):
+    def add(self, x: npt.ArrayLike) -> None:
         """Encode and add vectors x (n, d); they get ids max id + 1 onwards (0.. on a fresh index)."""
         self._require_trained()
         x = self._matrix(x)
         self._avq.add(x)
 
-    def add_with_ids(self, x, ids):
+    def add_with_ids(self, x: npt.ArrayLike, ids: npt.ArrayLike) -> None:
         """Encode and add vectors x (n, d) with the given int64 ids (unique, not already present)."""
         self._require_trained()
         x = self._matrix(x)
         ids = V.as_ids(ids, x.shape[0])
         self._avq.add(x, ids)
 
-    def reset(self):
+    def reset(self) -> None:
         """Remove every vector; the training is kept."""
         if self.is_trained:
             self._avq.reset()
 
-    def remove_ids(self, ids):
+    def remove_ids(self, ids: Any) -> int:
         """Remove the vectors with the given ids (an array of int64 ids; unknown ids are ignored).
 
         Returns the number of vectors removed. The other ids do not change.
@@ -347,7 +349,7 @@ class IndexAVQ:
         return self._avq.remove(ids)
 
     # ------------------------------------------------------------------ search
-    def _budget(self, params):
+    def _budget(self, params: Any) -> tuple[int, int, bool]:
         nprobe, reorder_k, float_lut = self._nprobe, self._reorder_k, self._float_lut
         if params is not None:
             if not hasattr(params, "nprobe") and not hasattr(params, "reorder_k"):
@@ -367,14 +369,24 @@ class IndexAVQ:
                 float_lut = bool(p_fl)
         return nprobe, (reorder_k or 1), float_lut
 
-    def _native_search(self, x, k, budget):
+    def _native_search(
+        self, x: npt.NDArray[np.float32], k: int, budget: tuple[int, int, bool]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         nprobe, rk, float_lut = budget
         avq = self._avq
         if float_lut:
             return avq._search_float_lut(x, k, nprobe, avq.num_threads)
         return avq.search(x, k, leaves_to_search=nprobe, reorder_k=rk, num_threads=avq.num_threads)
 
-    def search(self, x, k, *, params=None, D=None, I=None):
+    def search(
+        self,
+        x: npt.ArrayLike,
+        k: int,
+        *,
+        params: Any = None,
+        D: npt.NDArray[np.float32] | None = None,
+        I: npt.NDArray[np.int64] | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Search the k best vectors for each query.
 
         Parameters
@@ -403,7 +415,12 @@ class IndexAVQ:
         return self._fill_outputs(Dr, Ir, D, I)
 
     @staticmethod
-    def _fill_outputs(Dr, Ir, D, I):
+    def _fill_outputs(
+        Dr: npt.NDArray[np.float32],
+        Ir: npt.NDArray[np.int64],
+        D: npt.NDArray[np.float32] | None,
+        I: npt.NDArray[np.int64] | None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         for name, out, res, dtype in (("D", D, Dr, np.float32), ("I", I, Ir, np.int64)):
             if out is None:
                 continue
@@ -412,7 +429,9 @@ class IndexAVQ:
             out[...] = res
         return (Dr if D is None else D), (Ir if I is None else I)
 
-    def range_search(self, x, radius, *, params=None):
+    def range_search(
+        self, x: npt.ArrayLike, radius: float, *, params: Any = None
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """All vectors within ``radius`` of each query: inner product > radius (inner product) or
         squared distance < radius (L2), as Faiss defines it.
 
@@ -431,7 +450,9 @@ class IndexAVQ:
         radius = V.check_float("radius", radius)
         nprobe, rk, float_lut = self._budget(params)
         n = x.shape[0]
-        per_query = [None] * n
+        # Every row is filled: a row leaves ``todo`` once not all its k results pass.
+        no_result = (np.zeros(0, np.float32), np.zeros(0, np.int64))
+        per_query: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = [no_result] * n
         todo = np.arange(n)
         k = min(64, max(1, self.ntotal))
         ip = self.metric_type == METRIC_INNER_PRODUCT
@@ -439,7 +460,9 @@ class IndexAVQ:
             Dk, Ik = self._native_search(np.ascontiguousarray(x[todo]), k, (nprobe, max(rk, k), float_lut))
             keep = (Ik >= 0) & ((Dk > radius) if ip else (Dk < radius))
             # A row whose k results all pass may have more: search it again with a larger k.
-            full = keep.all(axis=1) & (k < self.ntotal)
+            full = np.asarray(keep.all(axis=1))
+            if k >= self.ntotal:
+                full[:] = False
             for j, qi in enumerate(todo):
                 if not full[j]:
                     per_query[qi] = (Dk[j][keep[j]], Ik[j][keep[j]])
@@ -452,11 +475,11 @@ class IndexAVQ:
         return lims, D, I
 
     # ------------------------------------------------------------------ decoding
-    def _quantizer_arrays(self):
+    def _quantizer_arrays(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         centres, codebooks = self._avq._quantizer()
         return centres, codebooks.reshape(self.M, 16, self.dsub)  # Faiss's (M, ksub, dsub)
 
-    def reconstruct_batch(self, ids):
+    def reconstruct_batch(self, ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Decoded vectors (leaf centre + codewords) of the given ids, float32 (n, d)."""
         self._require_trained()
         ids = V.as_ids(ids, None, unique=False, reject_padding=False)
@@ -468,12 +491,12 @@ class IndexAVQ:
         words = codebooks[np.arange(self.M)[None, :], codes]  # (n, M, dsub)
         return (centres[leaves] + words.reshape(len(ids), self.d)).astype(np.float32)
 
-    def reconstruct(self, key):
+    def reconstruct(self, key: int) -> npt.NDArray[np.float32]:
         """Decoded vector of id ``key``, float32 (d,). Raises ValueError for an unknown id."""
         key = V.check_int("key", key)
         return self.reconstruct_batch(np.array([key], np.int64))[0]
 
-    def reconstruct_n(self, n0=0, ni=-1):
+    def reconstruct_n(self, n0: int = 0, ni: int = -1) -> npt.NDArray[np.float32]:
         """Decoded vectors of ids n0 .. n0 + ni - 1 (ni = -1: up to ntotal), float32 (ni, d).
 
         With Faiss's sequential ids this is storage rows n0 .. n0 + ni - 1; every id in the range
@@ -485,13 +508,13 @@ class IndexAVQ:
             ni = max(0, self.ntotal - n0)
         return self.reconstruct_batch(np.arange(n0, n0 + ni, dtype=np.int64))
 
-    def get_codes(self, ids):
+    def get_codes(self, ids: npt.ArrayLike) -> npt.NDArray[np.uint8]:
         """The 4-bit codes (0..15) of the given ids, uint8 (n, M)."""
         self._require_trained()
         return self._avq.get_codes(ids)
 
     # ------------------------------------------------------------------ Faiss export / import
-    def to_faiss(self, fast_scan=False, bbs=32):
+    def to_faiss(self, fast_scan: bool = False, bbs: int = 32) -> Any:
         """A real Faiss index carrying these codebooks and codes (needs the ``faiss`` extra).
 
         See :func:`avq_plugin.faiss.export.to_faiss`.
@@ -501,7 +524,15 @@ class IndexAVQ:
         return to_faiss(self, fast_scan=fast_scan, bbs=bbs)
 
     @classmethod
-    def from_faiss(cls, index, *, anisotropic_threshold=None, nprobe=None, num_threads=None, seed=0):
+    def from_faiss(
+        cls,
+        index: Any,
+        *,
+        anisotropic_threshold: float | None = None,
+        nprobe: int | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+    ) -> IndexAVQ:
         """An IndexAVQ that starts from a trained Faiss index (needs the ``faiss`` extra).
 
         See :func:`avq_plugin.faiss.export.from_faiss`.
@@ -513,14 +544,14 @@ class IndexAVQ:
         )
 
     # ------------------------------------------------------------------ persistence
-    def _sync_defaults(self):
+    def _sync_defaults(self) -> None:
         """Make nprobe and reorder_k the wrapped AVQIndex's default budget (kept in its files)."""
         self._avq.leaves_to_search = self._nprobe
         self._avq.reorder_k = self._reorder_k
         self._avq._sync_search_defaults()
 
     @classmethod
-    def _from_avq(cls, avq):
+    def _from_avq(cls, avq: AVQIndex) -> IndexAVQ:
         """An IndexAVQ around a loaded AVQIndex; ValueError when no Faiss index describes it."""
         p = avq._native_params()
         if p["metric"] not in ("dot", "l2"):
@@ -547,7 +578,7 @@ class IndexAVQ:
         obj._avq = avq
         return obj
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         self._sync_defaults()
         return {
             "avq": self._avq,
@@ -561,7 +592,7 @@ class IndexAVQ:
             "nlist": self.nlist,
         }
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self._avq = state["avq"]
         self._nprobe = state["nprobe"]
         self._reorder_k = state["reorder_k"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from ..index import AVQIndex
 from .index import IndexAVQ
 
 __all__ = ["write_index", "read_index"]
 
 
-def write_index(index, path):
+def write_index(index: IndexAVQ, path: str | os.PathLike[str]) -> None:
     """Write an IndexAVQ to one file (the project's format, written atomically).
 
     Mirrors ``faiss.write_index``; ``nprobe`` and ``reorder_k`` are saved with the index. For a
@@ -25,7 +27,7 @@ def write_index(index, path):
     index._avq.save(path)
 
 
-def read_index(path):
+def read_index(path: str | os.PathLike[str]) -> IndexAVQ:
     """Read an IndexAVQ written by ``write_index`` (or an inner-product / L2 AVQIndex file with
     d divisible by dims_per_block). Raises ValueError on a corrupted or unsuitable file."""
     return IndexAVQ._from_avq(AVQIndex.load(path))
