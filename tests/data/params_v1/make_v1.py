@@ -1,6 +1,7 @@
 """Writes the version-1 index files of tests/data/params_v1 with avq-plugin at main 417b657
 (before the format bump), and the results they gave then. Kept for the record; it needs that
 version to run."""
+
 import os
 import sys
 
