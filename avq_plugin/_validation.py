@@ -12,8 +12,15 @@ import os
 
 import numpy as np
 
+from . import _native
+
 METRICS = ("dot", "cosine", "l2")
 REORDER_MODES = ("float32", "int8", "none")
+
+# Limits of the native core, defined there once (native/src/index.h, anisotropic.h).
+MAX_DIM = int(_native.MAX_DIM)
+MAX_DIMS_PER_BLOCK = int(_native.MAX_DIMS_PER_BLOCK)
+MAX_LEAVES = int(_native.MAX_LEAVES)
 
 
 def check_metric(metric):
@@ -55,6 +62,21 @@ def check_float(name, value, *, minimum=None, exclusive_minimum=None, allow_none
     if exclusive_minimum is not None and value <= exclusive_minimum:
         raise ValueError(f"{name} must be > {exclusive_minimum}, got {value}")
     return value
+
+
+def check_dims_per_block(value, name="dims_per_block"):
+    """Dimensions per 4-bit block: 1 .. MAX_DIMS_PER_BLOCK."""
+    return check_int(name, value, minimum=1, maximum=MAX_DIMS_PER_BLOCK)
+
+
+def check_num_leaves(value, name="num_leaves", *, allow_none=True):
+    """A number of leaves (partitions): 1 .. MAX_LEAVES, or None for the default."""
+    return check_int(name, value, minimum=1, maximum=MAX_LEAVES, allow_none=allow_none)
+
+
+def check_dim(value, name="d"):
+    """A vector dimension: 1 .. MAX_DIM."""
+    return check_int(name, value, minimum=1, maximum=MAX_DIM)
 
 
 def resolve_threads(num_threads, name="num_threads"):

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from . import _native, tuning
+from . import _native, _params, tuning
 from . import _validation as V
 from ._progress import check_progress, progress_callback
 from ._wrapper import _NativeWrapper
@@ -20,8 +20,9 @@ __all__ = ["AVQIndex", "ExactIndex", "TuneReport"]
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
 # (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (docs/parameters.md).
 AUTO_THRESHOLD = 0.2
-# Search defaults (leaves_to_search = ceil(fraction * num_leaves)); chosen so that the shipped
-# GloVe subset reaches recall@10 >= 0.9 (tests/test_recall.py checks it).
+# The default partition size and search budget are avq_plugin._params.resolve_budget's. These two
+# names are the sharded index's former rule, still imported by avq_plugin/distributed.py until it
+# calls resolve_budget too; nothing else may use them.
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
 
@@ -41,6 +42,8 @@ class AVQIndex(_NativeWrapper):
         Euclidean distance.
     num_leaves : int or None
         Number of partitions; None picks round(sqrt(n)) at training time.
+        Defaults are resolved once, at training time, by one rule shared by every front-end
+        (``avq_plugin._params.resolve_budget``) and the concrete values are saved with the index.
     dims_per_block : int, 1..8
         Dimensions per 4-bit PQ block (the last block takes the remainder). Code size is
         ceil(d / dims_per_block) / 2 bytes per vector.
@@ -57,7 +60,8 @@ class AVQIndex(_NativeWrapper):
         Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
-        Default search budget; None chooses from num_leaves (see ``search``).
+        Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
+        200 candidates, fixed at training time.
     training_iterations : int
         Alternations of (anisotropic encoding, least-squares codebook update); 0 keeps the
         k-means codebooks and only encodes anisotropically (ScaNN's behaviour).
@@ -109,8 +113,8 @@ class AVQIndex(_NativeWrapper):
         progress=None,
     ):
         self.metric = V.check_metric(metric)
-        self.num_leaves = V.check_int("num_leaves", num_leaves, minimum=1, maximum=2**31 - 1, allow_none=True)
-        self.dims_per_block = V.check_int("dims_per_block", dims_per_block, minimum=1, maximum=8)
+        self.num_leaves = V.check_num_leaves(num_leaves)
+        self.dims_per_block = V.check_dims_per_block(dims_per_block)
         if anisotropic_threshold is not None and not (
             isinstance(anisotropic_threshold, str) and anisotropic_threshold == "auto"
         ):
@@ -217,28 +221,35 @@ class AVQIndex(_NativeWrapper):
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _new_native(self, d, threshold, *, l2_decoded_norms=False):
-        """An untrained native index with this object's parameters (the one place that makes one)."""
-        return _native.Index(
-            metric=self.metric,
-            d=d,
-            num_leaves=self.num_leaves or 0,
-            dims_per_block=self.dims_per_block,
-            threshold=threshold,
-            eta=self.eta or 0.0,
-            eta_scann=self.eta_formula == "scann",
-            avq_iterations=self.training_iterations,
-            kmeans_iterations=self.kmeans_iterations,
-            pq_kmeans_iterations=10,
-            training_sample_size=self.training_sample_size or 0,
-            seed=self.seed,
-            reorder=self.reorder,
-            default_leaves_to_search=self.leaves_to_search or 0,
-            default_reorder_k=self.reorder_k or 0,
-            threshold_mode=(
-                1 if self.anisotropic_threshold == "auto" else 2 if self.anisotropic_threshold is None else 0
-            ),
-            l2_decoded_norms=l2_decoded_norms,
+    def _new_native(self, d, threshold, budget, *, l2_decoded_norms=False):
+        """An untrained native index with this object's parameters and a resolved ``budget``
+        (:class:`avq_plugin._params.Budget`): the one place that makes one."""
+        p = _native.IndexParams()
+        p.metric = self.metric
+        p.d = d
+        p.num_leaves = budget.num_leaves
+        p.dims_per_block = self.dims_per_block
+        p.threshold = threshold
+        p.eta = self.eta or 0.0
+        p.eta_scann = self.eta_formula == "scann"
+        p.avq_iterations = self.training_iterations
+        p.kmeans_iterations = self.kmeans_iterations
+        p.training_sample_size = self.training_sample_size or 0
+        p.seed = self.seed
+        p.reorder = self.reorder
+        p.default_leaves_to_search = budget.leaves_to_search
+        p.default_reorder_k = budget.reorder_k
+        p.l2_decoded_norms = l2_decoded_norms
+        return _native.Index(p)
+
+    def _budget_for(self, n, d, num_leaves=None):
+        """The concrete (num_leaves, leaves_to_search, reorder_k) for n vectors of dimension d."""
+        return _params.resolve_budget(
+            n,
+            d,
+            num_leaves=self.num_leaves if num_leaves is None else num_leaves,
+            leaves_to_search=self.leaves_to_search,
+            reorder_k=self.reorder_k,
         )
 
     def _train(self, X, stacklevel, *, l2_decoded_norms=False):
@@ -247,7 +258,7 @@ class AVQIndex(_NativeWrapper):
         if self.num_leaves is not None and self.num_leaves > n:
             raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
         threshold = self._threshold_for(X)
-        index = self._new_native(d, threshold, l2_decoded_norms=l2_decoded_norms)
+        index = self._new_native(d, threshold, self._budget_for(n, d), l2_decoded_norms=l2_decoded_norms)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         self._index = index
         stats = index.train_stats()
@@ -294,12 +305,14 @@ class AVQIndex(_NativeWrapper):
 
     # ------------------------------------------------------------------ search
     def default_search_params(self):
-        """(leaves_to_search, reorder_k) used when search() is not given them."""
+        """(leaves_to_search, reorder_k) used when search() is not given them.
+
+        The ``leaves_to_search`` and ``reorder_k`` attributes when set, else the values resolved
+        at training time (stored with the index).
+        """
         self._require_trained()
-        L = self._index.num_leaves
-        lts = self.leaves_to_search or max(1, min(L, int(math.ceil(DEFAULT_PROBE_FRACTION * L))))
-        rk = self.reorder_k or DEFAULT_REORDER_K
-        return lts, rk
+        p = self._index.params()
+        return self.leaves_to_search or p.default_leaves_to_search, self.reorder_k or p.default_reorder_k
 
     def search(self, Q, k=10, leaves_to_search=None, reorder_k=None, num_threads=None):
         """Find the k best vectors for each query.
@@ -496,9 +509,10 @@ class AVQIndex(_NativeWrapper):
     # These give the package's other front-ends (avq_plugin.faiss, avq_plugin.tuning, the
     # distributed index) what they need without touching the native object.
     def _native_params(self):
-        """The native parameter record (a dict, as stored in the file)."""
+        """The native parameter record (``_native.IndexParams``, as stored in the file) as a dict."""
         self._require_index()
-        return self._index.params()
+        p = self._index.params()
+        return {name: getattr(p, name) for name in dir(p) if not name.startswith("_")}
 
     def _quantizer(self):
         """(centres (num_leaves, d) float32, codebooks (16 d,) float32) of the trained index."""
@@ -522,7 +536,8 @@ class AVQIndex(_NativeWrapper):
         T = self.anisotropic_threshold
         if T == "auto":
             raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
-        native = self._new_native(d, math.nan if T is None else float(T), l2_decoded_norms=l2_decoded_norms)
+        budget = self._budget_for(None, d, num_leaves=len(centres))
+        native = self._new_native(d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms)
         native.set_quantizer(
             np.ascontiguousarray(centres, np.float32),
             np.ascontiguousarray(centres, np.float32),
@@ -594,23 +609,31 @@ class AVQIndex(_NativeWrapper):
     @classmethod
     def _from_native(cls, native):
         p = native.params()
+        if native.is_trained and not (p.default_leaves_to_search and p.default_reorder_k):
+            # A version-1 file: 0 meant "chosen when searching"; complete it with today's rule
+            # (saving the index again writes the concrete values, format version 2).
+            budget = _params.resolve_budget(native.ntotal, p.d, num_leaves=native.num_leaves)
+            native.set_default_search_params(
+                p.default_leaves_to_search or budget.leaves_to_search, p.default_reorder_k or budget.reorder_k
+            )
+            p = native.params()
         obj = cls.__new__(cls)
-        obj.metric = p["metric"]
-        obj.num_leaves = p["num_leaves"] or None
-        obj.dims_per_block = p["dims_per_block"]
-        T = p["threshold"]
-        obj.eta = p["eta"] if p["eta"] > 0 else None
-        mode = p["threshold_mode"]
-        obj.anisotropic_threshold = "auto" if mode == 1 else None if (mode == 2 or math.isnan(T)) else T
-        obj.eta_formula = "scann" if p["eta_scann"] else "exact"
-        obj.reorder = p["reorder"]
-        obj.leaves_to_search = p["default_leaves_to_search"] or None
-        obj.reorder_k = p["default_reorder_k"] or None
-        obj.training_iterations = p["avq_iterations"]
-        obj.kmeans_iterations = p["kmeans_iterations"]
-        obj.training_sample_size = p["training_sample_size"] or None
+        obj.metric = p.metric
+        obj.num_leaves = p.num_leaves or None
+        obj.dims_per_block = p.dims_per_block
+        obj.eta = p.eta if p.eta > 0 else None
+        # The file holds the threshold used (a number, or NaN for none), not how it was chosen:
+        # a loaded index refitted on other data keeps that T (pickle keeps "auto").
+        obj.anisotropic_threshold = None if math.isnan(p.threshold) else p.threshold
+        obj.eta_formula = "scann" if p.eta_scann else "exact"
+        obj.reorder = p.reorder
+        obj.leaves_to_search = p.default_leaves_to_search or None
+        obj.reorder_k = p.default_reorder_k or None
+        obj.training_iterations = p.avq_iterations
+        obj.kmeans_iterations = p.kmeans_iterations
+        obj.training_sample_size = p.training_sample_size or None
         obj.num_threads = V.resolve_threads(None)
-        obj.seed = p["seed"]
+        obj.seed = p.seed
         obj.verbose = False
         obj.progress = None
         obj._index = native
@@ -619,9 +642,8 @@ class AVQIndex(_NativeWrapper):
     def _sync_search_defaults(self):
         # The native index stores the default budget in its files; attributes set after
         # construction (by tune or by hand) reach it here.
-        setter = getattr(self._index, "set_default_search_params", None)
-        if setter is not None:
-            setter(int(self.leaves_to_search or 0), int(self.reorder_k or 0))
+        if self._index is not None and self._index.is_trained:
+            self._index.set_default_search_params(*self.default_search_params())
 
     def save(self, path):
         """Write the index to one file, atomically (temporary file + rename)."""

@@ -248,7 +248,8 @@ struct Index::Scratch {
 
 Index::Index(const IndexParams& p) : p_(p) {
   if (p_.d == 0) throw InvalidArgument("d must be positive");
-  if (p_.d > (1u << 20)) throw InvalidArgument("d is too large (max 1048576)");
+  if (p_.d > kMaxDim) throw InvalidArgument("d is too large (max " + std::to_string(kMaxDim) + ")");
+  if (p_.num_leaves > kMaxLeaves) throw InvalidArgument("num_leaves is too large");
   if (static_cast<uint32_t>(p_.metric) > 2) throw InvalidArgument("unknown metric");
   if (static_cast<uint32_t>(p_.reorder) > 2) throw InvalidArgument("unknown reorder mode");
   if (p_.l2_decoded_norms && p_.reorder != ReorderMode::kNone)
@@ -374,7 +375,8 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   const size_t d = p_.d;
   if (n == 0) throw InvalidArgument("cannot train on an empty array");
-  size_t L = p_.num_leaves ? p_.num_leaves : std::max<size_t>(1, size_t(std::lround(std::sqrt(double(n)))));
+  if (p_.num_leaves == 0) throw InvalidArgument("num_leaves must be set before training (avq_plugin._params)");
+  const size_t L = p_.num_leaves;
   if (L > n)
     throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
                           std::to_string(n) + ")");
@@ -947,7 +949,8 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   std::unique_lock<std::shared_mutex> lock(mu_);
   const size_t d = p_.d;
   if (ntotal_ != 0) throw InvalidArgument("set_quantizer needs an empty index (call reset() first)");
-  if (L == 0 || L > (size_t(1) << 31)) throw InvalidArgument("the number of leaves must be in [1, 2^31]");
+  if (L == 0 || L > kMaxLeaves)
+    throw InvalidArgument("the number of leaves must be in [1, " + std::to_string(kMaxLeaves) + "]");
   for (size_t i = 0; i < L * d; ++i)
     if (!std::isfinite(probe[i]) || !std::isfinite(resid[i])) throw InvalidArgument("centres contain NaN or infinity");
   for (size_t i = 0; i < layout_.codebook_size(); ++i)
@@ -962,6 +965,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
     int8_scale_.assign(d, 1.f);
   }
   nleaves_ = L;
+  p_.num_leaves = static_cast<uint32_t>(L);  // the file stores the concrete count
   probe_centers_.assign(probe, probe + L * d);
   probe_table_.build(probe_centers_.data(), L, d);
   resid_centers_.assign(resid, resid + L * d);

@@ -48,10 +48,16 @@ enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
 const char* metric_name(Metric m);
 const char* reorder_name(ReorderMode r);
 
+// Limits of the parameters (exported to Python as module constants; avq_plugin/_validation.py).
+constexpr uint32_t kMaxDim = 1u << 20;
+constexpr uint32_t kMaxLeaves = 0x7FFFFFFFu;
+
+// Every parameter of an index, concrete: the Python layer resolves the defaults
+// (avq_plugin/_params.py) before it builds one, and the file stores these values.
 struct IndexParams {
   Metric metric = Metric::kDot;
   uint32_t d = 0;
-  uint32_t num_leaves = 0;  // 0: about sqrt(n) at train time
+  uint32_t num_leaves = 0;  // leaves to train (must be set before train(); set_quantizer sets it)
   uint32_t dims_per_block = 2;
   double threshold = std::numeric_limits<double>::quiet_NaN();  // T; NaN: none
   double eta = 0;                                               // > 0: fixed eta for every point (overrides threshold)
@@ -62,16 +68,15 @@ struct IndexParams {
   uint64_t training_sample_size = 0;  // 0: min(n, 100000)
   uint64_t seed = 0;
   ReorderMode reorder = ReorderMode::kFloat32;
-  // Search defaults stored with the index (0: chosen from num_leaves by the Python layer).
+  // Search defaults stored with the index (format version 1 files may hold 0: "chosen by the
+  // Python layer", which completes them when it loads the file).
   uint32_t default_leaves_to_search = 0;
   uint32_t default_reorder_k = 0;
-  // How the Python layer specified T: 0 a number, 1 "auto", 2 none (kept for round trips).
-  uint32_t threshold_mode = 0;
   // l2 only: the exact term of the quantized distance ||q||^2 - 2 <q, x~> + n(x) uses
   // n(x) = ||x~||^2 (the decoded vector: Faiss's IndexPQ/IndexIVFPQ distance, and better at
   // ranking near neighbours, since its error shrinks as q approaches x) instead of ||x||^2.
   // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
-  // Stored as an optional trailing PARM field (absent in older files: false).
+  // A PARM field (optional at the end in format version 1: absent means false).
   bool l2_decoded_norms = false;
 };
 
@@ -143,8 +148,8 @@ class Index {
   std::vector<int64_t> all_ids() const;
 
   const IndexParams& params() const { return p_; }
-  // Replaces the search defaults stored with the index (0: chosen by the Python layer); they are
-  // serialized with it. Takes the exclusive lock. Used by AVQIndex.tune (issue 6).
+  // Replaces the search defaults stored with the index; they are serialized with it. Takes the
+  // exclusive lock. Used by AVQIndex.tune (issue 6).
   void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
   bool is_trained() const { return trained_; }
   size_t ntotal() const;
