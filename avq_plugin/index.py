@@ -49,7 +49,8 @@ class AVQIndex(_NativeWrapper):
         ceil(d / dims_per_block) / 2 bytes per vector.
     anisotropic_threshold : float, "auto" or None
         Score threshold T of the anisotropic loss (ScaNN's ``anisotropic_quantization_threshold``).
-        "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2.
+        "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2; resolved
+        once, by the first training, after which the attribute holds that value (as saved files do).
         None: plain reconstruction-loss PQ (eta = 1).
     eta : float >= 1 or None
         Use this anisotropic weight for every vector instead of deriving it from T.
@@ -60,8 +61,9 @@ class AVQIndex(_NativeWrapper):
         Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
-        Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
-        200 candidates, fixed at training time.
+        Default search budget; None: the budget stored with the index, which training sets to
+        ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and 200 candidates and ``tune``
+        replaces. Loaded indexes have None here (their file holds the budget).
     training_iterations : int
         Alternations of (anisotropic encoding, least-squares codebook update); 0 keeps the
         k-means codebooks and only encodes anisotropically (ScaNN's behaviour).
@@ -261,6 +263,8 @@ class AVQIndex(_NativeWrapper):
         index = self._new_native(d, threshold, self._budget_for(n, d), l2_decoded_norms=l2_decoded_norms)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         self._index = index
+        if isinstance(self.anisotropic_threshold, str):  # "auto" is resolved once, here (as a file stores it)
+            self.anisotropic_threshold = None if math.isnan(threshold) else threshold
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
             warnings.warn(
@@ -627,8 +631,9 @@ class AVQIndex(_NativeWrapper):
         obj.anisotropic_threshold = None if math.isnan(p.threshold) else p.threshold
         obj.eta_formula = "scann" if p.eta_scann else "exact"
         obj.reorder = p.reorder
-        obj.leaves_to_search = p.default_leaves_to_search or None
-        obj.reorder_k = p.default_reorder_k or None
+        # None: the budget stored with the index (resolved at training time, or chosen by tune).
+        obj.leaves_to_search = None
+        obj.reorder_k = None
         obj.training_iterations = p.avq_iterations
         obj.kmeans_iterations = p.kmeans_iterations
         obj.training_sample_size = p.training_sample_size or None
