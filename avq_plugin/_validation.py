@@ -15,12 +15,13 @@ import numpy as np
 from . import _native
 
 METRICS = ("dot", "cosine", "l2")
-REORDER_MODES = ("float32", "int8", "none")
 
-# Limits of the native core, defined there once (native/src/index.h, anisotropic.h).
-MAX_DIM = int(_native.MAX_DIM)
-MAX_DIMS_PER_BLOCK = int(_native.MAX_DIMS_PER_BLOCK)
-MAX_LEAVES = int(_native.MAX_LEAVES)
+#: Limits of every parameter and value, defined once in the native core (native/src/common.h,
+#: ``limits``) and used by every check below: max_leaves, max_leaves_to_search, max_reorder_k,
+#: max_k, max_threads, max_training_sample_size, max_iterations, max_seed, max_dim, and the
+#: accepted numeric range of vectors under dot and l2 (max_abs_value, min_data_norm).
+LIMITS = dict(_native.limits())
+REORDER_MODES = ("float32", "int8", "none")
 
 
 def check_metric(metric):
@@ -64,36 +65,92 @@ def check_float(name, value, *, minimum=None, exclusive_minimum=None, allow_none
     return value
 
 
-def check_dims_per_block(value, name="dims_per_block"):
-    """Dimensions per 4-bit block: 1 .. MAX_DIMS_PER_BLOCK."""
-    return check_int(name, value, minimum=1, maximum=MAX_DIMS_PER_BLOCK)
-
-
-def check_num_leaves(value, name="num_leaves", *, allow_none=True):
-    """A number of leaves (partitions): 1 .. MAX_LEAVES, or None for the default."""
-    return check_int(name, value, minimum=1, maximum=MAX_LEAVES, allow_none=allow_none)
-
-
-def check_dim(value, name="d"):
-    """A vector dimension: 1 .. MAX_DIM."""
-    return check_int(name, value, minimum=1, maximum=MAX_DIM)
-
-
 def resolve_threads(num_threads, name="num_threads"):
-    """None or -1: every core of the machine; otherwise a positive integer."""
+    """None or -1: every core of the machine; otherwise an integer in [1, max_threads]."""
+    all_cores = min(os.cpu_count() or 1, LIMITS["max_threads"])
     if num_threads is None:
-        return os.cpu_count() or 1
+        return all_cores
     n = check_int(name, num_threads)
     if n == -1:
-        return os.cpu_count() or 1
+        return all_cores
     if n < 1:
         raise ValueError(f"{name} must be a positive integer, -1 or None, got {n}")
+    if n > LIMITS["max_threads"]:
+        raise ValueError(f"{name} must be <= {LIMITS['max_threads']}, got {n}")
     return n
 
 
+def check_dim(value, name="d"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_dim"])
+
+
+def check_dims_per_block(value, name="dims_per_block"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_dims_per_block"])
+
+
+def check_num_leaves(value, name="num_leaves"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_leaves"], allow_none=True)
+
+
+def check_leaves_to_search(value, name="leaves_to_search", allow_none=True):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_leaves_to_search"], allow_none=allow_none)
+
+
+def check_reorder_k(value, name="reorder_k", allow_none=True):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_reorder_k"], allow_none=allow_none)
+
+
+def check_training_sample_size(value, name="training_sample_size"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_training_sample_size"], allow_none=True)
+
+
+def check_iterations(name, value, minimum=0):
+    return check_int(name, value, minimum=minimum, maximum=LIMITS["max_iterations"])
+
+
+def check_seed(value, name="seed"):
+    return check_int(name, value, minimum=0, maximum=LIMITS["max_seed"])
+
+
+def as_bytes(data, name="data"):
+    """A serialized index as bytes; anything else is a TypeError before any allocation."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{name} must be bytes, bytearray or memoryview, got {type(data).__name__}")
+
+
+class Checked:
+    """A validated attribute: every assignment (constructor, setter, unpickling, loading) is
+    checked by ``check(value)``, whose result is stored."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+        self.slot = "_checked_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = self.check(value)
+
+
 def _to_array(X, name):
-    if isinstance(X, np.ndarray):
+    if type(X) is np.ndarray:
         return X
+    if isinstance(X, np.ndarray):
+        # Subclasses (masked arrays, np.matrix): validate exactly what native code will read,
+        # the underlying data (a mask hides NaN from isfinite but not from the index).
+        return np.asarray(X)
     if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
         raise TypeError(f"{name}: sparse matrices are not supported; pass a dense array")
     try:
@@ -184,7 +241,7 @@ MAX_RESULT_BYTES = 8 << 30
 
 
 def check_k(k, name="k"):
-    return check_int(name, k, minimum=1)
+    return check_int(name, k, minimum=1, maximum=LIMITS["max_k"])
 
 
 def check_result_size(nq, k):

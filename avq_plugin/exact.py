@@ -31,9 +31,11 @@ class ExactIndex(_NativeWrapper):
     (1, 1.0)
     """
 
+    num_threads = V.Checked(V.resolve_threads)  # checked on every assignment
+
     def __init__(self, metric="dot", *, num_threads=None):
         self.metric = V.check_metric(metric)
-        self.num_threads = V.resolve_threads(num_threads)
+        self.num_threads = num_threads
         self._index = None
 
     @property
@@ -106,7 +108,7 @@ class ExactIndex(_NativeWrapper):
     @classmethod
     def from_bytes(cls, data):
         obj = cls.__new__(cls)
-        obj._index = _native.ExactIndex.deserialize(bytes(data))
+        obj._index = _native.ExactIndex.deserialize(V.as_bytes(data))
         obj.metric = obj._index.metric
         obj.num_threads = V.resolve_threads(None)
         return obj

@@ -26,6 +26,12 @@ AUTO_THRESHOLD = 0.2
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
 
+# Bounds of the search fast path (the full checks are in _validation).
+_MAX_K = V.LIMITS["max_k"]
+_MAX_LTS = V.LIMITS["max_leaves_to_search"]
+_MAX_RK = V.LIMITS["max_reorder_k"]
+_MAX_THREADS = V.LIMITS["max_threads"]
+
 
 class AVQIndex(_NativeWrapper):
     """Approximate nearest-neighbour index with anisotropic vector quantization.
@@ -94,6 +100,18 @@ class AVQIndex(_NativeWrapper):
     ((3, 5), 'int64', 'float32')
     """
 
+    # Integer parameters are checked on every assignment (constructor, setters, unpickling,
+    # loading), against the limits exported by the native core (_validation.LIMITS).
+    num_leaves = V.Checked(V.check_num_leaves)
+    dims_per_block = V.Checked(V.check_dims_per_block)
+    leaves_to_search = V.Checked(V.check_leaves_to_search)
+    reorder_k = V.Checked(V.check_reorder_k)
+    training_iterations = V.Checked(lambda v: V.check_iterations("training_iterations", v))
+    kmeans_iterations = V.Checked(lambda v: V.check_iterations("kmeans_iterations", v, minimum=1))
+    training_sample_size = V.Checked(V.check_training_sample_size)
+    num_threads = V.Checked(V.resolve_threads)
+    seed = V.Checked(V.check_seed)
+
     def __init__(
         self,
         metric="dot",
@@ -115,8 +133,8 @@ class AVQIndex(_NativeWrapper):
         progress=None,
     ):
         self.metric = V.check_metric(metric)
-        self.num_leaves = V.check_num_leaves(num_leaves)
-        self.dims_per_block = V.check_dims_per_block(dims_per_block)
+        self.num_leaves = num_leaves
+        self.dims_per_block = dims_per_block
         if anisotropic_threshold is not None and not (
             isinstance(anisotropic_threshold, str) and anisotropic_threshold == "auto"
         ):
@@ -125,15 +143,13 @@ class AVQIndex(_NativeWrapper):
         self.eta = V.check_float("eta", eta, minimum=1.0, allow_none=True)
         self.eta_formula = V.check_choice("eta_formula", eta_formula, ("exact", "scann"))
         self.reorder = V.check_choice("reorder", "none" if reorder is None else reorder, V.REORDER_MODES)
-        self.leaves_to_search = V.check_int("leaves_to_search", leaves_to_search, minimum=1, allow_none=True)
-        self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
-        self.training_iterations = V.check_int("training_iterations", training_iterations, minimum=0, maximum=1000)
-        self.kmeans_iterations = V.check_int("kmeans_iterations", kmeans_iterations, minimum=1, maximum=1000)
-        self.training_sample_size = V.check_int(
-            "training_sample_size", training_sample_size, minimum=1, allow_none=True
-        )
-        self.num_threads = V.resolve_threads(num_threads)
-        self.seed = V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
+        self.leaves_to_search = leaves_to_search
+        self.reorder_k = reorder_k
+        self.training_iterations = training_iterations
+        self.kmeans_iterations = kmeans_iterations
+        self.training_sample_size = training_sample_size
+        self.num_threads = num_threads
+        self.seed = seed
         self.verbose = bool(verbose)
         self.progress = check_progress(progress)
         if self.anisotropic_threshold == 0.0 and self.eta is None:
@@ -325,13 +341,15 @@ class AVQIndex(_NativeWrapper):
         ----------
         Q : array (nq, d) or (d,)
         k : int
-            Results per query. When fewer than k vectors are found (small index, few leaves
-            probed), the rows are padded with id -1 and distance -FLT_MAX (dot, cosine) or
-            +FLT_MAX (l2), as Faiss does.
+            Results per query. Every row holds min(k, ntotal) results: when the probed leaves
+            hold fewer than k vectors, the probe widens to the next best leaves. Only an index
+            of fewer than k vectors pads its rows, with id -1 and distance -FLT_MAX (dot,
+            cosine) or +FLT_MAX (l2), as Faiss does.
         leaves_to_search : int, optional
             Leaves probed per query (clamped to num_leaves).
         reorder_k : int, optional
-            Candidates re-scored exactly (raised to k when smaller; ignored with reorder="none").
+            Candidates re-scored exactly (raised to k when smaller, lowered to the number of
+            vectors probed; ignored with reorder="none").
         num_threads : int, optional
             Threads for this call (queries are split across a native pool, GIL released).
 
@@ -346,7 +364,7 @@ class AVQIndex(_NativeWrapper):
         index = self._index
         if index is None or not index.is_trained:
             self._require_trained()
-        if type(k) is not int or k < 1:
+        if type(k) is not int or not 0 < k <= _MAX_K:
             k = V.check_k(k)
         # Fast path for the common case (a C-contiguous float32 array of the right width);
         # the native layer re-checks every query for NaN/inf and, under cosine, zero norm.
@@ -369,19 +387,23 @@ class AVQIndex(_NativeWrapper):
         if leaves_to_search is not None:
             lts = (
                 leaves_to_search
-                if type(leaves_to_search) is int and leaves_to_search > 0
-                else V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+                if type(leaves_to_search) is int and 0 < leaves_to_search <= _MAX_LTS
+                else V.check_leaves_to_search(leaves_to_search, allow_none=False)
             )
         if reorder_k is not None:
             rk = (
                 reorder_k
-                if type(reorder_k) is int and reorder_k > 0
-                else V.check_int("reorder_k", reorder_k, minimum=1)
+                if type(reorder_k) is int and 0 < reorder_k <= _MAX_RK
+                else V.check_reorder_k(reorder_k, allow_none=False)
             )
         nt = (
             self.num_threads
             if num_threads is None
-            else (num_threads if type(num_threads) is int and num_threads > 0 else V.resolve_threads(num_threads))
+            else (
+                num_threads
+                if type(num_threads) is int and 0 < num_threads <= _MAX_THREADS
+                else V.resolve_threads(num_threads)
+            )
         )
         return self._index.search(Q, k, lts, rk, nt)
 
@@ -675,9 +697,7 @@ class AVQIndex(_NativeWrapper):
     @classmethod
     def from_bytes(cls, data):
         """Inverse of ``to_bytes``."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"from_bytes expects bytes, got {type(data).__name__}")
-        return cls._from_native(_native.Index.deserialize(bytes(data)))
+        return cls._from_native(_native.Index.deserialize(V.as_bytes(data)))
 
     def __getstate__(self):
         state = self._python_state()

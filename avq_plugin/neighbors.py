@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _params
-from . import _validation as V
+from ._validation import LIMITS
 from .index import AVQIndex, ExactIndex
 
 __all__ = ["AVQNearestNeighbors", "AVQKNeighborsTransformer", "EXACT_SEARCH_THRESHOLD"]
@@ -72,13 +72,15 @@ _ALGORITHMS = ("auto", "avq", "brute")
 _RECOMPUTE_BYTES = 1 << 26
 
 
-def _check_int(name, value, minimum, allow_none=False):
+def _check_int(name, value, minimum, allow_none=False, maximum=None):
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -95,7 +97,7 @@ def _resolve_n_jobs(n_jobs):
     """scikit-learn's n_jobs: None -> 1, -1 -> all cores, -2 -> all but one, ..."""
     if n_jobs is None:
         return 1
-    n = _check_int("n_jobs", n_jobs, minimum=-(2**31))
+    n = _check_int("n_jobs", n_jobs, minimum=-(2**31), maximum=LIMITS["max_threads"])
     if n == 0:
         raise ValueError("n_jobs == 0 has no meaning; use None (1 thread), a positive count or -1 (all cores)")
     if n > 0:
@@ -125,11 +127,17 @@ class _AVQNeighborsBase(BaseEstimator):
             raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
         if not isinstance(self.algorithm, str) or self.algorithm not in _ALGORITHMS:
             raise ValueError(f"algorithm must be one of {_ALGORITHMS}, got {self.algorithm!r}")
-        _check_int("n_neighbors", self.n_neighbors, minimum=1)
-        _check_int("num_leaves", self.num_leaves, minimum=1, allow_none=True)
-        _check_int("leaves_to_search", self.leaves_to_search, minimum=1, allow_none=True)
-        _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True)
-        V.check_dims_per_block(self.dims_per_block)
+        _check_int("n_neighbors", self.n_neighbors, minimum=1, maximum=LIMITS["max_k"])
+        _check_int("num_leaves", self.num_leaves, minimum=1, allow_none=True, maximum=LIMITS["max_leaves"])
+        _check_int(
+            "leaves_to_search",
+            self.leaves_to_search,
+            minimum=1,
+            allow_none=True,
+            maximum=LIMITS["max_leaves_to_search"],
+        )
+        _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True, maximum=LIMITS["max_reorder_k"])
+        _check_int("dims_per_block", self.dims_per_block, minimum=1, maximum=LIMITS["max_dims_per_block"])
         T = self.anisotropic_threshold
         if not (T is None or (isinstance(T, str) and T == "auto")):
             _check_real("anisotropic_threshold", T, minimum=0.0)
@@ -233,13 +241,8 @@ class _AVQNeighborsBase(BaseEstimator):
         else:
             if lts is None:
                 lts, rk = self._budget(k)
+            # Rows are complete: the index widens the probe when its leaves hold fewer than k.
             _, I = index.search(Q, k, leaves_to_search=lts, reorder_k=rk, num_threads=n_threads)
-            short = (I < 0).any(axis=1)
-            if short.any():
-                # The probed leaves held fewer than k points: search those rows exhaustively.
-                _, I[short] = index.search(
-                    Q[short], k, leaves_to_search=index.num_leaves_, reorder_k=max(rk, k), num_threads=n_threads
-                )
         if (I < 0).any():  # pragma: no cover - k <= n_samples_fit is checked by the callers
             raise RuntimeError("the index returned fewer neighbours than requested")
         return self._exact_distances(Q, I)
@@ -300,7 +303,7 @@ class _AVQNeighborsBase(BaseEstimator):
         check_is_fitted(self)
         if n_neighbors is None:
             n_neighbors = self.n_neighbors
-        n_neighbors = _check_int("n_neighbors", n_neighbors, minimum=1)
+        n_neighbors = _check_int("n_neighbors", n_neighbors, minimum=1, maximum=LIMITS["max_k"])
         query_is_train = X is None
         if query_is_train:
             Q = self._fit_X

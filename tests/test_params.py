@@ -99,7 +99,7 @@ def test_file_stores_concrete_values(glove, tmp_path, monkeypatch):
     index = avq_plugin.AVQIndex(metric="cosine", seed=0, training_iterations=0).fit(X)
     budget = _params.resolve_budget(*X.shape)
     version, parm = _parm(index.to_bytes())
-    assert version == 2 == _native.FORMAT_VERSION == avq_plugin.build_info()["format_version"]
+    assert version == 2 == avq_plugin.build_info()["format_version"]
     # Version 2 PARM: 13 parameter fields, the trained state, the budget and the l2 flag; no
     # threshold mode. Offsets: num_leaves at 8, threshold at 16, default budget at 104.
     assert len(parm) == 116
@@ -137,7 +137,7 @@ def test_index_params_object_and_limits():
     with pytest.raises(ValueError, match="num_leaves must be set"):
         _native.Index(p).train(np.ones((10, 8), np.float32), 1, None)
     # The limits come from the native module and every front-end checks them alike.
-    assert (V.MAX_DIMS_PER_BLOCK, V.MAX_DIM, V.MAX_LEAVES) == (8, 1 << 20, 2**31 - 1)
+    assert (V.LIMITS["max_dims_per_block"], V.LIMITS["max_dim"], V.LIMITS["max_leaves"]) == (8, 1 << 20, 2**31 - 1)
     with pytest.raises(ValueError, match="<= 8"):
         avq_plugin.AVQIndex(dims_per_block=9)
     with pytest.raises(ValueError, match="at most 8"):

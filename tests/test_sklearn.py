@@ -230,15 +230,16 @@ def test_kneighbors_x_none_matches_sklearn_with_duplicates(algorithm):
 
 
 def test_rows_short_of_candidates_are_completed():
-    # 50 leaves of ~8 points and one probed leaf cannot hold 20 neighbours: those rows are
-    # searched again over every leaf, so each row is complete (no -1 padding leaks out).
+    # 50 leaves of ~8 points and one probed leaf cannot hold 20 neighbours: the index widens
+    # the probe to the next best leaves (issue 11), so each row is complete (no -1 padding).
     X = np.random.default_rng(4).standard_normal((400, 8)).astype(np.float32)
     nn = AVQNearestNeighbors(n_neighbors=20, algorithm="avq", num_leaves=50, leaves_to_search=1, random_state=0).fit(X)
     D, I = nn.kneighbors(X[:50] + 0.01)
     assert (I >= 0).all() and all(len(set(r)) == 20 for r in I)
     De, Ie = NearestNeighbors(n_neighbors=20).fit(X).kneighbors(X[:50] + 0.01)
     np.testing.assert_allclose(D, exact_distances("euclidean", X[:50] + 0.01, X, I), rtol=1e-6)
-    assert recall_at(I, Ie, k=20) >= 0.9
+    assert recall_at(I, Ie, k=20) >= 0.45  # a minimal probe of ~3 leaves (measured 0.51)
+    assert (I[:, 0] == np.arange(50)).all()
 
 
 def test_n_neighbors_limits_and_bad_input(digits):

@@ -39,7 +39,7 @@ METRIC_INNER_PRODUCT = 0
 METRIC_L2 = 1
 _METRIC_NAMES = {METRIC_INNER_PRODUCT: "dot", METRIC_L2: "l2"}
 _FLT_MAX = float(np.finfo(np.float32).max)
-_MAX_DSUB = V.MAX_DIMS_PER_BLOCK  # dims per 4-bit block supported by the native code
+_MAX_DSUB = V.LIMITS["max_dims_per_block"]  # dims per 4-bit block supported by the native code
 
 
 def _check_metric(metric):

@@ -5,9 +5,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "common.h"
 #include "exact_index.h"
@@ -24,55 +30,162 @@ namespace {
 using FArray = py::array_t<float, py::array::c_style>;
 using IArray = py::array_t<int64_t, py::array::c_style>;
 
-// Progress and Ctrl-C for long operations: briefly re-acquires the GIL.
+// Thread-safety model of the binding (docs/reliability.md): every method that takes an index
+// lock releases the GIL first, and no code holding an index lock ever waits for the GIL. Long
+// operations (train, add) run on a native thread that holds the index lock; the calling Python
+// thread keeps waiting outside the lock and delivers their progress and Ctrl-C.
+
+// Progress and Ctrl-C for long operations. The core calls should_stop() and progress() with
+// the index lock held: they only touch atomics and a small mutex of their own. poll(), on the
+// Python thread with the GIL held and no index lock, checks signals and runs the callback.
 class PyMonitor : public avq::Monitor {
  public:
-  explicit PyMonitor(py::object cb) : cb_(std::move(cb)) {}
-  bool should_stop() override {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) {
-      err_ = std::make_unique<py::error_already_set>();
-      return true;
-    }
-    return err_ != nullptr;
-  }
+  explicit PyMonitor(py::object cb) : cb_(std::move(cb)), has_cb_(!cb_.is_none()) {}
+  bool should_stop() override { return stop_.load(std::memory_order_relaxed); }
   void progress(const char* stage, size_t done, size_t total, const std::string& info) override {
-    if (err_) return;
-    py::gil_scoped_acquire gil;
+    if (!has_cb_) return;
+    std::lock_guard<std::mutex> g(mu_);
+    pending_.emplace_back(Report{stage, done, total, info});
+  }
+  // GIL held. check_signals: also look for Ctrl-C (not once the operation has finished: a
+  // pending signal is then raised by the interpreter itself).
+  void poll(bool check_signals) {
+    if (failed()) return;
+    if (check_signals && PyErr_CheckSignals() != 0) {
+      err_ = std::make_unique<py::error_already_set>();
+      stop_.store(true);
+      return;
+    }
+    std::vector<Report> reports;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      reports.swap(pending_);
+    }
     if (cb_.is_none()) return;
-    try {
-      cb_(stage, done, total, info);
-    } catch (py::error_already_set& e) {
-      err_ = std::make_unique<py::error_already_set>(std::move(e));
+    for (const Report& r : reports) {
+      try {
+        cb_(r.stage, r.done, r.total, r.info);
+      } catch (py::error_already_set& e) {
+        err_ = std::make_unique<py::error_already_set>(std::move(e));
+        stop_.store(true);
+        return;
+      } catch (...) {  // never unwind past the waiting loop: the worker must be joined first
+        other_ = std::current_exception();
+        stop_.store(true);
+        return;
+      }
     }
   }
-  // Call with the GIL held after the core threw Interrupted.
+  bool failed() const { return err_ != nullptr || other_ != nullptr; }
+  // GIL held: raises the exception of the callback or of the signal handler.
   [[noreturn]] void rethrow() {
+    if (other_) std::rethrow_exception(other_);
     if (err_) {
       err_->restore();
       err_.reset();
-      throw py::error_already_set();
     }
     throw py::error_already_set();
   }
 
  private:
+  struct Report {
+    std::string stage;
+    size_t done, total;
+    std::string info;
+  };
   py::object cb_;
+  const bool has_cb_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<Report> pending_;
   std::unique_ptr<py::error_already_set> err_;
+  std::exception_ptr other_;
 };
 
+// Runs f (which takes an index lock) on a native thread; the calling thread, GIL held, waits
+// for it in short slices with the GIL released, and between them delivers progress and checks
+// for Ctrl-C. Small jobs (`small`: well under the polling interval) run on the calling thread
+// with the GIL released instead, which saves a thread start; their progress is delivered at the
+// end. Call with the GIL held.
 template <class F>
-void run_interruptible(PyMonitor& mon, F&& f) {
-  bool interrupted = false;
-  {
-    py::gil_scoped_release release;
+void run_interruptible(PyMonitor& mon, F&& f, bool small = false) {
+  if (small) {
+    bool interrupted = false;
+    {
+      py::gil_scoped_release release;
+      try {
+        f();
+      } catch (const avq::Interrupted&) {
+        interrupted = true;
+      }
+    }
+    mon.poll(false);
+    if (interrupted || mon.failed()) mon.rethrow();
+    return;
+  }
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::exception_ptr error;
+  };
+  auto sh = std::make_shared<Shared>();
+  std::thread worker([sh, &f] {
     try {
       f();
+    } catch (...) {
+      sh->error = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> g(sh->mu);
+      sh->done = true;
+    }
+    sh->cv.notify_all();
+  });
+  for (;;) {
+    bool done;
+    {
+      py::gil_scoped_release release;
+      std::unique_lock<std::mutex> lk(sh->mu);
+      done = sh->cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return sh->done; });
+    }
+    mon.poll(!done);
+    if (done) break;
+  }
+  {
+    py::gil_scoped_release release;
+    worker.join();
+  }
+  if (sh->error) {
+    try {
+      std::rethrow_exception(sh->error);
     } catch (const avq::Interrupted&) {
-      interrupted = true;
+      mon.rethrow();
     }
   }
-  if (interrupted) mon.rethrow();
+  if (mon.failed()) mon.rethrow();  // the callback raised after the last check
+}
+
+// Releases the GIL around a call that takes an index lock.
+template <class F>
+auto nogil(F&& f) -> decltype(f()) {
+  py::gil_scoped_release release;
+  return f();
+}
+
+size_t check_k(size_t k, size_t nq) {
+  if (k == 0) throw py::value_error("k must be positive");
+  if (k > avq::limits::kMaxK)
+    throw py::value_error("k must be <= " + std::to_string(avq::limits::kMaxK) + ", got " + std::to_string(k));
+  if (nq > (size_t(1) << 40) / k) throw py::value_error("k * the number of queries is too large (search in batches)");
+  return k;
+}
+
+int check_threads(int64_t n) {
+  if (n < 1 || n > avq::limits::kMaxThreads)
+    throw py::value_error("num_threads must be in [1, " + std::to_string(avq::limits::kMaxThreads) + "], got " +
+                          std::to_string(n));
+  return static_cast<int>(n);
 }
 
 size_t check_matrix(const FArray& x, size_t d, const char* what) {
@@ -143,13 +256,13 @@ void bind_common(py::class_<T>& cls) {
       .def("reset", &T::reset, py::call_guard<py::gil_scoped_release>())
       .def("all_ids",
            [](const T& self) {
-             std::vector<int64_t> v = self.all_ids();
+             std::vector<int64_t> v = nogil([&] { return self.all_ids(); });
              py::array_t<int64_t> out(v.size());
              std::copy(v.begin(), v.end(), out.mutable_data());
              return out;
            })
-      .def_property_readonly("ntotal", &T::ntotal)
-      .def("memory_usage", &T::memory_usage)
+      .def_property_readonly("ntotal", [](const T& self) { return nogil([&] { return self.ntotal(); }); })
+      .def("memory_usage", &T::memory_usage, py::call_guard<py::gil_scoped_release>())
       .def("serialize",
            [](const T& self) {
              std::string s;
@@ -213,16 +326,29 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("level"));
   m.def("simd_level", [] { return std::string(avq::kernels::level_name(avq::kernels::active().level)); });
+  m.def(
+      "limits",
+      [] {
+        namespace L = avq::limits;
+        py::dict d;
+        d["max_dim"] = L::kMaxDim;
+        d["max_leaves"] = L::kMaxLeaves;
+        d["max_dims_per_block"] = L::kMaxDimsPerBlock;
+        d["max_iterations"] = L::kMaxIterations;
+        d["max_training_sample_size"] = L::kMaxTrainingSampleSize;
+        d["max_leaves_to_search"] = L::kMaxLeavesToSearch;
+        d["max_reorder_k"] = L::kMaxReorderK;
+        d["max_k"] = L::kMaxK;
+        d["max_threads"] = L::kMaxThreads;
+        d["max_seed"] = L::kMaxSeed;
+        d["max_abs_value"] = L::kMaxAbsValue;
+        d["min_data_norm"] = L::kMinDataNorm;
+        return d;
+      },
+      "Limits of every parameter and value the core accepts (the Python checks use them).");
   m.def("eta_exact", &avq::eta_exact, py::arg("t"), py::arg("d"),
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");
-
-  // Limits of the parameters, defined once in the core (avq_plugin/_validation.py checks them).
-  m.attr("MAX_DIM") = avq::kMaxDim;
-  m.attr("MAX_DIMS_PER_BLOCK") = avq::kMaxDimsPerBlock;
-  m.attr("MAX_BLOCKS") = avq::kMaxBlocks;
-  m.attr("MAX_LEAVES") = avq::kMaxLeaves;
-  m.attr("FORMAT_VERSION") = avq::kFormatVersion;
 
   // The parameter record of an index, with named fields (metric and reorder as their names).
   py::class_<avq::IndexParams>(m, "IndexParams")
@@ -253,43 +379,50 @@ PYBIND11_MODULE(_native, m) {
   index_cls.def(py::init<const avq::IndexParams&>(), py::arg("params"))
       .def(
           "train",
-          [](Index& self, FArray x, int nthreads, py::object callback) {
-            size_t n = check_matrix(x, self.params().d, "X");
+          [](Index& self, FArray x, int64_t nthreads, py::object callback) {
+            size_t n = check_matrix(x, self.d(), "X");
+            const int nt = check_threads(nthreads);
             PyMonitor mon(std::move(callback));
             const float* p = x.data();
-            run_interruptible(mon, [&] { self.train(p, n, nthreads, &mon); });
+            run_interruptible(mon, [&] { self.train(p, n, nt, &mon); });
           },
           py::arg("x").noconvert(), py::arg("nthreads"), py::arg("callback") = py::none())
       .def(
           "add",
-          [](Index& self, FArray x, std::optional<IArray> ids, int nthreads, py::object callback) {
-            size_t n = check_matrix(x, self.params().d, "X");
+          [](Index& self, FArray x, std::optional<IArray> ids, int64_t nthreads, py::object callback) {
+            size_t n = check_matrix(x, self.d(), "X");
             const int64_t* ip = check_ids(ids, n);
+            const int nt = check_threads(nthreads);
             PyMonitor mon(std::move(callback));
             const float* p = x.data();
-            run_interruptible(mon, [&] { self.add(p, n, ip, nthreads, &mon); });
+            // Encoding costs about 1 us per vector and dimension block: below 64k blocks, inline.
+            const bool small = n * self.num_blocks() <= (size_t(1) << 16);
+            run_interruptible(
+                mon, [&] { self.add(p, n, ip, nt, &mon); }, small);
           },
           py::arg("x").noconvert(), py::arg("ids").noconvert() = py::none(), py::arg("nthreads") = 1,
           py::arg("callback") = py::none())
       .def(
           "search",
-          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads) {
-            size_t nq = check_matrix(q, self.params().d, "queries");
+          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, size_t reorder_k, int64_t nthreads) {
+            size_t nq = check_matrix(q, self.d(), "queries");
+            check_k(k, nq);
+            const int nt = check_threads(nthreads);
             const float* qp = q.data();
-            return make_result(nq, k, [&](float* D, int64_t* I) {
-              self.search(qp, nq, k, leaves_to_search, reorder_k, nthreads, D, I);
-            });
+            return make_result(
+                nq, k, [&](float* D, int64_t* I) { self.search(qp, nq, k, leaves_to_search, reorder_k, nt, D, I); });
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
           py::arg("nthreads"))
       .def(
           "search_float_lut",
-          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, int nthreads) {
-            size_t nq = check_matrix(q, self.params().d, "queries");
+          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, int64_t nthreads) {
+            size_t nq = check_matrix(q, self.d(), "queries");
+            check_k(k, nq);
+            const int nt = check_threads(nthreads);
             const float* qp = q.data();
-            return make_result(nq, k, [&](float* D, int64_t* I) {
-              self.search_float_lut(qp, nq, k, leaves_to_search, nthreads, D, I);
-            });
+            return make_result(
+                nq, k, [&](float* D, int64_t* I) { self.search_float_lut(qp, nq, k, leaves_to_search, nt, D, I); });
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("nthreads"),
           "Codes-only search with float lookup tables (Faiss's scores for the same codes; slower).")
@@ -298,7 +431,9 @@ PYBIND11_MODULE(_native, m) {
           [](const Index& self, IArray ids) {
             size_t n = static_cast<size_t>(ids.shape(0));
             py::array_t<uint8_t> out({n, self.num_blocks()});
-            self.get_codes(ids.data(), n, out.mutable_data());
+            const int64_t* ip = ids.data();
+            uint8_t* op = out.mutable_data();
+            nogil([&] { self.get_codes(ip, n, op); });
             return out;
           },
           py::arg("ids").noconvert())
@@ -307,14 +442,16 @@ PYBIND11_MODULE(_native, m) {
           [](const Index& self, IArray ids) {
             size_t n = static_cast<size_t>(ids.shape(0));
             py::array_t<int64_t> out(n);
-            self.get_leaves(ids.data(), n, out.mutable_data());
+            const int64_t* ip = ids.data();
+            int64_t* op = out.mutable_data();
+            nogil([&] { self.get_leaves(ip, n, op); });
             return out;
           },
           py::arg("ids").noconvert())
       .def(
           "set_quantizer",
           [](Index& self, FArray probe, FArray resid, FArray codebooks) {
-            const size_t d = self.params().d;
+            const size_t d = self.d();
             size_t L = check_matrix(probe, d, "probe centres");
             if (check_matrix(resid, d, "residual centres") != L)
               throw py::value_error("probe and residual centres must have the same number of rows");
@@ -354,35 +491,35 @@ PYBIND11_MODULE(_native, m) {
           "Add pre-computed 4-bit codes (n, num_blocks) in the given leaves (reorder='none' only).")
       .def("probe_centers",
            [](const Index& self) {
-             std::vector<float> c = self.probe_centers();
+             std::vector<float> c = nogil([&] { return self.probe_centers(); });
              py::array_t<float> out(c.size());
              std::copy(c.begin(), c.end(), out.mutable_data());
              return out;
            })
       .def("leaf_sizes",
            [](const Index& self) {
-             std::vector<uint64_t> v = self.leaf_sizes();
+             std::vector<uint64_t> v = nogil([&] { return self.leaf_sizes(); });
              py::array_t<int64_t> out(v.size());
              std::copy(v.begin(), v.end(), out.mutable_data());
              return out;
            })
       .def("codebooks",
            [](const Index& self) {
-             const auto& c = self.codebooks();
+             const std::vector<float> c = nogil([&] { return self.codebooks(); });
              py::array_t<float> out(c.size());
              std::copy(c.begin(), c.end(), out.mutable_data());
              return out;
            })
       .def("centers",
            [](const Index& self) {
-             const auto& c = self.centers();
+             const std::vector<float> c = nogil([&] { return self.centers(); });
              py::array_t<float> out(c.size());
              std::copy(c.begin(), c.end(), out.mutable_data());
              return out;
            })
       .def("train_stats",
            [](const Index& self) {
-             avq::TrainStats s = self.train_stats();
+             avq::TrainStats s = nogil([&] { return self.train_stats(); });
              py::dict d;
              d["eta_min"] = s.eta_min;
              d["eta_max"] = s.eta_max;
@@ -392,7 +529,8 @@ PYBIND11_MODULE(_native, m) {
              d["loss"] = s.loss;
              return d;
            })
-      .def("params", &Index::params, py::return_value_policy::copy, "A copy of the parameters.")
+      .def(
+          "params", [](const Index& self) { return nogil([&] { return self.params(); }); }, "A copy of the parameters.")
       .def(
           "set_default_search_params",
           [](Index& self, uint32_t leaves_to_search, uint32_t reorder_k) {
@@ -402,12 +540,12 @@ PYBIND11_MODULE(_native, m) {
             self.set_default_search_params(leaves_to_search, reorder_k);
           },
           py::arg("leaves_to_search"), py::arg("reorder_k"), "Search defaults stored with the index.")
-      .def_property_readonly("d", [](const Index& self) { return self.params().d; })
-      .def_property_readonly("is_trained", &Index::is_trained)
-      .def_property_readonly("num_leaves", &Index::num_leaves)
+      .def_property_readonly("d", &Index::d)
+      .def_property_readonly("is_trained", [](const Index& self) { return nogil([&] { return self.is_trained(); }); })
+      .def_property_readonly("num_leaves", [](const Index& self) { return nogil([&] { return self.num_leaves(); }); })
       .def_property_readonly("num_blocks", &Index::num_blocks)
       .def_property_readonly("code_size", &Index::code_size)
-      .def_property_readonly("is_mapped", &Index::is_mapped)
+      .def_property_readonly("is_mapped", [](const Index& self) { return nogil([&] { return self.is_mapped(); }); })
       .def_static("deserialize",
                   [](const py::bytes& b) {
                     std::string_view v = bytes_view(b);
@@ -442,10 +580,12 @@ PYBIND11_MODULE(_native, m) {
           py::arg("x").noconvert(), py::arg("ids").noconvert() = py::none())
       .def(
           "search",
-          [](const ExactIndex& self, FArray q, size_t k, int nthreads) {
+          [](const ExactIndex& self, FArray q, size_t k, int64_t nthreads) {
             size_t nq = check_matrix(q, self.d(), "queries");
+            check_k(k, nq);
+            const int nt = check_threads(nthreads);
             const float* qp = q.data();
-            return make_result(nq, k, [&](float* D, int64_t* I) { self.search(qp, nq, k, nthreads, D, I); });
+            return make_result(nq, k, [&](float* D, int64_t* I) { self.search(qp, nq, k, nt, D, I); });
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("nthreads"))
       .def_property_readonly("d", &ExactIndex::d)

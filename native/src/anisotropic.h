@@ -19,8 +19,6 @@
 
 namespace avq {
 
-// Dimensions per 4-bit block (exported to Python).
-constexpr size_t kMaxDimsPerBlock = 8;
 constexpr int kCentersPerBlock = 16;  // 4-bit codes
 constexpr double kMaxEta = 1e4;
 constexpr size_t kMaxBlocks = 8192;  // 16-bit accumulation keeps >= 7 table levels per block       // cap when T

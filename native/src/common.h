@@ -4,10 +4,40 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
 namespace avq {
+
+// Limits of every size, count and value that reaches the core, defined once: the constructors,
+// the file loader and search check them, and the binding exports them to the Python checks
+// (avq_plugin._native.limits()).
+namespace limits {
+constexpr uint32_t kMaxDim = 1u << 20;
+constexpr uint32_t kMaxLeaves = (1u << 31) - 1;  // leaf numbers are 32-bit (and positive in int64)
+constexpr uint32_t kMaxDimsPerBlock = 8;
+constexpr uint32_t kMaxIterations = 1000;  // avq, k-means and PQ k-means iterations
+constexpr uint64_t kMaxTrainingSampleSize = 0xFFFFFFFFull;
+constexpr uint64_t kMaxLeavesToSearch = kMaxLeaves;
+constexpr uint64_t kMaxReorderK = 0xFFFFFFFFull;  // also the range of the stored default
+constexpr uint64_t kMaxK = (uint64_t(1) << 31) - 1;
+constexpr int kMaxThreads = 1024;
+constexpr uint64_t kMaxSeed = uint64_t(std::numeric_limits<int64_t>::max());
+// Accepted numeric range of vectors under the scale-dependent metrics (dot, l2): every
+// coordinate |x| <= kMaxAbsValue, so that squared norms, inner products and squared distances of
+// up to kMaxDim dimensions stay finite in float32. The training data of an AVQ index must not be
+// tiny as a whole: its largest norm must be >= kMinDataNorm (below, its squared norms, k-means
+// distances and lookup tables would be subnormal floats). Single small or subnormal vectors are
+// fine (they are near zero relative to the rest), and so are small queries (dot queries are
+// scaled by a power of two inside the search, which is exact). Cosine normalises in double and
+// accepts any finite nonzero vector.
+constexpr double kMaxAbsValue = 1e15;
+constexpr double kMinDataNorm = 1e-15;
+// Per-thread search scratch above this is released after each call (it is bounded by the
+// index's size, but must not be kept at its high-water mark forever).
+constexpr size_t kScratchKeepBytes = size_t(8) << 20;
+}  // namespace limits
 
 // Bad arguments (becomes ValueError in Python).
 struct InvalidArgument : std::invalid_argument {
@@ -20,8 +50,10 @@ struct Interrupted : std::runtime_error {
 };
 
 // Progress and cancellation hooks for long operations (training, add). Called only from the
-// thread that started the operation, never from pool workers. The core holds no Python state:
-// the binding implements these by briefly re-acquiring the GIL.
+// thread that started the operation, never from pool workers, and with the index's exclusive
+// lock held: implementations must neither block on anything another thread may hold while
+// waiting for that lock (the GIL above all) nor call back into Python. The binding records the
+// state in atomics and delivers it from the Python thread, outside the lock.
 class Monitor {
  public:
   virtual ~Monitor() = default;

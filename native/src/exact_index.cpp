@@ -14,6 +14,7 @@ namespace avq {
 
 ExactIndex::ExactIndex(Metric metric, uint32_t d) : metric_(metric), d_(d) {
   if (d == 0) throw InvalidArgument("d must be positive");
+  if (d > limits::kMaxDim) throw InvalidArgument("d must be <= " + std::to_string(limits::kMaxDim));
   if (static_cast<uint32_t>(metric) > 2) throw InvalidArgument("unknown metric");
 }
 
@@ -35,25 +36,9 @@ size_t ExactIndex::memory_usage() const {
 
 void ExactIndex::add(const float* x, size_t n, const int64_t* ids) {
   std::unique_lock<std::shared_mutex> lock(mu_);
-  std::vector<int64_t> nid(n);
-  for (size_t i = 0; i < n; ++i) nid[i] = ids ? ids[i] : next_id_ + int64_t(i);
-  {
-    std::vector<int64_t> s(nid);
-    std::sort(s.begin(), s.end());
-    for (size_t i = 1; i < n; ++i)
-      if (s[i] == s[i - 1]) throw InvalidArgument("duplicate id " + std::to_string(s[i]) + " in ids");
-    for (int64_t id : nid)
-      if (pos_.count(id)) throw InvalidArgument("id " + std::to_string(id) + " is already in the index");
-  }
+  const std::vector<int64_t> nid = new_ids_for_add(ids, n, next_id_, [&](int64_t id) { return pos_.count(id) != 0; });
   const size_t d = d_;
-  for (size_t i = 0; i < n; ++i) {
-    const float* xi = x + i * d;
-    if (metric_ == Metric::kCosine) {
-      double s = 0;
-      for (size_t j = 0; j < d; ++j) s += double(xi[j]) * xi[j];
-      if (!(s > 0)) throw InvalidArgument("zero vector under the cosine metric");
-    }
-  }
+  check_vectors(x, n, d, metric_, "X row");
   vecs_.reserve(vecs_.size() + n * d);
   for (size_t i = 0; i < n; ++i) {
     const float* xi = x + i * d;
@@ -67,7 +52,7 @@ void ExactIndex::add(const float* x, size_t n, const int64_t* ids) {
     }
     pos_[nid[i]] = ids_.size();
     ids_.push_back(nid[i]);
-    next_id_ = std::max(next_id_, nid[i] == std::numeric_limits<int64_t>::max() ? nid[i] : nid[i] + 1);
+    next_id_ = next_id_after(next_id_, nid[i]);
   }
 }
 
@@ -103,6 +88,7 @@ void ExactIndex::search(const float* q, size_t nq, size_t k, int nthreads, float
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (k == 0) throw InvalidArgument("k must be positive");
   const size_t n = ids_.size(), d = d_;
+  check_vectors(q, nq, d, metric_, "query");
   const bool l2 = metric_ == Metric::kL2;
   parallel_for(nq, nthreads, 1, [&](size_t b, size_t e) {
     const kernels::KernelTable& kt = kernels::active();
@@ -115,8 +101,7 @@ void ExactIndex::search(const float* q, size_t nq, size_t k, int nthreads, float
       if (metric_ == Metric::kCosine) {
         double s = 0;
         for (size_t j = 0; j < d; ++j) s += double(qi[j]) * qi[j];
-        if (!(s > 0)) throw InvalidArgument("zero query vector under the cosine metric");
-        double nrm = std::sqrt(s);
+        double nrm = std::sqrt(s);  // > 0: checked above
         for (size_t j = 0; j < d; ++j) qv[j] = static_cast<float>(qi[j] / nrm);
       } else {
         std::memcpy(qv.data(), qi, d * sizeof(float));
@@ -169,16 +154,22 @@ std::unique_ptr<ExactIndex> ExactIndex::deserialize(const uint8_t* data, size_t 
   uint32_t d = pr.get<uint32_t>();
   uint64_t n = pr.get<uint64_t>();
   int64_t next_id = pr.get<int64_t>();
-  if (metric > 2 || d == 0 || d > (1u << 20)) throw InvalidArgument("corrupted index file: invalid parameters");
+  if (metric > 2 || d == 0 || d > limits::kMaxDim) throw InvalidArgument("corrupted index file: invalid parameters");
   if (n > size / d) throw InvalidArgument("corrupted index file: invalid vector count");
   std::unique_ptr<ExactIndex> idx(new ExactIndex(static_cast<Metric>(metric), d));
   const int64_t* ids = expect_array<int64_t>(r, "IDS_", n);
   const float* vecs = expect_array<float>(r, "VECS", n * d);
+  // The rules of add(), applied to what the file holds.
+  check_stored_ids(ids, n, next_id);
+  try {
+    check_vectors(vecs, n, d, idx->metric_, "VECS row");
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("corrupted index file: ") + e.what());
+  }
   idx->ids_.assign(ids, ids + n);
   idx->vecs_.assign(vecs, vecs + n * d);
-  for (size_t i = 0; i < n; ++i) {
-    if (!idx->pos_.emplace(ids[i], i).second) throw InvalidArgument("corrupted index file: duplicate id");
-  }
+  idx->pos_.reserve(n);
+  for (size_t i = 0; i < n; ++i) idx->pos_.emplace(ids[i], i);
   idx->next_id_ = next_id;
   return idx;
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -157,6 +158,10 @@ class TopN {
     n_ += w;
     if (n_ >= limit_) shrink();
   }
+  size_t footprint() const {
+    return scores_.capacity() * sizeof(float) + refs_.capacity() * sizeof(uint64_t) + out_.capacity() * sizeof(Cand) +
+           sel_.capacity() * sizeof(float);
+  }
   // At most cap entries; sorted best first when `sorted`.
   std::vector<Cand>& finish(bool sorted) {
     if (n_ > cap_) shrink();
@@ -235,6 +240,7 @@ void advise_huge_pages(void* p, size_t bytes) {
 
 struct Index::Scratch {
   std::vector<float> q, leaf_scores, lut, exact, w;
+  float q_unscale = 1.f;  // dot: the prepared query is q / q_unscale (a power of two)
   std::vector<uint32_t> idx;
   std::vector<std::pair<float, uint32_t>> leaf_sel;
   std::vector<uint64_t> keys, keys_tmp, keys_aux;
@@ -244,16 +250,47 @@ struct Index::Scratch {
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
   TopN topn;
+  size_t footprint() const {
+    return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity()) *
+               sizeof(float) +
+           idx.capacity() * sizeof(uint32_t) + leaf_sel.capacity() * sizeof(leaf_sel[0]) +
+           (keys.capacity() + keys_tmp.capacity() + keys_aux.capacity()) * sizeof(uint64_t) + lut8.capacity() +
+           acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
+  }
 };
 
+// Per-thread scratch lives as long as its (pool) thread: beyond a few MB it is released after
+// each call, so that one large search does not pin its high-water mark forever.
+void Index::release_large_scratch(Scratch& s) {
+  if (s.footprint() > limits::kScratchKeepBytes) s = Scratch();
+}
+
 Index::Index(const IndexParams& p) : p_(p) {
+  // One rule per field, for the Python constructor and the file loader alike.
+  auto at_most = [](const char* name, uint64_t v, uint64_t max) {
+    if (v > max)
+      throw InvalidArgument(std::string(name) + " must be <= " + std::to_string(max) + ", got " + std::to_string(v));
+  };
   if (p_.d == 0) throw InvalidArgument("d must be positive");
-  if (p_.d > kMaxDim) throw InvalidArgument("d is too large (max " + std::to_string(kMaxDim) + ")");
-  if (p_.num_leaves > kMaxLeaves) throw InvalidArgument("num_leaves is too large");
+  at_most("d", p_.d, limits::kMaxDim);
   if (static_cast<uint32_t>(p_.metric) > 2) throw InvalidArgument("unknown metric");
   if (static_cast<uint32_t>(p_.reorder) > 2) throw InvalidArgument("unknown reorder mode");
   if (p_.l2_decoded_norms && p_.reorder != ReorderMode::kNone)
     throw InvalidArgument("l2_decoded_norms needs reorder='none' (re-scoring uses the exact norms)");
+  at_most("num_leaves", p_.num_leaves, limits::kMaxLeaves);
+  if (p_.dims_per_block < 1) throw InvalidArgument("dims_per_block must be >= 1");
+  at_most("dims_per_block", p_.dims_per_block, limits::kMaxDimsPerBlock);
+  if (!(std::isnan(p_.threshold) || (std::isfinite(p_.threshold) && p_.threshold >= 0)))
+    throw InvalidArgument("threshold must be NaN (none) or a finite number >= 0");
+  if (!(p_.eta == 0 || (std::isfinite(p_.eta) && p_.eta >= 1)))
+    throw InvalidArgument("eta must be 0 (none) or a finite number >= 1");
+  at_most("avq_iterations", p_.avq_iterations, limits::kMaxIterations);
+  at_most("kmeans_iterations", p_.kmeans_iterations, limits::kMaxIterations);
+  at_most("pq_kmeans_iterations", p_.pq_kmeans_iterations, limits::kMaxIterations);
+  at_most("training_sample_size", p_.training_sample_size, limits::kMaxTrainingSampleSize);
+  at_most("seed", p_.seed, limits::kMaxSeed);
+  at_most("default_leaves_to_search", p_.default_leaves_to_search, limits::kMaxLeavesToSearch);
+  at_most("default_reorder_k", p_.default_reorder_k, limits::kMaxReorderK);
   layout_ = BlockLayout(p_.d, p_.dims_per_block);
 }
 
@@ -262,6 +299,120 @@ Index::~Index() = default;
 size_t Index::ntotal() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   return ntotal_;
+}
+
+IndexParams Index::params() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return p_;
+}
+
+bool Index::is_trained() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return trained_;
+}
+
+size_t Index::num_leaves() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return nleaves_;
+}
+
+bool Index::is_mapped() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return mapping_ != nullptr;
+}
+
+std::vector<float> Index::codebooks() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return codebooks_;
+}
+
+std::vector<float> Index::centers() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return resid_centers_;
+}
+
+namespace {
+std::string fmt_g(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", v);
+  return std::string(b);
+}
+}  // namespace
+
+void check_vectors(const float* x, size_t n, size_t d, Metric metric, const char* what) {
+  const bool scale_free = metric == Metric::kCosine;
+  const float max_abs = static_cast<float>(limits::kMaxAbsValue);
+  for (size_t i = 0; i < n; ++i) {
+    const float* xi = x + i * d;
+    float mx = 0.f;
+    bool finite = true;
+    for (size_t j = 0; j < d; ++j) {
+      finite &= std::isfinite(xi[j]);
+      mx = std::max(mx, std::fabs(xi[j]));
+    }
+    if (!finite) throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " contains NaN or infinity");
+    if (scale_free) {
+      if (mx == 0)
+        throw InvalidArgument(std::string(what) + " " + std::to_string(i) +
+                              " is a zero vector, which has no direction under cosine");
+    } else if (mx > max_abs) {
+      throw InvalidArgument(std::string(what) + " " + std::to_string(i) + " has a value of magnitude " + fmt_g(mx) +
+                            ", outside the supported range of metric '" + metric_name(metric) +
+                            "': |value| <= " + fmt_g(limits::kMaxAbsValue) +
+                            " (scale the data, or use metric='cosine', which accepts any finite values)");
+    }
+  }
+}
+
+void check_data_scale(const float* x, size_t n, size_t d, Metric metric) {
+  if (metric == Metric::kCosine) return;
+  double best = 0;
+  for (size_t i = 0; i < n; ++i) best = std::max(best, norm_of(x + i * d, d));
+  if (best > 0 && best < limits::kMinDataNorm)
+    throw InvalidArgument("X: the largest vector norm is " + fmt_g(best) + ", outside the supported range of metric '" +
+                          metric_name(metric) +
+                          "': training data needs vectors of norm >= " + fmt_g(limits::kMinDataNorm) +
+                          " (its squared norms and inner products would be subnormal floats; scale the data, "
+                          "or use metric='cosine', which accepts any finite values)");
+}
+
+std::vector<int64_t> new_ids_for_add(const int64_t* ids, size_t n, int64_t next_id,
+                                     const std::function<bool(int64_t)>& present) {
+  std::vector<int64_t> new_ids(n);
+  if (ids) {
+    std::memcpy(new_ids.data(), ids, n * sizeof(int64_t));
+    for (int64_t id : new_ids)
+      if (is_reserved_id(id))
+        throw InvalidArgument("ids contains " + std::to_string(id) +
+                              ", which is reserved (-1 pads search results; INT64_MIN is reserved with it)");
+    std::vector<int64_t> sorted(new_ids);
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 1; i < n; ++i)
+      if (sorted[i] == sorted[i - 1]) throw InvalidArgument("duplicate id " + std::to_string(sorted[i]) + " in ids");
+    for (int64_t id : new_ids)
+      if (present(id)) throw InvalidArgument("id " + std::to_string(id) + " is already in the index");
+  } else {
+    // Automatic ids next_id .. next_id + n - 1 stay below INT64_MAX (beyond, they would wrap;
+    // INT64_MAX itself is the saturated next id, so it can only be given explicitly).
+    if (n > uint64_t(std::numeric_limits<int64_t>::max()) || next_id > std::numeric_limits<int64_t>::max() - int64_t(n))
+      throw InvalidArgument("automatic ids exhausted: the next id is " + std::to_string(next_id) + " and " +
+                            std::to_string(n) + " are needed (pass ids explicitly)");
+    for (size_t i = 0; i < n; ++i) new_ids[i] = next_id + int64_t(i);
+  }
+  return new_ids;
+}
+
+void check_stored_ids(const int64_t* ids, size_t n, int64_t next_id) {
+  if (next_id < 0) throw InvalidArgument("corrupted index file: negative next id");
+  for (size_t i = 0; i < n; ++i) {
+    if (is_reserved_id(ids[i])) throw InvalidArgument("corrupted index file: reserved id " + std::to_string(ids[i]));
+    if (ids[i] >= next_id && next_id != std::numeric_limits<int64_t>::max())
+      throw InvalidArgument("corrupted index file: id beyond the recorded next id");
+  }
+  std::vector<int64_t> sorted(ids, ids + n);
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+    throw InvalidArgument("corrupted index file: duplicate id");
 }
 
 TrainStats Index::train_stats() const {
@@ -375,6 +526,8 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   const size_t d = p_.d;
   if (n == 0) throw InvalidArgument("cannot train on an empty array");
+  check_vectors(x, n, d, p_.metric, "X row");
+  check_data_scale(x, n, d, p_.metric);
   if (p_.num_leaves == 0) throw InvalidArgument("num_leaves must be set before training (avq_plugin._params)");
   const size_t L = p_.num_leaves;
   if (L > n)
@@ -543,23 +696,8 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
 // The ids of n vectors about to be added: the given ones (checked: no duplicates among them
 // or with the index) or max existing id + 1 onwards. Caller holds the exclusive lock.
 std::vector<int64_t> Index::checked_new_ids(const int64_t* ids, size_t n) {
-  std::vector<int64_t> new_ids(n);
-  if (ids) {
-    std::memcpy(new_ids.data(), ids, n * sizeof(int64_t));
-    std::vector<int64_t> sorted(new_ids);
-    std::sort(sorted.begin(), sorted.end());
-    for (size_t i = 1; i < n; ++i)
-      if (sorted[i] == sorted[i - 1]) throw InvalidArgument("duplicate id " + std::to_string(sorted[i]) + " in ids");
-    if (ntotal_ > 0) {
-      ensure_id_map();
-      for (int64_t id : new_ids)
-        if (id_map_.count(id)) throw InvalidArgument("id " + std::to_string(id) + " is already in the index");
-    }
-  } else {
-    if (next_id_ > std::numeric_limits<int64_t>::max() - int64_t(n)) throw InvalidArgument("id space exhausted");
-    for (size_t i = 0; i < n; ++i) new_ids[i] = next_id_ + int64_t(i);
-  }
-  return new_ids;
+  if (ids && ntotal_ > 0) ensure_id_map();
+  return new_ids_for_add(ids, n, next_id_, [&](int64_t id) { return ntotal_ > 0 && id_map_.count(id) != 0; });
 }
 
 void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Monitor* mon) {
@@ -567,6 +705,7 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
   if (n == 0) return;
   const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
+  check_vectors(x, n, d, p_.metric, "X row");
   const std::vector<int64_t> new_ids = checked_new_ids(ids, n);
   std::vector<uint32_t> leaf_of;
   std::vector<uint8_t> codes;
@@ -647,7 +786,7 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     l.n++;
   }
   for (Leaf& l : leaves_) sync_views(l);
-  for (int64_t id : new_ids) next_id_ = std::max(next_id_, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
+  for (int64_t id : new_ids) next_id_ = next_id_after(next_id_, id);
   ntotal_ += n;
   if (hole_rows_ > arena_rows_ / 2) compact_arena();
 }
@@ -773,9 +912,13 @@ void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search,
   size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
   size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
   check_queries(q, nq);
+  // Every candidate count is bounded by the index's size before any arithmetic on it (reorder_k
+  // may be anything up to SIZE_MAX here); search_one bounds it further by the probed leaves.
+  reorder_k = std::min(reorder_k, ntotal_);
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
     static thread_local Scratch s;
     for (size_t i = b; i < e; ++i) search_one(q + i * p_.d, k, nprobe, reorder_k, s, D + i * k, I + i * k);
+    release_large_scratch(s);
   });
 }
 
@@ -814,9 +957,13 @@ void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
 }
 
 // Common start of search_one and search_one_float: fills D, I with the padding (-1 ids, the
-// worst score), prepares the query in s.q and selects the leaves in s.leaf_sel (nprobe is
-// lowered to their number). Returns the prepared query, or nullptr when the index is empty.
-const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D, int64_t* I) const {
+// worst score), prepares the query in s.q and selects the leaves in s.leaf_sel (nprobe is set
+// to their number). When the selected leaves hold fewer than min(k, ntotal) vectors (empty or
+// small leaves, e.g. from duplicated training data), the probe widens to the next best leaves
+// until they do. probed: the number of vectors in the selected leaves. Returns the prepared
+// query, or nullptr when the index is empty.
+const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, size_t& probed, Scratch& s, float* D,
+                                int64_t* I) const {
   const float pad = p_.metric == Metric::kL2 ? kPadBest : -kPadBest;
   for (size_t j = 0; j < k; ++j) {
     D[j] = pad;
@@ -825,8 +972,31 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, Scr
   if (ntotal_ == 0) return nullptr;
   s.q.resize(p_.d);
   prepare_vector(q_in, s.q.data());
+  s.q_unscale = 1.f;
+  if (p_.metric == Metric::kDot) {
+    // Rankings under dot do not depend on the query's scale: bring its largest coordinate into
+    // [1, 2) by a power of two (exact), so that small queries keep normal-float lookup tables
+    // and scores; the scores are scaled back on output.
+    float mx = 0.f;
+    for (float v : s.q) mx = std::max(mx, std::fabs(v));
+    if (mx > 0.f) {
+      const int e = std::ilogb(mx);
+      const double down = std::ldexp(1.0, -e);  // up to 2^149: not a float
+      for (float& v : s.q) v = static_cast<float>(v * down);
+      s.q_unscale = std::ldexp(1.f, e);
+    }
+  }
   select_leaves(s.q.data(), nprobe, s);
   nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
+  const size_t need = std::min(k, ntotal_);
+  probed = 0;
+  for (size_t t = 0; t < nprobe; ++t) probed += leaves_[s.leaf_sel[t].second].n;
+  if (probed < need) {
+    select_leaves(s.q.data(), nleaves_, s);  // every leaf, best first
+    probed = 0;
+    nprobe = 0;
+    while (nprobe < s.leaf_sel.size() && probed < need) probed += leaves_[s.leaf_sel[nprobe++].second].n;
+  }
   return s.q.data();
 }
 
@@ -836,7 +1006,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t d = p_.d, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
   const bool l2 = p_.metric == Metric::kL2;
   // 1. Padding, the prepared query, the leaves to probe.
-  const float* q = start_query(q_in, k, nprobe, s, D, I);
+  size_t probed = 0;
+  const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
   if (!q) return;
 
   // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
@@ -860,6 +1031,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   }
   double scale = 1.0;
   if (range_max > 0) scale = std::min(255.0 / range_max, (65535.0 - double(M)) / range_sum);
+  scale = std::min(scale, 1e30);  // a negligible LUT (tiny l2 query) must not overflow the float scale
   {
     // Round half up (entries are >= 0); the float product is the same at every SIMD level.
     const float fs = static_cast<float>(scale);
@@ -876,7 +1048,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
 
   // 3. Scan the probed leaves; keep the best `cap` approximate scores.
   const bool reorder = p_.reorder != ReorderMode::kNone;
-  const size_t cap = reorder ? std::max(k, reorder_k) : k;
+  // At most the number of vectors probed (and at least 1): bounded before the top-N sizing.
+  const size_t cap = std::max<size_t>(1, std::min(reorder ? std::max(k, reorder_k) : k, probed));
   s.topn.reset(cap);
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
@@ -939,7 +1112,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   for (size_t j = 0; j < nout; ++j) {
     const Cand& c = cands[j];
     I[j] = leaves_[c.leaf].ids_p[c.pos];
-    D[j] = l2 ? std::max(0.f, qn2 - 2.f * c.score) : c.score;
+    D[j] = l2 ? std::max(0.f, qn2 - 2.f * c.score) : c.score * s.q_unscale;
   }
 }
 
@@ -949,8 +1122,8 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   std::unique_lock<std::shared_mutex> lock(mu_);
   const size_t d = p_.d;
   if (ntotal_ != 0) throw InvalidArgument("set_quantizer needs an empty index (call reset() first)");
-  if (L == 0 || L > kMaxLeaves)
-    throw InvalidArgument("the number of leaves must be in [1, " + std::to_string(kMaxLeaves) + "]");
+  if (L == 0 || L > limits::kMaxLeaves)
+    throw InvalidArgument("the number of leaves must be in [1, " + std::to_string(limits::kMaxLeaves) + "]");
   for (size_t i = 0; i < L * d; ++i)
     if (!std::isfinite(probe[i]) || !std::isfinite(resid[i])) throw InvalidArgument("centres contain NaN or infinity");
   for (size_t i = 0; i < layout_.codebook_size(); ++i)
@@ -1019,7 +1192,7 @@ void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const
     l.n++;
   }
   for (Leaf& l : leaves_) sync_views(l);
-  for (int64_t id : new_ids) next_id_ = std::max(next_id_, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
+  for (int64_t id : new_ids) next_id_ = next_id_after(next_id_, id);
   ntotal_ += n;
 }
 
@@ -1030,16 +1203,7 @@ std::vector<float> Index::probe_centers() const {
 
 // Queries are checked here too (the Python layer already did): a bad one fails the call.
 void Index::check_queries(const float* q, size_t nq) const {
-  for (size_t i = 0; i < nq; ++i) {
-    const float* qi = q + i * p_.d;
-    bool nonzero = false;
-    for (size_t j = 0; j < p_.d; ++j) {
-      if (!std::isfinite(qi[j])) throw InvalidArgument("query " + std::to_string(i) + " contains NaN or infinity");
-      nonzero |= qi[j] != 0.f;
-    }
-    if (!nonzero && p_.metric == Metric::kCosine)
-      throw InvalidArgument("query " + std::to_string(i) + " is a zero vector, which has no direction under cosine");
-  }
+  check_vectors(q, nq, p_.d, p_.metric, "query");
 }
 
 void Index::search_float_lut(const float* q, size_t nq, size_t k, size_t leaves_to_search, int nthreads, float* D,
@@ -1053,6 +1217,7 @@ void Index::search_float_lut(const float* q, size_t nq, size_t k, size_t leaves_
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
     static thread_local Scratch s;
     for (size_t i = b; i < e; ++i) search_one_float(q + i * p_.d, k, nprobe, s, D + i * k, I + i * k);
+    release_large_scratch(s);
   });
 }
 
@@ -1060,7 +1225,8 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
   const kernels::KernelTable& kt = kernels::active();
   const size_t d = p_.d, M = layout_.num_blocks, gb = group_bytes();
   const bool l2 = p_.metric == Metric::kL2;
-  const float* q = start_query(q_in, k, nprobe, s, D, I);
+  size_t probed = 0;
+  const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
   if (!q) return;
   s.lut.assign(M * 16, 0.f);
   for (size_t m = 0; m < M; ++m) {
@@ -1069,7 +1235,7 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
   }
   // The k best so far in a heap whose top is the worst (ordered by `better`).
   std::vector<Cand> heap;
-  heap.reserve(k + 1);
+  heap.reserve(std::min(k, probed) + 1);
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
     const Leaf& leaf = leaves_[li];
@@ -1099,7 +1265,7 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
   }
   for (size_t j = 0; j < heap.size(); ++j) {
     I[j] = leaves_[heap[j].leaf].ids_p[heap[j].pos];
-    D[j] = l2 ? std::max(0.f, qn2 - 2.f * heap[j].score) : heap[j].score;
+    D[j] = l2 ? std::max(0.f, qn2 - 2.f * heap[j].score) : heap[j].score * s.q_unscale;
   }
 }
 

@@ -2,9 +2,11 @@
 // exact reordering. See docs/parameters.md for the parameter glossary.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <shared_mutex>
@@ -48,9 +50,30 @@ enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
 const char* metric_name(Metric m);
 const char* reorder_name(ReorderMode r);
 
-// Limits of the parameters (exported to Python as module constants; avq_plugin/_validation.py).
-constexpr uint32_t kMaxDim = 1u << 20;
-constexpr uint32_t kMaxLeaves = 0x7FFFFFFFu;
+// The accepted values of vectors (data, queries, stored vectors), one rule for every index type
+// and every path: finite; under dot and l2 every |value| <= limits::kMaxAbsValue; under cosine
+// nonzero. Throws InvalidArgument naming `what` and the row ("<what> <row> ...").
+void check_vectors(const float* x, size_t n, size_t d, Metric metric, const char* what);
+// Training data of an AVQ index under dot and l2: its largest norm is 0 or >= limits::kMinDataNorm.
+void check_data_scale(const float* x, size_t n, size_t d, Metric metric);
+
+// Ids: -1 is the padding of search results and INT64_MIN is reserved with it (Faiss's
+// convention of negative sentinels); neither may be added nor read from a file.
+inline bool is_reserved_id(int64_t id) {
+  return id == -1 || id == std::numeric_limits<int64_t>::min();
+}
+// The ids of n vectors about to be added to an index whose next automatic id is next_id:
+// the given ones (checked: none reserved, no duplicates among them; `present` tells whether an
+// id is already in the index) or next_id onwards (throws when the id space is exhausted).
+std::vector<int64_t> new_ids_for_add(const int64_t* ids, size_t n, int64_t next_id,
+                                     const std::function<bool(int64_t)>& present);
+// The next automatic id after `id` was added.
+inline int64_t next_id_after(int64_t next_id, int64_t id) {
+  return std::max(next_id, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
+}
+// Ids read from a file: none reserved, no duplicates, all below next_id (unless next_id is the
+// largest id), next_id >= 0. Throws InvalidArgument("corrupted index file: ...").
+void check_stored_ids(const int64_t* ids, size_t n, int64_t next_id);
 
 // Every parameter of an index, concrete: the Python layer resolves the defaults
 // (avq_plugin/_params.py) before it builds one, and the file stores these values.
@@ -89,8 +112,10 @@ struct TrainStats {
 
 class Mapping;  // a read-only memory-mapped file (io.h)
 
-// Thread safety: search() and the const accessors take a shared lock; train/add/remove/reset
-// take an exclusive lock. Many threads may search at once.
+// Thread safety: search() and every const accessor take the shared lock (accessors return
+// copies), train/add/remove/reset/set_* take the exclusive lock; many threads may search at
+// once. Exceptions, immutable after construction and so lock-free: d(), num_blocks(),
+// code_size(). The lock is never held while waiting for anything else (Monitor: common.h).
 class Index {
  public:
   explicit Index(const IndexParams& p);
@@ -147,20 +172,21 @@ class Index {
   // All ids in storage order (leaf by leaf).
   std::vector<int64_t> all_ids() const;
 
-  const IndexParams& params() const { return p_; }
+  IndexParams params() const;
+  uint32_t d() const { return p_.d; }  // immutable
   // Replaces the search defaults stored with the index; they are serialized with it. Takes the
   // exclusive lock. Used by AVQIndex.tune (issue 6).
   void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
-  bool is_trained() const { return trained_; }
+  bool is_trained() const;
   size_t ntotal() const;
-  size_t num_leaves() const { return nleaves_; }
+  size_t num_leaves() const;
   size_t num_blocks() const { return layout_.num_blocks; }
   size_t code_size() const { return (layout_.num_blocks + 1) / 2; }  // bytes per vector
   size_t memory_usage() const;
-  bool is_mapped() const { return mapping_ != nullptr; }
+  bool is_mapped() const;
   TrainStats train_stats() const;
-  const std::vector<float>& codebooks() const { return codebooks_; }
-  const std::vector<float>& centers() const { return resid_centers_; }
+  std::vector<float> codebooks() const;
+  std::vector<float> centers() const;
   std::vector<uint64_t> leaf_sizes() const;
 
   // Serialization (io.cpp). serialize() writes the whole index into a byte string;
@@ -189,10 +215,12 @@ class Index {
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D, int64_t* I) const;
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
-  const float* start_query(const float* q_in, size_t k, size_t& nprobe, Scratch& s, float* D, int64_t* I) const;
+  const float* start_query(const float* q_in, size_t k, size_t& nprobe, size_t& probed, Scratch& s, float* D,
+                           int64_t* I) const;
   void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;
   void check_queries(const float* q, size_t nq) const;
   std::vector<int64_t> checked_new_ids(const int64_t* ids, size_t n);  // exclusive lock held
+  static void release_large_scratch(Scratch& s);
   void encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
                      std::vector<uint8_t>& codes) const;
   size_t group_bytes() const { return layout_.num_blocks_pad * 16; }

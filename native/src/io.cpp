@@ -1,6 +1,8 @@
 #include "io.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -82,8 +84,59 @@ Mapping::~Mapping() {
   if (data_) munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+namespace {
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && s.size() <= 18 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// Removes the temporary files that earlier saves to `path` left behind when their process died
+// (kill -9, power loss): names "<file>.tmp-<pid>-<n>" of our own pattern whose pid is not a live
+// process. Files of live processes (a save under way elsewhere), of this process, of other
+// paths or of any other naming are left alone. Best effort: errors are ignored.
+void remove_stale_temp_files(const std::string& dir, const std::string& base) {
+  DIR* dp = ::opendir(dir.c_str());
+  if (!dp) return;
+  const std::string prefix = base + ".tmp-";
+  const pid_t self = ::getpid();
+  std::vector<std::string> stale;
+  while (struct dirent* e = ::readdir(dp)) {
+    const std::string name = e->d_name;
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    const size_t dash = rest.find('-');
+    if (dash == std::string::npos) continue;
+    const std::string pid_s = rest.substr(0, dash), n_s = rest.substr(dash + 1);
+    if (!all_digits(pid_s) || !all_digits(n_s)) continue;
+    const long long pid = std::stoll(pid_s);
+    if (pid <= 0 || pid == self || pid > std::numeric_limits<pid_t>::max()) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+    stale.push_back(name);
+  }
+  ::closedir(dp);
+  for (const std::string& name : stale) ::unlink((dir + "/" + name).c_str());
+}
+
+// Makes a rename in `dir` durable. Filesystems that cannot sync a directory say EINVAL.
+void fsync_directory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw IOError("cannot open directory '" + dir + "' to sync it: " + errno_text());
+  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
+    std::string e = errno_text();
+    ::close(fd);
+    throw IOError("cannot sync directory '" + dir + "': " + e);
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   static std::atomic<unsigned> counter{0};
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  remove_stale_temp_files(dir, base);
   std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) throw IOError("cannot create '" + tmp + "': " + errno_text());
@@ -109,6 +162,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     ::unlink(tmp.c_str());
     throw IOError("cannot rename '" + tmp + "' to '" + path + "': " + e);
   }
+  fsync_directory(dir);
 }
 
 void ContainerWriter::add(const char* tag, Pieces pieces) {
@@ -356,21 +410,28 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     if (flag > 1) throw InvalidArgument("corrupted index file: invalid l2 norm mode");
     p.l2_decoded_norms = flag != 0;
   }
-  if (p.d == 0 || p.d > kMaxDim || p.dims_per_block < 1 || p.dims_per_block > kMaxDimsPerBlock)
+  if (p.d == 0 || p.d > limits::kMaxDim || p.dims_per_block < 1 || p.dims_per_block > limits::kMaxDimsPerBlock)
     throw InvalidArgument("corrupted index file: invalid dimension or dims_per_block");
+  if (!(std::isnan(threshold_used) || (std::isfinite(threshold_used) && threshold_used >= 0)))
+    throw InvalidArgument("corrupted index file: invalid threshold");
   if (r.version() >= 2 && trained && (p.num_leaves == 0 || p.default_leaves_to_search == 0 || p.default_reorder_k == 0))
     throw InvalidArgument("corrupted index file: a version-2 file must store num_leaves and the search budget");
   if (trained && p.num_leaves != L) {
-    if (r.version() >= 2 || L == 0 || L > kMaxLeaves)
+    if (r.version() >= 2 || L == 0 || L > limits::kMaxLeaves)
       throw InvalidArgument("corrupted index file: invalid number of leaves");
     p.num_leaves = static_cast<uint32_t>(L);  // version 1: 0 meant "about sqrt(n)"
   }
-  std::unique_ptr<Index> idx(new Index(p));
+  std::unique_ptr<Index> idx;
+  try {
+    idx.reset(new Index(p));  // the constructor's rule for every parameter
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("corrupted index file: ") + e.what());
+  }
   idx->threshold_used_ = threshold_used;
   if (!trained) return idx;
   idx->eta_fn_ = std::make_shared<EtaFunction>(threshold_used, p.eta, p.eta_scann, static_cast<int>(p.d));
   const size_t d = p.d;
-  if (L == 0 || L > kMaxLeaves || L > size / (d * sizeof(float)))
+  if (L == 0 || L > limits::kMaxLeaves || L > size / (d * sizeof(float)))
     throw InvalidArgument("corrupted index file: invalid number of leaves");
   if (ntotal > size / sizeof(int64_t)) throw InvalidArgument("corrupted index file: invalid vector count");
 
@@ -383,6 +444,13 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   uint64_t nloss = sr.get<uint64_t>();
   if (nloss > sr.remaining() / sizeof(double)) throw InvalidArgument("corrupted index file: section STAT is too short");
   for (uint64_t i = 0; i < nloss; ++i) idx->stats_.loss.push_back(sr.get<double>());
+  {
+    const TrainStats& st = idx->stats_;
+    bool ok = std::isfinite(st.eta_min) && std::isfinite(st.eta_max) && std::isfinite(st.eta_mean) &&
+              (std::isnan(st.threshold) || (std::isfinite(st.threshold) && st.threshold >= 0));
+    for (double v : st.loss) ok = ok && std::isfinite(v);
+    if (!ok) throw InvalidArgument("corrupted index file: non-finite value in STAT");
+  }
 
   const float* pc = expect_array<float>(r, "PCEN", L * d);
   const float* rc = expect_array<float>(r, "RCEN", L * d);
@@ -420,17 +488,25 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   if (p.reorder == ReorderMode::kFloat32) vecs = expect_array<float>(r, "RVEC", ntotal * d);
   if (p.reorder == ReorderMode::kInt8) vecs8 = expect_array<int8_t>(r, "RV8_", ntotal * d);
   if (p.metric == Metric::kL2) bias = expect_array<float>(r, "BIAS", ntotal);
-  for (uint64_t i = 0; i < ntotal; ++i) {
-    if (ids[i] >= next_id && next_id != std::numeric_limits<int64_t>::max())
-      throw InvalidArgument("corrupted index file: id beyond the recorded next id");
+  // The rules of add() for what the file holds. The large sections of a memory-mapped load
+  // (CODE, RVEC, RV8_) are used in place unread: like their checksums, their values are not
+  // checked then (docs/reliability.md, "Memory-mapped files").
+  check_stored_ids(ids, ntotal, next_id);
+  if (bias) {
+    check_finite(bias, ntotal, "BIAS");  // -0.5 ||x||^2: never positive
+    for (uint64_t i = 0; i < ntotal; ++i)
+      if (bias[i] > 0) throw InvalidArgument("corrupted index file: positive value in BIAS");
   }
-  {
-    std::vector<int64_t> sorted(ids, ids + ntotal);
-    std::sort(sorted.begin(), sorted.end());
-    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
-      throw InvalidArgument("corrupted index file: duplicate id");
+  if (vecs8 && !mapping)
+    for (uint64_t i = 0; i < ntotal * d; ++i)
+      if (vecs8[i] == -128) throw InvalidArgument("corrupted index file: int8 value out of range in RV8_");
+  if (vecs && !mapping) {
+    try {
+      check_vectors(vecs, ntotal, d, p.metric, "RVEC row");
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(std::string("corrupted index file: ") + e.what());
+    }
   }
-  if (bias) check_finite(bias, ntotal, "BIAS");
 
   idx->nleaves_ = L;
   idx->leaves_.assign(L, Leaf());

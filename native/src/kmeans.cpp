@@ -200,22 +200,55 @@ std::vector<float> train_kmeans(const float* x, size_t n, size_t d, const KMeans
       if (counts[j] == 0) continue;
       for (size_t t = 0; t < d; ++t) c[j * d + t] = static_cast<float>(sums[j * d + t] / double(counts[j]));
     }
-    // Empty clusters: split the currently largest cluster (ties: lowest index).
+    // Empty clusters: split the currently largest cluster (ties: lowest index), as Faiss does,
+    // seeding the empty one with that cluster's point farthest from its mean (so that distinct
+    // points, e.g. of heavily duplicated data, get separated); when all its points sit on the
+    // mean, by a small perturbation of the mean instead.
+    bool split = false;
+    std::vector<double> dist;  // each point's squared distance to its cluster's mean (lazily)
     for (size_t j = 0; j < k; ++j) {
       if (counts[j] != 0) continue;
       size_t big = static_cast<size_t>(std::max_element(counts.begin(), counts.end()) - counts.begin());
       if (counts[big] <= 1) break;
-      for (size_t t = 0; t < d; ++t) {
-        float v = c[big * d + t];
-        float eps = (t % 2 == 0 ? 1.f : -1.f) * (std::fabs(v) + 1e-6f) / 1024.f;
-        c[j * d + t] = v + eps;
-        c[big * d + t] = v - eps;
+      if (dist.empty()) {
+        dist.resize(n);
+        for (size_t i = 0; i < n; ++i) {
+          const float* xi = x + i * d;
+          const float* ci = c.data() + size_t(assign[i]) * d;
+          double s2 = 0;
+          for (size_t t = 0; t < d; ++t) s2 += (double(xi[t]) - ci[t]) * (double(xi[t]) - ci[t]);
+          dist[i] = s2;
+        }
       }
-      counts[j] = counts[big] / 2;
-      counts[big] -= counts[j];
+      size_t far = n;
+      double far_d = 0;
+      for (size_t i = 0; i < n; ++i)
+        if (assign[i] == big && dist[i] > far_d) {
+          far_d = dist[i];
+          far = i;
+        }
+      if (far < n) {
+        std::memcpy(c.data() + j * d, x + far * d, d * sizeof(float));
+        assign[far] = static_cast<uint32_t>(j);
+        dist[far] = 0;
+        counts[j] = 1;
+        counts[big] -= 1;
+      } else {
+        for (size_t t = 0; t < d; ++t) {
+          float v = c[big * d + t];
+          float eps = (t % 2 == 0 ? 1.f : -1.f) * (std::fabs(v) + 1e-6f) / 1024.f;
+          c[j * d + t] = v + eps;
+          c[big * d + t] = v - eps;
+        }
+        counts[j] = counts[big] / 2;
+        counts[big] -= counts[j];
+      }
+      split = true;
     }
     if (opt.spherical) normalize_rows(c.data(), k, d);
-    if (changed == 0) break;
+    // A split must be followed by an assignment and a mean update before converging, or its
+    // perturbed centres stay in place of the means.
+    if (changed == 0 && !split) break;
   }
   if (assign_out) {
     assign_out->resize(n);
