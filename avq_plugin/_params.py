@@ -35,22 +35,30 @@ class Budget(NamedTuple):
     reorder_k: int
 
 
-def default_num_leaves(n):
+def default_num_leaves(n: int) -> int:
     """round(sqrt(n)) leaves (at least 1, at most n)."""
     return max(1, min(n, round(LEAVES_PER_SQRT_N * math.sqrt(n))))
 
 
-def default_leaves_to_search(num_leaves):
+def default_leaves_to_search(num_leaves: int) -> int:
     """ceil(3.5 sqrt(L)) leaves probed, at most L: the scanned fraction falls as the index grows."""
     return max(1, min(num_leaves, math.ceil(PROBE_PER_SQRT_LEAVES * math.sqrt(num_leaves))))
 
 
-def default_reorder_k(k=DEFAULT_K):
+def default_reorder_k(k: int = DEFAULT_K) -> int:
     """max(200, 20 k) candidates re-scored exactly."""
     return max(REORDER_MIN, REORDER_PER_NEIGHBOR * k)
 
 
-def resolve_budget(n, d, k=DEFAULT_K, *, num_leaves=None, leaves_to_search=None, reorder_k=None):
+def resolve_budget(
+    n: int | None,
+    d: int,
+    k: int = DEFAULT_K,
+    *,
+    num_leaves: int | None = None,
+    leaves_to_search: int | None = None,
+    reorder_k: int | None = None,
+) -> Budget:
     """The (num_leaves, leaves_to_search, reorder_k) an index of n vectors of dimension d uses.
 
     Values given (not None) are kept; the others follow the default rule: round(sqrt(n)) leaves,
