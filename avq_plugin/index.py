@@ -407,6 +407,68 @@ class AVQIndex(_NativeWrapper):
         )
         return self._index.search(Q, k, lts, rk, nt)
 
+    # ------------------------------------------------------------------ routed search
+    # Protected: the building blocks of leaf-routed sharding (avq_plugin.distributed), where a
+    # router chooses the leaves once and each shard scans only those it holds.
+    def _probe(self, Q, leaves_to_search, num_threads=None):
+        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
+        self._require_trained()
+        Q = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return self._index.probe(Q, lts, nt)
+
+    def _search_leaves(self, Q, k, leaves, reorder_k, num_threads=None):
+        """``search`` restricted to given leaves per query.
+
+        leaves: int (nq, w), each row scanned in its order, -1 entries skipped, no leaf twice;
+        reorder_k: int or int (nq,) per query. A query's candidates and scores are those
+        ``search`` finds in the same leaves, so with leaves = ``_probe(Q, lts)`` and the same
+        reorder_k the result equals ``search(Q, k, lts, reorder_k)``.
+        """
+        self._require_trained()
+        k = V.check_k(k)
+        Q = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        V.check_result_size(Q.shape[0], k)
+        leaves = np.asarray(leaves)
+        if leaves.ndim != 2 or leaves.shape[0] != Q.shape[0] or not np.issubdtype(leaves.dtype, np.integer):
+            raise ValueError(f"leaves must be an integer array of shape ({Q.shape[0]}, w), got {leaves.shape}")
+        if leaves.size and (leaves.min() < -1 or leaves.max() >= self._index.num_leaves):
+            raise ValueError(f"leaves must be in [-1, {self._index.num_leaves}) (-1: none)")
+        leaves = np.ascontiguousarray(leaves, dtype=np.int32)
+        rk = np.asarray(reorder_k)
+        if rk.ndim == 0:
+            rk = np.full(Q.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
+        elif rk.shape != (Q.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
+            raise ValueError(f"reorder_k must be a positive int or {Q.shape[0]} positive ints")
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return self._index.search_leaves(Q, k, leaves, np.ascontiguousarray(rk, np.int64), nt)
+
+    def _leaf_sizes(self):
+        """Vectors per leaf, int64 (num_leaves,)."""
+        self._require_trained()
+        return self._index.leaf_sizes()
+
+    def _contains(self, ids):
+        """Boolean (n,): which of the ids are indexed."""
+        self._require_trained()
+        return self._index.contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
+
+    def _probe_centers(self):
+        """The centres leaves are chosen by, float32 (num_leaves, d)."""
+        self._require_trained()
+        return np.asarray(self._index.probe_centers(), np.float32).reshape(self._index.num_leaves, -1)
+
+    def _quantizer_digest(self):
+        """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
+        import hashlib
+
+        self._require_trained()
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self._index.centers(), np.float32).tobytes())
+        h.update(np.ascontiguousarray(self._index.codebooks(), np.float32).tobytes())
+        return h
+
     def tune(
         self,
         target_recall=0.95,

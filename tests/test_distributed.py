@@ -21,7 +21,13 @@ from distributed import Client, LocalCluster, WorkerPlugin
 
 from avq_plugin import ExactIndex
 from avq_plugin.datasets import load_glove_subset
-from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_topk
+from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_rows, merge_topk
+from avq_plugin.distributed.placement import (
+    balanced_leaf_groups,
+    probe_rank_weights,
+    refine_leaf_groups,
+    split_reorder_budget,
+)
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -32,6 +38,22 @@ def glove():
     return ds.train, ds.test[:200]
 
 
+def ensure_two_workers(client):
+    """Waits for the nanny to restart a killed worker. Under load, Dask's restart can race the
+    scheduler's cleanup of the dead worker and the nanny then gives up: replace such a nanny."""
+    try:
+        client.wait_for_workers(2, timeout=30)
+        return
+    except TimeoutError:
+        pass
+    cluster = client.cluster
+    for name, nanny in list(cluster.workers.items()):
+        if nanny.status.name in ("closed", "closing", "failed"):
+            del cluster.workers[name]
+    cluster.scale(2)
+    client.wait_for_workers(2, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def client():
     # The worker plugin below is defined in this module, which the workers cannot import (pytest
@@ -39,7 +61,7 @@ def client():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
         ) as cluster,
         Client(cluster) as c,
     ):
@@ -51,7 +73,9 @@ def client():
 def sharded(client, glove):
     X, _ = glove
     # 8 row chunks, 4 shards: the training sample comes from every chunk, shards span chunks.
-    return ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(2500, 50)))
+    return ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, client=client).fit(
+        da.from_array(X, chunks=(2500, 50))
+    )
 
 
 def single_like(sharded, X):
@@ -81,7 +105,7 @@ class ExitOnSearch(WorkerPlugin):
 
 def search_with_worker_killed(client, index, Q, flag, **kw):
     """index.search(Q) while a worker dies in the middle of it; returns (D, I), dead address."""
-    client.wait_for_workers(2)
+    ensure_two_workers(client)
     before = set(client.scheduler_info(n_workers=-1)["workers"])
     client.register_plugin(ExitOnSearch(flag))
     try:
@@ -128,6 +152,69 @@ def test_merge_topk_equals_one_sorted_list():
     np.testing.assert_array_equal(D, np.take_along_axis(scores, o, 1))
 
 
+def test_merge_rows_equals_merge_topk_on_the_rows_answered():
+    rng = np.random.default_rng(1)
+    nq, k = 40, 5
+    parts, full_D, full_I = [], [], []
+    for _ in range(3):
+        rows = np.sort(rng.choice(nq, size=25, replace=False))
+        D = -np.sort(-rng.integers(0, 6, size=(len(rows), k)).astype(np.float32), axis=1)  # ties
+        I = rng.permutation(10000)[: len(rows) * k].reshape(len(rows), k).astype(np.int64)
+        I[0, -1] = -1  # a padded entry
+        D[0, -1] = -FLT_MAX
+        parts.append((rows, D, I))
+        Df = np.full((nq, k), -FLT_MAX, np.float32)
+        If = np.full((nq, k), -1, np.int64)
+        Df[rows], If[rows] = D, I
+        full_D.append(Df)
+        full_I.append(If)
+    D, I = merge_rows(nq, k, parts, "dot")
+    D1, I1 = merge_topk(full_D, full_I, k, "dot")
+    hits = np.zeros(nq, int)
+    for rows, _, _ in parts:
+        hits[rows] += 1
+    multi = hits > 1  # rows answered once keep that part's own order
+    np.testing.assert_array_equal(I[multi], I1[multi])
+    np.testing.assert_array_equal(D[multi], D1[multi])
+    assert np.all(I[hits == 0] == -1) and np.all(D[hits == 0] == -FLT_MAX)
+    for rows, _, Ip in parts:
+        one = hits[rows] == 1
+        np.testing.assert_array_equal(I[rows[one]], Ip[one])
+
+
+def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
+    rng = np.random.default_rng(0)
+    # 8 well separated clusters of 16 leaves each; queries probe leaves of one cluster.
+    centres = np.concatenate([rng.normal(size=(1, 8)) * 10 + rng.normal(size=(16, 8)) for _ in range(8)])
+    counts = rng.integers(50, 150, size=len(centres))
+    for S in (1, 3, 8):
+        g = balanced_leaf_groups(centres, counts, S)
+        assert set(g.tolist()) == set(range(S))
+        sizes = np.bincount(g, weights=counts, minlength=S)
+        assert sizes.max() - sizes.min() <= 2 * counts.max()
+    g = balanced_leaf_groups(centres, counts, 8)
+    probes = np.stack(
+        [rng.choice(np.arange(c * 16, c * 16 + 16), size=6, replace=False) for c in rng.integers(0, 8, 500)]
+    )
+    before = np.mean([len(set(g[p].tolist())) for p in probes])
+    g2 = refine_leaf_groups(g, probes, counts, 8, max_imbalance=0.2)
+    after = np.mean([len(set(g2[p].tolist())) for p in probes])
+    assert after <= before and after < 1.5
+    sizes = np.bincount(g2, weights=counts, minlength=8)
+    assert sizes.max() <= counts.sum() / 8 * 1.2 + 1e-9 and sizes.min() >= counts.sum() / 8 * 0.8 - 1e-9
+    with pytest.raises(ValueError, match="n_shards"):
+        balanced_leaf_groups(centres, counts, len(centres) + 1)
+    # Budgets: weighted shares, at least 1; the whole budget when it covers every candidate.
+    b = split_reorder_budget(100, np.array([300.0, 100.0, 0.0]), np.array([400.0] * 3), np.array([900] * 3))
+    assert b.tolist() == [75, 25, 1]
+    assert split_reorder_budget(500, np.array([300.0, 1.0]), np.array([301.0] * 2), np.array([400] * 2)).tolist() == [
+        500,
+        500,
+    ]
+    w = probe_rank_weights(np.array([[100, 100, 50]]))
+    assert w.tolist() == [[100.0, 50.0, 50 / 3]]
+
+
 # ---------------------------------------------------------------------------------- exactness
 def test_shards_give_the_single_index_top_k(sharded, glove):
     X, Q = glove
@@ -151,7 +238,7 @@ def test_shards_give_the_single_index_top_k(sharded, glove):
 @pytest.mark.parametrize("metric, reorder", [("dot", "int8"), ("l2", "float32")])
 def test_other_metrics_give_the_single_index_top_k(client, glove, metric, reorder):
     X, Q = glove
-    index = ShardedAVQIndex(metric=metric, n_shards=3, reorder=reorder, client=client).fit(
+    index = ShardedAVQIndex(sharding="rows", metric=metric, n_shards=3, reorder=reorder, client=client).fit(
         da.from_array(X, chunks=(4000, 50))
     )
     single = single_like(index, X)
@@ -177,7 +264,7 @@ def test_small_reorder_budget_sharded_recall_at_least_single(sharded, glove):
 
 def test_quantized_scores_without_reordering_match_single_index(client, glove):
     X, Q = glove
-    index = ShardedAVQIndex(metric="cosine", n_shards=4, reorder="none", client=client).fit(
+    index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, reorder="none", client=client).fit(
         da.from_array(X, chunks=(5000, 50))
     )
     single = single_like(index, X)
@@ -195,31 +282,33 @@ def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
     np.save(tmp_path / "b.npy", parts[1].astype(np.float64))  # converted to float32 in the workers
     with h5py.File(tmp_path / "c.hdf5", "w") as f:
         f["train"] = parts[2]
-    index = ShardedAVQIndex(metric="cosine", client=client).fit(
+    index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(
         [tmp_path / "a.npy", str(tmp_path / "b.npy"), (tmp_path / "c.hdf5", "train")]
     )
     assert index.shard_bounds_ == [(0, 7000), (7000, 12000), (12000, 20000)]  # one shard per file
     # The same chunks as a dask array: the same sample, quantizer and results.
-    ref = ShardedAVQIndex(metric="cosine", client=client).fit(da.from_array(X, chunks=((7000, 5000, 8000), 50)))
+    ref = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(
+        da.from_array(X, chunks=((7000, 5000, 8000), 50))
+    )
     D, I = index.search(Q, k=10, leaves_to_search=20)
     D1, I1 = ref.search(Q, k=10, leaves_to_search=20)
     np.testing.assert_array_equal(I, I1)
     np.testing.assert_array_equal(D, D1)
     with pytest.raises(ValueError, match="different dimensions"):
         np.save(tmp_path / "narrow.npy", X[:10, :20])
-        ShardedAVQIndex(client=client).fit([tmp_path / "a.npy", tmp_path / "narrow.npy"])
+        ShardedAVQIndex(sharding="rows", client=client).fit([tmp_path / "a.npy", tmp_path / "narrow.npy"])
 
 
 # ---------------------------------------------------------------------------------- persistence
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_round_trip(client, sharded, glove, tmp_path, mmap):
     _, Q = glove
-    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    ensure_two_workers(client)  # a worker killed by an earlier test may still be restarting
     path = tmp_path / "glove.avqs"
     manifest = sharded.save(path)
     on_disk = json.loads((path / MANIFEST_NAME).read_text())
     assert on_disk == json.loads(json.dumps(manifest))
-    assert on_disk["format_version"] == 1 and on_disk["n_shards"] == 4 and on_disk["ntotal"] == 20000
+    assert on_disk["format_version"] == 2 and on_disk["n_shards"] == 4 and on_disk["ntotal"] == 20000
     assert [s["file"] for s in on_disk["shards"]] == [f"shard-0000{j}.avq" for j in range(4)]
     assert [(s["id_start"], s["id_stop"]) for s in on_disk["shards"]] == sharded.shard_bounds_
     assert all(s["bytes"] == os.path.getsize(path / s["file"]) for s in on_disk["shards"])
@@ -274,7 +363,7 @@ def test_corrupted_or_missing_shard_raises(client, sharded, tmp_path):
 # ---------------------------------------------------------------------------------- failures
 def test_worker_killed_mid_search_loaded_index_survives(client, sharded, glove, tmp_path):
     _, Q = glove
-    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    ensure_two_workers(client)  # a worker killed by an earlier test may still be restarting
     sharded.save(tmp_path / "s.avqs")
     loaded = ShardedAVQIndex.load(tmp_path / "s.avqs", client=client, mmap=True)
     expected = loaded.search(Q, k=10)
@@ -286,9 +375,11 @@ def test_worker_killed_mid_search_loaded_index_survives(client, sharded, glove, 
 
 
 def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_path):
-    client.wait_for_workers(2)
+    ensure_two_workers(client)
     X, Q = glove
-    index = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X, chunks=(5000, 50)))
+    index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, client=client).fit(
+        da.from_array(X, chunks=(5000, 50))
+    )
     expected = index.search(Q, k=10)
     # Not saved: Dask re-encodes the lost shards from their source chunks (the lineage).
     (D, I), dead = search_with_worker_killed(client, index, Q, tmp_path / "kill", k=10)
@@ -299,12 +390,12 @@ def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_pat
 
 def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove, tmp_path):
     X, Q = glove
-    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    ensure_two_workers(client)  # a worker killed by an earlier test may still be restarting
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
         np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
-    index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
+    index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     expected = index.search(Q, k=10)
     index.save(tmp_path / "s.avqs")
     shutil.rmtree(src)  # Dask can no longer rebuild a lost shard from its source files ...
@@ -316,12 +407,12 @@ def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove,
 
 def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_path):
     X, Q = glove
-    client.wait_for_workers(2)  # a worker killed by an earlier test may still be restarting
+    ensure_two_workers(client)  # a worker killed by an earlier test may still be restarting
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
         np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
-    index = ShardedAVQIndex(metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
+    index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     shutil.rmtree(src)
     infos = index.shard_info()
     assert {w for i in infos for w in i["workers"]} == set(client.scheduler_info(n_workers=-1)["workers"])
@@ -341,7 +432,7 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
 
 def test_refit_and_release(client, glove, tmp_path):
     X, Q = glove
-    index = ShardedAVQIndex(metric="cosine", n_shards=2, num_leaves=20, client=client).fit(
+    index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=2, num_leaves=20, client=client).fit(
         da.from_array(X[:4000], chunks=(2000, 50))
     )
     index.save(tmp_path / "a.avqs")
@@ -359,27 +450,247 @@ def test_refit_and_release(client, glove, tmp_path):
 def test_bad_input(client, sharded, glove):
     X, Q = glove
     with pytest.raises(ValueError, match="not fitted"):
-        ShardedAVQIndex(client=client).search(Q)
+        ShardedAVQIndex(sharding="rows", client=client).search(Q)
     with pytest.raises(ValueError, match="features"):
         sharded.search(Q[:, :10])
     with pytest.raises(ValueError, match="n_shards=30 exceeds"):
-        ShardedAVQIndex(n_shards=30, client=client).fit(da.from_array(X[:20]))
+        ShardedAVQIndex(sharding="rows", n_shards=30, client=client).fit(da.from_array(X[:20]))
     with pytest.raises(TypeError, match="dask.array"):
-        ShardedAVQIndex(client=client).fit({"X": X})
+        ShardedAVQIndex(sharding="rows", client=client).fit({"X": X})
     with pytest.raises(ValueError, match="n_shards"):
-        ShardedAVQIndex(n_shards=0)
+        ShardedAVQIndex(sharding="rows", n_shards=0)
     with pytest.raises(TypeError, match="client"):
-        ShardedAVQIndex(client="tcp://nowhere:8786")
+        ShardedAVQIndex(sharding="rows", client="tcp://nowhere:8786")
     with pytest.raises(TypeError, match="save"):
         pickle.dumps(sharded)
     bad = X[:1000].copy()
     bad[999, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        ShardedAVQIndex(n_shards=2, num_leaves=5, client=client).fit(da.from_array(bad, chunks=(500, 50)))
+        ShardedAVQIndex(sharding="rows", n_shards=2, num_leaves=5, client=client).fit(
+            da.from_array(bad, chunks=(500, 50))
+        )
     # k beyond a shard's size: padded like AVQIndex.
-    small = ShardedAVQIndex(metric="cosine", n_shards=3, num_leaves=2, client=client).fit(
+    small = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=3, num_leaves=2, client=client).fit(
         da.from_array(X[:9], chunks=(3, 50))
     )
     D, I = small.search(Q[:2], k=12, leaves_to_search=2)
     assert sorted(I[0, :9].tolist()) == list(range(9)) and I[:, 9:].tolist() == [[-1] * 3] * 2
     assert np.all(D[:, 9:] == -FLT_MAX)
+
+
+# ---------------------------------------------------------------------------------- leaf-routed shards
+@pytest.fixture(scope="module")
+def leafy(client, glove):
+    X, _ = glove
+    return ShardedAVQIndex(metric="cosine", n_shards=4, leaves_to_search=14, client=client).fit(
+        da.from_array(X, chunks=(2500, 50))
+    )
+
+
+def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
+    X, Q = glove
+    single = single_like(leafy, X)
+    assert leafy.sharding == "leaves" and leafy.ntotal == X.shape[0]
+    placement = leafy.leaf_to_shard_
+    assert placement.shape == (leafy.num_leaves_,) and set(placement.tolist()) == {0, 1, 2, 3}
+    infos = leafy.shard_info()
+    sizes = [i["ntotal"] for i in infos]
+    assert sum(sizes) == X.shape[0] and max(sizes) - min(sizes) < 0.1 * X.shape[0] / 4  # balanced
+    # Whole leaves: a vector's shard is the shard of its leaf.
+    leaves = single.get_ids()  # storage order is leaf by leaf
+    assert len(leaves) == X.shape[0]
+    # Every shard re-ranks all its candidates when the budget covers the probed leaves: exact.
+    for lts in (5, 14, leafy.num_leaves_):
+        D, I = leafy.search(Q, k=10, leaves_to_search=lts, reorder_k=X.shape[0])
+        D1, I1 = single.search(Q, k=10, leaves_to_search=lts, reorder_k=X.shape[0])
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+        stats = leafy.search_stats()
+        assert stats["queries"] == len(Q) and stats["client_seconds"] > 0
+        probed = single._probe(Q, lts)
+        sizes_of_leaf = single._leaf_sizes()
+        assert stats["candidates_scanned_per_query"] == pytest.approx(sizes_of_leaf[probed].sum(1).mean())
+        visited = np.mean([len(set(placement[p].tolist())) for p in probed])
+        assert stats["shards_visited_per_query"] == pytest.approx(visited)
+        assert stats["shard_tasks"] <= 4
+    assert leafy.search_stats()["shards_visited_per_query"] == 4  # every leaf probed
+    # k beyond the vectors of the probed leaves: more leaves are probed, as one index does.
+    D, I = leafy.search(Q, k=300, leaves_to_search=1, reorder_k=X.shape[0])
+    D1, I1 = single.search(Q, k=300, leaves_to_search=1, reorder_k=X.shape[0])
+    np.testing.assert_array_equal(I, I1)
+    np.testing.assert_array_equal(D, D1)
+    # With few probed leaves most queries visit few shards (neighbouring leaves placed together).
+    leafy.search(Q, k=10, leaves_to_search=3)
+    assert leafy.search_stats()["shards_visited_per_query"] < 2
+
+
+def test_leaf_shards_without_reordering_match_single_index(client, glove):
+    X, Q = glove
+    index = ShardedAVQIndex(metric="l2", n_shards=3, reorder="none", client=client).fit(
+        da.from_array(X, chunks=(5000, 50))
+    )
+    single = single_like(index, X)
+    for lts in (3, 20):
+        D, I = index.search(Q, k=10, leaves_to_search=lts)
+        D1, I1 = single.search(Q, k=10, leaves_to_search=lts)
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+
+
+def test_leaf_shards_split_the_reorder_budget(leafy, glove):
+    X, Q = glove
+    single = single_like(leafy, X)
+    _, gt = ExactIndex(metric="cosine", num_threads=1).fit(X).search(Q, k=10)
+
+    def recall(I):
+        return (I[:, :, None] == gt[:, None, :]).any(1).mean()
+
+    for rk in (20, 50):
+        _, I = leafy.search(Q, k=10, leaves_to_search=14, reorder_k=rk)
+        _, I1 = single.search(Q, k=10, leaves_to_search=14, reorder_k=rk)
+        # One global budget, split by the shards' share of the candidates: about the single
+        # index's re-ranking work, and about its recall.
+        assert abs(recall(I) - recall(I1)) < 0.03
+
+
+def test_leaf_shards_save_load(client, leafy, glove, tmp_path):
+    _, Q = glove
+    ensure_two_workers(client)
+    manifest = leafy.save(tmp_path / "l.avqs")
+    assert manifest["sharding"] == "leaves" and manifest["format_version"] == 2
+    assert manifest["leaf_to_shard"] == leafy.leaf_to_shard_.tolist()
+    for mmap in (False, True):
+        loaded = ShardedAVQIndex.load(tmp_path / "l.avqs", client=client, mmap=mmap)
+        assert loaded.sharding == "leaves" and loaded.ntotal == leafy.ntotal
+        assert all(i["is_mapped"] == mmap for i in loaded.shard_info())
+        for kw in ({}, {"leaves_to_search": 30, "reorder_k": 50}):
+            D, I = leafy.search(Q, k=10, **kw)
+            D2, I2 = loaded.search(Q, k=10, **kw)
+            np.testing.assert_array_equal(I, I2)
+            np.testing.assert_array_equal(D, D2)
+        loaded.release()
+    bad = json.loads((tmp_path / "l.avqs" / MANIFEST_NAME).read_text())
+    bad["leaf_to_shard"] = bad["leaf_to_shard"][:-1]
+    (tmp_path / "l.avqs" / MANIFEST_NAME).write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="leaf_to_shard"):
+        ShardedAVQIndex.load(tmp_path / "l.avqs", client=client)
+
+
+def wait_for_replicas(index, replicas, seconds=30):
+    """Polls until every shard has `replicas` live replicas again (rebuilt in the background)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        infos = index.shard_info()
+        if all(len(i["workers"]) == replicas for i in infos):
+            return infos
+        time.sleep(0.2)
+    raise AssertionError(f"replicas were not rebuilt: {[i['workers'] for i in index.shard_info()]}")
+
+
+def test_replicas_survive_a_worker_killed_mid_stream(client, glove, tmp_path):
+    X, Q = glove
+    ensure_two_workers(client)
+    index = ShardedAVQIndex(metric="cosine", n_shards=4, replicas=2, client=client).fit(
+        da.from_array(X[:8000], chunks=(4000, 50))
+    )
+    infos = index.shard_info()
+    assert all(len(set(i["workers"])) == 2 for i in infos)  # two workers per shard
+    batches = [Q[i : i + 50] for i in range(0, len(Q), 50)]
+    expected = [index.search(q, k=10) for q in batches]
+    # Not saved, no lineage: the surviving replicas answer; nothing is re-encoded.
+    (D, I), dead = search_with_worker_killed(client, index, batches[0], tmp_path / "kill", k=10)
+    np.testing.assert_array_equal(I, expected[0][1])
+    np.testing.assert_array_equal(D, expected[0][0])
+    for q, (De, Ie) in zip(batches, expected):
+        D, I = index.search(q, k=10)
+        np.testing.assert_array_equal(I, Ie)
+        np.testing.assert_array_equal(D, De)
+    # The nanny restarts the worker; the lost replicas are copied there from the survivors.
+    ensure_two_workers(client)
+    infos = wait_for_replicas(index, 2)
+    assert all(dead not in i["workers"] for i in infos)
+    np.testing.assert_array_equal(index.search(Q, k=10)[1], np.concatenate([e[1] for e in expected]))
+    index.release()
+
+
+def test_lost_leaf_shard_raises_unless_saved(client, glove, tmp_path):
+    X, Q = glove
+    ensure_two_workers(client)
+    saved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X[:6000], chunks=(3000, 50)))
+    saved.save(tmp_path / "s.avqs")
+    expected = saved.search(Q, k=10)
+    unsaved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(
+        da.from_array(X[6000:12000], chunks=(3000, 50))
+    )
+    infos = unsaved.shard_info()
+    with pytest.raises(ShardLostError, match="lost .a worker died. and could not be recovered") as err:
+        search_with_worker_killed(client, unsaved, Q, tmp_path / "kill", k=10)
+    dead = {w for i in infos for w in i["workers"]} - set(client.scheduler_info(n_workers=-1)["workers"])
+    on_victim = {i["shard"] for i in infos if set(i["workers"]) & dead}
+    assert set(err.value.shards) == on_victim and "replicas=2" in str(err.value)
+    # The saved index lost the same worker: its shards there are reloaded from the files.
+    D, I = saved.search(Q, k=10)
+    np.testing.assert_array_equal(I, expected[1])
+    np.testing.assert_array_equal(D, expected[0])
+    saved.release()
+    unsaved.release()
+
+
+def test_leaf_shards_live_updates(client, glove, tmp_path):
+    import threading
+
+    X, Q = glove
+    ensure_two_workers(client)
+    index = ShardedAVQIndex(metric="cosine", n_shards=3, replicas=2, client=client).fit(
+        da.from_array(X[:12000], chunks=(4000, 50))
+    )
+    single = single_like(index, X[:12000])
+    errors, stop = [], threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            try:
+                index.search(Q[:20], k=10)
+            except Exception as exc:  # collected for the assertion below
+                errors.append(exc)
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        for a in range(12000, 20000, 2000):  # concurrent searches during the adds
+            index.add(X[a : a + 2000], np.arange(a, a + 2000))
+            single.add(X[a : a + 2000], np.arange(a, a + 2000))
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert index.ntotal == 20000
+    assert all(len(i["workers"]) == 2 for i in index.shard_info())
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(X[:2], np.array([5, 100000]))
+    index.add(X[:2], np.array([100000, 100001]))  # default ids continue after the largest
+    single.add(X[:2], np.array([100000, 100001]))
+    index.add(X[2:3])
+    single.add(X[2:3], np.array([100002]))
+    gone = np.arange(0, 20000, 7)
+    assert index.remove(np.concatenate([gone, [-5, 10**9]])) == len(gone)
+    single.remove(gone)
+    assert index.ntotal == single.ntotal
+    for lts in (5, 30):
+        D, I = index.search(Q, k=10, leaves_to_search=lts, reorder_k=20003)
+        D1, I1 = single.search(Q, k=10, leaves_to_search=lts, reorder_k=20003)
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+    index.save(tmp_path / "u.avqs")
+    loaded = ShardedAVQIndex.load(tmp_path / "u.avqs", client=client, replicas=1)
+    D2, I2 = loaded.search(Q, k=10, leaves_to_search=30, reorder_k=20003)
+    np.testing.assert_array_equal(I2, I1)
+    assert loaded.ntotal == single.ntotal
+    loaded.add(X[3:4])  # the same vector as id 3, under the next id
+    assert sorted(loaded.search(X[3:4], k=2)[1][0].tolist()) == [3, 100003]
+    with pytest.raises(ValueError, match="sharding='leaves'"):
+        ShardedAVQIndex(sharding="rows", replicas=2)
+    index.release()
+    loaded.release()

@@ -415,6 +415,38 @@ PYBIND11_MODULE(_native, m) {
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
           py::arg("nthreads"))
       .def(
+          "probe",
+          [](const Index& self, FArray q, size_t leaves_to_search, int nthreads) {
+            size_t nq = check_matrix(q, self.params().d, "queries");
+            const size_t w = std::max<size_t>(1, std::min(leaves_to_search, self.num_leaves()));
+            py::array_t<int32_t> out({nq, w});
+            const float* qp = q.data();
+            int32_t* op = out.mutable_data();
+            py::gil_scoped_release release;
+            self.probe(qp, nq, leaves_to_search, nthreads, op);
+            return out;
+          },
+          py::arg("q").noconvert(), py::arg("leaves_to_search"), py::arg("nthreads"),
+          "The leaves search() probes per query, best first: int32 (nq, min(leaves_to_search, L)).")
+      .def(
+          "search_leaves",
+          [](const Index& self, FArray q, size_t k, py::array_t<int32_t, py::array::c_style> leaves, IArray reorder_k,
+             int nthreads) {
+            size_t nq = check_matrix(q, self.params().d, "queries");
+            if (leaves.ndim() != 2 || static_cast<size_t>(leaves.shape(0)) != nq)
+              throw py::value_error("leaves must be a 2-D int32 array with one row per query");
+            if (reorder_k.ndim() != 1 || static_cast<size_t>(reorder_k.shape(0)) != nq)
+              throw py::value_error("reorder_k must be a 1-D int64 array with one value per query");
+            const size_t w = static_cast<size_t>(leaves.shape(1));
+            const float* qp = q.data();
+            const int32_t* lp = leaves.data();
+            const int64_t* rp = reorder_k.data();
+            return make_result(nq, k,
+                               [&](float* D, int64_t* I) { self.search_leaves(qp, nq, k, lp, w, rp, nthreads, D, I); });
+          },
+          py::arg("q").noconvert(), py::arg("k"), py::arg("leaves").noconvert(), py::arg("reorder_k").noconvert(),
+          py::arg("nthreads"), "search() restricted to the given leaves per query (-1 entries skipped).")
+      .def(
           "search_float_lut",
           [](const Index& self, FArray q, size_t k, size_t leaves_to_search, int64_t nthreads) {
             size_t nq = check_matrix(q, self.d(), "queries");
@@ -434,6 +466,15 @@ PYBIND11_MODULE(_native, m) {
             const int64_t* ip = ids.data();
             uint8_t* op = out.mutable_data();
             nogil([&] { self.get_codes(ip, n, op); });
+            return out;
+          },
+          py::arg("ids").noconvert())
+      .def(
+          "contains",
+          [](const Index& self, IArray ids) {
+            size_t n = static_cast<size_t>(ids.shape(0));
+            py::array_t<uint8_t> out(n);
+            self.contains(ids.data(), n, out.mutable_data());
             return out;
           },
           py::arg("ids").noconvert())

@@ -250,6 +250,8 @@ struct Index::Scratch {
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
   TopN topn;
+  const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
+  size_t given_n = 0;
   size_t footprint() const {
     return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity()) *
                sizeof(float) +
@@ -868,6 +870,12 @@ void Index::get_codes(const int64_t* ids, size_t n, uint8_t* out) const {
   }
 }
 
+void Index::contains(const int64_t* ids, size_t n, uint8_t* out) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  ensure_id_map();
+  for (size_t t = 0; t < n; ++t) out[t] = id_map_.count(ids[t]) ? 1 : 0;
+}
+
 void Index::get_leaves(const int64_t* ids, size_t n, int64_t* out) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   ensure_id_map();
@@ -919,6 +927,58 @@ void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search,
     static thread_local Scratch s;
     for (size_t i = b; i < e; ++i) search_one(q + i * p_.d, k, nprobe, reorder_k, s, D + i * k, I + i * k);
     release_large_scratch(s);
+  });
+}
+
+void Index::probe(const float* q, size_t nq, size_t leaves_to_search, int nthreads, int32_t* out) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  const size_t w = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
+  check_queries(q, nq);
+  parallel_for(nq, nthreads, 256, [&](size_t b, size_t e) {
+    static thread_local Scratch s;
+    s.q.resize(p_.d);
+    for (size_t i = b; i < e; ++i) {
+      prepare_vector(q + i * p_.d, s.q.data());
+      select_leaves(s.q.data(), w, s);
+      int32_t* o = out + i * w;
+      for (size_t j = 0; j < w; ++j) o[j] = j < s.leaf_sel.size() ? static_cast<int32_t>(s.leaf_sel[j].second) : -1;
+    }
+  });
+}
+
+void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w,
+                          const int64_t* reorder_k, int nthreads, float* D, int64_t* I) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (k == 0) throw InvalidArgument("k must be positive");
+  if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
+  {
+    std::vector<int32_t> row(w);
+    for (size_t i = 0; i < nq; ++i) {
+      if (reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
+      const int32_t* li = leaves + i * w;
+      for (size_t j = 0; j < w; ++j)
+        if (li[j] < -1 || li[j] >= static_cast<int64_t>(nleaves_))
+          throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
+      row.assign(li, li + w);
+      std::sort(row.begin(), row.end());
+      for (size_t j = 1; j < w; ++j)
+        if (row[j] >= 0 && row[j] == row[j - 1])
+          throw InvalidArgument("leaf " + std::to_string(row[j]) + " is listed twice (query " + std::to_string(i) +
+                                ")");
+    }
+  }
+  check_queries(q, nq);
+  size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
+  parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
+    static thread_local Scratch s;
+    for (size_t i = b; i < e; ++i) {
+      s.given_leaves = leaves + i * w;
+      s.given_n = w;
+      search_one(q + i * p_.d, k, w, static_cast<size_t>(reorder_k[i]), s, D + i * k, I + i * k);
+    }
+    s.given_leaves = nullptr;
   });
 }
 
@@ -986,12 +1046,18 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, siz
       s.q_unscale = std::ldexp(1.f, e);
     }
   }
-  select_leaves(s.q.data(), nprobe, s);
+  if (s.given_leaves) {
+    s.leaf_sel.clear();
+    for (size_t j = 0; j < s.given_n; ++j)
+      if (s.given_leaves[j] >= 0) s.leaf_sel.push_back({0.f, static_cast<uint32_t>(s.given_leaves[j])});
+  } else {
+    select_leaves(s.q.data(), nprobe, s);
+  }
   nprobe = std::min(nprobe, s.leaf_sel.size());  // defensive: scores are finite by construction
   const size_t need = std::min(k, ntotal_);
   probed = 0;
   for (size_t t = 0; t < nprobe; ++t) probed += leaves_[s.leaf_sel[t].second].n;
-  if (probed < need) {
+  if (probed < need && !s.given_leaves) {    // given leaves (a routed shard): exactly those
     select_leaves(s.q.data(), nleaves_, s);  // every leaf, best first
     probed = 0;
     nprobe = 0;

@@ -140,6 +140,16 @@ class Index {
   void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads, float* D,
               int64_t* I) const;
 
+  // Routed search (sharded indexes, avq_plugin.distributed). probe(): the leaves search() would
+  // scan for each query, best first: out (nq, w) with w = min(leaves_to_search, num_leaves); an
+  // empty trained index probes as a full one (the centres decide). search_leaves(): search()
+  // restricted to the given leaves: leaves (nq, w), each row scanned in its order, -1 entries
+  // skipped (rows may not repeat a leaf); reorder_k (nq) per query. Scores are identical to
+  // search()'s for the same candidates (the lookup tables depend only on the query).
+  void probe(const float* q, size_t nq, size_t leaves_to_search, int nthreads, int32_t* out) const;
+  void search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w, const int64_t* reorder_k,
+                     int nthreads, float* D, int64_t* I) const;
+
   // Installs a quantizer built elsewhere (the Faiss adapter: codebooks imported from a Faiss
   // index, or IVF probing by the residual centres as Faiss's IndexIVF does) in place of train().
   // probe, resid: layout (L, d): the probe centres (unit directions or any vectors scored by
@@ -167,6 +177,8 @@ class Index {
 
   // Codes of the given ids, layout (n, num_blocks) uint8; throws InvalidArgument on unknown id.
   void get_codes(const int64_t* ids, size_t n, uint8_t* out) const;
+  // out[t] = 1 when ids[t] is indexed, else 0.
+  void contains(const int64_t* ids, size_t n, uint8_t* out) const;
   // Leaf of each given id.
   void get_leaves(const int64_t* ids, size_t n, int64_t* out) const;
   // All ids in storage order (leaf by leaf).

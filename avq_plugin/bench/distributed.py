@@ -3,8 +3,14 @@ worker, and the per-shard figures behind the sizing note of docs/dask.md.
 
 Run (hold the machine's benchmark lock so no other timing job runs at the same time)::
 
-    flock /tmp/avq-bench.lock python -m avq_plugin.distributed_bench \\
+    flock /tmp/avq-bench.lock python -m avq_plugin.bench.distributed \\
         --dataset /work/shared/data/glove6b-50-angular-200k.hdf5 --json dist.json
+
+Shard sweep (CPU per query against the number of shards, leaf-routed vs row shards)::
+
+    flock /tmp/avq-bench.lock python -m avq_plugin.bench.distributed \\
+        --dataset /work/shared/data/glove6b-50-angular-200k.hdf5 --sweep 1,2,4,8,16 \\
+        --budgets 20:100 --batch 10000 --json sweep.json
 
 Steps, all with the same shards (built once, saved, then loaded by each cluster):
 
@@ -31,8 +37,8 @@ import warnings
 
 import numpy as np
 
-from .datasets import load_hdf5
-from .index import AVQIndex
+from ..datasets import load_hdf5
+from ..index import AVQIndex
 
 K = 10
 
@@ -84,14 +90,172 @@ def _cluster(n_workers, threads):
         threads_per_worker=threads,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",
         memory_limit=0,
     )
     return cluster, Client(cluster)
 
 
+def simulate(args):
+    """Shards visited, re-ranking work and recall of leaf-routed search against the number of
+    shards, without Dask: one AVQIndex over all the data plays every shard (a shard's answer is
+    ``_search_leaves`` restricted to its leaves: the codes, scores and in-leaf order a shard
+    holds), with the placement and routing code of ``ShardedAVQIndex``. Counts and recall
+    only, no timing (deterministic)."""
+    from ..distributed.merge import merge_rows
+    from ..distributed.placement import balanced_leaf_groups, refine_leaf_groups, route_queries
+
+    ds = load_hdf5(args.dataset)
+    X, Q, gt = ds.train, ds.test[: args.batch], ds.neighbors[: args.batch]
+    lts, rk = (int(v) for v in args.budgets.split(",")[0].split(":"))
+    index = AVQIndex(metric="cosine", anisotropic_threshold=args.threshold, num_threads=-1, seed=0).fit(X)
+    counts, centres = index._leaf_sizes(), index._probe_centers()
+    sample = X[np.sort(np.random.default_rng(0).choice(len(X), min(len(X), 20000), replace=False))]
+    probes = index._probe(sample, lts)
+    P = index._probe(Q, lts)
+    base = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=rk)[1], gt)
+    print(f"  one AVQIndex: recall@10 {base:.4f} at leaves_to_search={lts}, reorder_k={rk}", flush=True)
+    rows = []
+    for S in (int(v) for v in args.simulate.split(",")):
+        groups = refine_leaf_groups(balanced_leaf_groups(centres, counts, S), probes, counts, S)
+        random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
+        jobs, visited, reranked, _ = route_queries(P, groups, counts, S, K, rk)
+        parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, _ in jobs.values()]
+        _, I = merge_rows(len(Q), K, parts, "cosine")
+        work = int(round(reranked.mean()))
+        same_work = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=work)[1], gt)
+        sizes = np.bincount(groups, weights=counts, minlength=S)
+        rows.append(
+            {
+                "shards": S,
+                "visited": float(visited.mean()),
+                "visited_random_placement": float(np.mean([len(set(r)) for r in random[P].tolist()])),
+                "shard_vectors_min_max": [int(sizes.min()), int(sizes.max())],
+                "reranked_per_query": float(reranked.mean()),
+                "recall": _recall(I, gt),
+                "single_recall_same_work": same_work,
+            }
+        )
+        r = rows[-1]
+        print(
+            f"  S={S}: visited {r['visited']:.2f} (random placement {r['visited_random_placement']:.2f}), shard "
+            f"vectors {sizes.min():.0f}..{sizes.max():.0f}, re-ranked/query {r['reranked_per_query']:.1f}, recall "
+            f"{r['recall']:.4f}; one AVQIndex at reorder_k={work}: {same_work:.4f}",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"lts": lts, "rk": rk, "single_recall": base, "rows": rows}, f, indent=1)
+    return rows
+
+
+def sweep(args):
+    """CPU per query, QPS, shards visited and recall against the number of shards, leaf-routed
+    vs row shards, on a 2-worker LocalCluster, against one in-process AVQIndex."""
+    from ..distributed import ShardedAVQIndex
+
+    ds = load_hdf5(args.dataset)
+    if ds.metric != "angular":
+        raise SystemExit("this benchmark uses cosine: pass an angular data set")
+    X, Q, gt = ds.train, ds.test[: args.batch], ds.neighbors[: args.batch]
+    n = len(X)
+    lts, rk = (int(v) for v in args.budgets.split(",")[0].split(":"))
+    rows = []
+    cluster, client = _cluster(2, 1)
+    try:
+        client.run(lambda: __import__("avq_plugin.distributed"))
+        single = None
+        for mode in args.modes.split(","):
+            for S in (int(v) for v in args.sweep.split(",")):
+                index = ShardedAVQIndex(
+                    metric="cosine",
+                    n_shards=S,
+                    anisotropic_threshold=args.threshold,
+                    leaves_to_search=lts,
+                    reorder_k=rk,
+                    sharding=mode,
+                    client=client,
+                )
+                t0 = time.perf_counter()
+                index.fit([(args.dataset, "train")])
+                build = time.perf_counter() - t0
+                if single is None:
+                    single = index.trained_index()
+                    single.add(X, np.arange(n, dtype=np.int64))
+                    for threads in (1, 2):
+                        single.search(Q[:100], k=K, leaves_to_search=lts, reorder_k=rk, num_threads=threads)
+                        own0 = time.process_time()
+                        t, (_, I) = _best_time(
+                            lambda: single.search(Q, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=threads),
+                            args.repeats,
+                        )
+                        cpu = (time.process_time() - own0) / args.repeats / len(Q)
+                        rows.append(
+                            {
+                                "system": f"AVQIndex in-process, {threads} thread(s)",
+                                "shards": 0,
+                                "qps": len(Q) / t,
+                                "cpu_us_per_query": cpu * 1e6,
+                                "recall": _recall(I, gt),
+                            }
+                        )
+                        print(
+                            f"  {rows[-1]['system']}: QPS {rows[-1]['qps']:.0f}, CPU {cpu * 1e6:.1f} us/query, "
+                            f"recall {rows[-1]['recall']:.4f}",
+                            flush=True,
+                        )
+                index.search(Q[:100], k=K)  # warm-up
+                # The in-process control again, next to this configuration (ratios from one run).
+                own0 = time.process_time()
+                t_single, _ = _best_time(
+                    lambda: single.search(Q, k=K, leaves_to_search=lts, reorder_k=rk, num_threads=1), args.repeats
+                )
+                single_cpu = (time.process_time() - own0) / args.repeats / len(Q)
+                cpu0, own0 = _cpu_of_workers(client), time.process_time()
+                t, (_, I) = _best_time(lambda: index.search(Q, k=K), args.repeats)
+                wcpu = (_cpu_of_workers(client) - cpu0) / args.repeats / len(Q)
+                ccpu = (time.process_time() - own0) / args.repeats / len(Q)
+                st = index.search_stats()
+                rows.append(
+                    {
+                        "system": f"ShardedAVQIndex sharding={mode}",
+                        "sharding": mode,
+                        "shards": S,
+                        "build_s": build,
+                        "qps": len(Q) / t,
+                        "cpu_us_per_query": (wcpu + ccpu) * 1e6,
+                        "worker_cpu_us_per_query": wcpu * 1e6,
+                        "client_cpu_us_per_query": ccpu * 1e6,
+                        "recall": _recall(I, gt),
+                        "stats": st,
+                        "single_cpu_us_per_query": single_cpu * 1e6,
+                        "single_qps_1_thread": len(Q) / t_single,
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"  {mode} S={S}: QPS {r['qps']:.0f}, CPU {r['cpu_us_per_query']:.1f} us/query (workers "
+                    f"{wcpu * 1e6:.1f} + client {ccpu * 1e6:.1f}), visited {st['shards_visited_per_query']:.2f}, "
+                    f"recall {r['recall']:.4f}, build {build:.1f} s; one AVQIndex next to it: "
+                    f"{single_cpu * 1e6:.1f} us/query (ratio {r['cpu_us_per_query'] / (single_cpu * 1e6):.2f})",
+                    flush=True,
+                )
+                index.release()
+    finally:
+        client.close()
+        cluster.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"dataset": os.path.basename(args.dataset), "n": n, "nq": len(Q), "lts": lts, "rk": rk, "rows": rows},
+                f,
+                indent=1,
+            )
+    return rows
+
+
 def main(argv=None):
-    from .distributed import ShardedAVQIndex
+    from ..distributed import ShardedAVQIndex
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", required=True, help="ann-benchmarks HDF5 file (angular)")
@@ -101,7 +265,14 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=10000, help="queries per search call")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write every measurement here")
+    ap.add_argument("--sweep", help="shard counts, e.g. 1,2,4,8,16: run the shard sweep instead")
+    ap.add_argument("--modes", default="leaves,rows", help="shardings of the sweep")
+    ap.add_argument("--simulate", help="shard counts: routing counts and recall without Dask (no timing)")
     args = ap.parse_args(argv)
+    if args.simulate:
+        return simulate(args)
+    if args.sweep:
+        return sweep(args)
     budgets = [tuple(int(v) for v in b.split(":")) for b in args.budgets.split(",")]
 
     ds = load_hdf5(args.dataset)
