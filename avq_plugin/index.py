@@ -67,9 +67,9 @@ class AVQIndex(_NativeWrapper):
         Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
-        Default search budget; None: the budget stored with the index, which training sets to
-        ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and 200 candidates and ``tune``
-        replaces. Loaded indexes have None here (their file holds the budget).
+        Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
+        200 candidates, resolved by training (the attributes then hold them, as files do);
+        ``tune`` replaces them.
     training_iterations : int
         Alternations of (anisotropic encoding, least-squares codebook update); 0 keeps the
         k-means codebooks and only encodes anisotropically (ScaNN's behaviour).
@@ -276,11 +276,14 @@ class AVQIndex(_NativeWrapper):
         if self.num_leaves is not None and self.num_leaves > n:
             raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
         threshold = self._threshold_for(X)
-        index = self._new_native(d, threshold, self._budget_for(n, d), l2_decoded_norms=l2_decoded_norms)
+        budget = self._budget_for(n, d)
+        index = self._new_native(d, threshold, budget, l2_decoded_norms=l2_decoded_norms)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         self._index = index
         if isinstance(self.anisotropic_threshold, str):  # "auto" is resolved once, here (as a file stores it)
             self.anisotropic_threshold = None if math.isnan(threshold) else threshold
+        # The budget too: the object then holds what its file holds (sharded fingerprints compare them).
+        self.leaves_to_search, self.reorder_k = budget.leaves_to_search, budget.reorder_k
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
             warnings.warn(
@@ -715,9 +718,8 @@ class AVQIndex(_NativeWrapper):
         obj.anisotropic_threshold = None if math.isnan(p.threshold) else p.threshold
         obj.eta_formula = "scann" if p.eta_scann else "exact"
         obj.reorder = p.reorder
-        # None: the budget stored with the index (resolved at training time, or chosen by tune).
-        obj.leaves_to_search = None
-        obj.reorder_k = None
+        obj.leaves_to_search = p.default_leaves_to_search
+        obj.reorder_k = p.default_reorder_k
         obj.training_iterations = p.avq_iterations
         obj.kmeans_iterations = p.kmeans_iterations
         obj.training_sample_size = p.training_sample_size or None
