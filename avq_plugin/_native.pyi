@@ -19,27 +19,29 @@ def eta_scann(t: float, d: int) -> float: ...
 
 _Progress = Callable[[str, int, int, str], None] | None
 
+class IndexParams:
+    metric: str
+    d: int
+    num_leaves: int
+    dims_per_block: int
+    threshold: float
+    eta: float
+    eta_scann: bool
+    avq_iterations: int
+    kmeans_iterations: int
+    pq_kmeans_iterations: int
+    training_sample_size: int
+    seed: int
+    reorder: str
+    default_leaves_to_search: int
+    default_reorder_k: int
+    l2_decoded_norms: bool
+    spill: str
+    soar_lambda: float
+    def __init__(self) -> None: ...
+
 class Index:
-    def __init__(
-        self,
-        metric: str,
-        d: int,
-        num_leaves: int,
-        dims_per_block: int,
-        threshold: float,
-        eta: float,
-        eta_scann: bool,
-        avq_iterations: int,
-        kmeans_iterations: int,
-        pq_kmeans_iterations: int,
-        training_sample_size: int,
-        seed: int,
-        reorder: str,
-        default_leaves_to_search: int = ...,
-        default_reorder_k: int = ...,
-        threshold_mode: int = ...,
-        l2_decoded_norms: bool = ...,
-    ) -> None: ...
+    def __init__(self, params: IndexParams) -> None: ...
     def train(self, x: npt.NDArray[np.float32], nthreads: int, callback: _Progress = ...) -> None: ...
     def add(
         self,
@@ -85,9 +87,8 @@ class Index:
         reorder_k: npt.NDArray[np.int64],
         nthreads: int,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
-    def params(self) -> dict[str, Any]: ...
+    def params(self) -> IndexParams: ...
     def set_default_search_params(self, leaves_to_search: int, reorder_k: int) -> None: ...
-    def set_spill(self, spill: str, soar_lambda: float) -> None: ...
     @property
     def ntotal(self) -> int: ...
     @property

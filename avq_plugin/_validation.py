@@ -117,6 +117,14 @@ def resolve_threads(num_threads: object, name: str = "num_threads") -> int:
     return n
 
 
+def check_dim(value, name="d"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_dim"])
+
+
+def check_dims_per_block(value, name="dims_per_block"):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_dims_per_block"])
+
+
 def check_num_leaves(value, name="num_leaves"):
     return check_int(name, value, minimum=1, maximum=LIMITS["max_leaves"], allow_none=True)
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _native, tuning
+from . import _native, _params, tuning
 from . import _validation as V
 from ._progress import ProgressArg, ProgressCallback, check_progress, progress_callback
 from ._wrapper import _NativeWrapper
@@ -23,8 +23,9 @@ __all__ = ["AVQIndex", "ExactIndex", "TuneReport"]
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
 # (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (docs/parameters.md).
 AUTO_THRESHOLD = 0.2
-# Search defaults (leaves_to_search = ceil(fraction * num_leaves)); chosen so that the shipped
-# GloVe subset reaches recall@10 >= 0.9 (tests/test_recall.py checks it).
+# The default partition size and search budget are avq_plugin._params.resolve_budget's. These two
+# names are the sharded index's former rule, still imported by avq_plugin/distributed.py until it
+# calls resolve_budget too; nothing else may use them.
 DEFAULT_PROBE_FRACTION = 0.15
 DEFAULT_REORDER_K = 100
 
@@ -52,12 +53,15 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         Euclidean distance.
     num_leaves : int or None
         Number of partitions; None picks round(sqrt(n)) at training time.
+        Defaults are resolved once, at training time, by one rule shared by every front-end
+        (``avq_plugin._params.resolve_budget``) and the concrete values are saved with the index.
     dims_per_block : int, 1..8
         Dimensions per 4-bit PQ block (the last block takes the remainder). Code size is
         ceil(d / dims_per_block) / 2 bytes per vector.
     anisotropic_threshold : float, "auto" or None
         Score threshold T of the anisotropic loss (ScaNN's ``anisotropic_quantization_threshold``).
-        "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2.
+        "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2; resolved
+        once, by the first training, after which the attribute holds that value (as saved files do).
         None: plain reconstruction-loss PQ (eta = 1).
     eta : float >= 1 or None
         Use this anisotropic weight for every vector instead of deriving it from T.
@@ -68,7 +72,9 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
-        Default search budget; None chooses from num_leaves (see ``search``).
+        Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
+        200 candidates, resolved by training (the attributes then hold them, as files do);
+        ``tune`` replaces them.
     spill : {None, "soar"}
         "soar": SOAR spilling (Sun et al., NeurIPS 2023). Every vector is also stored, as a
         second 4-bit code (no second reorder vector), in the leaf minimising
@@ -111,7 +117,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     # Integer parameters are checked on every assignment (constructor, setters, unpickling,
     # loading), against the limits exported by the native core (_validation.LIMITS).
     num_leaves = V.Checked(V.check_num_leaves)
-    dims_per_block = V.Checked(lambda v: V.check_int("dims_per_block", v, minimum=1, maximum=8))
+    dims_per_block = V.Checked(V.check_dims_per_block)
     leaves_to_search = V.Checked(V.check_leaves_to_search)
     reorder_k = V.Checked(V.check_reorder_k)
     training_iterations = V.Checked(lambda v: V.check_iterations("training_iterations", v))
@@ -254,31 +260,40 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _new_native(self, d: int, threshold: float, *, l2_decoded_norms: bool = False) -> _native.Index:
-        """An untrained native index with this object's parameters (the one place that makes one)."""
-        index = _native.Index(
-            metric=self.metric,
-            d=d,
-            num_leaves=self.num_leaves or 0,
-            dims_per_block=self.dims_per_block,
-            threshold=threshold,
-            eta=self.eta or 0.0,
-            eta_scann=self.eta_formula == "scann",
-            avq_iterations=self.training_iterations,
-            kmeans_iterations=self.kmeans_iterations,
-            pq_kmeans_iterations=10,
-            training_sample_size=self.training_sample_size or 0,
-            seed=self.seed,
-            reorder=self.reorder,
-            default_leaves_to_search=self.leaves_to_search or 0,
-            default_reorder_k=self.reorder_k or 0,
-            threshold_mode=(
-                1 if self.anisotropic_threshold == "auto" else 2 if self.anisotropic_threshold is None else 0
-            ),
-            l2_decoded_norms=l2_decoded_norms,
+    def _new_native(
+        self, d: int, threshold: float, budget: _params.Budget, *, l2_decoded_norms: bool = False
+    ) -> _native.Index:
+        """An untrained native index with this object's parameters and a resolved ``budget``
+        (:class:`avq_plugin._params.Budget`): the one place that makes one."""
+        p = _native.IndexParams()
+        p.metric = self.metric
+        p.d = d
+        p.num_leaves = budget.num_leaves
+        p.dims_per_block = self.dims_per_block
+        p.threshold = threshold
+        p.eta = self.eta or 0.0
+        p.eta_scann = self.eta_formula == "scann"
+        p.avq_iterations = self.training_iterations
+        p.kmeans_iterations = self.kmeans_iterations
+        p.training_sample_size = self.training_sample_size or 0
+        p.seed = self.seed
+        p.reorder = self.reorder
+        p.default_leaves_to_search = budget.leaves_to_search
+        p.default_reorder_k = budget.reorder_k
+        p.l2_decoded_norms = l2_decoded_norms
+        p.spill = self.spill or "none"
+        p.soar_lambda = self.soar_lambda
+        return _native.Index(p)
+
+    def _budget_for(self, n: int | None, d: int, num_leaves: int | None = None) -> _params.Budget:
+        """The concrete (num_leaves, leaves_to_search, reorder_k) for n vectors of dimension d."""
+        return _params.resolve_budget(
+            n,
+            d,
+            num_leaves=self.num_leaves if num_leaves is None else num_leaves,
+            leaves_to_search=self.leaves_to_search,
+            reorder_k=self.reorder_k,
         )
-        index.set_spill(self.spill or "none", self.soar_lambda)
-        return index
 
     def _train(self, X: npt.NDArray[np.float32], stacklevel: int, *, l2_decoded_norms: bool = False) -> AVQIndex:
         """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
@@ -286,9 +301,14 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         if self.num_leaves is not None and self.num_leaves > n:
             raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
         threshold = self._threshold_for(X)
-        index = self._new_native(d, threshold, l2_decoded_norms=l2_decoded_norms)
+        budget = self._budget_for(n, d)
+        index = self._new_native(d, threshold, budget, l2_decoded_norms=l2_decoded_norms)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         self._index = index
+        if isinstance(self.anisotropic_threshold, str):  # "auto" is resolved once, here (as a file stores it)
+            self.anisotropic_threshold = None if math.isnan(threshold) else threshold
+        # The budget too: the object then holds what its file holds (sharded fingerprints compare them).
+        self.leaves_to_search, self.reorder_k = budget.leaves_to_search, budget.reorder_k
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
             warnings.warn(
@@ -331,11 +351,13 @@ class AVQIndex(_NativeWrapper[_native.Index]):
 
     # ------------------------------------------------------------------ search
     def default_search_params(self) -> tuple[int, int]:
-        """(leaves_to_search, reorder_k) used when search() is not given them."""
-        L = self._require_trained().num_leaves
-        lts = self.leaves_to_search or max(1, min(L, int(math.ceil(DEFAULT_PROBE_FRACTION * L))))
-        rk = self.reorder_k or DEFAULT_REORDER_K
-        return lts, rk
+        """(leaves_to_search, reorder_k) used when search() is not given them.
+
+        The ``leaves_to_search`` and ``reorder_k`` attributes when set, else the values resolved
+        at training time (stored with the index).
+        """
+        p = self._require_trained().params()
+        return self.leaves_to_search or p.default_leaves_to_search, self.reorder_k or p.default_reorder_k
 
     def search(
         self,
@@ -612,8 +634,9 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     # These give the package's other front-ends (avq_plugin.faiss, avq_plugin.tuning, the
     # distributed index) what they need without touching the native object.
     def _native_params(self) -> dict[str, Any]:
-        """The native parameter record (a dict, as stored in the file)."""
-        return self._require_index().params()
+        """The native parameter record (``_native.IndexParams``, as stored in the file) as a dict."""
+        p = self._require_index().params()
+        return {name: getattr(p, name) for name in dir(p) if not name.startswith("_")}
 
     def _quantizer(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """(centres (num_leaves, d) float32, codebooks (16 d,) float32) of the trained index."""
@@ -638,7 +661,8 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         T = self.anisotropic_threshold
         if T == "auto":
             raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
-        native = self._new_native(d, math.nan if T is None else float(T), l2_decoded_norms=l2_decoded_norms)
+        budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]))
+        native = self._new_native(d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms)
         native.set_quantizer(
             np.ascontiguousarray(centres, np.float32),
             np.ascontiguousarray(centres, np.float32),
@@ -711,25 +735,33 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     @classmethod
     def _from_native(cls, native: _native.Index) -> AVQIndex:
         p = native.params()
+        if native.is_trained and not (p.default_leaves_to_search and p.default_reorder_k):
+            # A version-1 file: 0 meant "chosen when searching"; complete it with today's rule
+            # (saving the index again writes the concrete values, format version 2).
+            budget = _params.resolve_budget(native.ntotal, p.d, num_leaves=native.num_leaves)
+            native.set_default_search_params(
+                p.default_leaves_to_search or budget.leaves_to_search, p.default_reorder_k or budget.reorder_k
+            )
+            p = native.params()
         obj = cls.__new__(cls)
-        obj.metric = p["metric"]
-        obj.num_leaves = p["num_leaves"] or None
-        obj.dims_per_block = p["dims_per_block"]
-        T = p["threshold"]
-        obj.eta = p["eta"] if p["eta"] > 0 else None
-        mode = p["threshold_mode"]
-        obj.anisotropic_threshold = "auto" if mode == 1 else None if (mode == 2 or math.isnan(T)) else T
-        obj.eta_formula = "scann" if p["eta_scann"] else "exact"
-        obj.reorder = p["reorder"]
-        obj.leaves_to_search = p["default_leaves_to_search"] or None
-        obj.reorder_k = p["default_reorder_k"] or None
-        obj.spill = None if p["spill"] == "none" else p["spill"]
-        obj.soar_lambda = p["soar_lambda"]
-        obj.training_iterations = p["avq_iterations"]
-        obj.kmeans_iterations = p["kmeans_iterations"]
-        obj.training_sample_size = p["training_sample_size"] or None
+        obj.metric = p.metric
+        obj.num_leaves = p.num_leaves or None
+        obj.dims_per_block = p.dims_per_block
+        obj.eta = p.eta if p.eta > 0 else None
+        # The file holds the threshold used (a number, or NaN for none), not how it was chosen:
+        # a loaded index refitted on other data keeps that T (pickle keeps "auto").
+        obj.anisotropic_threshold = None if math.isnan(p.threshold) else p.threshold
+        obj.eta_formula = "scann" if p.eta_scann else "exact"
+        obj.reorder = p.reorder
+        obj.leaves_to_search = p.default_leaves_to_search
+        obj.reorder_k = p.default_reorder_k
+        obj.spill = None if p.spill == "none" else p.spill
+        obj.soar_lambda = p.soar_lambda
+        obj.training_iterations = p.avq_iterations
+        obj.kmeans_iterations = p.kmeans_iterations
+        obj.training_sample_size = p.training_sample_size or None
         obj.num_threads = V.resolve_threads(None)
-        obj.seed = p["seed"]
+        obj.seed = p.seed
         obj.verbose = False
         obj.progress = None
         obj._index = native
@@ -738,9 +770,8 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     def _sync_search_defaults(self) -> None:
         # The native index stores the default budget in its files; attributes set after
         # construction (by tune or by hand) reach it here.
-        setter = getattr(self._index, "set_default_search_params", None)
-        if setter is not None:
-            setter(int(self.leaves_to_search or 0), int(self.reorder_k or 0))
+        if self._index is not None and self._index.is_trained:
+            self._index.set_default_search_params(*self.default_search_params())
 
     def save(self, path: PathLike) -> None:
         """Write the index to one file, atomically (temporary file + rename)."""

@@ -44,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f" (original error: {exc})"
     ) from exc
 
+from . import _params
 from ._validation import LIMITS
 from .index import AVQIndex, ExactIndex
 
@@ -66,12 +67,8 @@ _METRICS = {
 }
 _ALGORITHMS = ("auto", "avq", "brute")
 
-# Automatic search budget (measured on GloVe-50d, docs/sklearn.md "Defaults"): leaves_to_search =
-# ceil(PROBE_SQRT_FACTOR * sqrt(num_leaves)) reaches recall@10 ~0.98 with sqrt(n) leaves at
-# n = 20k and 190k; reorder_k = max(REORDER_MIN, REORDER_PER_NEIGHBOR * k).
-PROBE_SQRT_FACTOR = 3.5
-REORDER_MIN = 200
-REORDER_PER_NEIGHBOR = 20
+# The automatic search budget is avq_plugin._params.resolve_budget's (docs/parameters.md,
+# "Defaults"); this estimator uses its k-dependent re-ranking floor at query time.
 
 # Rows of exact distance recomputation per chunk: bounds the (rows, k, d) float64 gather.
 _RECOMPUTE_BYTES = 1 << 26
@@ -150,9 +147,7 @@ class _AVQNeighborsBase(BaseEstimator):
             maximum=LIMITS["max_leaves_to_search"],
         )
         _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True, maximum=LIMITS["max_reorder_k"])
-        dpb = _check_int("dims_per_block", self.dims_per_block, minimum=1)
-        if dpb > 8:
-            raise ValueError(f"dims_per_block must be <= 8, got {dpb}")
+        _check_int("dims_per_block", self.dims_per_block, minimum=1, maximum=LIMITS["max_dims_per_block"])
         T = self.anisotropic_threshold
         if not (T is None or (isinstance(T, str) and T == "auto")):
             _check_real("anisotropic_threshold", T, minimum=0.0)
@@ -204,17 +199,16 @@ class _AVQNeighborsBase(BaseEstimator):
             index = ExactIndex(metric=native_metric, num_threads=n_threads).fit(data)
         else:
             seed = _seed_from(self.random_state)  # exact search draws nothing
-            num_leaves = self.num_leaves or max(1, round(math.sqrt(n)))
-            if num_leaves > n:
-                raise ValueError(f"num_leaves={num_leaves} exceeds the number of samples ({n})")
-            lts = self.leaves_to_search or min(num_leaves, math.ceil(PROBE_SQRT_FACTOR * math.sqrt(num_leaves)))
+            if self.num_leaves is not None and self.num_leaves > n:
+                raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of samples ({n})")
+            # The index resolves the defaults (avq_plugin._params) at training time.
             index = AVQIndex(
                 metric=native_metric,
-                num_leaves=num_leaves,
+                num_leaves=self.num_leaves,
                 dims_per_block=self.dims_per_block,
                 anisotropic_threshold=self.anisotropic_threshold,
-                leaves_to_search=lts,
-                reorder_k=self.reorder_k or REORDER_MIN,
+                leaves_to_search=self.leaves_to_search,
+                reorder_k=self.reorder_k,
                 num_threads=n_threads,
                 seed=seed,
             ).fit(data)
@@ -225,7 +219,7 @@ class _AVQNeighborsBase(BaseEstimator):
                     target_recall=float(self.target_recall),
                     k=k,
                     X=data,
-                    reorder_k=self.reorder_k or max(REORDER_MIN, REORDER_PER_NEIGHBOR * k),
+                    reorder_k=self.reorder_k or _params.resolve_budget(n, d, k).reorder_k,
                     seed=seed,
                 )
         self.index_ = index
@@ -247,8 +241,8 @@ class _AVQNeighborsBase(BaseEstimator):
         index = self.index_
         assert isinstance(index, AVQIndex), "an exact index has no search budget"
         lts, rk = index.default_search_params()
-        if self.reorder_k is None:
-            rk = max(rk, REORDER_PER_NEIGHBOR * k)
+        if self.reorder_k is None:  # the rule's re-ranking floor for this k
+            rk = max(rk, _params.resolve_budget(None, self.n_features_in_, k, num_leaves=index.num_leaves_).reorder_k)
         return lts, max(rk, k)
 
     def _query(
@@ -422,7 +416,8 @@ default="euclidean"
     num_leaves : int, default=None
         Partitions of the index; None: round(sqrt(n_samples)).
     leaves_to_search : int, default=None
-        Partitions probed per query; None: ceil(3.5 * sqrt(num_leaves)) (at most num_leaves),
+        Partitions probed per query; None: ceil(3.5 * sqrt(num_leaves)) (at most num_leaves,
+        the rule shared with :class:`avq_plugin.AVQIndex`),
         or the value chosen by ``target_recall``.
     target_recall : float in (0, 1], default=None
         Instead of ``leaves_to_search``: at fit time, :meth:`avq_plugin.AVQIndex.tune` picks

@@ -139,7 +139,9 @@ def test_nprobe_and_params(data):
     index.train(X)
     index.add(X)
     truth = exact_top(X, Q, 10, L2)
-    assert index.nprobe == 1
+    # Default nprobe: the rule every front-end shares (avq_plugin._params), not Faiss's 1.
+    assert index.nprobe == avq_plugin._params.resolve_budget(None, 16, num_leaves=20).leaves_to_search == 16
+    index.nprobe = 1
     r1 = overlap(index.search(Q, 10)[1], truth)
     r20 = overlap(index.search(Q, 10, params=SearchParametersAVQ(nprobe=20))[1], truth)
     index.nprobe = 20
@@ -330,21 +332,25 @@ def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
     D, I = back.search(Q, 1)
     rec = back.reconstruct_batch(I[:, 0])
     np.testing.assert_allclose(D[:, 0], ((Q - rec) ** 2).sum(1), atol=0.05 * D.max())
-    # A file written before the field existed (PARM without its last u32) still loads, with the
-    # exact-norm formula; an invalid flag is rejected.
+    # A version-1 file written before the field existed (PARM ending with the threshold mode,
+    # where version 2 has the flag) still loads, with the exact-norm formula; an invalid flag is
+    # rejected, and so is a version-2 PARM without it.
     blob = index._avq.to_bytes()
     _, sections = parse_sections(blob)
     parm = next(s for s in sections if s["tag"] == "PARM")
     payload = bytes(blob[parm["payload_offset"] : parm["payload_offset"] + parm["length"]])
-    old = avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4]))
+    v1 = blob[:8] + (1).to_bytes(4, "little") + blob[12:]
+    old = avq_plugin.AVQIndex.from_bytes(_rebuild(v1, "PARM", payload[:-4] + (0).to_bytes(4, "little")))
     assert old._native_params()["l2_decoded_norms"] is False and old.ntotal == 1000
     with pytest.raises(ValueError, match="l2 norm mode"):
         avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4] + (2).to_bytes(4, "little")))
+    with pytest.raises(ValueError, match="PARM"):
+        avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4]))
     # The flag is for codes-only indexes: re-scoring needs exact norms.
+    p = avq_plugin._native.IndexParams()
+    p.metric, p.d, p.num_leaves, p.reorder, p.l2_decoded_norms = "l2", 16, 1, "float32", True
     with pytest.raises(ValueError, match="reorder"):
-        avq_plugin._native.Index(
-            "l2", 16, 1, 2, float("nan"), 0.0, False, 0, 1, 1, 0, 0, "float32", l2_decoded_norms=True
-        )
+        avq_plugin._native.Index(p)
 
 
 def test_docstring_examples():

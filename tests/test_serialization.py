@@ -107,8 +107,8 @@ def assert_same_index(a, b, Q):
     ids = a.get_ids()
     np.testing.assert_array_equal(b.get_codes(ids), a.get_codes(ids))
     for name in PARAMS:
-        if name == "anisotropic_threshold" and a.anisotropic_threshold == "auto":
-            continue  # checked on its own in test_auto_threshold_round_trip
+        if name in ("leaves_to_search", "reorder_k"):
+            continue  # a loaded index keeps its budget in the native record (default_search_params)
         va, vb = getattr(a, name), getattr(b, name)
         assert va == vb or (isinstance(va, float) and math.isnan(va) and math.isnan(vb)), (name, va, vb)
     assert b.default_search_params() == a.default_search_params()
@@ -218,23 +218,27 @@ def test_bytes_pickle_deepcopy(built, data, metric):
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_auto_threshold_round_trip(data, metric, tmp_path):
-    """The default anisotropic_threshold="auto" is a parameter like any other: pickle keeps it,
-    and so must save/load and to_bytes/from_bytes (the effective T is in train_stats_). Today
-    save/load turns it into the effective float (dot, cosine) or None (l2), so a loaded index
-    refitted on new data would reuse the old T instead of deriving it from the new norms."""
+    """anisotropic_threshold="auto" is resolved once, by training, and files store the value
+    (format version 2, issue 13: no "auto" UI state in the file): after fit, pickle, save/load and
+    to_bytes/from_bytes all report the threshold used (a number for dot and cosine, None for l2),
+    so a refit reuses it, and every copy searches identically."""
     X, Q = data
-    a = avq_plugin.AVQIndex(metric=metric, num_leaves=8, seed=0).fit(X)
-    assert a.anisotropic_threshold == "auto"
+    untrained = avq_plugin.AVQIndex(metric=metric, num_leaves=8, seed=0)
+    assert untrained.anisotropic_threshold == "auto"
+    a = untrained.fit(X)
     c = pickle.loads(pickle.dumps(a))
-    assert c.anisotropic_threshold == "auto"
     b = avq_plugin.AVQIndex.from_bytes(a.to_bytes())
     assert_stats_equal(a.train_stats_, b.train_stats_)
     np.testing.assert_array_equal(b.search(Q, k=5)[1], a.search(Q, k=5)[1])
     a.save(tmp_path / "a.avq")
     d = avq_plugin.AVQIndex.load(tmp_path / "a.avq")
-    assert (b.anisotropic_threshold, d.anisotropic_threshold) == ("auto", "auto"), (
-        f"save/load changed anisotropic_threshold='auto' into {d.anisotropic_threshold!r}"
-    )
+    used = a.train_stats_["threshold"]
+    for loaded in (a, b, c, d):
+        if metric == "l2":
+            assert loaded.anisotropic_threshold is None
+        else:
+            assert loaded.anisotropic_threshold == used > 0
+    np.testing.assert_array_equal(d.search(Q, k=5)[1], a.search(Q, k=5)[1])
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -324,7 +328,7 @@ def flipped(blob, pos, mask=0x5A):
 def test_section_layout_is_as_documented(small_blob, helpers):
     idx, blob, _ = small_blob
     header, sections = helpers.parse_sections(blob)
-    assert header["version"] == 1 == avq_plugin.build_info()["format_version"]
+    assert header["version"] == 2 == avq_plugin.build_info()["format_version"]
     assert header["endian"] == 0x01020304 and header["kind"] == 1
     assert header["crc"] == zlib.crc32(blob[:32]) & 0xFFFFFFFF
     tags = [s["tag"] for s in sections]
@@ -456,10 +460,10 @@ def test_duplicate_ids_in_file_are_rejected(small_blob, helpers):
 
 def test_newer_format_version(small_blob, helpers, tmp_path):
     _, blob, _ = small_blob
-    newer = helpers.patch_header(blob, 8, "<I", 2)
+    newer = helpers.patch_header(blob, 8, "<I", avq_plugin.build_info()["format_version"] + 1)
     with pytest.raises(ValueError, match="newer"):
         avq_plugin.AVQIndex.from_bytes(newer)
-    path = tmp_path / "v2.avq"
+    path = tmp_path / "newer.avq"
     path.write_bytes(newer)
     for mmap in (False, True):
         with pytest.raises(ValueError, match="newer"):

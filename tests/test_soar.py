@@ -202,8 +202,8 @@ def test_untrained_round_trip_keeps_settings():
     assert back.spill == "soar" and back.soar_lambda == 2.5
     X, _ = make_data()
     back.fit(X)
-    assert back._index.params()["spill"] == "soar"
-    assert back._index.params()["soar_lambda"] == 2.5
+    assert back._index.params().spill == "soar"
+    assert back._index.params().soar_lambda == 2.5
 
 
 def test_corrupted_soar_section_rejected():

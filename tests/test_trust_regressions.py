@@ -182,21 +182,9 @@ def test_unlocked_const_accessors():
     # During a first training (exclusive lock held by the native worker), the accessors must
     # wait for the lock and then see the finished state, never the half-built one.
     X = data(30000, 32)
-    native = avq_plugin._native.Index(
-        metric="l2",
-        d=32,
-        num_leaves=100,
-        dims_per_block=2,
-        threshold=float("nan"),
-        eta=0.0,
-        eta_scann=False,
-        avq_iterations=1,
-        kmeans_iterations=25,
-        pq_kmeans_iterations=10,
-        training_sample_size=0,
-        seed=0,
-        reorder="float32",
-    )
+    p = avq_plugin._native.IndexParams()
+    p.metric, p.d, p.num_leaves, p.avq_iterations, p.kmeans_iterations = "l2", 32, 100, 1, 25
+    native = avq_plugin._native.Index(p)
     started = threading.Event()
 
     def progress(stage, done, total, info):
@@ -208,7 +196,7 @@ def test_unlocked_const_accessors():
     observed = (native.is_trained, native.num_leaves, native.centers().size, native.codebooks().size, native.params())
     t.join()
     assert observed[:4] == (True, 100, 100 * 32, 16 * 32), observed[:4]
-    assert observed[4]["d"] == 32
+    assert observed[4].d == 32
 
 
 # ------------------------------------------------------------------------------------- 5

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import _params
 from .. import _validation as V
 from ..index import AVQIndex
 
@@ -40,7 +41,7 @@ METRIC_INNER_PRODUCT = 0
 METRIC_L2 = 1
 _METRIC_NAMES = {METRIC_INNER_PRODUCT: "dot", METRIC_L2: "l2"}
 _FLT_MAX = float(np.finfo(np.float32).max)
-_MAX_DSUB = 8  # dims per 4-bit block supported by the native code
+_MAX_DSUB = V.LIMITS["max_dims_per_block"]  # dims per 4-bit block supported by the native code
 
 
 def _check_metric(metric: object) -> int:
@@ -53,7 +54,7 @@ def _check_metric(metric: object) -> int:
 
 
 def _check_shape(d: int, M: int, nbits: int) -> tuple[int, int, int]:
-    d = V.check_int("d", d, minimum=1, maximum=1 << 20)
+    d = V.check_dim(d)
     M = V.check_int("M", M, minimum=1)
     nbits = V.check_int("nbits", nbits)
     if nbits != 4:
@@ -122,8 +123,9 @@ class IndexAVQ:
         vectors and use inner product, as with Faiss.
     nlist : int, optional
         Number of IVF leaves (k-means partitions); None (default) searches exhaustively.
-    nprobe : int
-        Leaves probed per query (as Faiss, default 1); ignored when exhaustive.
+    nprobe : int, optional
+        Leaves probed per query; ignored when exhaustive. None (default): the rule every
+        front-end shares, ceil(3.5 sqrt(nlist)) (at most nlist); Faiss's own default is 1.
     anisotropic_threshold : float, "auto" or None
         Score threshold T of the anisotropic loss. "auto" (default): T = 0.2 * mean ||x|| for
         inner product, none for L2. None: plain reconstruction-loss PQ.
@@ -181,7 +183,7 @@ class IndexAVQ:
         metric: int = METRIC_INNER_PRODUCT,
         *,
         nlist: int | None = None,
-        nprobe: int = 1,
+        nprobe: int | None = None,
         anisotropic_threshold: float | str | None = "auto",
         reorder_k: int | None = None,
         float_lut: bool = False,
@@ -194,8 +196,8 @@ class IndexAVQ:
     ) -> None:
         self.d, self.M, self.nbits = _check_shape(d, M, nbits)
         self.metric_type = _check_metric(metric)
-        self.nlist = V.check_int("nlist", nlist, minimum=1, maximum=2**31 - 1, allow_none=True)
-        self._nprobe = V.check_int("nprobe", nprobe, minimum=1)
+        self.nlist = V.check_num_leaves(nlist, "nlist")
+        self._nprobe = V.check_int("nprobe", nprobe, minimum=1, allow_none=True)
         self._stores_vectors = reorder_k is not None
         self._reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
         self.float_lut = float_lut
@@ -244,8 +246,10 @@ class IndexAVQ:
 
     @property
     def nprobe(self) -> int:
-        """Leaves probed per query (IVF); clamped to nlist."""
-        return self._nprobe
+        """Leaves probed per query (IVF); clamped to nlist. Default: the shared rule for nlist."""
+        if self._nprobe is not None:
+            return self._nprobe
+        return _params.resolve_budget(None, self.d, num_leaves=self.nlist or 1).leaves_to_search
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
@@ -350,7 +354,7 @@ class IndexAVQ:
 
     # ------------------------------------------------------------------ search
     def _budget(self, params: Any) -> tuple[int, int, bool]:
-        nprobe, reorder_k, float_lut = self._nprobe, self._reorder_k, self._float_lut
+        nprobe, reorder_k, float_lut = self.nprobe, self._reorder_k, self._float_lut
         if params is not None:
             if not hasattr(params, "nprobe") and not hasattr(params, "reorder_k"):
                 raise TypeError(
@@ -569,11 +573,11 @@ class IndexAVQ:
         obj.metric_type = METRIC_INNER_PRODUCT if p["metric"] == "dot" else METRIC_L2
         L = avq.num_leaves_ if avq.is_trained else (p["num_leaves"] or 1)
         obj.nlist = None if L == 1 else L
-        obj._nprobe = p["default_leaves_to_search"] or 1
+        obj._nprobe = p["default_leaves_to_search"] or None  # concrete once trained (AVQIndex.load)
         obj._stores_vectors = p["reorder"] != "none"
         if p["reorder"] == "int8":
             raise ValueError("int8 reordering has no IndexAVQ equivalent: load it with AVQIndex.load")
-        obj._reorder_k = (p["default_reorder_k"] or 100) if obj._stores_vectors else None
+        obj._reorder_k = (p["default_reorder_k"] or None) if obj._stores_vectors else None
         obj._float_lut = False
         obj._avq = avq
         return obj

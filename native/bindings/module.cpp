@@ -217,6 +217,12 @@ avq::ReorderMode parse_reorder(const std::string& s) {
   throw py::value_error("unknown reorder mode '" + s + "'");
 }
 
+avq::SpillMode parse_spill(const std::string& s) {
+  if (s == "none") return avq::SpillMode::kNone;
+  if (s == "soar") return avq::SpillMode::kSoar;
+  throw py::value_error("spill must be 'none' or 'soar'");
+}
+
 py::tuple make_result(size_t nq, size_t k, const std::function<void(float*, int64_t*)>& fill) {
   py::array_t<float> D({nq, k});
   py::array_t<int64_t> I({nq, k});
@@ -351,40 +357,37 @@ PYBIND11_MODULE(_native, m) {
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");
 
+  // The parameter record of an index, with named fields (metric and reorder as their names).
+  py::class_<avq::IndexParams>(m, "IndexParams")
+      .def(py::init<>())
+      .def_property(
+          "metric", [](const avq::IndexParams& p) { return std::string(avq::metric_name(p.metric)); },
+          [](avq::IndexParams& p, const std::string& s) { p.metric = parse_metric(s); })
+      .def_readwrite("d", &avq::IndexParams::d)
+      .def_readwrite("num_leaves", &avq::IndexParams::num_leaves)
+      .def_readwrite("dims_per_block", &avq::IndexParams::dims_per_block)
+      .def_readwrite("threshold", &avq::IndexParams::threshold)
+      .def_readwrite("eta", &avq::IndexParams::eta)
+      .def_readwrite("eta_scann", &avq::IndexParams::eta_scann)
+      .def_readwrite("avq_iterations", &avq::IndexParams::avq_iterations)
+      .def_readwrite("kmeans_iterations", &avq::IndexParams::kmeans_iterations)
+      .def_readwrite("pq_kmeans_iterations", &avq::IndexParams::pq_kmeans_iterations)
+      .def_readwrite("training_sample_size", &avq::IndexParams::training_sample_size)
+      .def_readwrite("seed", &avq::IndexParams::seed)
+      .def_property(
+          "reorder", [](const avq::IndexParams& p) { return std::string(avq::reorder_name(p.reorder)); },
+          [](avq::IndexParams& p, const std::string& s) { p.reorder = parse_reorder(s); })
+      .def_readwrite("default_leaves_to_search", &avq::IndexParams::default_leaves_to_search)
+      .def_readwrite("default_reorder_k", &avq::IndexParams::default_reorder_k)
+      .def_readwrite("l2_decoded_norms", &avq::IndexParams::l2_decoded_norms)
+      .def_property(
+          "spill", [](const avq::IndexParams& p) { return std::string(avq::spill_name(p.spill)); },
+          [](avq::IndexParams& p, const std::string& s) { p.spill = parse_spill(s); })
+      .def_readwrite("soar_lambda", &avq::IndexParams::soar_lambda);
+
   py::class_<Index> index_cls(m, "Index");
   bind_common(index_cls);
-  index_cls
-      .def(py::init([](const std::string& metric, uint32_t d, uint32_t num_leaves, uint32_t dims_per_block,
-                       double threshold, double eta, bool eta_scann, uint32_t avq_iterations,
-                       uint32_t kmeans_iterations, uint32_t pq_kmeans_iterations, uint64_t training_sample_size,
-                       uint64_t seed, const std::string& reorder, uint32_t default_leaves_to_search,
-                       uint32_t default_reorder_k, uint32_t threshold_mode, bool l2_decoded_norms) {
-             avq::IndexParams p;
-             p.metric = parse_metric(metric);
-             p.d = d;
-             p.num_leaves = num_leaves;
-             p.dims_per_block = dims_per_block;
-             p.threshold = threshold;
-             p.eta = eta;
-             p.eta_scann = eta_scann;
-             p.avq_iterations = avq_iterations;
-             p.kmeans_iterations = kmeans_iterations;
-             p.pq_kmeans_iterations = pq_kmeans_iterations;
-             p.training_sample_size = training_sample_size;
-             p.seed = seed;
-             p.reorder = parse_reorder(reorder);
-             p.default_leaves_to_search = default_leaves_to_search;
-             p.default_reorder_k = default_reorder_k;
-             if (threshold_mode > 2) throw py::value_error("invalid threshold_mode");
-             p.threshold_mode = threshold_mode;
-             p.l2_decoded_norms = l2_decoded_norms;
-             return std::make_unique<Index>(p);
-           }),
-           py::arg("metric"), py::arg("d"), py::arg("num_leaves"), py::arg("dims_per_block"), py::arg("threshold"),
-           py::arg("eta"), py::arg("eta_scann"), py::arg("avq_iterations"), py::arg("kmeans_iterations"),
-           py::arg("pq_kmeans_iterations"), py::arg("training_sample_size"), py::arg("seed"), py::arg("reorder"),
-           py::arg("default_leaves_to_search") = 0, py::arg("default_reorder_k") = 0, py::arg("threshold_mode") = 0,
-           py::arg("l2_decoded_norms") = false)
+  index_cls.def(py::init<const avq::IndexParams&>(), py::arg("params"))
       .def(
           "train",
           [](Index& self, FArray x, int64_t nthreads, py::object callback) {
@@ -592,47 +595,17 @@ PYBIND11_MODULE(_native, m) {
              d["loss"] = s.loss;
              return d;
            })
-      .def("params",
-           [](const Index& self) {
-             const avq::IndexParams p = nogil([&] { return self.params(); });
-             py::dict d;
-             d["metric"] = avq::metric_name(p.metric);
-             d["d"] = p.d;
-             d["num_leaves"] = p.num_leaves;
-             d["dims_per_block"] = p.dims_per_block;
-             d["threshold"] = p.threshold;
-             d["eta"] = p.eta;
-             d["eta_scann"] = p.eta_scann;
-             d["avq_iterations"] = p.avq_iterations;
-             d["kmeans_iterations"] = p.kmeans_iterations;
-             d["pq_kmeans_iterations"] = p.pq_kmeans_iterations;
-             d["training_sample_size"] = p.training_sample_size;
-             d["seed"] = p.seed;
-             d["reorder"] = avq::reorder_name(p.reorder);
-             d["default_leaves_to_search"] = p.default_leaves_to_search;
-             d["default_reorder_k"] = p.default_reorder_k;
-             d["threshold_mode"] = p.threshold_mode;
-             d["l2_decoded_norms"] = p.l2_decoded_norms;
-             d["spill"] = avq::spill_name(p.spill);
-             d["soar_lambda"] = p.soar_lambda;
-             return d;
-           })
       .def(
-          "set_spill",
-          [](Index& self, const std::string& spill, double soar_lambda) {
-            avq::SpillMode m = avq::SpillMode::kNone;
-            if (spill == "soar")
-              m = avq::SpillMode::kSoar;
-            else if (spill != "none")
-              throw py::value_error("spill must be 'none' or 'soar'");
-            py::gil_scoped_release release;  // never wait for the index lock holding the GIL
-            self.set_spill(m, soar_lambda);
+          "params", [](const Index& self) { return nogil([&] { return self.params(); }); }, "A copy of the parameters.")
+      .def(
+          "set_default_search_params",
+          [](Index& self, uint32_t leaves_to_search, uint32_t reorder_k) {
+            if (leaves_to_search == 0 || reorder_k == 0)
+              throw py::value_error("the default leaves_to_search and reorder_k must be positive");
+            py::gil_scoped_release release;
+            self.set_default_search_params(leaves_to_search, reorder_k);
           },
-          py::arg("spill"), py::arg("soar_lambda"),
-          "Chooses SOAR spilling before training (ValueError on a trained index).")
-      .def("set_default_search_params", &Index::set_default_search_params, py::arg("leaves_to_search"),
-           py::arg("reorder_k"), py::call_guard<py::gil_scoped_release>(),
-           "Search defaults stored with the index (0: chosen by the Python layer).")
+          py::arg("leaves_to_search"), py::arg("reorder_k"), "Search defaults stored with the index.")
       .def_property_readonly("d", &Index::d)
       .def_property_readonly("is_trained", [](const Index& self) { return nogil([&] { return self.is_trained(); }); })
       .def_property_readonly("num_leaves", [](const Index& self) { return nogil([&] { return self.num_leaves(); }); })

@@ -110,7 +110,8 @@ double EtaFunction::operator()(double norm) const {
 
 BlockLayout::BlockLayout(size_t d_, size_t dpb) : d(d_), dims_per_block(dpb) {
   if (d == 0) throw InvalidArgument("dimension must be positive");
-  if (dpb < 1 || dpb > 8) throw InvalidArgument("dims_per_block must be between 1 and 8");
+  if (dpb < 1 || dpb > limits::kMaxDimsPerBlock)
+    throw InvalidArgument("dims_per_block must be between 1 and " + std::to_string(limits::kMaxDimsPerBlock));
   num_blocks = (d + dpb - 1) / dpb;
   // The scan sums one 8-bit table entry per block in 16-bit lanes: the table scale leaves
   // (65535 - num_blocks) / num_blocks levels per block on average, so cap the block count.

@@ -328,7 +328,6 @@ Index::Index(const IndexParams& p) : p_(p) {
   at_most("seed", p_.seed, limits::kMaxSeed);
   at_most("default_leaves_to_search", p_.default_leaves_to_search, limits::kMaxLeavesToSearch);
   at_most("default_reorder_k", p_.default_reorder_k, limits::kMaxReorderK);
-  at_most("threshold_mode", p_.threshold_mode, 2);
   layout_ = BlockLayout(p_.d, p_.dims_per_block);
   init_spill();
 }
@@ -567,7 +566,8 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   if (n == 0) throw InvalidArgument("cannot train on an empty array");
   check_vectors(x, n, d, p_.metric, "X row");
   check_data_scale(x, n, d, p_.metric);
-  size_t L = p_.num_leaves ? p_.num_leaves : std::max<size_t>(1, size_t(std::lround(std::sqrt(double(n)))));
+  if (p_.num_leaves == 0) throw InvalidArgument("num_leaves must be set before training (avq_plugin._params)");
+  const size_t L = p_.num_leaves;
   if (L > n)
     throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
                           std::to_string(n) + ")");
@@ -1273,6 +1273,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
     int8_scale_.assign(d, 1.f);
   }
   nleaves_ = L;
+  p_.num_leaves = static_cast<uint32_t>(L);  // the file stores the concrete count
   probe_centers_.assign(probe, probe + L * d);
   probe_table_.build(probe_centers_.data(), L, d);
   resid_centers_.assign(resid, resid + L * d);

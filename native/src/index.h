@@ -80,10 +80,12 @@ inline int64_t next_id_after(int64_t next_id, int64_t id) {
 // largest id), next_id >= 0. Throws InvalidArgument("corrupted index file: ...").
 void check_stored_ids(const int64_t* ids, size_t n, int64_t next_id);
 
+// Every parameter of an index, concrete: the Python layer resolves the defaults
+// (avq_plugin/_params.py) before it builds one, and the file stores these values.
 struct IndexParams {
   Metric metric = Metric::kDot;
   uint32_t d = 0;
-  uint32_t num_leaves = 0;  // 0: about sqrt(n) at train time
+  uint32_t num_leaves = 0;  // leaves to train (must be set before train(); set_quantizer sets it)
   uint32_t dims_per_block = 2;
   double threshold = std::numeric_limits<double>::quiet_NaN();  // T; NaN: none
   double eta = 0;                                               // > 0: fixed eta for every point (overrides threshold)
@@ -94,16 +96,15 @@ struct IndexParams {
   uint64_t training_sample_size = 0;  // 0: min(n, 100000)
   uint64_t seed = 0;
   ReorderMode reorder = ReorderMode::kFloat32;
-  // Search defaults stored with the index (0: chosen from num_leaves by the Python layer).
+  // Search defaults stored with the index (format version 1 files may hold 0: "chosen by the
+  // Python layer", which completes them when it loads the file).
   uint32_t default_leaves_to_search = 0;
   uint32_t default_reorder_k = 0;
-  // How the Python layer specified T: 0 a number, 1 "auto", 2 none (kept for round trips).
-  uint32_t threshold_mode = 0;
   // l2 only: the exact term of the quantized distance ||q||^2 - 2 <q, x~> + n(x) uses
   // n(x) = ||x~||^2 (the decoded vector: Faiss's IndexPQ/IndexIVFPQ distance, and better at
   // ranking near neighbours, since its error shrinks as q approaches x) instead of ||x||^2.
   // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
-  // Stored as an optional trailing PARM field (absent in older files: false).
+  // A PARM field (optional at the end in format version 1: absent means false).
   bool l2_decoded_norms = false;
   // SOAR spilling (soar.h): a second, spilled copy of every vector. Stored in the optional file
   // section SOAR (absent: none).
@@ -197,12 +198,9 @@ class Index {
 
   IndexParams params() const;
   uint32_t d() const { return p_.d; }  // immutable
-  // Replaces the search defaults stored with the index (0: chosen by the Python layer); they are
-  // serialized with it. Takes the exclusive lock. Used by AVQIndex.tune (issue 6).
+  // Replaces the search defaults stored with the index; they are serialized with it. Takes the
+  // exclusive lock. Used by AVQIndex.tune (issue 6).
   void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
-  // Chooses the spill mode and SOAR lambda (soar.h) of an untrained index (throws
-  // InvalidArgument once trained or on a bad value). Exclusive lock.
-  void set_spill(SpillMode mode, double soar_lambda);
   bool is_trained() const;
   size_t ntotal() const;
   size_t num_leaves() const;

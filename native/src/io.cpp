@@ -251,6 +251,7 @@ ContainerReader::ContainerReader(const uint8_t* data, size_t size, const std::ve
                           " is newer than this avq-plugin supports (" + std::to_string(kFormatVersion) +
                           "); upgrade avq-plugin");
   if (version == 0) throw InvalidArgument("corrupted index file: format version 0");
+  version_ = version;
   if (total != size)
     throw InvalidArgument("truncated or corrupted index file: header says " + std::to_string(total) + " bytes, got " +
                           std::to_string(size));
@@ -318,8 +319,7 @@ std::string Index::serialize() const {
   pw.put<double>(threshold_used_);
   pw.put<uint32_t>(p_.default_leaves_to_search);
   pw.put<uint32_t>(p_.default_reorder_k);
-  pw.put<uint32_t>(p_.threshold_mode);
-  pw.put<uint32_t>(p_.l2_decoded_norms ? 1 : 0);  // optional trailing field (see IndexParams)
+  pw.put<uint32_t>(p_.l2_decoded_norms ? 1 : 0);
   w.add_owned("PARM", pw.take());
   if (trained_) {
     ByteWriter sw;
@@ -402,9 +402,11 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   double threshold_used = pr.get<double>();
   p.default_leaves_to_search = pr.get<uint32_t>();
   p.default_reorder_k = pr.get<uint32_t>();
-  p.threshold_mode = pr.get<uint32_t>();
-  if (p.threshold_mode > 2) throw InvalidArgument("corrupted index file: invalid threshold mode");
-  if (pr.remaining() >= sizeof(uint32_t)) {  // absent in files written before the field existed
+  // Version 1 stored how the Python layer specified T (0 a number, 1 "auto", 2 none); version 2
+  // stores the concrete threshold only.
+  if (r.version() == 1 && pr.get<uint32_t>() > 2) throw InvalidArgument("corrupted index file: invalid threshold mode");
+  // The l2 norm flag: optional at the end of a version-1 PARM, always present from version 2.
+  if (r.version() >= 2 || pr.remaining() >= sizeof(uint32_t)) {
     uint32_t flag = pr.get<uint32_t>();
     if (flag > 1) throw InvalidArgument("corrupted index file: invalid l2 norm mode");
     p.l2_decoded_norms = flag != 0;
@@ -413,6 +415,13 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     throw InvalidArgument("corrupted index file: invalid dimension or dims_per_block");
   if (!(std::isnan(threshold_used) || (std::isfinite(threshold_used) && threshold_used >= 0)))
     throw InvalidArgument("corrupted index file: invalid threshold");
+  if (r.version() >= 2 && trained && (p.num_leaves == 0 || p.default_leaves_to_search == 0 || p.default_reorder_k == 0))
+    throw InvalidArgument("corrupted index file: a version-2 file must store num_leaves and the search budget");
+  if (trained && p.num_leaves != L) {
+    if (r.version() >= 2 || L == 0 || L > limits::kMaxLeaves)
+      throw InvalidArgument("corrupted index file: invalid number of leaves");
+    p.num_leaves = static_cast<uint32_t>(L);  // version 1: 0 meant "about sqrt(n)"
+  }
   if (r.has("SOAR")) {  // optional section (soar.h): absent in files without spilling
     const SectionView sv = r.get("SOAR");
     p.spill = SpillMode::kSoar;

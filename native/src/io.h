@@ -24,7 +24,9 @@
 
 namespace avq {
 
-constexpr uint32_t kFormatVersion = 1;
+// Version 2 (0.2.0): PARM holds concrete values only (no 0 = "decided later" defaults, no
+// threshold mode) and always ends with the l2 norm flag. Version 1 files still load.
+constexpr uint32_t kFormatVersion = 2;
 constexpr uint32_t kKindAVQ = 1;
 constexpr uint32_t kKindExact = 2;
 
@@ -84,11 +86,13 @@ class ContainerReader {
   // naming the problem.
   ContainerReader(const uint8_t* data, size_t size, const std::vector<std::string>& unchecked = {});
   uint32_t kind() const { return kind_; }
+  uint32_t version() const { return version_; }  // 1 .. kFormatVersion
   bool has(const char* tag) const;
   SectionView get(const char* tag) const;  // throws InvalidArgument when missing
 
  private:
   uint32_t kind_ = 0;
+  uint32_t version_ = 0;
   std::vector<std::pair<std::string, SectionView>> sections_;
 };
 

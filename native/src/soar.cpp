@@ -174,22 +174,6 @@ void Index::init_spill() {
   spill_->lambda = p_.soar_lambda;
 }
 
-void Index::set_spill(SpillMode mode, double soar_lambda) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  if (trained_) throw InvalidArgument("the spill mode is chosen before training");
-  IndexParams p = p_;
-  p.spill = mode;
-  p.soar_lambda = soar_lambda;
-  std::swap(p, p_);
-  try {
-    init_spill();
-  } catch (...) {
-    std::swap(p, p_);
-    init_spill();
-    throw;
-  }
-}
-
 void Index::spill_reset() {
   if (spill_) spill_->reset(nleaves_, resid_centers_.data(), p_.d);
 }

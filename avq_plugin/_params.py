@@ -1,0 +1,82 @@
+"""The default partition size and search budget: one rule, in one place.
+
+Every front-end (:class:`~avq_plugin.AVQIndex`, :class:`~avq_plugin.AVQNearestNeighbors`,
+:class:`~avq_plugin.IndexAVQ`, the sharded index) asks :func:`resolve_budget` for the values the
+user did not give. It runs once, at training time, and the concrete numbers it returns are written
+into the native index (and so into its files): changing a constant here never changes how an
+existing index searches. Version-1 files, which stored 0 for "decide later", are completed with
+the same function when they are loaded. The measurements behind the constants are in
+docs/parameters.md ("Defaults").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+__all__ = ["Budget", "resolve_budget", "DEFAULT_K"]
+
+#: The k the stored default budget is chosen for (``AVQIndex.search``'s default k).
+DEFAULT_K = 10
+#: num_leaves = round(LEAVES_PER_SQRT_N * sqrt(n)).
+LEAVES_PER_SQRT_N = 1.0
+#: leaves_to_search = ceil(PROBE_PER_SQRT_LEAVES * sqrt(num_leaves)), at most num_leaves.
+PROBE_PER_SQRT_LEAVES = 3.5
+#: reorder_k = max(REORDER_MIN, REORDER_PER_NEIGHBOR * k).
+REORDER_MIN = 200
+REORDER_PER_NEIGHBOR = 20
+
+
+class Budget(NamedTuple):
+    """Concrete partition size and default search budget of one index."""
+
+    num_leaves: int
+    leaves_to_search: int
+    reorder_k: int
+
+
+def default_num_leaves(n: int) -> int:
+    """round(sqrt(n)) leaves (at least 1, at most n)."""
+    return max(1, min(n, round(LEAVES_PER_SQRT_N * math.sqrt(n))))
+
+
+def default_leaves_to_search(num_leaves: int) -> int:
+    """ceil(3.5 sqrt(L)) leaves probed, at most L: the scanned fraction falls as the index grows."""
+    return max(1, min(num_leaves, math.ceil(PROBE_PER_SQRT_LEAVES * math.sqrt(num_leaves))))
+
+
+def default_reorder_k(k: int = DEFAULT_K) -> int:
+    """max(200, 20 k) candidates re-scored exactly."""
+    return max(REORDER_MIN, REORDER_PER_NEIGHBOR * k)
+
+
+def resolve_budget(
+    n: int | None,
+    d: int,
+    k: int = DEFAULT_K,
+    *,
+    num_leaves: int | None = None,
+    leaves_to_search: int | None = None,
+    reorder_k: int | None = None,
+) -> Budget:
+    """The (num_leaves, leaves_to_search, reorder_k) an index of n vectors of dimension d uses.
+
+    Values given (not None) are kept; the others follow the default rule: round(sqrt(n)) leaves,
+    ceil(3.5 sqrt(num_leaves)) of them probed (at most all), max(200, 20 k) candidates re-scored.
+    ``n`` may be None when ``num_leaves`` is given (the probe rule depends only on the leaves).
+    ``d`` is part of the signature so that a rule depending on it stays a change in this
+    function only; the measured rule does not use it.
+
+    >>> resolve_budget(20000, 50)
+    Budget(num_leaves=141, leaves_to_search=42, reorder_k=200)
+    >>> resolve_budget(None, 50, k=100, num_leaves=10)
+    Budget(num_leaves=10, leaves_to_search=10, reorder_k=2000)
+    """
+    if num_leaves is None:
+        if n is None or n < 1:
+            raise ValueError(f"the default num_leaves needs a positive number of vectors, got n={n}")
+        num_leaves = default_num_leaves(int(n))
+    num_leaves = int(num_leaves)
+    lts = default_leaves_to_search(num_leaves) if leaves_to_search is None else int(leaves_to_search)
+    rk = default_reorder_k(int(k)) if reorder_k is None else int(reorder_k)
+    return Budget(num_leaves, lts, rk)
