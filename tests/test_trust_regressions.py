@@ -26,9 +26,17 @@ INT64_MAX = 2**63 - 1
 
 
 def run_script(code, timeout=120, mem_limit_bytes=None):
-    """Run code in a fresh interpreter from a neutral directory; returns CompletedProcess."""
+    """Run code in a fresh interpreter from a neutral directory; returns CompletedProcess.
+
+    ``mem_limit_bytes`` caps the address space (RLIMIT_AS); under AddressSanitizer, whose shadow
+    memory needs terabytes of address space, the same cap is ASan's own ``malloc_limit_mb``.
+    """
     preexec = None
-    if mem_limit_bytes is not None:
+    env = dict(os.environ)
+    if mem_limit_bytes is not None and "libasan" in env.get("LD_PRELOAD", ""):
+        limit = f"malloc_limit_mb={mem_limit_bytes >> 20}:allocator_may_return_null=1"
+        env["ASAN_OPTIONS"] = f"{env.get('ASAN_OPTIONS', '')}:{limit}".lstrip(":")
+    elif mem_limit_bytes is not None:
 
         def preexec():
             import resource
@@ -41,6 +49,7 @@ def run_script(code, timeout=120, mem_limit_bytes=None):
         text=True,
         timeout=timeout,
         cwd=tempfile.gettempdir(),
+        env=env,
         preexec_fn=preexec,
     )
 
