@@ -367,6 +367,13 @@ void check_finite(const float* p, size_t n, const char* what) {
   for (size_t i = 0; i < n; ++i)
     if (!std::isfinite(p[i])) throw InvalidArgument(std::string("corrupted index file: non-finite value in ") + what);
 }
+// Coordinates (centres, codebooks) obey the data's rule: finite and |v| <= limits::kMaxAbsValue.
+void check_coordinates(const float* p, size_t n, const char* what) {
+  check_finite(p, n, what);
+  for (size_t i = 0; i < n; ++i)
+    if (!(std::fabs(p[i]) <= limits::kMaxAbsValue))
+      throw InvalidArgument(std::string("corrupted index file: value out of range in ") + what);
+}
 }  // namespace
 
 std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std::shared_ptr<Mapping> mapping) {
@@ -463,18 +470,20 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   const float* rc = expect_array<float>(r, "RCEN", L * d);
   const float* cb = expect_array<float>(r, "CBOK", 16 * d);
   const float* sc = expect_array<float>(r, "SCAL", d);
-  check_finite(pc, L * d, "PCEN");
-  check_finite(rc, L * d, "RCEN");
-  check_finite(cb, 16 * d, "CBOK");
-  check_finite(sc, d, "SCAL");
+  check_coordinates(pc, L * d, "PCEN");
+  check_coordinates(rc, L * d, "RCEN");
+  check_coordinates(cb, 16 * d, "CBOK");
   idx->probe_centers_.assign(pc, pc + L * d);
   idx->probe_table_.build(pc, L, d);
   idx->resid_centers_.assign(rc, rc + L * d);
   idx->codebooks_.assign(cb, cb + 16 * d);
   idx->build_codebooks_t();
   idx->int8_scale_.assign(sc, sc + d);
+  // An int8 row decodes to code * scale with |code| <= 127: the decoded coordinates obey the data's
+  // range (a small slack for the rounding of the scale written by training).
   for (float s : idx->int8_scale_)
-    if (!(s > 0)) throw InvalidArgument("corrupted index file: invalid int8 scale");
+    if (!(s > 0 && 127.0 * s <= limits::kMaxAbsValue * (1 + 1e-6)))
+      throw InvalidArgument("corrupted index file: invalid int8 scale");
   const uint64_t* sizes = expect_array<uint64_t>(r, "LSIZ", L);
   uint64_t sum = 0, ngroups = 0;
   for (uint64_t l = 0; l < L; ++l) {
