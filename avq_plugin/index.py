@@ -260,11 +260,10 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _new_native(
-        self, d: int, threshold: float, budget: _params.Budget, *, l2_decoded_norms: bool = False
-    ) -> _native.Index:
+    def _new_native(self, d: int, threshold: float, budget: _params.Budget) -> _native.Index:
         """An untrained native index with this object's parameters and a resolved ``budget``
-        (:class:`avq_plugin._params.Budget`): the one place that makes one."""
+        (:class:`avq_plugin._params.Budget`): the one place that makes one. Under l2 the PQ scan
+        scores ``||q - decoded||^2`` (``l2_decoded_norms``, native/src/index.h)."""
         p = _native.IndexParams()
         p.metric = self.metric
         p.d = d
@@ -280,7 +279,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         p.reorder = self.reorder
         p.default_leaves_to_search = budget.leaves_to_search
         p.default_reorder_k = budget.reorder_k
-        p.l2_decoded_norms = l2_decoded_norms
+        p.l2_decoded_norms = self.metric == "l2"
         p.spill = self.spill or "none"
         p.soar_lambda = self.soar_lambda
         return _native.Index(p)
@@ -295,14 +294,14 @@ class AVQIndex(_NativeWrapper[_native.Index]):
             reorder_k=self.reorder_k,
         )
 
-    def _train(self, X: npt.NDArray[np.float32], stacklevel: int, *, l2_decoded_norms: bool = False) -> AVQIndex:
-        """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
+    def _train(self, X: npt.NDArray[np.float32], stacklevel: int) -> AVQIndex:
+        """Train on validated X."""
         n, d = X.shape
         if self.num_leaves is not None and self.num_leaves > n:
             raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
         threshold = self._threshold_for(X)
         budget = self._budget_for(n, d)
-        index = self._new_native(d, threshold, budget, l2_decoded_norms=l2_decoded_norms)
+        index = self._new_native(d, threshold, budget)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         self._index = index
         if isinstance(self.anisotropic_threshold, str):  # "auto" is resolved once, here (as a file stores it)
@@ -651,9 +650,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
             np.ascontiguousarray(codebooks, np.float32),
         )
 
-    def _init_from_quantizer(
-        self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike, *, l2_decoded_norms: bool = False
-    ) -> None:
+    def _init_from_quantizer(self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike) -> None:
         """Start an empty index from given centres (L, d) and codebooks (16 d) instead of training.
 
         ``anisotropic_threshold`` must be None or a number (new vectors are encoded with it).
@@ -662,7 +659,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         if T == "auto":
             raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
         budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]))
-        native = self._new_native(d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms)
+        native = self._new_native(d, math.nan if T is None else float(T), budget)
         native.set_quantizer(
             np.ascontiguousarray(centres, np.float32),
             np.ascontiguousarray(centres, np.float32),
