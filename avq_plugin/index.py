@@ -38,6 +38,17 @@ _MAX_RK = V.LIMITS["max_reorder_k"]
 _MAX_THREADS = V.LIMITS["max_threads"]
 
 
+class _SearchDefault(V.Checked):
+    """``leaves_to_search`` / ``reorder_k``: a search-time parameter (as scikit-learn's
+    ``n_neighbors``). A number assigned to a trained index also becomes its stored default budget
+    (what ``search`` uses without budget arguments and what its files keep); None leaves the
+    stored budget as training or ``tune`` resolved it."""
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        super().__set__(obj, value)
+        obj._store_search_default(self.name, obj.__dict__[self.slot])
+
+
 class AVQIndex(_NativeWrapper[_native.Index]):
     """Approximate nearest-neighbour index with anisotropic vector quantization.
 
@@ -61,7 +72,8 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     anisotropic_threshold : float, "auto" or None
         Score threshold T of the anisotropic loss (ScaNN's ``anisotropic_quantization_threshold``).
         "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2; resolved
-        once, by the first training, after which the attribute holds that value (as saved files do).
+        by each training (the attribute keeps "auto"; ``anisotropic_threshold_`` is the value
+        used, which saved files store, so a loaded index has that value here).
         None: plain reconstruction-loss PQ (eta = 1).
     eta : float >= 1 or None
         Use this anisotropic weight for every vector instead of deriving it from T.
@@ -73,8 +85,10 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
         Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
-        200 candidates, resolved by training (the attributes then hold them, as files do);
-        ``tune`` replaces them.
+        200 candidates, resolved by each training into the index (the attributes keep what was
+        given; ``default_search_params()`` returns the budget in force, which ``tune`` replaces
+        and files store; a loaded index has None here). A number assigned to a trained index
+        becomes its default budget.
     spill : {None, "soar"}
         "soar": SOAR spilling (Sun et al., NeurIPS 2023). Every vector is also stored, as a
         second 4-bit code (no second reorder vector), in the leaf minimising
@@ -118,8 +132,8 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     # loading), against the limits exported by the native core (_validation.LIMITS).
     num_leaves = V.Checked(V.check_num_leaves)
     dims_per_block = V.Checked(V.check_dims_per_block)
-    leaves_to_search = V.Checked(V.check_leaves_to_search)
-    reorder_k = V.Checked(V.check_reorder_k)
+    leaves_to_search = _SearchDefault(V.check_leaves_to_search)
+    reorder_k = _SearchDefault(V.check_reorder_k)
     training_iterations = V.Checked(lambda v: V.check_iterations("training_iterations", v))
     kmeans_iterations = V.Checked(lambda v: V.check_iterations("kmeans_iterations", v, minimum=1))
     training_sample_size = V.Checked(V.check_training_sample_size)
@@ -206,6 +220,12 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     def is_mapped(self) -> bool:
         """True when the codes are memory-mapped from a file (``load(..., mmap=True)``)."""
         return self._index is not None and self._index.is_mapped
+
+    @property
+    def anisotropic_threshold_(self) -> float | None:
+        """The score threshold T training used ("auto" resolved; None: plain PQ or a fixed ``eta``)."""
+        T = self._require_trained().params().threshold
+        return None if math.isnan(T) else T
 
     @property
     def train_stats_(self) -> dict[str, Any]:
@@ -304,11 +324,9 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         budget = self._budget_for(n, d)
         index = self._new_native(d, threshold, budget, l2_decoded_norms=l2_decoded_norms)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
+        # The resolved threshold and budget live in the native record (what the file stores); the
+        # constructor attributes keep what the user gave, so a refit on other data re-resolves them.
         self._index = index
-        if isinstance(self.anisotropic_threshold, str):  # "auto" is resolved once, here (as a file stores it)
-            self.anisotropic_threshold = None if math.isnan(threshold) else threshold
-        # The budget too: the object then holds what its file holds (sharded fingerprints compare them).
-        self.leaves_to_search, self.reorder_k = budget.leaves_to_search, budget.reorder_k
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
             warnings.warn(
@@ -353,11 +371,11 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     def default_search_params(self) -> tuple[int, int]:
         """(leaves_to_search, reorder_k) used when search() is not given them.
 
-        The ``leaves_to_search`` and ``reorder_k`` attributes when set, else the values resolved
-        at training time (stored with the index).
+        The budget stored with the index: resolved by training from the ``leaves_to_search`` and
+        ``reorder_k`` parameters, replaced by ``tune`` or by assigning those attributes.
         """
         p = self._require_trained().params()
-        return self.leaves_to_search or p.default_leaves_to_search, self.reorder_k or p.default_reorder_k
+        return p.default_leaves_to_search, p.default_reorder_k
 
     def search(
         self,
@@ -624,17 +642,20 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         return report
 
     def _apply_tune(self, report: TuneReport) -> None:
-        """Make the budget of a :class:`TuneReport` this index's default (kept by save and pickle)."""
-        self.leaves_to_search = int(report.leaves_to_search)
-        if report.reorder_k is not None:
-            self.reorder_k = int(report.reorder_k)
-        self._sync_search_defaults()
+        """Make the budget of a :class:`TuneReport` this index's default (kept by save and pickle).
+
+        The native record holds it; the constructor attributes keep what the user gave.
+        """
+        index = self._require_trained()
+        rk = index.params().default_reorder_k if report.reorder_k is None else int(report.reorder_k)
+        index.set_default_search_params(int(report.leaves_to_search), rk)
 
     # ------------------------------------------------------------------ protected: for IndexAVQ, tuning, sharding
     # These give the package's other front-ends (avq_plugin.faiss, avq_plugin.tuning, the
     # distributed index) what they need without touching the native object.
     def _native_params(self) -> dict[str, Any]:
-        """The native parameter record (``_native.IndexParams``, as stored in the file) as a dict."""
+        """The native parameter record (``_native.IndexParams``, as stored in the file) as a dict:
+        the resolved values (threshold, num_leaves, default budget), not the constructor's."""
         p = self._require_index().params()
         return {name: getattr(p, name) for name in dir(p) if not name.startswith("_")}
 
@@ -753,8 +774,9 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         obj.anisotropic_threshold = None if math.isnan(p.threshold) else p.threshold
         obj.eta_formula = "scann" if p.eta_scann else "exact"
         obj.reorder = p.reorder
-        obj.leaves_to_search = p.default_leaves_to_search
-        obj.reorder_k = p.default_reorder_k
+        # None: the budget stored in the file (default_search_params), as training resolved it.
+        obj.leaves_to_search = None
+        obj.reorder_k = None
         obj.spill = None if p.spill == "none" else p.spill
         obj.soar_lambda = p.soar_lambda
         obj.training_iterations = p.avq_iterations
@@ -767,17 +789,19 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         obj._index = native
         return obj
 
-    def _sync_search_defaults(self) -> None:
-        # The native index stores the default budget in its files; attributes set after
-        # construction (by tune or by hand) reach it here.
-        if self._index is not None and self._index.is_trained:
-            self._index.set_default_search_params(*self.default_search_params())
+    def _store_search_default(self, name: str, value: int | None) -> None:
+        """A budget attribute assigned a number on a trained index becomes its stored default."""
+        index = self._index
+        if value is None or index is None or not index.is_trained:
+            return
+        lts, rk = self.default_search_params()
+        index.set_default_search_params(
+            value if name == "leaves_to_search" else lts, value if name == "reorder_k" else rk
+        )
 
     def save(self, path: PathLike) -> None:
         """Write the index to one file, atomically (temporary file + rename)."""
-        index = self._require_index()
-        self._sync_search_defaults()
-        index.save(os.fspath(path))
+        self._require_index().save(os.fspath(path))
 
     @classmethod
     def load(cls, path: PathLike, mmap: bool = False) -> AVQIndex:
@@ -791,9 +815,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
 
     def to_bytes(self) -> bytes:
         """The index serialized as bytes (the same format as ``save``)."""
-        index = self._require_index()
-        self._sync_search_defaults()
-        return index.serialize()
+        return self._require_index().serialize()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> AVQIndex:
