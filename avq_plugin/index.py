@@ -718,20 +718,14 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         """(ids, vectors) of the float32 re-ranking store at positions ``rows`` of the id order.
 
         Position i is the i-th smallest id, so after ``fit(X)`` position i is row i of X. The
-        vectors are those given to ``add`` (normalised under cosine). The native core has no
-        accessor for the store, so they are read from the sections IDS_ and RVEC of the
-        serialised index (container layout: native/src/io.h); this costs one copy of the index.
+        vectors are those given to ``add`` (normalised under cosine), copied by the native core
+        (only the rows asked for).
         """
         index = self._require_trained()
         if self.reorder != "float32":
             raise ValueError(f"an index with reorder={self.reorder!r} keeps no float32 vectors")
-        blob = index.serialize()
-        sections = _container_sections(blob)
-        n, d = self.ntotal, index.d
-        ids = np.frombuffer(blob, np.int64, count=n, offset=sections["IDS_"])
-        vectors = np.frombuffer(blob, np.float32, count=n * d, offset=sections["RVEC"]).reshape(n, d)
-        order = np.argsort(ids, kind="stable")[rows]
-        return ids[order], np.ascontiguousarray(vectors[order])
+        ids = np.sort(index.all_ids())[rows]
+        return ids, index.get_vectors(ids)
 
     # ------------------------------------------------------------------ inspection
     def get_codes(self, ids: npt.ArrayLike) -> npt.NDArray[np.uint8]:
@@ -853,16 +847,3 @@ class AVQIndex(_NativeWrapper[_native.Index]):
             setattr(self, k, state[k])
         self.progress = state.get("progress")  # absent from pickles of earlier versions
         self._index = None if state["index"] is None else _native.Index.deserialize(state["index"])
-
-
-def _container_sections(blob: bytes) -> dict[str, int]:
-    """{tag: payload offset} of a serialised index (the container of native/src/io.h)."""
-    count = int(np.frombuffer(blob, np.uint32, count=1, offset=20)[0])
-    sections: dict[str, int] = {}
-    off = 64
-    for _ in range(count):
-        tag = bytes(blob[off : off + 4]).decode("ascii")
-        length = int(np.frombuffer(blob, np.uint64, count=1, offset=off + 8)[0])
-        sections[tag] = off + 64
-        off += 64 + (length + 63) // 64 * 64
-    return sections

@@ -900,6 +900,46 @@ std::vector<int64_t> Index::all_ids() const {
   return out;
 }
 
+namespace {
+void require_float32_store(ReorderMode mode) {
+  if (mode != ReorderMode::kFloat32)
+    throw InvalidArgument(std::string("an index with reorder='") + reorder_name(mode) + "' keeps no float32 vectors");
+}
+}  // namespace
+
+void Index::get_vectors(const int64_t* ids, size_t n, float* out) const {
+  require_float32_store(p_.reorder);
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (n > ntotal_)
+    throw InvalidArgument("asked for " + std::to_string(n) + " vectors, the index holds " + std::to_string(ntotal_));
+  ensure_id_map();
+  const size_t d = p_.d;
+  for (size_t t = 0; t < n; ++t) {
+    auto it = id_map_.find(ids[t]);
+    if (it == id_map_.end()) throw InvalidArgument("unknown id " + std::to_string(ids[t]));
+    const Leaf& l = leaves_[it->second >> 32];
+    const size_t row = l.row_off + (it->second & 0xFFFFFFFFu);
+    std::memcpy(out + t * d, rvec_p_ + row * d, d * sizeof(float));
+  }
+}
+
+void Index::all_vectors(std::vector<int64_t>& ids, std::vector<float>& out) const {
+  require_float32_store(p_.reorder);
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<std::pair<int64_t, size_t>> order;  // (id, arena row)
+  order.reserve(ntotal_);
+  for (const Leaf& l : leaves_)
+    for (uint32_t i = 0; i < l.n; ++i) order.emplace_back(l.ids_p[i], l.row_off + i);
+  std::sort(order.begin(), order.end());
+  const size_t d = p_.d;
+  ids.resize(order.size());
+  out.resize(order.size() * d);
+  for (size_t t = 0; t < order.size(); ++t) {
+    ids[t] = order[t].first;
+    std::memcpy(out.data() + t * d, rvec_p_ + order[t].second * d, d * sizeof(float));
+  }
+}
+
 void Index::get_codes(const int64_t* ids, size_t n, uint8_t* out) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   ensure_id_map();

@@ -195,6 +195,13 @@ class Index {
   void get_spill_leaves(const int64_t* ids, size_t n, int64_t* out) const;
   // All ids in storage order (leaf by leaf).
   std::vector<int64_t> all_ids() const;
+  // The float32 re-ranking vectors (reorder == float32, else InvalidArgument): the vectors given
+  // to add (normalised under cosine). get_vectors: those of the given ids, layout (n, d); n is at
+  // most ntotal, so the copy is bounded by the store (InvalidArgument otherwise, or on an unknown
+  // id). all_vectors: every stored vector in increasing id order, ids (ntotal) and vectors
+  // (ntotal, d), read under one shared lock. O(n d) and O(ntotal (d + log ntotal)).
+  void get_vectors(const int64_t* ids, size_t n, float* out) const;
+  void all_vectors(std::vector<int64_t>& ids, std::vector<float>& out) const;
 
   IndexParams params() const;
   uint32_t d() const { return p_.d; }  // immutable
