@@ -88,7 +88,9 @@ def _quantizer_fingerprint(index):
 
 
 def _index_params(index):
-    return {name: getattr(index, name) for name in _PARAM_NAMES}
+    # The resolved parameters of the native record (what the shard files store), not the
+    # constructor attributes, which keep "auto" / None after training and differ from a loaded copy's.
+    return index._native_params()
 
 
 def _train_template(params, num_threads, *parts):
