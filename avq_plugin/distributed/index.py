@@ -14,8 +14,9 @@ import warnings
 
 import numpy as np
 
+from .. import _params
 from .. import _validation as V
-from ..index import DEFAULT_PROBE_FRACTION, DEFAULT_REORDER_K, AVQIndex
+from ..index import AVQIndex
 from . import worker as W
 from .manifest import (
     _FORMAT_NAME,
@@ -186,8 +187,9 @@ class ShardedAVQIndex:
         shard a contiguous range of rows; None gives one per row chunk of a dask array, or per
         file of a list of files.
     training_sample_size : int or None
-        Rows sampled across all chunks to train the quantizer; None: min(n, max(100000,
-        64 * num_leaves)), as for ``AVQIndex``. The sample is gathered in one worker.
+        Rows sampled across all chunks to train the quantizer; None: as many as ``AVQIndex``
+        samples from n vectors (``avq_plugin._params.training_sample_rows``). The sample is
+        gathered in one worker.
     num_threads : int
         Native threads per shard task (encoding and search). Dask already runs one task per
         worker thread, so 1 (the default) keeps every core busy without oversubscription.
@@ -291,6 +293,7 @@ class ShardedAVQIndex:
         # Leaf-routed sharding (see _fit_leaves): the router (trained, empty AVQIndex), the
         # shard of every leaf, vectors per leaf, and the workers holding each shard's replicas.
         self._router = None
+        self._default_budget = (0, 0)  # (leaves_to_search, reorder_k) of the trained quantizer
         self._leaf_to_shard = None
         self._leaf_sizes = None
         self._holders = []  # per shard: list of worker addresses (live replicas)
@@ -456,10 +459,13 @@ class ShardedAVQIndex:
 
     def _template_task(self, X, n):
         """The delayed training of the shared quantizer on a sample from every row chunk."""
-        L = self.num_leaves or max(1, int(round(math.sqrt(n))))
-        S = min(n, self.training_sample_size or max(100000, 64 * L))
-        if L > S:
-            raise ValueError(f"num_leaves={L} exceeds the training sample ({S} vectors)")
+        L = _params.resolve_budget(n, int(X.shape[1]), num_leaves=self.num_leaves).num_leaves
+        if L > n:
+            raise ValueError(f"num_leaves={L} exceeds the number of vectors ({n})")
+        # As many rows as one AVQIndex samples from n vectors; the template trains on all of them
+        # with the user's training_sample_size, so it splits them (partitioner / codebooks) as
+        # one AVQIndex does.
+        S = _params.training_sample_rows(n, L, self.training_sample_size)
         row_chunks = X.chunks[0]
         alloc = _allocate(S, row_chunks)
         blocks = X.to_delayed().ravel()
@@ -470,14 +476,16 @@ class ShardedAVQIndex:
             rng = np.random.default_rng([self.seed, i])
             rows = np.sort(rng.choice(size, size=int(m), replace=False))
             parts.append(dask.delayed(_take_rows, pure=True)(block, rows))
-        params = dict(self._params(), num_leaves=L, training_sample_size=S)
+        params = dict(self._params(), num_leaves=L)
         template = dask.delayed(_train_template, pure=True)(
             params, -1, *parts, dask_key_name=f"avq-train-{self._token}"
         )
         return template, L
 
     def _adopt(self, template, shards, bounds, n, d, L):
-        _, fingerprint, messages = template.result()
+        data, fingerprint, messages = template.result()
+        # The budget resolved when the quantizer was trained (stored in its file).
+        self._default_budget = AVQIndex.from_bytes(data).default_search_params()
         for message, category in messages:
             cat = {"UserWarning": UserWarning, "RuntimeWarning": RuntimeWarning}.get(category, UserWarning)
             warnings.warn(f"while training the shared quantizer: {message}", cat, stacklevel=3)
@@ -530,9 +538,8 @@ class ShardedAVQIndex:
     def default_search_params(self):
         """(leaves_to_search, reorder_k) used when search() is not given them (as AVQIndex)."""
         self._require_fitted()
-        L = self._num_leaves
-        lts = self.leaves_to_search or max(1, min(L, int(math.ceil(DEFAULT_PROBE_FRACTION * L))))
-        return lts, self.reorder_k or DEFAULT_REORDER_K
+        lts, rk = self._default_budget
+        return self.leaves_to_search or lts, self.reorder_k or rk
 
     def search(self, Q, k=10, leaves_to_search=None, reorder_k=None, *, num_threads=None, timeout=None):
         """Global top-k of every query over all shards.
@@ -814,7 +821,7 @@ class ShardedAVQIndex:
             raise ValueError(
                 f"replicas={self.replicas} needs at least as many workers (the cluster has {len(workers)})"
             )
-        lts_place = min(L, self.leaves_to_search or max(1, int(math.ceil(DEFAULT_PROBE_FRACTION * L))))
+        lts_place = min(L, router.default_search_params()[0])
         row_chunks = X.chunks[0]
         offsets = np.concatenate([[0], np.cumsum(row_chunks)]).astype(np.int64)
         alloc = _allocate(min(n, _PLACEMENT_SAMPLE), row_chunks)
@@ -874,6 +881,7 @@ class ShardedAVQIndex:
         self._template_bytes = data
         self._fingerprint = fingerprint
         self._router = router
+        self._default_budget = router.default_search_params()
         self._leaf_to_shard = groups
         self._leaf_sizes = counts
         self._holders = [[info["worker"]] for info in infos]
@@ -1348,6 +1356,7 @@ class ShardedAVQIndex:
                 self._holders[j].append(w)
         self._router = AVQIndex.from_bytes(data)
         self._router.num_threads = V.resolve_threads(None)
+        self._default_budget = self._router.default_search_params()
         self._template_bytes = data
         self._fingerprint = fingerprint
         self._leaf_to_shard = np.asarray(manifest["leaf_to_shard"], np.int32)
