@@ -121,7 +121,7 @@ def test_no_second_copy_of_the_rule():
             assert not hasattr(module, name), (module.__name__, name)
 
 
-_DIST_MODULES = ("index", "worker", "placement", "merge", "manifest", "sources")
+_DIST_MODULES = ("index", "base", "rows", "leaves", "replicas", "worker", "placement", "merge", "manifest", "sources")
 
 
 # ---------------------------------------------------------------------------- the file stores it

@@ -17,9 +17,12 @@ Two ways to shard (``sharding=``):
 - **"rows"**: contiguous row ranges; every query visits every shard, each with the full budget;
   lost shards are recomputed by Dask from their lineage. Kept for comparison.
 
-Modules: ``index`` (ShardedAVQIndex), ``worker`` (the worker-side replica registry and tasks),
-``placement`` (leaf placement, budget split), ``merge`` (top-k merging), ``manifest`` (saved
-directories), ``sources`` (input reading); the benchmark is ``avq_plugin.bench.distributed``. See docs/dask.md.
+Modules: ``index`` (ShardedAVQIndex, the public class), its parts by job ``base`` (shared state,
+training the shared quantizer), ``rows`` (row shards), ``leaves`` (leaf placement, routed search,
+updates), ``replicas`` (replica bookkeeping); ``worker`` (the worker-side tasks and replica
+registry), ``placement`` (leaf placement, budget split), ``merge`` (top-k merging), ``manifest``
+(saved directories), ``sources`` (input reading); the benchmark is
+``avq_plugin.bench.distributed``. See docs/dask.md.
 
 Needs the ``distributed`` extra: ``pip install "avq-plugin[distributed]"``.
 """

@@ -1,6 +1,8 @@
-"""Worker side of leaf-routed sharding: the shard replicas a worker holds, and the tasks on them.
+"""Worker side of a sharded index: the tasks that train, build, search, load and save shards.
 
-Every replica of a shard is an ``AVQIndex`` kept in a per-process registry of the worker that
+Shared by both shardings: training the shared quantizer, its fingerprint, opening, describing
+and saving one shard. Row shards are Dask futures of an ``AVQIndex`` (the tasks take the shard
+as an argument). Leaf shards: every replica of a shard is an ``AVQIndex`` kept in a per-process registry of the worker that
 holds it, under (index token, shard number). Tasks on a replica are Dask tasks pinned to that
 worker (strict worker restrictions), so Dask never copies a shard behind the index's back and
 updates reach every replica; the client tracks which workers hold which shard, routes around
@@ -9,15 +11,143 @@ dead workers and re-creates lost replicas from a survivor (bytes moved by Dask).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import warnings
 
 import numpy as np
+from dask.sizeof import sizeof as _dask_sizeof
 
 from ..index import AVQIndex
-from .manifest import _check_file, _file_sha256
+from .manifest import _PARAM_NAMES, _QUANTIZER_FILE, _atomic_write_bytes, _check_file, _file_sha256
 from .merge import merge_rows
 
+
+# Dask estimates transfer costs with sizeof(); without this an index would look like a few
+# bytes and the scheduler could move whole shards between workers to balance search tasks.
+@_dask_sizeof.register(AVQIndex)
+def _sizeof_avq_index(index):
+    return int(index.memory_usage()) + 64
+
+
+# ---------------------------------------------------------------------------------- the shared quantizer
+def _quantizer_fingerprint(index):
+    """sha256 of what makes scores comparable across shards: centres, codebooks, parameters."""
+    h = index._quantizer_digest()
+    h.update(json.dumps(_index_params(index), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _index_params(index):
+    return {name: getattr(index, name) for name in _PARAM_NAMES}
+
+
+def train_template(params, num_threads, *parts):
+    """Trains the shared quantizer on the sample parts; returns (bytes, fingerprint, warnings)."""
+    X = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = AVQIndex(**params, num_threads=num_threads).train(X)
+    messages = [(str(w.message), w.category.__name__) for w in caught]
+    return index.to_bytes(), _quantizer_fingerprint(index), messages
+
+
+def load_template(directory, entry, verify):
+    """The quantizer file of a saved index: (bytes, fingerprint, no warnings), as ``train_template``."""
+    path = _check_file(directory, entry, "the quantizer file", verify)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        index = AVQIndex.from_bytes(data)
+    except ValueError as exc:
+        raise ValueError(f"the quantizer file {path} is corrupt: {exc}") from None
+    return data, _quantizer_fingerprint(index), []
+
+
+def save_template(template, directory, ready):
+    return write_bytes_entry(directory, _QUANTIZER_FILE, template[0])
+
+
+# ---------------------------------------------------------------------------------- one shard
+def new_shard(template_bytes, num_threads, X=None, ids=None):
+    """A shard: the shared quantizer (trained, empty index) plus the vectors X with their ids."""
+    index = AVQIndex.from_bytes(template_bytes)
+    index.num_threads = num_threads
+    if X is not None and len(X):
+        index.add(np.ascontiguousarray(X, dtype=np.float32), ids)
+    return index
+
+
+def open_shard(directory, j, entry, fingerprint, mmap, verify, num_threads):
+    """Shard j of a saved index, checked against its manifest entry and the shared quantizer."""
+    what = f"shard {j}"
+    path = _check_file(directory, entry, what, verify)
+    try:
+        index = AVQIndex.load(path, mmap=mmap)
+    except ValueError as exc:
+        raise ValueError(f"{what} is corrupt ({path}): {exc}") from None
+    index.num_threads = num_threads
+    if index.ntotal != entry["ntotal"]:
+        raise ValueError(f"{what} ({path}) holds {index.ntotal} vectors, the manifest says {entry['ntotal']}")
+    if _quantizer_fingerprint(index) != fingerprint:
+        raise ValueError(f"{what} ({path}) was not built with this index's quantizer")
+    return index
+
+
+def describe(index):
+    """Size facts of one shard (shard_info)."""
+    return {
+        "ntotal": int(index.ntotal),
+        "memory_usage": int(index.memory_usage()),
+        "code_size": int(index.code_size),
+        "is_mapped": bool(index.is_mapped),
+        "pid": os.getpid(),
+    }
+
+
+def save_index(index, directory, name):
+    """Writes one shard file (native: temporary file + rename); its manifest entry."""
+    path = os.path.join(directory, name)
+    index.save(path)
+    return {"file": name, "bytes": os.path.getsize(path), "sha256": _file_sha256(path), "ntotal": int(index.ntotal)}
+
+
+def write_bytes_entry(directory, name, data):
+    path = os.path.join(directory, name)
+    _atomic_write_bytes(path, data)
+    return {"file": name, "bytes": os.path.getsize(path), "sha256": _file_sha256(path)}
+
+
+def second(pair):
+    return pair[1]
+
+
+# ---------------------------------------------------------------------------------- row shards (Dask futures)
+def build_row_shard(template, start, num_threads, *blocks):
+    """One row shard: the shared quantizer plus rows [start, start + n) with their row ids."""
+    X = np.concatenate(blocks, axis=0) if len(blocks) > 1 else np.asarray(blocks[0])
+    return new_shard(template[0], num_threads, X, np.arange(start, start + X.shape[0], dtype=np.int64))
+
+
+def search_row_shard(index, Q, k, leaves_to_search, reorder_k, num_threads):
+    return index.search(Q, k, leaves_to_search=leaves_to_search, reorder_k=reorder_k, num_threads=num_threads)
+
+
+def row_shard_info(index):
+    ids = index.get_ids() if index.ntotal else np.zeros(0, np.int64)
+    return dict(
+        describe(index), id_min=int(ids.min()) if ids.size else None, id_max=int(ids.max()) if ids.size else None
+    )
+
+
+def save_row_shard(index, directory, name, ready):
+    entry = save_index(index, directory, name)
+    del entry["ntotal"]  # the manifest's entry for a row shard takes it from shard_info
+    return entry
+
+
+# ---------------------------------------------------------------------------------- leaf shards (registry)
 _REGISTRY: dict = {}
 _LOCK = threading.Lock()
 
@@ -46,16 +176,7 @@ def _put(token, j, index):
 
 
 def _info(token, j):
-    index = _get(token, j)
-    return {
-        "shard": j,
-        "worker": _worker_address(),
-        "ntotal": int(index.ntotal),
-        "memory_usage": int(index.memory_usage()),
-        "code_size": int(index.code_size),
-        "is_mapped": bool(index.is_mapped),
-        "pid": os.getpid(),
-    }
+    return dict(describe(_get(token, j)), shard=j, worker=_worker_address())
 
 
 # ---------------------------------------------------------------------------------- build
@@ -81,14 +202,12 @@ def rows_for_shard(block, assigned, leaf_to_shard, j, offset):
 
 def build(token, j, template, num_threads, *pieces):
     """Shard j from the shared quantizer and its (rows, ids) pieces in row order; registered here."""
-    index = AVQIndex.from_bytes(template[0])
-    index.num_threads = num_threads
     pieces = [p for p in pieces if len(p[1])]
+    X = ids = None
     if pieces:
         X = np.concatenate([p[0] for p in pieces]) if len(pieces) > 1 else pieces[0][0]
         ids = np.concatenate([p[1] for p in pieces]) if len(pieces) > 1 else pieces[0][1]
-        index.add(X, ids)
-    return _put(token, j, index)
+    return _put(token, j, new_shard(template[0], num_threads, X, ids))
 
 
 def to_bytes(token, j):
@@ -96,24 +215,11 @@ def to_bytes(token, j):
 
 
 def put_bytes(token, j, data, num_threads):
-    index = AVQIndex.from_bytes(data)
-    index.num_threads = num_threads
-    return _put(token, j, index)
+    return _put(token, j, new_shard(data, num_threads))
 
 
-def load(token, j, directory, entry, fingerprint, mmap, verify, num_threads, digest):
-    what = f"shard {j}"
-    path = _check_file(directory, entry, what, verify)
-    try:
-        index = AVQIndex.load(path, mmap=mmap)
-    except ValueError as exc:
-        raise ValueError(f"{what} is corrupt ({path}): {exc}") from None
-    index.num_threads = num_threads
-    if index.ntotal != entry["ntotal"]:
-        raise ValueError(f"{what} ({path}) holds {index.ntotal} vectors, the manifest says {entry['ntotal']}")
-    if digest(index) != fingerprint:
-        raise ValueError(f"{what} ({path}) was not built with this index's quantizer")
-    return _put(token, j, index)
+def load(token, j, directory, entry, fingerprint, mmap, verify, num_threads):
+    return _put(token, j, open_shard(directory, j, entry, fingerprint, mmap, verify, num_threads))
 
 
 def drop(token):
@@ -163,7 +269,4 @@ def remove(token, j, ids):
 
 
 def save(token, j, directory, name):
-    path = os.path.join(directory, name)
-    index = _get(token, j)
-    index.save(path)  # native: temporary file + rename
-    return {"file": name, "bytes": os.path.getsize(path), "sha256": _file_sha256(path), "ntotal": int(index.ntotal)}
+    return save_index(_get(token, j), directory, name)
