@@ -26,7 +26,7 @@ from .manifest import (
     _write_manifest,
 )
 from .merge import merge_rows
-from .placement import balanced_leaf_groups, refine_leaf_groups, route_queries
+from .placement import place_leaves, route_queries
 from .replicas import _Replicas
 from .sources import _allocate
 
@@ -76,8 +76,7 @@ class _LeafShards(_Replicas):
         counts = np.sum(client.gather(counts_f), axis=0).astype(np.int64)
         probes = [p for p in client.gather(probes_f) if p is not None and len(p)]
         probes = np.concatenate(probes) if probes else np.zeros((0, lts_place), np.int32)
-        groups = balanced_leaf_groups(router._probe_centers(), counts, S)
-        groups = refine_leaf_groups(groups, probes, counts, S)
+        groups = place_leaves(router._probe_centers(), counts, probes, S)
 
         piece_tasks = [
             [
