@@ -182,6 +182,48 @@ def test_merge_rows_equals_merge_topk_on_the_rows_answered():
         np.testing.assert_array_equal(I[rows[one]], Ip[one])
 
 
+def _merged_reference(lists, k, metric):
+    """Brute force: every (score, id) of a query once per id (its best score), sorted."""
+    sign = 1.0 if metric == "l2" else -1.0
+    best = {}
+    for d, i in lists:
+        for score, ident in zip(d.tolist(), i.tolist()):
+            if ident >= 0 and (ident not in best or sign * score < sign * best[ident]):
+                best[ident] = score
+    top = sorted(best.items(), key=lambda t: (sign * t[1], t[0]))[:k]
+    pad = FLT_MAX if metric == "l2" else -FLT_MAX
+    return [s for _, s in top] + [pad] * (k - len(top)), [i for i, _ in top] + [-1] * (k - len(top))
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+@pytest.mark.parametrize("k", [4, 30])  # merge_rows: 3 x 4 entries rank densely, 3 x 30 by sorting
+def test_merge_counts_an_id_from_several_shards_once(metric, k):
+    """SOAR spilling stores a vector in two leaves, which may be on two shards: both return it."""
+    rng = np.random.default_rng(2)
+    nq, n_parts = 30, 3
+    best_first = np.sort if metric == "l2" else (lambda a, axis: -np.sort(-a, axis=axis))
+    parts = []
+    for _ in range(n_parts):
+        rows = np.sort(rng.choice(nq, size=20, replace=False))
+        D = best_first(rng.integers(0, 8, size=(len(rows), k)).astype(np.float32), axis=1)  # ties
+        # Ids from a small pool: the same id often comes from two or three parts, with other scores.
+        I = np.stack([rng.choice(2 * k, size=k, replace=False) for _ in rows]).astype(np.int64)
+        I[1, -1], D[1, -1] = -1, (FLT_MAX if metric == "l2" else -FLT_MAX)
+        parts.append((rows, D, I))
+    D, I = merge_rows(nq, k, parts, metric)
+    for q in range(nq):
+        lists = [(d[r == q][0], i[r == q][0]) for r, d, i in parts if (r == q).any()]
+        if len(lists) < 2:
+            continue
+        want_D, want_I = _merged_reference(lists, k, metric)
+        assert I[q].tolist() == want_I, q
+        assert D[q].tolist() == pytest.approx(want_D), q
+        assert len(set(I[q][I[q] >= 0].tolist())) == (I[q] >= 0).sum()
+        # merge_topk, on the same lists, gives the same answer.
+        Dt, It = merge_topk([x[0][None] for x in lists], [x[1][None] for x in lists], k, metric)
+        assert It[0].tolist() == want_I and Dt[0].tolist() == pytest.approx(want_D)
+
+
 def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
     rng = np.random.default_rng(0)
     # 8 well separated clusters of 16 leaves each; queries probe leaves of one cluster.

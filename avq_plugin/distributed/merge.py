@@ -26,8 +26,9 @@ def merge_topk(D_parts, I_parts, k, metric):
     -------
     D : float32 (nq, k)
     I : int64 (nq, k)
-        Best first; ties in score are broken by the smaller id; padding (id -1, score
-        -FLT_MAX or +FLT_MAX for l2) comes last, whatever its score.
+        Best first; ties in score are broken by the smaller id; an id returned by several
+        parts (a vector spilled to leaves of two shards) counts once, at its best score;
+        padding (id -1, score -FLT_MAX or +FLT_MAX for l2) comes last, whatever its score.
 
     Notes
     -----
@@ -52,9 +53,14 @@ def merge_topk(D_parts, I_parts, k, metric):
     primary = (D if metric == "l2" else -D).astype(np.float64)
     primary[pad] = np.inf
     secondary = np.where(pad, np.iinfo(np.int64).max, I)
-    order = np.lexsort((secondary, primary), axis=1)[:, :k]
+    order = np.lexsort((secondary, primary), axis=1)
+    # An id returned by several shards (a vector spilled to leaves of two shards, SOAR) counts
+    # once, at its best score: its later copies become padding (and so move last).
+    copies = _later_copies(np.take_along_axis(I, order, axis=1))
+    order = np.take_along_axis(order, np.argsort(copies, axis=1, kind="stable"), axis=1)[:, :k]
     Dm = np.take_along_axis(D, order, axis=1)
     Im = np.take_along_axis(I, order, axis=1)
+    Im[np.arange(Im.shape[1])[None, :] >= (D.shape[1] - copies.sum(axis=1))[:, None]] = -1  # copies
     if Dm.shape[1] < k:  # fewer candidates than k in total
         extra = k - Dm.shape[1]
         Dm = np.concatenate([Dm, np.zeros((Dm.shape[0], extra), np.float32)], axis=1)
@@ -63,6 +69,17 @@ def merge_topk(D_parts, I_parts, k, metric):
     Dm[padded] = _FLT_MAX if metric == "l2" else -_FLT_MAX
     Im[padded] = -1
     return np.ascontiguousarray(Dm, np.float32), np.ascontiguousarray(Im, np.int64)
+
+
+def _later_copies(I):
+    """(nq, w) bool: entries whose id (not padding) appears earlier in the same row."""
+    o = np.argsort(I, axis=1, kind="stable")  # equal ids keep their order: the first is the best
+    s = np.take_along_axis(I, o, axis=1)
+    later = np.zeros(I.shape, bool)
+    later[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+    out = np.zeros(I.shape, bool)
+    np.put_along_axis(out, o, later, axis=1)
+    return out
 
 
 # Up to this many entries per query (parts x k), merge_rows ranks every entry against every other
@@ -94,10 +111,22 @@ def _merge_dense(D, I, k, parts, multi, n_multi, metric):
     # better[q, a, b]: entry b ranks before entry a (smaller key, then smaller id; padding last
     # and, among padding, by column so that every rank is distinct).
     col = np.arange(Dm.shape[1])
-    tie = (s[:, None, :] == s[:, :, None]) & (
-        (ids[:, None, :] < ids[:, :, None]) | ((ids[:, None, :] == ids[:, :, None]) & (col[None, :] < col[:, None]))
-    )
-    rank = ((s[:, None, :] < s[:, :, None]) | tie).sum(axis=2)
+
+    def ranks():
+        tie = (s[:, None, :] == s[:, :, None]) & (
+            (ids[:, None, :] < ids[:, :, None]) | ((ids[:, None, :] == ids[:, :, None]) & (col[None, :] < col[:, None]))
+        )
+        return (s[:, None, :] < s[:, :, None]) | tie
+
+    better = ranks()
+    # An id from several parts (SOAR spilling) counts once, at its best score: later copies pad.
+    copy = ((ids[:, None, :] == ids[:, :, None]) & better).any(axis=2) & ~pad
+    if copy.any():
+        pad = pad | copy
+        s[copy] = np.inf
+        ids[copy] = np.iinfo(np.int64).max
+        better = ranks()
+    rank = better.sum(axis=2)
     q, c = np.nonzero(rank < k)
     rows = np.flatnonzero(multi)[q]
     I[rows, rank[q, c]] = np.where(pad[q, c], -1, Im[q, c])
@@ -110,7 +139,8 @@ def merge_rows(nq, k, parts, metric):
     ``parts``: sequence of (rows, D, I): the query numbers a part answers (int, unique within
     the part) and their top-k lists (best first, -1 padding). A query answered by one part
     keeps that part's list as it is; a query answered by several is merged as ``merge_topk``
-    does (score, then smaller id; padding last). Queries no part answers are all padding.
+    does (score, then smaller id; padding last; an id in several parts counts once, at its best
+    score). Queries no part answers are all padding.
     """
     metric = V.check_metric(metric)
     pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
@@ -146,6 +176,11 @@ def merge_rows(nq, k, parts, metric):
         primary = Df if metric == "l2" else -Df
         order = np.lexsort((If, primary, R))
         R, Df, If = R[order], Df[order], If[order]
+        # An id from several parts (SOAR spilling) counts once, at its best (first) place.
+        by_id = np.lexsort((np.arange(len(R)), If, R))
+        copy = np.zeros(len(R), bool)
+        copy[by_id[1:]] = (R[by_id[1:]] == R[by_id[:-1]]) & (If[by_id[1:]] == If[by_id[:-1]])
+        R, Df, If = R[~copy], Df[~copy], If[~copy]
         first = np.searchsorted(R, R, side="left")
         pos = np.arange(len(R)) - first
         keep = pos < k
