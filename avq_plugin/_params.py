@@ -14,9 +14,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+<<<<<<< HEAD
 from . import _native
 
 __all__ = ["Budget", "resolve_budget", "training_sample_rows", "DEFAULT_K"]
+=======
+__all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "DEFAULT_K"]
+>>>>>>> main
 
 #: The k the stored default budget is chosen for (``AVQIndex.search``'s default k).
 DEFAULT_K = 10
@@ -24,9 +28,49 @@ DEFAULT_K = 10
 LEAVES_PER_SQRT_N = 1.0
 #: leaves_to_search = ceil(PROBE_PER_SQRT_LEAVES * sqrt(num_leaves)), at most num_leaves.
 PROBE_PER_SQRT_LEAVES = 3.5
+#: The same constant for a spilled (SOAR) index, whose every vector sits in two leaves.
+PROBE_PER_SQRT_LEAVES_SPILLED = 2.0
+#: From this dimension on, dot and cosine data get the high-dimensional encoding below.
+HIGH_DIM = 256
+#: dims_per_block below HIGH_DIM (and for l2), and from it on (dot, cosine).
+DIMS_PER_BLOCK = 2
+DIMS_PER_BLOCK_HIGH_DIM = 4
 #: reorder_k = max(REORDER_MIN, REORDER_PER_NEIGHBOR * k).
 REORDER_MIN = 200
 REORDER_PER_NEIGHBOR = 20
+
+
+class Encoding(NamedTuple):
+    """Concrete code layout of one index: dimensions per 4-bit block and spilling."""
+
+    dims_per_block: int
+    spill: str | None
+
+
+def resolve_encoding(d: int, metric: str, *, dims_per_block: int | None = None, spill: str | None = "auto") -> Encoding:
+    """The (dims_per_block, spill) an index of dimension d under ``metric`` uses.
+
+    Given values are kept (``spill=None`` or ``"none"``: no spilling); ``dims_per_block=None`` and
+    ``spill="auto"`` follow the measured rule: below ``HIGH_DIM`` dimensions, and for ``"l2"``,
+    2 dims per block without spilling (GloVe-50, Fashion-MNIST); from it on, for ``"dot"`` and
+    ``"cosine"`` (sentence and image embeddings), 4 dims per block with SOAR spilling (the
+    measurements are in docs/parameters.md, "Defaults").
+
+    >>> resolve_encoding(50, "cosine")
+    Encoding(dims_per_block=2, spill=None)
+    >>> resolve_encoding(384, "cosine")
+    Encoding(dims_per_block=4, spill='soar')
+    >>> resolve_encoding(384, "l2", spill="soar")
+    Encoding(dims_per_block=2, spill='soar')
+    """
+    high = int(d) >= HIGH_DIM and metric in ("dot", "cosine")
+    if dims_per_block is None:
+        dims_per_block = DIMS_PER_BLOCK_HIGH_DIM if high else DIMS_PER_BLOCK
+    if spill == "auto":
+        spill = "soar" if high else None
+    elif spill == "none":
+        spill = None
+    return Encoding(int(dims_per_block), spill)
 
 
 class Budget(NamedTuple):
@@ -42,9 +86,11 @@ def default_num_leaves(n: int) -> int:
     return max(1, min(n, round(LEAVES_PER_SQRT_N * math.sqrt(n))))
 
 
-def default_leaves_to_search(num_leaves: int) -> int:
-    """ceil(3.5 sqrt(L)) leaves probed, at most L: the scanned fraction falls as the index grows."""
-    return max(1, min(num_leaves, math.ceil(PROBE_PER_SQRT_LEAVES * math.sqrt(num_leaves))))
+def default_leaves_to_search(num_leaves: int, spilled: bool = False) -> int:
+    """ceil(3.5 sqrt(L)) leaves probed (2 sqrt(L) when spilled), at most L: the scanned fraction
+    falls as the index grows."""
+    c = PROBE_PER_SQRT_LEAVES_SPILLED if spilled else PROBE_PER_SQRT_LEAVES
+    return max(1, min(num_leaves, math.ceil(c * math.sqrt(num_leaves))))
 
 
 def default_reorder_k(k: int = DEFAULT_K) -> int:
@@ -60,11 +106,13 @@ def resolve_budget(
     num_leaves: int | None = None,
     leaves_to_search: int | None = None,
     reorder_k: int | None = None,
+    spilled: bool = False,
 ) -> Budget:
     """The (num_leaves, leaves_to_search, reorder_k) an index of n vectors of dimension d uses.
 
     Values given (not None) are kept; the others follow the default rule: round(sqrt(n)) leaves,
-    ceil(3.5 sqrt(num_leaves)) of them probed (at most all), max(200, 20 k) candidates re-scored.
+    ceil(3.5 sqrt(num_leaves)) of them probed (2 sqrt(num_leaves) when ``spilled``: SOAR puts every
+    vector in two leaves; at most all), max(200, 20 k) candidates re-scored.
     ``n`` may be None when ``num_leaves`` is given (the probe rule depends only on the leaves).
     ``d`` is part of the signature so that a rule depending on it stays a change in this
     function only; the measured rule does not use it.
@@ -79,7 +127,7 @@ def resolve_budget(
             raise ValueError(f"the default num_leaves needs a positive number of vectors, got n={n}")
         num_leaves = default_num_leaves(int(n))
     num_leaves = int(num_leaves)
-    lts = default_leaves_to_search(num_leaves) if leaves_to_search is None else int(leaves_to_search)
+    lts = default_leaves_to_search(num_leaves, spilled) if leaves_to_search is None else int(leaves_to_search)
     rk = default_reorder_k(int(k)) if reorder_k is None else int(reorder_k)
     return Budget(num_leaves, lts, rk)
 

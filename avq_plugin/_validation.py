@@ -121,8 +121,8 @@ def check_dim(value, name="d"):
     return check_int(name, value, minimum=1, maximum=LIMITS["max_dim"])
 
 
-def check_dims_per_block(value, name="dims_per_block"):
-    return check_int(name, value, minimum=1, maximum=LIMITS["max_dims_per_block"])
+def check_dims_per_block(value, name="dims_per_block", allow_none=True):
+    return check_int(name, value, minimum=1, maximum=LIMITS["max_dims_per_block"], allow_none=allow_none)
 
 
 def check_num_leaves(value, name="num_leaves"):

@@ -51,9 +51,10 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         Number of partitions; None picks round(sqrt(n)) at training time.
         Defaults are resolved once, at training time, by one rule shared by every front-end
         (``avq_plugin._params.resolve_budget``) and the concrete values are saved with the index.
-    dims_per_block : int, 1..8
+    dims_per_block : int, 1..8, or None
         Dimensions per 4-bit PQ block (the last block takes the remainder). Code size is
-        ceil(d / dims_per_block) / 2 bytes per vector.
+        ceil(d / dims_per_block) / 2 bytes per vector. None: 4 for dot and cosine data of 256 or
+        more dimensions, else 2 (``avq_plugin._params.resolve_encoding``, resolved by training).
     anisotropic_threshold : float, "auto" or None
         Score threshold T of the anisotropic loss (ScaNN's ``anisotropic_quantization_threshold``).
         "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2; resolved
@@ -71,8 +72,10 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
         200 candidates, resolved by training (the attributes then hold them, as files do);
         ``tune`` replaces them.
-    spill : {None, "soar"}
-        "soar": SOAR spilling (Sun et al., NeurIPS 2023). Every vector is also stored, as a
+    spill : {"auto", "soar", "none"} or None
+        "auto" (default): "soar" for dot and cosine data of 256 or more dimensions (sentence and
+        image embeddings, where it is faster at every recall), else none; resolved by training.
+        None or "none": no spilling. "soar": SOAR spilling (Sun et al., NeurIPS 2023). Every vector is also stored, as a
         second 4-bit code (no second reorder vector), in the leaf minimising
         ``||x - c||^2 + soar_lambda * <r, x - c>^2 / ||r||^2`` (r: the residual in its own
         leaf), so fewer leaves reach the same recall. Search drops the duplicate candidates
@@ -126,7 +129,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         self,
         metric: str = "dot",
         num_leaves: int | None = None,
-        dims_per_block: int = 2,
+        dims_per_block: int | None = None,
         anisotropic_threshold: float | str | None = "auto",
         *,
         eta: float | None = None,
@@ -134,7 +137,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         reorder: str | None = "float32",
         leaves_to_search: int | None = None,
         reorder_k: int | None = None,
-        spill: str | None = None,
+        spill: str | None = "auto",
         soar_lambda: float = 1.5,
         training_iterations: int = 3,
         kmeans_iterations: int = 10,
@@ -162,7 +165,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         self.training_sample_size = training_sample_size
         self.num_threads = num_threads
         self.seed = seed
-        self.spill = None if spill is None else V.check_choice("spill", spill, ("soar",))
+        self.spill = None if spill is None else V.check_choice("spill", spill, ("auto", "soar", "none"))
         self.soar_lambda = V.check_float("soar_lambda", soar_lambda, minimum=0.0)
         if self.soar_lambda > _native.MAX_SOAR_LAMBDA:
             raise ValueError(f"soar_lambda must be <= {_native.MAX_SOAR_LAMBDA:g}, got {self.soar_lambda}")
@@ -257,15 +260,23 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
     def _new_native(
-        self, d: int, threshold: float, budget: _params.Budget, *, l2_decoded_norms: bool = False
+        self,
+        d: int,
+        threshold: float,
+        budget: _params.Budget,
+        *,
+        l2_decoded_norms: bool = False,
+        spill: bool = True,
     ) -> _native.Index:
         """An untrained native index with this object's parameters and a resolved ``budget``
-        (:class:`avq_plugin._params.Budget`): the one place that makes one."""
+        (:class:`avq_plugin._params.Budget`): the one place that makes one. ``spill=False``: never
+        spill (an index whose codes come from elsewhere, e.g. Faiss, has no spilled copies)."""
+        enc = self._encoding_for(d, spill=spill)
         p = _native.IndexParams()
         p.metric = self.metric
         p.d = d
         p.num_leaves = budget.num_leaves
-        p.dims_per_block = self.dims_per_block
+        p.dims_per_block = enc.dims_per_block
         p.threshold = threshold
         p.eta = self.eta or 0.0
         p.eta_scann = self.eta_formula == "scann"
@@ -277,11 +288,21 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         p.default_leaves_to_search = budget.leaves_to_search
         p.default_reorder_k = budget.reorder_k
         p.l2_decoded_norms = l2_decoded_norms
-        p.spill = self.spill or "none"
+        p.spill = enc.spill or "none"
         p.soar_lambda = self.soar_lambda
         return _native.Index(p)
 
-    def _budget_for(self, n: int | None, d: int, num_leaves: int | None = None) -> _params.Budget:
+    def _encoding_for(self, d: int, *, spill: bool = True) -> _params.Encoding:
+        """The concrete (dims_per_block, spill) for data of dimension d (``spill=False``: none)."""
+        if not spill and self.spill == "soar":
+            raise ValueError("spill='soar' needs vectors to encode: an index built from imported codes cannot spill")
+        return _params.resolve_encoding(
+            d, self.metric, dims_per_block=self.dims_per_block, spill=self.spill if spill else None
+        )
+
+    def _budget_for(
+        self, n: int | None, d: int, num_leaves: int | None = None, *, spill: bool = True
+    ) -> _params.Budget:
         """The concrete (num_leaves, leaves_to_search, reorder_k) for n vectors of dimension d."""
         return _params.resolve_budget(
             n,
@@ -289,6 +310,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
             num_leaves=self.num_leaves if num_leaves is None else num_leaves,
             leaves_to_search=self.leaves_to_search,
             reorder_k=self.reorder_k,
+            spilled=self._encoding_for(d, spill=spill).spill is not None,
         )
 
     def _train(self, X: npt.NDArray[np.float32], stacklevel: int, *, l2_decoded_norms: bool = False) -> AVQIndex:
@@ -657,8 +679,10 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         T = self.anisotropic_threshold
         if T == "auto":
             raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
-        budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]))
-        native = self._new_native(d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms)
+        budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]), spill=False)
+        native = self._new_native(
+            d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms, spill=False
+        )
         native.set_quantizer(
             np.ascontiguousarray(centres, np.float32),
             np.ascontiguousarray(centres, np.float32),
@@ -734,7 +758,7 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         if native.is_trained and not (p.default_leaves_to_search and p.default_reorder_k):
             # A version-1 file: 0 meant "chosen when searching"; complete it with today's rule
             # (saving the index again writes the concrete values, format version 2).
-            budget = _params.resolve_budget(native.ntotal, p.d, num_leaves=native.num_leaves)
+            budget = _params.resolve_budget(native.ntotal, p.d, num_leaves=native.num_leaves, spilled=p.spill != "none")
             native.set_default_search_params(
                 p.default_leaves_to_search or budget.leaves_to_search, p.default_reorder_k or budget.reorder_k
             )

@@ -147,7 +147,9 @@ class _AVQNeighborsBase(BaseEstimator):
             maximum=LIMITS["max_leaves_to_search"],
         )
         _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True, maximum=LIMITS["max_reorder_k"])
-        _check_int("dims_per_block", self.dims_per_block, minimum=1, maximum=LIMITS["max_dims_per_block"])
+        _check_int(
+            "dims_per_block", self.dims_per_block, minimum=1, allow_none=True, maximum=LIMITS["max_dims_per_block"]
+        )
         T = self.anisotropic_threshold
         if not (T is None or (isinstance(T, str) and T == "auto")):
             _check_real("anisotropic_threshold", T, minimum=0.0)
@@ -426,8 +428,10 @@ default="euclidean"
         choice is deterministic). Ignored by exact search.
     reorder_k : int, default=None
         Candidates re-scored exactly; None: max(200, 20 * n_neighbors of the call).
-    dims_per_block : int, default=2
-        Dimensions per 4-bit product-quantization block (1 to 8).
+    dims_per_block : int, default=None
+        Dimensions per 4-bit product-quantization block (1 to 8); None: 4 for 256 or more
+        features under an inner-product or cosine metric (which also turns on SOAR spilling),
+        else 2 (see :class:`avq_plugin.AVQIndex`).
     anisotropic_threshold : float, "auto" or None, default="auto"
         Score threshold of the anisotropic loss (see :class:`avq_plugin.AVQIndex`).
     n_jobs : int, default=None
@@ -504,7 +508,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         leaves_to_search: int | None = None,
         reorder_k: int | None = None,
         target_recall: float | None = None,
-        dims_per_block: int = 2,
+        dims_per_block: int | None = None,
         anisotropic_threshold: float | str | None = "auto",
         n_jobs: int | None = None,
         random_state: int | np.random.RandomState | None = None,
@@ -686,7 +690,7 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         leaves_to_search: int | None = None,
         reorder_k: int | None = None,
         target_recall: float | None = None,
-        dims_per_block: int = 2,
+        dims_per_block: int | None = None,
         anisotropic_threshold: float | str | None = "auto",
         n_jobs: int | None = None,
         random_state: int | np.random.RandomState | None = None,

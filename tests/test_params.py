@@ -57,6 +57,46 @@ def test_resolve_budget_rule():
         _params.resolve_budget(None, 50)
 
 
+def test_resolve_encoding_rule():
+    """dims_per_block and spilling by dimension and metric; given values are kept."""
+    E = _params.resolve_encoding
+    assert E(50, "cosine") == (2, None)
+    assert E(255, "dot") == (2, None)
+    assert E(256, "dot") == (4, "soar")
+    assert E(384, "cosine") == (4, "soar")
+    assert E(784, "l2") == (2, None)  # Fashion-MNIST-like pixels: neither pays (docs/parameters.md)
+    assert E(384, "cosine", dims_per_block=2, spill=None) == (2, None)
+    assert E(384, "cosine", spill="none") == (4, None)
+    assert E(50, "cosine", spill="soar") == (2, "soar")
+    # A spilled index probes fewer leaves by default: every vector sits in two.
+    assert _params.resolve_budget(100_000, 384, spilled=True) == (316, 36, 200)
+    assert _params.resolve_budget(100_000, 384) == (316, 63, 200)
+
+
+def test_high_dimensional_defaults_reach_the_index(tmp_path):
+    """AVQIndex() on 256-d cosine data trains with 4 dims per block and SOAR, stores them, and
+    keeps the constructor's values; IndexAVQ (Faiss's one-copy IVF) never spills."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 256)).astype(np.float32)
+    index = avq_plugin.AVQIndex(metric="cosine", seed=0, training_iterations=0).fit(X)
+    p = index._native_params()
+    assert (p["dims_per_block"], p["spill"]) == (4, "soar")
+    assert index.num_blocks == 64
+    want = _params.resolve_budget(3000, 256, spilled=True)
+    assert (index.num_leaves_, *index.default_search_params()) == want
+    assert index.dims_per_block is None and index.spill == "auto"
+    index.save(tmp_path / "hd.avq")
+    back = avq_plugin.AVQIndex.load(tmp_path / "hd.avq")
+    assert (back.dims_per_block, back.spill) == (4, "soar")
+    np.testing.assert_array_equal(back.search(X[:5], 10)[1], index.search(X[:5], 10)[1])
+    # l2 and low dimensions keep the plain layout.
+    p2 = avq_plugin.AVQIndex(metric="l2", seed=0, training_iterations=0).fit(X)._native_params()
+    assert (p2["dims_per_block"], p2["spill"]) == (2, "none")
+    fx = IndexAVQ(256, 64, 4, 0, nlist=20, reorder_k=50, training_iterations=0)
+    fx.train(X)
+    assert fx._avq._native_params()["spill"] == "none"
+
+
 @pytest.mark.parametrize("k", [10, 50])
 def test_every_entry_point_gives_the_same_budget(glove, k):
     X = glove

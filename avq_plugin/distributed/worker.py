@@ -48,7 +48,8 @@ def train_template(params, num_threads, *parts):
     X = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        index = AVQIndex(**params, num_threads=num_threads).train(X)
+        # No spilling: a spilled copy lives in another leaf, which leaf routing may place on another shard.
+        index = AVQIndex(**params, spill=None, num_threads=num_threads).train(X)
     messages = [(str(w.message), w.category.__name__) for w in caught]
     return index.to_bytes(), _quantizer_fingerprint(index), messages
 

@@ -206,6 +206,7 @@ class IndexAVQ:
             num_leaves=self.nlist or 1,
             dims_per_block=self.d // self.M,
             anisotropic_threshold=anisotropic_threshold,
+            spill=None,  # Faiss's IVF-PQ has one copy of each vector (and export needs that)
             reorder="float32" if self._stores_vectors else "none",
             leaves_to_search=self._nprobe,
             reorder_k=self._reorder_k,

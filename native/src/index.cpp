@@ -704,16 +704,21 @@ void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, 
     check_stop(mon);
     size_t e0 = std::min(n, b0 + step);
     parallel_for(e0 - b0, nthreads, 256, [&](size_t b, size_t e) {
-      std::vector<float> v(d), r(d), u(d), scores(probe_table_.ngroups * 16);
+      // Leaves first, a block of vectors at a time (the centre table is read once per block).
+      const size_t G = probe_table_.ngroups * 16, rows = score_rows(G);
+      std::vector<float> vb(rows * d), scores(rows * G);
+      for (size_t ib = b; ib < e; ib += rows) {
+        const size_t nb = std::min(rows, e - ib);
+        for (size_t t = 0; t < nb; ++t) prepare_vector(x + (b0 + ib + t) * d, vb.data() + t * d);
+        probe_table_.score_multi(vb.data(), nb, by_dot, scores.data());
+        for (size_t t = 0; t < nb; ++t) leaf_of[b0 + ib + t] = argmax_first(scores.data() + t * G, L);
+      }
+      std::vector<float> v(d), r(d), u(d);
       EncodeScratch sc;
       for (size_t ii = b; ii < e; ++ii) {
         size_t i = b0 + ii;
         prepare_vector(x + i * d, v.data());
-        uint32_t best = 0;
-        probe_table_.score(v.data(), by_dot, scores.data());
-        for (size_t l = 1; l < L; ++l)
-          if (scores[l] > scores[best]) best = static_cast<uint32_t>(l);
-        leaf_of[i] = best;
+        const uint32_t best = leaf_of[i];
         const float* c = resid_centers_.data() + size_t(best) * d;
         for (size_t j = 0; j < d; ++j) r[j] = v[j] - c[j];
         double nrm = norm_of(v.data(), d);

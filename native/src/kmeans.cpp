@@ -24,17 +24,42 @@ inline float small_l2(const float* a, const float* b, size_t d) {
   return s;
 }
 
+}  // namespace
+
+uint32_t argmax_first(const float* s, size_t k) {
+  float m0 = s[0], m1 = s[0], m2 = s[0], m3 = s[0];
+  size_t j = 1;
+  for (; j + 4 <= k; j += 4) {
+    m0 = s[j] > m0 ? s[j] : m0;
+    m1 = s[j + 1] > m1 ? s[j + 1] : m1;
+    m2 = s[j + 2] > m2 ? s[j + 2] : m2;
+    m3 = s[j + 3] > m3 ? s[j + 3] : m3;
+  }
+  for (; j < k; ++j) m0 = s[j] > m0 ? s[j] : m0;
+  m0 = m1 > m0 ? m1 : m0;
+  m2 = m3 > m2 ? m3 : m2;
+  m0 = m2 > m0 ? m2 : m0;
+  size_t best = 0;
+  for (; best + 8 <= k; best += 8) {  // 8 compares per branch (the maximum's place is random)
+    const bool hit = (s[best] == m0) | (s[best + 1] == m0) | (s[best + 2] == m0) | (s[best + 3] == m0) |
+                     (s[best + 4] == m0) | (s[best + 5] == m0) | (s[best + 6] == m0) | (s[best + 7] == m0);
+    if (hit) break;
+  }
+  while (best + 1 < k && !(s[best] == m0)) ++best;
+  return static_cast<uint32_t>(best);
+}
+
+namespace {
+
 void assign_block(const float* x, size_t begin, size_t end, size_t d, const float* c, const CenterTable* ct, size_t k,
                   bool by_dot, uint32_t* out, float* out_score) {
-  std::vector<float> scores(ct->ngroups * 16);
-  for (size_t i = begin; i < end; ++i) {
-    const float* xi = x + i * d;
-    uint32_t best = 0;
-    float best_s;
-    if (d <= 8 && !by_dot) {
+  const size_t kp = ct->ngroups * 16;
+  if (d <= 8 && !by_dot) {
+    std::vector<float> scores(kp);
+    for (size_t i = begin; i < end; ++i) {
+      const float* xi = x + i * d;
       // Few dimensions (PQ blocks): all centres at once from the transposed table, vectorised at
       // the baseline ISA (the same code at every SIMD level).
-      const size_t kp = ct->ngroups * 16;
       const float* T = ct->t.data();
       for (size_t j = 0; j < kp; ++j) scores[j] = 0.f;
       for (size_t g = 0; g < ct->ngroups; ++g)
@@ -56,24 +81,32 @@ void assign_block(const float* x, size_t begin, size_t end, size_t d, const floa
         const uint64_t kj = (uint64_t(bits) << 32) | j;
         key = kj < key ? kj : key;
       }
-      best = static_cast<uint32_t>(key);
-      best_s = scores[best];
-    } else {
-      ct->score(xi, by_dot, scores.data());
-      best_s = scores[0];
-      for (size_t j = 1; j < k; ++j)
-        if (scores[j] > best_s) {
-          best_s = scores[j];
-          best = static_cast<uint32_t>(j);
-        }
+      const uint32_t best = static_cast<uint32_t>(key);
+      out[i] = best;
+      if (out_score) out_score[i] = scores[best];
+    }
+    return;
+  }
+  (void)c;
+  const size_t rows = score_rows(kp);
+  std::vector<float> scores(rows * kp);
+  for (size_t b = begin; b < end; b += rows) {
+    const size_t nb = std::min(rows, end - b);
+    ct->score_multi(x + b * d, nb, by_dot, scores.data());
+    for (size_t r = 0; r < nb; ++r) {
+      const size_t i = b + r;
+      const float* si = scores.data() + r * kp;
+      const uint32_t best = argmax_first(si, k);
+      float best_s = si[best];
       if (!by_dot) {
+        const float* xi = x + i * d;
         float n2 = 0.f;
         for (size_t t = 0; t < d; ++t) n2 += xi[t] * xi[t];
         best_s = std::max(0.f, n2 - best_s);
       }
+      out[i] = best;
+      if (out_score) out_score[i] = best_s;
     }
-    out[i] = best;
-    if (out_score) out_score[i] = best_s;
   }
 }
 
@@ -111,6 +144,16 @@ void CenterTable::score(const float* q, bool by_dot, float* out) const {
   kernels::active().dot_t16(q, t.data(), ngroups, d, out);
   if (!by_dot)
     for (size_t i = 0; i < ngroups * 16; ++i) out[i] = (out[i] + out[i]) - norm2[i];
+}
+
+void CenterTable::score_multi(const float* q, size_t nq, bool by_dot, float* out) const {
+  const size_t kp = ngroups * 16;
+  kernels::active().dot_t16_multi(q, nq, d, t.data(), ngroups, d, out, kp);
+  if (!by_dot)
+    for (size_t p = 0; p < nq; ++p) {
+      float* o = out + p * kp;
+      for (size_t i = 0; i < kp; ++i) o[i] = (o[i] + o[i]) - norm2[i];
+    }
 }
 
 void assign_centers(const float* x, size_t n, size_t d, const float* c, size_t k, bool by_dot, uint32_t* out,

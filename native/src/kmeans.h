@@ -18,7 +18,21 @@ struct CenterTable {
   std::vector<float> t, norm2;
   void build(const float* c, size_t k, size_t d);
   void score(const float* q, bool by_dot, float* out) const;
+  // score() for nq rows of q (row p at q + p*d) into out + p*ngroups*16: the same values, with
+  // the table read once per 4 rows.
+  void score_multi(const float* q, size_t nq, bool by_dot, float* out) const;
 };
+
+// Index of the largest of s[0..k) (k >= 1), the lowest among equal maxima (what a running strict
+// comparison gives), without its unpredictable branches. s must hold no NaN.
+uint32_t argmax_first(const float* s, size_t k);
+
+// Rows scored together by CenterTable::score_multi in bulk assignment against kp (padded)
+// centres: 16, fewer for very many centres so that the scores stay within ~1 MB per thread.
+inline size_t score_rows(size_t kp) {
+  const size_t cap = (size_t(1) << 18) / (kp ? kp : 1);
+  return cap < 1 ? 1 : (cap > 16 ? 16 : cap);
+}
 
 // Assigns each row of x (layout (n, d)) to its best center in c (layout (k, d)): the largest
 // inner product when by_dot, else the smallest squared L2 distance. Ties go to the lower center

@@ -391,6 +391,34 @@ void test_dot_t16(const k::KernelTable& t, const k::KernelTable& ref) {
   }
 }
 
+// dot_t16_multi: nq queries (row stride ldq) into rows of stride ldo; bit-identical to nq calls of
+// the scalar dot_t16, whatever nq (blocks of 4 and the rest) and ngroups (pairs and the rest).
+void test_dot_t16_multi(const k::KernelTable& t, const k::KernelTable& ref) {
+  std::mt19937 rng(78);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (size_t d : {1, 3, 16, 50, 97}) {
+    for (size_t ng : {1, 2, 3, 5}) {
+      for (size_t nq : {1, 3, 4, 5, 8, 11}) {
+        const size_t ldq = d + 3, ldo = ng * 16 + 5;
+        std::vector<float> q(nq * ldq), ct(ng * d * 16), a(nq * ldo, -7.f), b(ng * 16);
+        for (float& v : q) v = u(rng);
+        for (float& v : ct) v = u(rng);
+        t.dot_t16_multi(q.data(), nq, ldq, ct.data(), ng, d, a.data(), ldo);
+        bool same = true, untouched = true;
+        for (size_t p = 0; p < nq; ++p) {
+          ref.dot_t16(q.data() + p * ldq, ct.data(), ng, d, b.data());
+          same &= bits_equal(a.data() + p * ldo, b.data(), ng * 16);
+          for (size_t i = ng * 16; i < ldo; ++i) untouched &= a[p * ldo + i] == -7.f;
+        }
+        const std::string what = std::string(k::level_name(t.level)) + " dot_t16_multi d=" + std::to_string(d) +
+                                 " ng=" + std::to_string(ng) + " nq=" + std::to_string(nq);
+        check(same, what + " bit-identical to dot_t16");
+        check(untouched, what + " writes only its outputs");
+      }
+    }
+  }
+}
+
 // partition_f32: order-keeping split, identical counts and contents at every level.
 void test_partition(const k::KernelTable& t) {
   std::mt19937 rng(99);
@@ -431,6 +459,7 @@ int main() {
     test_scan(*t);
     test_filter(*t, ref);
     test_dot_t16(*t, ref);
+    test_dot_t16_multi(*t, ref);
     test_partition(*t);
     std::printf("level %s: %s\n", k::level_name(t->level), g_failed == before ? "ok" : "FAILURES");
   }

@@ -63,6 +63,11 @@ struct KernelTable {
   // each sum rounded to float; a different order from `dot`, identical at every level).
   // out holds ngroups*16 floats.
   void (*dot_t16)(const float* q, const float* ct, size_t ngroups, size_t d, float* out);
+  // dot_t16 for nq queries at once (k-means assignment): row p of q starts at q + p*ldq, its
+  // ngroups*16 results at out + p*ldo. Bit-identical to nq calls of dot_t16; the SIMD levels read
+  // each centre once per 4 queries instead of once per query (the table is streamed from cache).
+  void (*dot_t16_multi)(const float* q, size_t nq, size_t ldq, const float* ct, size_t ngroups, size_t d, float* out,
+                        size_t ldo);
 
   // Order-keeping three-way split around pivot (the step of the top-N selection): the values
   // > pivot go to gt_out, the values < pivot to lt_out, in their original order; returns the

@@ -306,6 +306,53 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
   }
 }
 
+// Four queries x two groups of 16 centres per pass (8 accumulators), so each centre row is loaded
+// once per 4 queries; per output the same sequential sum as dot_t16.
+void dot_t16_multi(const float* q, size_t nq, size_t ldq, const float* ct, size_t ngroups, size_t d, float* out,
+                   size_t ldo) {
+  const size_t gs = d * 16;
+  size_t p = 0;
+  for (; p + 4 <= nq; p += 4) {
+    const float* q0 = q + p * ldq;
+    const float* q1 = q0 + ldq;
+    const float* q2 = q1 + ldq;
+    const float* q3 = q2 + ldq;
+    size_t g = 0;
+    for (; g + 2 <= ngroups; g += 2) {
+      const float* c = ct + g * gs;
+      __m512 a0 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+      __m512 a2 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+      for (size_t j = 0; j < d; ++j) {
+        const __m512 x = _mm512_loadu_ps(c + j * 16), y = _mm512_loadu_ps(c + gs + j * 16);
+        __m512 v = _mm512_set1_ps(q0[j]);
+        a0 = _mm512_add_ps(a0, _mm512_mul_ps(v, x));
+        b0 = _mm512_add_ps(b0, _mm512_mul_ps(v, y));
+        v = _mm512_set1_ps(q1[j]);
+        a1 = _mm512_add_ps(a1, _mm512_mul_ps(v, x));
+        b1 = _mm512_add_ps(b1, _mm512_mul_ps(v, y));
+        v = _mm512_set1_ps(q2[j]);
+        a2 = _mm512_add_ps(a2, _mm512_mul_ps(v, x));
+        b2 = _mm512_add_ps(b2, _mm512_mul_ps(v, y));
+        v = _mm512_set1_ps(q3[j]);
+        a3 = _mm512_add_ps(a3, _mm512_mul_ps(v, x));
+        b3 = _mm512_add_ps(b3, _mm512_mul_ps(v, y));
+      }
+      float* o = out + p * ldo + g * 16;
+      _mm512_storeu_ps(o, a0);
+      _mm512_storeu_ps(o + 16, b0);
+      _mm512_storeu_ps(o + ldo, a1);
+      _mm512_storeu_ps(o + ldo + 16, b1);
+      _mm512_storeu_ps(o + 2 * ldo, a2);
+      _mm512_storeu_ps(o + 2 * ldo + 16, b2);
+      _mm512_storeu_ps(o + 3 * ldo, a3);
+      _mm512_storeu_ps(o + 3 * ldo + 16, b3);
+    }
+    for (; g < ngroups; ++g)
+      for (size_t r = 0; r < 4; ++r) dot_t16(q + (p + r) * ldq, ct + g * gs, 1, d, out + (p + r) * ldo + g * 16);
+  }
+  for (; p < nq; ++p) dot_t16(q + p * ldq, ct, ngroups, d, out + p * ldo);
+}
+
 // 16 values per step: register-form compress (the memory form is slow on AMD Zen 4) and full
 // 16-lane stores at the current counts (outputs have 16 floats of slack).
 void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
@@ -336,7 +383,7 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 
 constexpr KernelTable kTable = {
     SimdLevel::kAvx512, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &partition_f32,
+    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &dot_t16_multi, &partition_f32,
 };
 
 }  // namespace

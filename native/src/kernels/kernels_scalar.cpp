@@ -154,6 +154,11 @@ void dot_t16(const float* q, const float* ct, size_t ngroups, size_t d, float* o
   }
 }
 
+void dot_t16_multi(const float* q, size_t nq, size_t ldq, const float* ct, size_t ngroups, size_t d, float* out,
+                   size_t ldo) {
+  for (size_t p = 0; p < nq; ++p) dot_t16(q + p * ldq, ct, ngroups, d, out + p * ldo);
+}
+
 void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
   size_t g = 0, l = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -169,7 +174,7 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 
 constexpr KernelTable kTable = {
     SimdLevel::kScalar, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &partition_f32,
+    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &dot_t16_multi, &partition_f32,
 };
 
 }  // namespace
