@@ -14,13 +14,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-<<<<<<< HEAD
 from . import _native
 
-__all__ = ["Budget", "resolve_budget", "training_sample_rows", "DEFAULT_K"]
-=======
-__all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "DEFAULT_K"]
->>>>>>> main
+__all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "training_sample_rows", "DEFAULT_K"]
 
 #: The k the stored default budget is chosen for (``AVQIndex.search``'s default k).
 DEFAULT_K = 10
