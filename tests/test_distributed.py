@@ -280,8 +280,9 @@ def test_shards_give_the_single_index_top_k(sharded, glove):
 @pytest.mark.parametrize("metric, reorder", [("dot", "int8"), ("l2", "float32")])
 def test_other_metrics_give_the_single_index_top_k(client, glove, metric, reorder):
     X, Q = glove
+    X = X[:8000]  # exactness does not depend on the size: small data, a fast test
     index = ShardedAVQIndex(sharding="rows", metric=metric, n_shards=3, reorder=reorder, client=client).fit(
-        da.from_array(X, chunks=(4000, 50))
+        da.from_array(X, chunks=(2000, 50))
     )
     single = single_like(index, X)
     D, I = index.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
@@ -306,8 +307,9 @@ def test_small_reorder_budget_sharded_recall_at_least_single(sharded, glove):
 
 def test_quantized_scores_without_reordering_match_single_index(client, glove):
     X, Q = glove
+    X = X[:8000]
     index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, reorder="none", client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X, chunks=(2000, 50))
     )
     single = single_like(index, X)
     for lts in (3, 20):
@@ -319,7 +321,8 @@ def test_quantized_scores_without_reordering_match_single_index(client, glove):
 
 def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
     X, Q = glove
-    parts = [X[:7000], X[7000:12000], X[12000:]]
+    X = X[:8000]
+    parts = [X[:3000], X[3000:5000], X[5000:]]
     np.save(tmp_path / "a.npy", parts[0])
     np.save(tmp_path / "b.npy", parts[1].astype(np.float64))  # converted to float32 in the workers
     with h5py.File(tmp_path / "c.hdf5", "w") as f:
@@ -327,10 +330,10 @@ def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(
         [tmp_path / "a.npy", str(tmp_path / "b.npy"), (tmp_path / "c.hdf5", "train")]
     )
-    assert index.shard_bounds_ == [(0, 7000), (7000, 12000), (12000, 20000)]  # one shard per file
+    assert index.shard_bounds_ == [(0, 3000), (3000, 5000), (5000, 8000)]  # one shard per file
     # The same chunks as a dask array: the same sample, quantizer and results.
     ref = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(
-        da.from_array(X, chunks=((7000, 5000, 8000), 50))
+        da.from_array(X, chunks=((3000, 2000, 3000), 50))
     )
     D, I = index.search(Q, k=10, leaves_to_search=20)
     D1, I1 = ref.search(Q, k=10, leaves_to_search=20)
@@ -420,7 +423,7 @@ def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_pat
     ensure_two_workers(client)
     X, Q = glove
     index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X[:8000], chunks=(2000, 50))
     )
     expected = index.search(Q, k=10)
     # Not saved: Dask re-encodes the lost shards from their source chunks (the lineage).
@@ -436,7 +439,7 @@ def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove,
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
+        np.save(src / f"part{j}.npy", X[j * 2000 : (j + 1) * 2000])
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     expected = index.search(Q, k=10)
     index.save(tmp_path / "s.avqs")
@@ -453,7 +456,7 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
+        np.save(src / f"part{j}.npy", X[j * 2000 : (j + 1) * 2000])
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     shutil.rmtree(src)
     infos = index.shard_info()
@@ -568,8 +571,9 @@ def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
 
 def test_leaf_shards_without_reordering_match_single_index(client, glove):
     X, Q = glove
+    X = X[:8000]
     index = ShardedAVQIndex(metric="l2", n_shards=3, reorder="none", client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X, chunks=(2000, 50))
     )
     single = single_like(index, X)
     for lts in (3, 20):
