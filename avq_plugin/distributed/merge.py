@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .. import _validation as V
+
+Array = NDArray[Any]
+#: One part of a routed search: (query rows, D, I).
+Part = tuple[Array, Array, Array]
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
-def merge_topk(D_parts, I_parts, k, metric):
+def merge_topk(D_parts: Sequence[ArrayLike], I_parts: Sequence[ArrayLike], k: int, metric: str) -> tuple[Array, Array]:
     """Merge per-shard top-k results into the global top-k.
 
     Parameters
@@ -71,7 +79,7 @@ def merge_topk(D_parts, I_parts, k, metric):
     return np.ascontiguousarray(Dm, np.float32), np.ascontiguousarray(Im, np.int64)
 
 
-def _later_copies(I):
+def _later_copies(I: Array) -> Array:
     """(nq, w) bool: entries whose id (not padding) appears earlier in the same row."""
     o = np.argsort(I, axis=1, kind="stable")  # equal ids keep their order: the first is the best
     s = np.take_along_axis(I, o, axis=1)
@@ -87,7 +95,7 @@ def _later_copies(I):
 _DENSE_MERGE_MAX = 48
 
 
-def _merge_dense(D, I, k, parts, multi, n_multi, metric):
+def _merge_dense(D: Array, I: Array, k: int, parts: Sequence[Part], multi: Array, n_multi: int, metric: str) -> None:
     """Rows of several parts: rank each entry by the number of entries better than it."""
     pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
     slot = np.full(len(multi), -1, np.int64)
@@ -112,7 +120,7 @@ def _merge_dense(D, I, k, parts, multi, n_multi, metric):
     # and, among padding, by column so that every rank is distinct).
     col = np.arange(Dm.shape[1])
 
-    def ranks():
+    def ranks() -> Array:
         tie = (s[:, None, :] == s[:, :, None]) & (
             (ids[:, None, :] < ids[:, :, None]) | ((ids[:, None, :] == ids[:, :, None]) & (col[None, :] < col[:, None]))
         )
@@ -133,7 +141,7 @@ def _merge_dense(D, I, k, parts, multi, n_multi, metric):
     D[rows, rank[q, c]] = np.where(pad[q, c], pad_score, Dm[q, c])
 
 
-def merge_rows(nq, k, parts, metric):
+def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Array, Array]:
     """Merge top-k lists that cover *some* of the queries each (routed search).
 
     ``parts``: sequence of (rows, D, I): the query numbers a part answers (int, unique within

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Array = NDArray[Any]
 
 
-def balanced_leaf_groups(centres, counts, n_groups, probes=None, *, seed=0):
+def balanced_leaf_groups(
+    centres: ArrayLike, counts: ArrayLike, n_groups: int, probes: ArrayLike | None = None, *, seed: int = 0
+) -> Array:
     """Assign leaves to ``n_groups`` shards: balanced by vector count, co-probed leaves together.
 
     A balanced recursive bisection: each set of leaves is ordered along one direction and cut at
@@ -35,7 +42,7 @@ def balanced_leaf_groups(centres, counts, n_groups, probes=None, *, seed=0):
     if not 1 <= n_groups <= L:
         raise ValueError(f"n_shards={n_groups} must be between 1 and the number of leaves ({L})")
     weight = counts + max(1e-3, counts.mean() * 1e-3)
-    graph = None if probes is None or not len(probes) else _CoProbeGraph(probes, L)
+    graph = None if probes is None or not np.size(probes) else _CoProbeGraph(probes, L)
     rng = np.random.default_rng(seed)
     groups = np.zeros(L, np.int32)
     stack = [(np.arange(L), n_groups, 0)]
@@ -77,11 +84,11 @@ class _CoProbeGraph:
     _BLOCK = 4
     _DENSE_MAX = 1024
 
-    def __init__(self, probes, L):
+    def __init__(self, probes: ArrayLike, L: int) -> None:
         self.probes = np.asarray(probes, np.int64)
         self.L = L
 
-    def fiedler(self, idx, rng):
+    def fiedler(self, idx: Array, rng: np.random.Generator) -> Array | None:
         """Second eigenvector of D^-1/2 A D^-1/2 over the leaves ``idx`` (scaled by D^-1/2: the
         normalised spectral cut), by block power iteration; None when they share no query."""
         n = len(idx)
@@ -96,7 +103,7 @@ class _CoProbeGraph:
         leaf = P.ravel()
         self_count = np.bincount(leaf, minlength=n + 1)[:n].astype(np.float64)
 
-        def A(V):  # A @ V for V (n, b), without the diagonal
+        def A(V: Array) -> Array:  # A @ V for V (n, b), without the diagonal
             sums = np.vstack([V, np.zeros((1, V.shape[1]))])[P].sum(axis=1)  # per query (m, b)
             out = np.stack([np.bincount(leaf, weights=sums[q, i], minlength=n + 1)[:n] for i in range(V.shape[1])], 1)
             return out - self_count[:, None] * V
@@ -109,7 +116,7 @@ class _CoProbeGraph:
             dense = dense.reshape(n + 1, n + 1)[:n, :n]
             np.fill_diagonal(dense, 0.0)
 
-            def A(V):
+            def A(V: Array) -> Array:
                 return dense @ V
 
         deg = A(np.ones((n, 1)))[:, 0]
@@ -118,7 +125,7 @@ class _CoProbeGraph:
         dm = 1.0 / np.sqrt(deg)
         top = np.sqrt(deg) / np.linalg.norm(np.sqrt(deg))  # the trivial eigenvector (eigenvalue 1)
 
-        def M(V):  # (I + D^-1/2 A D^-1/2) / 2 with the trivial vector deflated: eigenvalues in [0, 1]
+        def M(V: Array) -> Array:  # (I + D^-1/2 A D^-1/2) / 2 with the trivial vector deflated: eigenvalues in [0, 1]
             V = V - top[:, None] * (top @ V)[None, :]
             return (V + dm[:, None] * A(dm[:, None] * V)) / 2
 
@@ -138,7 +145,7 @@ class _CoProbeGraph:
         return f * (1.0 if f[np.argmax(np.abs(f))] >= 0 else -1.0)
 
 
-def probe_rank_weights(sizes):
+def probe_rank_weights(sizes: ArrayLike) -> Array:
     """Weight of each probed leaf in the re-ranking split: its vector count divided by (its rank
     in the query's probe order + 1). The best candidates concentrate in the best-ranked leaves,
     so the shards holding them get more of the budget: on GloVe-190k (20 leaves probed,
@@ -148,7 +155,7 @@ def probe_rank_weights(sizes):
     return sizes / (np.arange(sizes.shape[1]) + 1.0)
 
 
-def split_reorder_budget(reorder_k, weight, total_weight, scanned_total):
+def split_reorder_budget(reorder_k: int, weight: ArrayLike, total_weight: ArrayLike, scanned_total: ArrayLike) -> Array:
     """Per-shard re-ranking budgets that add up to about ``reorder_k`` per query.
 
     A shard gets ``ceil(reorder_k * weight / total_weight)`` (its weighted share of the
@@ -164,7 +171,16 @@ def split_reorder_budget(reorder_k, weight, total_weight, scanned_total):
     return np.where(np.asarray(scanned_total) <= reorder_k, reorder_k, budget).astype(np.int64)
 
 
-def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, passes=20, swap_candidates=16):
+def refine_leaf_groups(
+    groups: ArrayLike,
+    probes: ArrayLike,
+    counts: ArrayLike,
+    n_groups: int,
+    *,
+    max_imbalance: float = 0.03,
+    passes: int = 20,
+    swap_candidates: int = 16,
+) -> Array:
     """Move leaves between groups to reduce the groups a query's probed leaves fall in.
 
     ``probes`` (m, w): the leaves probed by m sample queries (-1: none; indexed vectors serve:
@@ -197,15 +213,15 @@ def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, 
     cnt = np.zeros((m, n_groups), np.int32)
     np.add.at(cnt, (flat_q, groups[flat_l]), 1)
 
-    def move(leaf, b):
-        qs, a = queries_of[leaf], groups[leaf]
-        np.add.at(cnt, (qs, a), -1)
-        np.add.at(cnt, (qs, b), 1)
+    def move(leaf: int, b: int) -> None:
+        qs, a = queries_of[leaf], int(groups[leaf])
+        cnt[qs, a] -= 1  # qs holds each query once: plain fancy indexing adds once per query
+        cnt[qs, b] += 1
         size[a] -= counts[leaf]
         size[b] += counts[leaf]
         groups[leaf] = b
 
-    def fits(g, delta):
+    def fits(g: int, delta: int) -> bool:
         return floor <= size[g] + delta <= cap
 
     for _ in range(passes):
@@ -257,14 +273,18 @@ def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, 
     return groups
 
 
-def place_leaves(centres, counts, probes, n_groups, *, max_imbalance=0.03):
+def place_leaves(
+    centres: ArrayLike, counts: ArrayLike, probes: ArrayLike, n_groups: int, *, max_imbalance: float = 0.03
+) -> Array:
     """The leaf placement of ``ShardedAVQIndex``: a spectral balanced bisection of the co-probe
     graph (``balanced_leaf_groups``) refined by moves and swaps (``refine_leaf_groups``)."""
     groups = balanced_leaf_groups(centres, counts, n_groups, probes)
     return refine_leaf_groups(groups, probes, counts, n_groups, max_imbalance=max_imbalance)
 
 
-def route_queries(P, leaf_to_shard, leaf_sizes, n_shards, k, reorder_k):
+def route_queries(
+    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, k: int, reorder_k: int
+) -> tuple[dict[int, tuple[Array, Array, Array, int]], Array, Array, Array]:
     """The work of a routed search: which shard scans which leaves for which queries.
 
     P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``), -1 for none.
