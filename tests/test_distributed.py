@@ -622,7 +622,7 @@ def test_leaf_shards_save_load(client, leafy, glove, tmp_path):
         ShardedAVQIndex.load(tmp_path / "l.avqs", client=client)
 
 
-def wait_for_replicas(index, replicas, seconds=30):
+def wait_for_replicas(index, replicas, seconds=60):
     """Polls until every shard has `replicas` live replicas again (rebuilt in the background)."""
     import time
 
