@@ -196,9 +196,14 @@ def _merged_reference(lists, k, metric):
 
 
 @pytest.mark.parametrize("metric", ["dot", "l2"])
-@pytest.mark.parametrize("k", [4, 30])  # merge_rows: 3 x 4 entries rank densely, 3 x 30 by sorting
-def test_merge_counts_an_id_from_several_shards_once(metric, k):
+@pytest.mark.parametrize("k", [4, 30])
+@pytest.mark.parametrize("block_entries", [None, 50])  # 50: merge_rows merges one or two rows per block
+def test_merge_counts_an_id_from_several_shards_once(metric, k, block_entries, monkeypatch):
     """SOAR spilling stores a vector in two leaves, which may be on two shards: both return it."""
+    import avq_plugin.distributed.merge as merge_module
+
+    if block_entries is not None:
+        monkeypatch.setattr(merge_module, "_MERGE_BLOCK_ENTRIES", block_entries)
     rng = np.random.default_rng(2)
     nq, n_parts = 30, 3
     best_first = np.sort if metric == "l2" else (lambda a, axis: -np.sort(-a, axis=axis))

@@ -90,55 +90,51 @@ def _later_copies(I: Array) -> Array:
     return out
 
 
-# Up to this many entries per query (parts x k), merge_rows ranks every entry against every other
-# one (O(width^2) per query, vectorised) instead of sorting.
-_DENSE_MERGE_MAX = 48
+# Scratch bound of merge_rows: queries answered by several parts are merged in blocks of rows
+# holding at most this many entries (rows x total width of the parts).
+_MERGE_BLOCK_ENTRIES = 1 << 20
 
 
-def _merge_dense(D: Array, I: Array, k: int, parts: Sequence[Part], multi: Array, n_multi: int, metric: str) -> None:
-    """Rows of several parts: rank each entry by the number of entries better than it."""
+def _merge_multi(D: Array, I: Array, k: int, parts: Sequence[Part], multi: Array, n_multi: int, metric: str) -> None:
+    """Rows answered by several parts: each block of rows becomes one (rows, width) matrix of all
+    their parts' entries (padding where a part does not answer a row), sorted per row by (score,
+    id) as ``merge_topk`` does; an id in several parts keeps its best entry."""
     pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
     slot = np.full(len(multi), -1, np.int64)
     slot[multi] = np.arange(n_multi)
-    cols = []
+    cols = []  # per part: its column offset and its multi-row entries sorted by slot
+    W = 0
     for rows, d, i in parts:
         d = np.asarray(d, np.float32)[:, :k]
         i = np.asarray(i, np.int64)[:, :k]
-        Db = np.full((n_multi, d.shape[1]), pad_score, np.float32)
-        Ib = np.full((n_multi, d.shape[1]), -1, np.int64)
-        sel = multi[rows]
-        Db[slot[rows[sel]]] = d[sel]
-        Ib[slot[rows[sel]]] = i[sel]
-        cols.append((Db, Ib))
-    Dm = np.concatenate([c[0] for c in cols], axis=1)
-    Im = np.concatenate([c[1] for c in cols], axis=1)
-    pad = Im < 0
-    s = (Dm if metric == "l2" else -Dm).astype(np.float64)  # smaller is better
-    s[pad] = np.inf
-    ids = np.where(pad, np.iinfo(np.int64).max, Im)
-    # better[q, a, b]: entry b ranks before entry a (smaller key, then smaller id; padding last
-    # and, among padding, by column so that every rank is distinct).
-    col = np.arange(Dm.shape[1])
-
-    def ranks() -> Array:
-        tie = (s[:, None, :] == s[:, :, None]) & (
-            (ids[:, None, :] < ids[:, :, None]) | ((ids[:, None, :] == ids[:, :, None]) & (col[None, :] < col[:, None]))
-        )
-        return (s[:, None, :] < s[:, :, None]) | tie
-
-    better = ranks()
-    # An id from several parts (SOAR spilling) counts once, at its best score: later copies pad.
-    copy = ((ids[:, None, :] == ids[:, :, None]) & better).any(axis=2) & ~pad
-    if copy.any():
-        pad = pad | copy
-        s[copy] = np.inf
-        ids[copy] = np.iinfo(np.int64).max
-        better = ranks()
-    rank = better.sum(axis=2)
-    q, c = np.nonzero(rank < k)
-    rows = np.flatnonzero(multi)[q]
-    I[rows, rank[q, c]] = np.where(pad[q, c], -1, Im[q, c])
-    D[rows, rank[q, c]] = np.where(pad[q, c], pad_score, Dm[q, c])
+        sel = np.flatnonzero(multi[rows])
+        order = sel[np.argsort(slot[rows[sel]], kind="stable")]
+        cols.append((W, slot[rows[order]], d[order], i[order]))
+        W += d.shape[1]
+    block = max(1, _MERGE_BLOCK_ENTRIES // max(W, 1))
+    multi_rows = np.flatnonzero(multi)
+    for a in range(0, n_multi, block):
+        b = min(n_multi, a + block)
+        Db = np.full((b - a, W), pad_score, np.float32)
+        Ib = np.full((b - a, W), -1, np.int64)
+        for c0, sl, d, i in cols:
+            lo, hi = np.searchsorted(sl, [a, b])
+            Db[sl[lo:hi] - a, c0 : c0 + d.shape[1]] = d[lo:hi]
+            Ib[sl[lo:hi] - a, c0 : c0 + d.shape[1]] = i[lo:hi]
+        pad = Ib < 0
+        primary = (Db if metric == "l2" else -Db).astype(np.float64)  # smaller is better
+        primary[pad] = np.inf
+        order = np.lexsort((np.where(pad, np.iinfo(np.int64).max, Ib), primary), axis=1)
+        # An id from several parts (SOAR spilling) counts once, at its best score.
+        copies = _later_copies(np.take_along_axis(Ib, order, axis=1))
+        order = np.take_along_axis(order, np.argsort(copies, axis=1, kind="stable"), axis=1)[:, :k]
+        Dm = np.take_along_axis(Db, order, axis=1)
+        Im = np.take_along_axis(Ib, order, axis=1)
+        gone = (np.arange(Im.shape[1])[None, :] >= (W - copies.sum(axis=1))[:, None]) | (Im < 0)
+        Im[gone] = -1
+        Dm[gone] = pad_score
+        D[multi_rows[a:b], : Im.shape[1]] = Dm
+        I[multi_rows[a:b], : Im.shape[1]] = Im
 
 
 def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Array, Array]:
@@ -161,8 +157,6 @@ def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Arr
         hits[rows] += 1
     multi = hits > 1
     n_multi = int(multi.sum())
-    dense = sum(min(k, np.asarray(p[1]).shape[1]) for p in parts) <= _DENSE_MERGE_MAX
-    sub = []
     for rows, d, i in parts:
         d = np.asarray(d, np.float32)[:, :k]
         i = np.asarray(i, np.int64)[:, :k]
@@ -170,28 +164,6 @@ def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Arr
         w = d.shape[1]
         D[rows[one], :w] = d[one]
         I[rows[one], :w] = i[one]
-        if not one.all() and not dense:
-            sel = ~one
-            sub.append((np.repeat(rows[sel], w), d[sel].ravel(), i[sel].ravel()))
-    if n_multi and dense:
-        _merge_dense(D, I, k, parts, multi, n_multi, metric)
-    elif sub:
-        R = np.concatenate([s[0] for s in sub])
-        Df = np.concatenate([s[1] for s in sub])
-        If = np.concatenate([s[2] for s in sub])
-        real = If >= 0
-        R, Df, If = R[real], Df[real], If[real]
-        primary = Df if metric == "l2" else -Df
-        order = np.lexsort((If, primary, R))
-        R, Df, If = R[order], Df[order], If[order]
-        # An id from several parts (SOAR spilling) counts once, at its best (first) place.
-        by_id = np.lexsort((np.arange(len(R)), If, R))
-        copy = np.zeros(len(R), bool)
-        copy[by_id[1:]] = (R[by_id[1:]] == R[by_id[:-1]]) & (If[by_id[1:]] == If[by_id[:-1]])
-        R, Df, If = R[~copy], Df[~copy], If[~copy]
-        first = np.searchsorted(R, R, side="left")
-        pos = np.arange(len(R)) - first
-        keep = pos < k
-        D[R[keep], pos[keep]] = Df[keep]
-        I[R[keep], pos[keep]] = If[keep]
+    if n_multi:
+        _merge_multi(D, I, k, parts, multi, n_multi, metric)
     return D, I
