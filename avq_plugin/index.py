@@ -1,9 +1,14 @@
-"""AVQIndex: the Python face of the native index (the only module that builds or touches one)."""
+"""AVQIndex: the Python face of the native index.
+
+With its private parts, ``_index_base.py`` (parameters, the native record, building a native
+index), ``_index_io.py`` (files, bytes, pickling) and ``_index_protected.py`` (the protected
+methods the Faiss adapter, tuning and the sharded index use), and ``exact.py``, this is the only
+code that builds or touches a native index.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,10 +16,11 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _native, _params, tuning
+from . import _native, tuning
 from . import _validation as V
+from ._index_io import _IndexIO
+from ._index_protected import _IndexProtected
 from ._progress import ProgressArg, ProgressCallback, check_progress, progress_callback
-from ._wrapper import _NativeWrapper
 from .exact import ExactIndex
 from .tuning import TuneReport
 
@@ -26,7 +32,6 @@ AUTO_THRESHOLD = 0.2
 # The default partition size and search budget are avq_plugin._params.resolve_budget's.
 
 _T = TypeVar("_T")
-PathLike = str | os.PathLike[str]
 # Bounds of the search fast path (the full checks are in _validation).
 _MAX_K = V.LIMITS["max_k"]
 _MAX_LTS = V.LIMITS["max_leaves_to_search"]
@@ -34,7 +39,7 @@ _MAX_RK = V.LIMITS["max_reorder_k"]
 _MAX_THREADS = V.LIMITS["max_threads"]
 
 
-class AVQIndex(_NativeWrapper[_native.Index]):
+class AVQIndex(_IndexIO, _IndexProtected):
     """Approximate nearest-neighbour index with anisotropic vector quantization.
 
     A k-means partition of the data into ``num_leaves`` leaves; every vector is stored as its
@@ -58,7 +63,8 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     anisotropic_threshold : float, "auto" or None
         Score threshold T of the anisotropic loss (ScaNN's ``anisotropic_quantization_threshold``).
         "auto": T = 0.2 * mean ||x|| for dot and cosine (0.2 for cosine), None for l2; resolved
-        once, by the first training, after which the attribute holds that value (as saved files do).
+        by each training (the attribute keeps "auto"; ``anisotropic_threshold_`` is the value
+        used, which saved files store, so a loaded index has that value here).
         None: plain reconstruction-loss PQ (eta = 1).
     eta : float >= 1 or None
         Use this anisotropic weight for every vector instead of deriving it from T.
@@ -70,8 +76,10 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         per-dimension scales (4x less memory), or none ("none" or None: codes only).
     leaves_to_search, reorder_k : int or None
         Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
-        200 candidates, resolved by training (the attributes then hold them, as files do);
-        ``tune`` replaces them.
+        200 candidates, resolved by each training into the index (the attributes keep what was
+        given; ``default_search_params()`` returns the budget in force, which ``tune`` replaces
+        and files store; a loaded index has None here). A number assigned to a trained index
+        becomes its default budget.
     spill : {"auto", "soar", "none"} or None
         "auto" (default): "soar" for dot and cosine data of 256 or more dimensions (sentence and
         image embeddings, where it is faster at every recall), else none; resolved by training.
@@ -112,18 +120,6 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     >>> I.shape, I.dtype.name, D.dtype.name
     ((3, 5), 'int64', 'float32')
     """
-
-    # Integer parameters are checked on every assignment (constructor, setters, unpickling,
-    # loading), against the limits exported by the native core (_validation.LIMITS).
-    num_leaves = V.Checked(V.check_num_leaves)
-    dims_per_block = V.Checked(V.check_dims_per_block)
-    leaves_to_search = V.Checked(V.check_leaves_to_search)
-    reorder_k = V.Checked(V.check_reorder_k)
-    training_iterations = V.Checked(lambda v: V.check_iterations("training_iterations", v))
-    kmeans_iterations = V.Checked(lambda v: V.check_iterations("kmeans_iterations", v, minimum=1))
-    training_sample_size = V.Checked(V.check_training_sample_size)
-    num_threads = V.Checked(V.resolve_threads)
-    seed = V.Checked(V.check_seed)
 
     def __init__(
         self,
@@ -207,6 +203,12 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         return self._index is not None and self._index.is_mapped
 
     @property
+    def anisotropic_threshold_(self) -> float | None:
+        """The score threshold T training used ("auto" resolved; None: plain PQ or a fixed ``eta``)."""
+        T = self._require_trained().params().threshold
+        return None if math.isnan(T) else T
+
+    @property
     def train_stats_(self) -> dict[str, Any]:
         """Training diagnostics: eta range, threshold, sample size, loss per alternation."""
         return self._require_trained().train_stats()
@@ -217,19 +219,6 @@ class AVQIndex(_NativeWrapper[_native.Index]):
             f"AVQIndex(metric={self.metric!r}, num_leaves={self.num_leaves}, dims_per_block={self.dims_per_block}, "
             f"anisotropic_threshold={self.anisotropic_threshold!r}, reorder={self.reorder!r}; {state})"
         )
-
-    def _require_index(self) -> _native.Index:
-        """The native index; ValueError when there is none yet."""
-        if self._index is None:
-            raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
-        return self._index
-
-    def _require_trained(self) -> _native.Index:
-        """The native index; ValueError when it is not trained yet."""
-        index = self._index
-        if index is None or not index.is_trained:
-            raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
-        return index
 
     # ------------------------------------------------------------------ build
     def _with_progress(self, run: Callable[[ProgressCallback | None], _T]) -> _T:
@@ -259,60 +248,6 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _new_native(
-        self,
-        d: int,
-        threshold: float,
-        budget: _params.Budget,
-        *,
-        l2_decoded_norms: bool = False,
-        spill: bool = True,
-    ) -> _native.Index:
-        """An untrained native index with this object's parameters and a resolved ``budget``
-        (:class:`avq_plugin._params.Budget`): the one place that makes one. ``spill=False``: never
-        spill (an index whose codes come from elsewhere, e.g. Faiss, has no spilled copies)."""
-        enc = self._encoding_for(d, spill=spill)
-        p = _native.IndexParams()
-        p.metric = self.metric
-        p.d = d
-        p.num_leaves = budget.num_leaves
-        p.dims_per_block = enc.dims_per_block
-        p.threshold = threshold
-        p.eta = self.eta or 0.0
-        p.eta_scann = self.eta_formula == "scann"
-        p.avq_iterations = self.training_iterations
-        p.kmeans_iterations = self.kmeans_iterations
-        p.training_sample_size = self.training_sample_size or 0
-        p.seed = self.seed
-        p.reorder = self.reorder
-        p.default_leaves_to_search = budget.leaves_to_search
-        p.default_reorder_k = budget.reorder_k
-        p.l2_decoded_norms = l2_decoded_norms
-        p.spill = enc.spill or "none"
-        p.soar_lambda = self.soar_lambda
-        return _native.Index(p)
-
-    def _encoding_for(self, d: int, *, spill: bool = True) -> _params.Encoding:
-        """The concrete (dims_per_block, spill) for data of dimension d (``spill=False``: none)."""
-        if not spill and self.spill == "soar":
-            raise ValueError("spill='soar' needs vectors to encode: an index built from imported codes cannot spill")
-        return _params.resolve_encoding(
-            d, self.metric, dims_per_block=self.dims_per_block, spill=self.spill if spill else None
-        )
-
-    def _budget_for(
-        self, n: int | None, d: int, num_leaves: int | None = None, *, spill: bool = True
-    ) -> _params.Budget:
-        """The concrete (num_leaves, leaves_to_search, reorder_k) for n vectors of dimension d."""
-        return _params.resolve_budget(
-            n,
-            d,
-            num_leaves=self.num_leaves if num_leaves is None else num_leaves,
-            leaves_to_search=self.leaves_to_search,
-            reorder_k=self.reorder_k,
-            spilled=self._encoding_for(d, spill=spill).spill is not None,
-        )
-
     def _train(self, X: npt.NDArray[np.float32], stacklevel: int, *, l2_decoded_norms: bool = False) -> AVQIndex:
         """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
         n, d = X.shape
@@ -322,11 +257,9 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         budget = self._budget_for(n, d)
         index = self._new_native(d, threshold, budget, l2_decoded_norms=l2_decoded_norms)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
+        # The resolved threshold and budget live in the native record (what the file stores); the
+        # constructor attributes keep what the user gave, so a refit on other data re-resolves them.
         self._index = index
-        if isinstance(self.anisotropic_threshold, str):  # "auto" is resolved once, here (as a file stores it)
-            self.anisotropic_threshold = None if math.isnan(threshold) else threshold
-        # The budget too: the object then holds what its file holds (sharded fingerprints compare them).
-        self.leaves_to_search, self.reorder_k = budget.leaves_to_search, budget.reorder_k
         stats = index.train_stats()
         if not math.isnan(threshold) and threshold > 0 and stats["eta_min"] <= 1.0:
             warnings.warn(
@@ -368,14 +301,6 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         self._require_trained().reset()
 
     # ------------------------------------------------------------------ search
-    def default_search_params(self) -> tuple[int, int]:
-        """(leaves_to_search, reorder_k) used when search() is not given them.
-
-        The ``leaves_to_search`` and ``reorder_k`` attributes when set, else the values resolved
-        at training time (stored with the index).
-        """
-        p = self._require_trained().params()
-        return self.leaves_to_search or p.default_leaves_to_search, self.reorder_k or p.default_reorder_k
 
     def search(
         self,
@@ -456,73 +381,6 @@ class AVQIndex(_NativeWrapper[_native.Index]):
             )
         )
         return index.search(Q, k, lts, rk, nt)
-
-    # ------------------------------------------------------------------ routed search
-    # Protected: the building blocks of leaf-routed sharding (avq_plugin.distributed), where a
-    # router chooses the leaves once and each shard scans only those it holds.
-    def _probe(self, Q: npt.ArrayLike, leaves_to_search: int, num_threads: int | None = None) -> npt.NDArray[np.int32]:
-        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
-        index = self._require_trained()
-        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
-        lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
-        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
-        return index.probe(A, lts, nt)
-
-    def _search_leaves(
-        self,
-        Q: npt.ArrayLike,
-        k: int,
-        leaves: npt.ArrayLike,
-        reorder_k: int | npt.ArrayLike,
-        num_threads: int | None = None,
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """``search`` restricted to given leaves per query.
-
-        leaves: int (nq, w), each row scanned in its order, -1 entries skipped, no leaf twice;
-        reorder_k: int or int (nq,) per query. A query's candidates and scores are those
-        ``search`` finds in the same leaves, so with leaves = ``_probe(Q, lts)`` and the same
-        reorder_k the result equals ``search(Q, k, lts, reorder_k)``.
-        """
-        index = self._require_trained()
-        k = V.check_k(k)
-        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
-        V.check_result_size(A.shape[0], k)
-        leaf_rows = np.asarray(leaves)
-        if leaf_rows.ndim != 2 or leaf_rows.shape[0] != A.shape[0] or not np.issubdtype(leaf_rows.dtype, np.integer):
-            raise ValueError(f"leaves must be an integer array of shape ({A.shape[0]}, w), got {leaf_rows.shape}")
-        if leaf_rows.size and (leaf_rows.min() < -1 or leaf_rows.max() >= index.num_leaves):
-            raise ValueError(f"leaves must be in [-1, {index.num_leaves}) (-1: none)")
-        leaf_array = np.ascontiguousarray(leaf_rows, dtype=np.int32)
-        rk = np.asarray(reorder_k)
-        if rk.ndim == 0:
-            rk = np.full(A.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
-        elif rk.shape != (A.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
-            raise ValueError(f"reorder_k must be a positive int or {A.shape[0]} positive ints")
-        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
-        return index.search_leaves(A, k, leaf_array, np.ascontiguousarray(rk, np.int64), nt)
-
-    def _leaf_sizes(self) -> npt.NDArray[np.int64]:
-        """Vectors per leaf, int64 (num_leaves,)."""
-        return self._require_trained().leaf_sizes()
-
-    def _contains(self, ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-        """Boolean (n,): which of the ids are indexed."""
-        return self._require_trained().contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
-
-    def _probe_centers(self) -> npt.NDArray[np.float32]:
-        """The centres leaves are chosen by, float32 (num_leaves, d)."""
-        index = self._require_trained()
-        return np.asarray(index.probe_centers(), np.float32).reshape(index.num_leaves, -1)
-
-    def _quantizer_digest(self) -> Any:
-        """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
-        import hashlib
-
-        index = self._require_trained()
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(index.centers(), np.float32).tobytes())
-        h.update(np.ascontiguousarray(index.codebooks(), np.float32).tobytes())
-        return h
 
     def tune(
         self,
@@ -642,95 +500,13 @@ class AVQIndex(_NativeWrapper[_native.Index]):
         return report
 
     def _apply_tune(self, report: TuneReport) -> None:
-        """Make the budget of a :class:`TuneReport` this index's default (kept by save and pickle)."""
-        self.leaves_to_search = int(report.leaves_to_search)
-        if report.reorder_k is not None:
-            self.reorder_k = int(report.reorder_k)
-        self._sync_search_defaults()
+        """Make the budget of a :class:`TuneReport` this index's default (kept by save and pickle).
 
-    # ------------------------------------------------------------------ protected: for IndexAVQ, tuning, sharding
-    # These give the package's other front-ends (avq_plugin.faiss, avq_plugin.tuning, the
-    # distributed index) what they need without touching the native object.
-    def _native_params(self) -> dict[str, Any]:
-        """The native parameter record (``_native.IndexParams``, as stored in the file) as a dict."""
-        p = self._require_index().params()
-        return {name: getattr(p, name) for name in dir(p) if not name.startswith("_")}
-
-    def _quantizer(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(centres (num_leaves, d) float32, codebooks (16 d,) float32) of the trained index."""
-        index = self._require_trained()
-        return index.centers().reshape(index.num_leaves, index.d), index.codebooks()
-
-    def _set_quantizer(self, probe: npt.ArrayLike, residual: npt.ArrayLike, codebooks: npt.ArrayLike) -> None:
-        """Install probe centres, residual centres (L, d) and codebooks (16 d) in an empty index."""
-        self._require_index().set_quantizer(
-            np.ascontiguousarray(probe, np.float32),
-            np.ascontiguousarray(residual, np.float32),
-            np.ascontiguousarray(codebooks, np.float32),
-        )
-
-    def _init_from_quantizer(
-        self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike, *, l2_decoded_norms: bool = False
-    ) -> None:
-        """Start an empty index from given centres (L, d) and codebooks (16 d) instead of training.
-
-        ``anisotropic_threshold`` must be None or a number (new vectors are encoded with it).
-        """
-        T = self.anisotropic_threshold
-        if T == "auto":
-            raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
-        budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]), spill=False)
-        native = self._new_native(
-            d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms, spill=False
-        )
-        native.set_quantizer(
-            np.ascontiguousarray(centres, np.float32),
-            np.ascontiguousarray(centres, np.float32),
-            np.ascontiguousarray(codebooks, np.float32),
-        )
-        self._index = native
-
-    def _get_leaves(self, ids: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Leaf of each id (int64 array); ValueError for an unknown id."""
-        return self._require_trained().get_leaves(V.as_ids(ids, None, unique=False, reject_padding=False))
-
-    def _add_codes(
-        self, codes: npt.ArrayLike, leaves: npt.ArrayLike, ids: npt.ArrayLike, norms2: npt.ArrayLike | None = None
-    ) -> None:
-        """Add pre-computed codes (n, num_blocks) in the given leaves (reorder="none" only)."""
-        self._require_trained().add_codes(
-            np.ascontiguousarray(codes, np.uint8),
-            np.ascontiguousarray(leaves, np.int64),
-            np.ascontiguousarray(ids, np.int64),
-            None if norms2 is None else np.ascontiguousarray(norms2, np.float32),
-        )
-
-    def _search_float_lut(
-        self, Q: npt.NDArray[np.float32], k: int, leaves_to_search: int, num_threads: int
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Codes-only search with float lookup tables (Faiss's scores); Q validated by the caller."""
-        return self._require_trained().search_float_lut(Q, k, leaves_to_search, num_threads)
-
-    def _stored_vectors(
-        self, rows: npt.NDArray[np.integer[Any]]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """(ids, vectors) of the float32 re-ranking store at positions ``rows`` of the id order.
-
-        Position i is the i-th smallest id, so after ``fit(X)`` position i is row i of X. The
-        vectors are those given to ``add`` (normalised under cosine). The native core has no
-        accessor for the store, so they are read from the sections IDS_ and RVEC of the
-        serialised index (container layout: native/src/io.h); this costs one copy of the index.
+        The native record holds it; the constructor attributes keep what the user gave.
         """
         index = self._require_trained()
-        if self.reorder != "float32":
-            raise ValueError(f"an index with reorder={self.reorder!r} keeps no float32 vectors")
-        blob = index.serialize()
-        sections = _container_sections(blob)
-        n, d = self.ntotal, index.d
-        ids = np.frombuffer(blob, np.int64, count=n, offset=sections["IDS_"])
-        vectors = np.frombuffer(blob, np.float32, count=n * d, offset=sections["RVEC"]).reshape(n, d)
-        order = np.argsort(ids, kind="stable")[rows]
-        return ids[order], np.ascontiguousarray(vectors[order])
+        rk = index.params().default_reorder_k if report.reorder_k is None else int(report.reorder_k)
+        index.set_default_search_params(int(report.leaves_to_search), rk)
 
     # ------------------------------------------------------------------ inspection
     def get_codes(self, ids: npt.ArrayLike) -> npt.NDArray[np.uint8]:
@@ -740,127 +516,3 @@ class AVQIndex(_NativeWrapper[_native.Index]):
     def get_ids(self) -> npt.NDArray[np.int64]:
         """All indexed ids (storage order)."""
         return self._require_trained().all_ids()
-
-    # ------------------------------------------------------------------ persistence
-    def _python_state(self) -> dict[str, Any]:
-        return {
-            "anisotropic_threshold": self.anisotropic_threshold,
-            "eta_formula": self.eta_formula,
-            "num_threads": self.num_threads,
-            "verbose": self.verbose,
-            # a callable is not pickled (it may not be picklable); True/False/None are
-            "progress": self.progress if isinstance(self.progress, bool) else None,
-        }
-
-    @classmethod
-    def _from_native(cls, native: _native.Index) -> AVQIndex:
-        p = native.params()
-        if native.is_trained and not (p.default_leaves_to_search and p.default_reorder_k):
-            # A version-1 file: 0 meant "chosen when searching"; complete it with today's rule
-            # (saving the index again writes the concrete values, format version 2).
-            budget = _params.resolve_budget(native.ntotal, p.d, num_leaves=native.num_leaves, spilled=p.spill != "none")
-            native.set_default_search_params(
-                p.default_leaves_to_search or budget.leaves_to_search, p.default_reorder_k or budget.reorder_k
-            )
-            p = native.params()
-        obj = cls.__new__(cls)
-        obj.metric = p.metric
-        obj.num_leaves = p.num_leaves or None
-        obj.dims_per_block = p.dims_per_block
-        obj.eta = p.eta if p.eta > 0 else None
-        # The file holds the threshold used (a number, or NaN for none), not how it was chosen:
-        # a loaded index refitted on other data keeps that T (pickle keeps "auto").
-        obj.anisotropic_threshold = None if math.isnan(p.threshold) else p.threshold
-        obj.eta_formula = "scann" if p.eta_scann else "exact"
-        obj.reorder = p.reorder
-        obj.leaves_to_search = p.default_leaves_to_search
-        obj.reorder_k = p.default_reorder_k
-        obj.spill = None if p.spill == "none" else p.spill
-        obj.soar_lambda = p.soar_lambda
-        obj.training_iterations = p.avq_iterations
-        obj.kmeans_iterations = p.kmeans_iterations
-        obj.training_sample_size = p.training_sample_size or None
-        obj.num_threads = V.resolve_threads(None)
-        obj.seed = p.seed
-        obj.verbose = False
-        obj.progress = None
-        obj._index = native
-        return obj
-
-    def _sync_search_defaults(self) -> None:
-        # The native index stores the default budget in its files; attributes set after
-        # construction (by tune or by hand) reach it here.
-        if self._index is not None and self._index.is_trained:
-            self._index.set_default_search_params(*self.default_search_params())
-
-    def save(self, path: PathLike) -> None:
-        """Write the index to one file, atomically (temporary file + rename)."""
-        index = self._require_index()
-        self._sync_search_defaults()
-        index.save(os.fspath(path))
-
-    @classmethod
-    def load(cls, path: PathLike, mmap: bool = False) -> AVQIndex:
-        """Read an index written by ``save``.
-
-        With ``mmap=True`` the codes and reorder vectors stay in the file (mapped read-only,
-        their checksums are not verified) until the index is modified.
-        Raises ValueError on a truncated, corrupted or newer-format file.
-        """
-        return cls._from_native(_native.Index.load(os.fspath(path), bool(mmap)))
-
-    def to_bytes(self) -> bytes:
-        """The index serialized as bytes (the same format as ``save``)."""
-        index = self._require_index()
-        self._sync_search_defaults()
-        return index.serialize()
-
-    @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> AVQIndex:
-        """Inverse of ``to_bytes``."""
-        return cls._from_native(_native.Index.deserialize(V.as_bytes(data)))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self._python_state()
-        state["index"] = None if self._index is None else self._index.serialize()
-        state["params"] = {
-            k: getattr(self, k)
-            for k in (
-                "metric",
-                "num_leaves",
-                "dims_per_block",
-                "eta",
-                "reorder",
-                "leaves_to_search",
-                "reorder_k",
-                "spill",
-                "soar_lambda",
-                "training_iterations",
-                "kmeans_iterations",
-                "training_sample_size",
-                "seed",
-            )
-        }
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.spill, self.soar_lambda = None, 1.5  # absent from states pickled before SOAR
-        for k, v in state["params"].items():
-            setattr(self, k, v)
-        for k in ("anisotropic_threshold", "eta_formula", "num_threads", "verbose"):
-            setattr(self, k, state[k])
-        self.progress = state.get("progress")  # absent from pickles of earlier versions
-        self._index = None if state["index"] is None else _native.Index.deserialize(state["index"])
-
-
-def _container_sections(blob: bytes) -> dict[str, int]:
-    """{tag: payload offset} of a serialised index (the container of native/src/io.h)."""
-    count = int(np.frombuffer(blob, np.uint32, count=1, offset=20)[0])
-    sections: dict[str, int] = {}
-    off = 64
-    for _ in range(count):
-        tag = bytes(blob[off : off + 4]).decode("ascii")
-        length = int(np.frombuffer(blob, np.uint64, count=1, offset=off + 8)[0])
-        sections[tag] = off + 64
-        off += 64 + (length + 63) // 64 * 64
-    return sections

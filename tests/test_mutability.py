@@ -321,3 +321,45 @@ def test_many_small_adds_and_removes_keep_rows_consistent(reorder):
         tol = 1e-4 if reorder == "float32" else 0.05 * np.abs(exact).max()
         assert np.allclose(D[:, 0], exact, atol=tol)
         assert set(I.ravel().tolist()) <= set(present)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_stored_float32_vectors_follow_add_and_remove(data, metric, tmp_path):
+    """The native accessor of the re-ranking store (what tune() without X reads): by id or all in
+    id order, the vectors given to add (normalised under cosine), through mutations and mmap."""
+    X, extra, _ = data
+    index = make("avq", metric).fit(X, ids=np.arange(len(X)) * 3 + 100)
+    index.add(extra[:20], ids=np.arange(20) + 1)  # smaller ids than the first batch
+    index.remove(np.array([100, 103, 5]))
+    kept = {i * 3 + 100: X[i] for i in range(len(X)) if i * 3 + 100 not in (100, 103)}
+    kept.update({i + 1: extra[i] for i in range(20) if i + 1 != 5})
+    want_ids = np.array(sorted(kept), np.int64)
+    want = np.stack([kept[i] for i in want_ids]).astype(np.float32)
+    if metric == "cosine":
+        want = want / np.linalg.norm(want.astype(np.float64), axis=1, keepdims=True).astype(np.float32)
+    index.save(tmp_path / "a.avq")
+    for copy_ in (index, avq_plugin.AVQIndex.load(tmp_path / "a.avq", mmap=True)):
+        native = copy_._require_trained()
+        ids, vectors = native.all_vectors()
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(vectors, want, rtol=1e-6, atol=1e-7)
+        some = want_ids[[5, 0, 5, len(want_ids) - 1]]
+        np.testing.assert_array_equal(native.get_vectors(some), vectors[[5, 0, 5, len(want_ids) - 1]])
+        got_ids, got = copy_._stored_vectors(np.array([0, 3]))
+        np.testing.assert_array_equal(got_ids, want_ids[[0, 3]])
+        np.testing.assert_array_equal(got, vectors[[0, 3]])
+        with pytest.raises(ValueError, match="unknown id 100"):
+            native.get_vectors(np.array([8, 100], np.int64))
+        with pytest.raises(ValueError, match="the index holds"):  # the copy is bounded by the store
+            native.get_vectors(np.zeros(len(want_ids) + 1, np.int64))
+        with pytest.raises(TypeError):
+            native.get_vectors(np.array([8], np.int32))
+    empty = make("avq", metric).train(X)._require_trained()
+    ids, vectors = empty.all_vectors()
+    assert ids.shape == (0,) and vectors.shape == (0, X.shape[1]) and vectors.dtype == np.float32
+    for mode in ("int8", "none"):
+        other = make("avq", metric, reorder=mode).fit(X)._require_trained()
+        with pytest.raises(ValueError, match=f"reorder='{mode}' keeps no float32 vectors"):
+            other.all_vectors()
+        with pytest.raises(ValueError, match="keeps no float32 vectors"):
+            other.get_vectors(np.array([0], np.int64))

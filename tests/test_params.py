@@ -269,3 +269,71 @@ def test_version_1_faiss_file_keeps_nprobe_and_l2_norms(tmp_path):
     back = read_index(tmp_path / "v2.avq")
     assert (back.nlist, back.nprobe) == (10, 3)
     np.testing.assert_array_equal(back.search(expected["queries"], 10)[1], I)
+
+
+# --------------------------------------------------------------------- fitting keeps the parameters
+def test_training_keeps_the_constructor_parameters_and_a_refit_re_resolves(glove):
+    """scikit-learn's convention: fit resolves "auto" / None into the fitted state (the native
+    record: anisotropic_threshold_, num_leaves_, default_search_params()), never into the
+    parameters, so a refit on data of another size resolves them again."""
+    X = glove
+    index = avq_plugin.AVQIndex(metric="dot", training_iterations=0, kmeans_iterations=2, seed=0)
+    names = ("anisotropic_threshold", "num_leaves", "dims_per_block", "spill", "leaves_to_search", "reorder_k")
+    params = {k: getattr(index, k) for k in names}
+    assert params == dict(zip(names, ("auto", None, None, "auto", None, None)))
+    for n, scale in ((6000, 1.0), (400, 3.0)):
+        Xn = X[:n] * scale
+        index.fit(Xn)
+        assert {k: getattr(index, k) for k in params} == params
+        budget = _params.resolve_budget(n, X.shape[1])
+        assert (index.num_leaves_, *index.default_search_params()) == budget
+        mean_norm = float(np.mean(np.linalg.norm(Xn.astype(np.float64), axis=1)))
+        assert index.anisotropic_threshold_ == pytest.approx(0.2 * mean_norm, rel=1e-5)
+        assert index.train_stats_["threshold"] == pytest.approx(index.anisotropic_threshold_)
+        # Searching without a budget uses the stored, resolved one.
+        Q = Xn[:20]
+        np.testing.assert_array_equal(
+            index.search(Q, k=10)[1], index.search(Q, k=10, leaves_to_search=budget[1], reorder_k=budget[2])[1]
+        )
+    # tune and an assigned number change the stored budget, not the parameters given.
+    assert avq_plugin.AVQIndex(metric="l2", num_leaves=8).fit(X[:500]).anisotropic_threshold_ is None
+    index.leaves_to_search = 3
+    assert index.default_search_params() == (3, budget[2])
+    index.leaves_to_search = None  # None: the stored budget stays
+    assert index.default_search_params() == (3, budget[2])
+
+
+def test_get_params_are_what_the_user_passed_and_clone_works(glove):
+    sklearn_base = pytest.importorskip("sklearn.base")
+    X = glove[:2000]
+    nn = avq_plugin.AVQNearestNeighbors(
+        n_neighbors=5, metric="cosine", algorithm="avq", anisotropic_threshold="auto", random_state=0
+    )
+    before = nn.get_params()
+    nn.fit(X)
+    assert nn.get_params() == before
+    assert nn.index_.anisotropic_threshold == "auto" and nn.index_.leaves_to_search is None
+    twin = sklearn_base.clone(nn)  # clone checks that the constructor kept every parameter as given
+    assert twin.get_params() == before
+    np.testing.assert_array_equal(twin.fit(X).kneighbors(X[:10])[1], nn.kneighbors(X[:10])[1])
+    # AVQIndex too: an index refitted keeps its parameters.
+    index = avq_plugin.AVQIndex(metric="cosine", leaves_to_search=None, reorder_k=50, seed=0)
+    index.fit(X).fit(X[:300])
+    assert (index.anisotropic_threshold, index.leaves_to_search, index.reorder_k) == ("auto", None, 50)
+    assert index.default_search_params() == (_params.resolve_budget(300, X.shape[1])[1], 50)
+
+
+@pytest.mark.parametrize("name", V1_CASES)
+def test_version_1_file_searches_with_its_stored_budget(name):
+    """A loaded index has no parameters given (None): search without a budget uses the file's."""
+    expected = np.load(V1 / "expected.npz")
+    Q = expected["queries"]
+    index = avq_plugin.AVQIndex.load(V1 / f"{name}.avq")
+    assert (index.leaves_to_search, index.reorder_k) == (None, None)
+    lts, rk = index.default_search_params()
+    np.testing.assert_array_equal(
+        index.search(Q, k=10)[1], index.search(Q, k=10, leaves_to_search=lts, reorder_k=rk)[1]
+    )
+    v2 = avq_plugin.AVQIndex.from_bytes(index.to_bytes())
+    assert v2.default_search_params() == (lts, rk)
+    np.testing.assert_array_equal(v2.search(Q, k=10)[1], index.search(Q, k=10)[1])

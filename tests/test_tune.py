@@ -41,8 +41,8 @@ def test_held_out_tuning_reaches_target_on_fresh_queries(glove, built, target):
     assert report.source == "held-out" and report.num_queries == 1000 and report.k == 10
     assert report.reached and report.recall >= report.goal > target
     assert report.qps > 0 and math.isfinite(report.qps)
-    # The defaults are now the tuned budget ...
-    assert (index.leaves_to_search, index.reorder_k) == (report.leaves_to_search, report.reorder_k)
+    # The defaults are now the tuned budget (stored in the index; the parameters keep what was given) ...
+    assert (index.leaves_to_search, index.reorder_k) == (built.leaves_to_search, built.reorder_k)
     assert index.default_search_params() == (report.leaves_to_search, report.reorder_k)
     D, I = index.search(Q, k=10)
     D2, I2 = index.search(Q, k=10, leaves_to_search=report.leaves_to_search, reorder_k=report.reorder_k)
@@ -136,7 +136,8 @@ def test_unreachable_target_warns_and_uses_largest_budget(glove):
         report = index.tune(1.0, X=X, num_queries=200)
     assert not report.reached and report.recall < 1.0
     assert report.leaves_to_search == index.num_leaves_ and report.reorder_k is None
-    assert index.leaves_to_search == index.num_leaves_
+    assert index.default_search_params()[0] == index.num_leaves_
+    assert index.leaves_to_search is None  # the stored budget changed, not the parameter
 
 
 def test_time_budget_exhausted(glove, built):
@@ -184,7 +185,7 @@ def test_bad_data_arguments(glove, built):
         index.tune(0.9, X=X, ground_truth=gt)
     with pytest.raises(ValueError, match="not trained"):
         avq_plugin.AVQIndex(metric="cosine").tune(0.9, X=X)
-    assert (index.leaves_to_search, index.reorder_k) == (built.leaves_to_search, built.reorder_k)
+    assert index.default_search_params() == built.default_search_params()
 
 
 def test_held_out_tuning_without_X_uses_the_stored_vectors(glove, built):
@@ -206,7 +207,7 @@ def test_tuning_function_returns_a_report_without_changing_the_index(glove, buil
 
     X, _, _ = glove
     index = fresh(built)
-    before = (index.leaves_to_search, index.reorder_k)
+    before = index.default_search_params()
     report = tuning.tune(index, 0.9, k=10, X=X, num_queries=200, reorder_k=40)
     assert isinstance(report, TuneReport) and report.recall >= 0.9
-    assert (index.leaves_to_search, index.reorder_k) == before
+    assert index.default_search_params() == before

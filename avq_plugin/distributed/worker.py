@@ -22,7 +22,7 @@ from dask.sizeof import sizeof as _dask_sizeof
 from numpy.typing import ArrayLike, NDArray
 
 from ..index import AVQIndex
-from .manifest import _PARAM_NAMES, _QUANTIZER_FILE, _atomic_write_bytes, _check_file, _file_sha256
+from .manifest import _QUANTIZER_FILE, _atomic_write_bytes, _check_file, _file_sha256
 from .merge import merge_rows
 
 Array = NDArray[Any]
@@ -48,7 +48,9 @@ def _quantizer_fingerprint(index: AVQIndex) -> str:
 
 
 def _index_params(index: AVQIndex) -> dict[str, Any]:
-    return {name: getattr(index, name) for name in _PARAM_NAMES}
+    # The resolved parameters of the native record (what the shard files store), not the
+    # constructor attributes, which keep "auto" / None after training and differ from a loaded copy's.
+    return index._native_params()
 
 
 def train_template(params: dict[str, Any], num_threads: int, *parts: Array) -> Template:

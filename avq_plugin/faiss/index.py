@@ -553,7 +553,6 @@ class IndexAVQ:
         """Make nprobe and reorder_k the wrapped AVQIndex's default budget (kept in its files)."""
         self._avq.leaves_to_search = self._nprobe
         self._avq.reorder_k = self._reorder_k
-        self._avq._sync_search_defaults()
 
     @classmethod
     def _from_avq(cls, avq: AVQIndex) -> IndexAVQ:

@@ -235,6 +235,15 @@ py::tuple make_result(size_t nq, size_t k, const std::function<void(float*, int6
   return py::make_tuple(D, I);
 }
 
+// A NumPy array that owns v's buffer (no copy).
+template <class T>
+py::array_t<T> adopt(std::vector<T>&& v, std::vector<size_t> shape) {
+  auto owned = std::make_unique<std::vector<T>>(std::move(v));
+  py::capsule owner(owned.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  const T* data = owned.release()->data();
+  return py::array_t<T>(shape, data, owner);
+}
+
 py::bytes to_bytes(const std::string& s) {
   return py::bytes(s.data(), s.size());
 }
@@ -483,6 +492,33 @@ PYBIND11_MODULE(_native, m) {
             return out;
           },
           py::arg("ids").noconvert())
+      .def(
+          "get_vectors",
+          [](const Index& self, IArray ids) {
+            if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+            size_t n = static_cast<size_t>(ids.shape(0));
+            // Bounded before allocating: at most one row per stored vector (re-checked under the lock).
+            const size_t ntotal = nogil([&] { return self.ntotal(); });
+            if (n > ntotal)
+              throw py::value_error("asked for " + std::to_string(n) + " vectors, the index holds " +
+                                    std::to_string(ntotal));
+            py::array_t<float> out({n, size_t(self.d())});
+            const int64_t* ip = ids.data();
+            float* op = out.mutable_data();
+            nogil([&] { self.get_vectors(ip, n, op); });
+            return out;
+          },
+          py::arg("ids").noconvert(), "The float32 re-ranking vectors of the given ids (n, d).")
+      .def(
+          "all_vectors",
+          [](const Index& self) {
+            std::vector<int64_t> ids;
+            std::vector<float> vecs;
+            nogil([&] { self.all_vectors(ids, vecs); });
+            const size_t n = ids.size(), d = self.d();
+            return py::make_tuple(adopt(std::move(ids), {n}), adopt(std::move(vecs), {n, d}));
+          },
+          "(ids, vectors (ntotal, d)): every float32 re-ranking vector, in increasing id order.")
       .def(
           "contains",
           [](const Index& self, IArray ids) {

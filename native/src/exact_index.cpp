@@ -7,6 +7,8 @@
 #include <mutex>
 #include <numeric>
 
+#include "checks.h"
+#include "ids.h"
 #include "io.h"
 #include "kernels/kernels.h"
 

@@ -2,11 +2,8 @@
 // exact reordering. See docs/parameters.md for the parameter glossary.
 #pragma once
 
-#include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <shared_mutex>
@@ -25,60 +22,11 @@ namespace kernels {
 struct KernelTable;
 }
 
-// Advises the kernel to back [p, p + bytes) with transparent huge pages (no-op elsewhere).
-void advise_huge_pages(void* p, size_t bytes);
-
-// Grows v to n elements; a new buffer is reserved with room to grow and advised to use huge
-// pages before it is touched.
-template <class T>
-void grow_huge(std::vector<T>& v, size_t n) {
-  if (n > v.capacity()) {
-    std::vector<T> bigger;
-    bigger.reserve(std::max(n, v.capacity() + v.capacity() / 2));
-    advise_huge_pages(bigger.data(), bigger.capacity() * sizeof(T));
-    bigger.assign(v.begin(), v.end());
-    v.swap(bigger);
-  }
-  v.resize(n);
-}
-
-template <class T>
-void reserve_huge(std::vector<T>& v, size_t n) {
-  std::vector<T>().swap(v);
-  v.reserve(n);
-  advise_huge_pages(v.data(), n * sizeof(T));
-}
-
 enum class Metric : uint32_t { kDot = 0, kCosine = 1, kL2 = 2 };
 enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
 
 const char* metric_name(Metric m);
 const char* reorder_name(ReorderMode r);
-
-// The accepted values of vectors (data, queries, stored vectors), one rule for every index type
-// and every path: finite; under dot and l2 every |value| <= limits::kMaxAbsValue; under cosine
-// nonzero. Throws InvalidArgument naming `what` and the row ("<what> <row> ...").
-void check_vectors(const float* x, size_t n, size_t d, Metric metric, const char* what);
-// Training data of an AVQ index under dot and l2: its largest norm is 0 or >= limits::kMinDataNorm.
-void check_data_scale(const float* x, size_t n, size_t d, Metric metric);
-
-// Ids: -1 is the padding of search results and INT64_MIN is reserved with it (Faiss's
-// convention of negative sentinels); neither may be added nor read from a file.
-inline bool is_reserved_id(int64_t id) {
-  return id == -1 || id == std::numeric_limits<int64_t>::min();
-}
-// The ids of n vectors about to be added to an index whose next automatic id is next_id:
-// the given ones (checked: none reserved, no duplicates among them; `present` tells whether an
-// id is already in the index) or next_id onwards (throws when the id space is exhausted).
-std::vector<int64_t> new_ids_for_add(const int64_t* ids, size_t n, int64_t next_id,
-                                     const std::function<bool(int64_t)>& present);
-// The next automatic id after `id` was added.
-inline int64_t next_id_after(int64_t next_id, int64_t id) {
-  return std::max(next_id, id == std::numeric_limits<int64_t>::max() ? id : id + 1);
-}
-// Ids read from a file: none reserved, no duplicates, all below next_id (unless next_id is the
-// largest id), next_id >= 0. Throws InvalidArgument("corrupted index file: ...").
-void check_stored_ids(const int64_t* ids, size_t n, int64_t next_id);
 
 // Every parameter of an index, concrete: the Python layer resolves the defaults
 // (avq_plugin/_params.py) before it builds one, and the file stores these values.
@@ -121,6 +69,10 @@ struct TrainStats {
 
 class Mapping;  // a read-only memory-mapped file (io.h)
 
+// Implemented by job: index.cpp (construction, accessors, add/remove/reset), train.cpp,
+// search.cpp, reorder_store.cpp (the re-ranking vectors), ids.cpp (the id map and lookups by id),
+// faiss_import.cpp (set_quantizer, add_codes, float-LUT search), io.cpp (files), soar.cpp.
+//
 // Thread safety: search() and every const accessor take the shared lock (accessors return
 // copies), train/add/remove/reset/set_* take the exclusive lock; many threads may search at
 // once. Exceptions, immutable after construction and so lock-free: d(), num_blocks(),
@@ -195,6 +147,13 @@ class Index {
   void get_spill_leaves(const int64_t* ids, size_t n, int64_t* out) const;
   // All ids in storage order (leaf by leaf).
   std::vector<int64_t> all_ids() const;
+  // The float32 re-ranking vectors (reorder == float32, else InvalidArgument): the vectors given
+  // to add (normalised under cosine). get_vectors: those of the given ids, layout (n, d); n is at
+  // most ntotal, so the copy is bounded by the store (InvalidArgument otherwise, or on an unknown
+  // id). all_vectors: every stored vector in increasing id order, ids (ntotal) and vectors
+  // (ntotal, d), read under one shared lock. O(n d) and O(ntotal (d + log ntotal)).
+  void get_vectors(const int64_t* ids, size_t n, float* out) const;
+  void all_vectors(std::vector<int64_t>& ids, std::vector<float>& out) const;
 
   IndexParams params() const;
   uint32_t d() const { return p_.d; }  // immutable
@@ -276,6 +235,9 @@ class Index {
   void compact_arena();
   void clear_arena();
   void sync_store_views();
+  void reserve_rows(const std::vector<size_t>& more);  // room for more[l] new rows of leaf l
+  void store_row(size_t row, const float* v);          // v: a prepared vector
+  void copy_row(size_t from, size_t to);
   int64_t next_id_ = 0;
   size_t ntotal_ = 0;
   std::shared_ptr<Mapping> mapping_;

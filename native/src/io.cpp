@@ -13,6 +13,9 @@
 #include <cmath>
 #include <cstdio>
 
+#include "checks.h"
+#include "huge_pages.h"
+#include "ids.h"
 #include "index.h"
 
 namespace avq {

@@ -10,25 +10,13 @@
 #include <string>
 #include <unordered_map>
 
+#include "codes.h"
 #include "index.h"
 #include "io.h"
 
 namespace avq {
 
 namespace {
-
-inline void put_nibble(uint8_t* group, size_t m, size_t j, uint8_t code) {
-  uint8_t& b = group[m * 16 + (j & 15)];
-  if (j < 16)
-    b = static_cast<uint8_t>((b & 0xF0) | code);
-  else
-    b = static_cast<uint8_t>((b & 0x0F) | (code << 4));
-}
-
-inline uint8_t take_nibble(const uint8_t* group, size_t m, size_t j) {
-  uint8_t b = group[m * 16 + (j & 15)];
-  return j < 16 ? (b & 0x0F) : (b >> 4);
-}
 
 constexpr uint32_t kSoarSectionVersion = 1;
 
@@ -114,13 +102,13 @@ bool SpillStore::remove(int64_t id, size_t gb, size_t M) {
   uint8_t* gl = l.codes.data() + (last / 32) * gb;
   if (pos != last) {
     uint8_t* gp = l.codes.data() + (pos / 32) * gb;
-    for (size_t m = 0; m < M; ++m) put_nibble(gp, m, pos % 32, take_nibble(gl, m, last % 32));
+    for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
     l.ids[pos] = l.ids[last];
     l.ref[pos] = l.ref[last];
     if (!l.bias.empty()) l.bias[pos] = l.bias[last];
     map[l.ids[pos]] = (uint64_t(li) << 32) | pos;
   }
-  for (size_t m = 0; m < M; ++m) put_nibble(gl, m, last % 32, 0);
+  for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
   l.ids.pop_back();
   l.ref.pop_back();
   if (!l.bias.empty()) l.bias.pop_back();
@@ -252,7 +240,7 @@ void Index::spill_commit(const float* x, size_t n, const std::vector<uint32_t>& 
     const size_t pos = sl.n;
     if (pos % 32 == 0) sl.codes.resize(sl.codes.size() + gb, 0);
     uint8_t* group = sl.codes.data() + (pos / 32) * gb;
-    for (size_t m = 0; m < M; ++m) put_nibble(group, m, pos % 32, spill_codes[i * M + m]);
+    for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, spill_codes[i * M + m]);
     sl.ids.push_back(new_ids[i]);
     sl.ref.push_back((uint64_t(pl) << 32) | ppos);
     if (l2) {

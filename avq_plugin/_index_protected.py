@@ -1,0 +1,159 @@
+"""The protected methods of :class:`avq_plugin.AVQIndex` that the package's other front-ends use
+(a private part of the index): leaf-routed search for the sharded index (avq_plugin.distributed),
+quantizer and code import / export for the Faiss adapter (avq_plugin.faiss), and the stored
+vectors for tuning (avq_plugin.tuning). They give those front-ends what they need without
+touching the native object.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _validation as V
+from ._index_base import _IndexBase
+
+
+class _IndexProtected(_IndexBase):
+    """Routed search, quantizer import/export and stored vectors of an AVQIndex."""
+
+    # ------------------------------------------------------------------ routed search
+    # The building blocks of leaf-routed sharding, where a router chooses the leaves once and
+    # each shard scans only those it holds.
+    def _probe(self, Q: npt.ArrayLike, leaves_to_search: int, num_threads: int | None = None) -> npt.NDArray[np.int32]:
+        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
+        index = self._require_trained()
+        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return index.probe(A, lts, nt)
+
+    def _search_leaves(
+        self,
+        Q: npt.ArrayLike,
+        k: int,
+        leaves: npt.ArrayLike,
+        reorder_k: int | npt.ArrayLike,
+        num_threads: int | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """``search`` restricted to given leaves per query.
+
+        leaves: int (nq, w), each row scanned in its order, -1 entries skipped, no leaf twice;
+        reorder_k: int or int (nq,) per query. A query's candidates and scores are those
+        ``search`` finds in the same leaves, so with leaves = ``_probe(Q, lts)`` and the same
+        reorder_k the result equals ``search(Q, k, lts, reorder_k)``.
+        """
+        index = self._require_trained()
+        k = V.check_k(k)
+        A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
+        V.check_result_size(A.shape[0], k)
+        leaf_rows = np.asarray(leaves)
+        if leaf_rows.ndim != 2 or leaf_rows.shape[0] != A.shape[0] or not np.issubdtype(leaf_rows.dtype, np.integer):
+            raise ValueError(f"leaves must be an integer array of shape ({A.shape[0]}, w), got {leaf_rows.shape}")
+        if leaf_rows.size and (leaf_rows.min() < -1 or leaf_rows.max() >= index.num_leaves):
+            raise ValueError(f"leaves must be in [-1, {index.num_leaves}) (-1: none)")
+        leaf_array = np.ascontiguousarray(leaf_rows, dtype=np.int32)
+        rk = np.asarray(reorder_k)
+        if rk.ndim == 0:
+            rk = np.full(A.shape[0], V.check_int("reorder_k", int(rk), minimum=1), np.int64)
+        elif rk.shape != (A.shape[0],) or not np.issubdtype(rk.dtype, np.integer) or (rk.size and rk.min() < 1):
+            raise ValueError(f"reorder_k must be a positive int or {A.shape[0]} positive ints")
+        nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        return index.search_leaves(A, k, leaf_array, np.ascontiguousarray(rk, np.int64), nt)
+
+    def _leaf_sizes(self) -> npt.NDArray[np.int64]:
+        """Vectors per leaf, int64 (num_leaves,)."""
+        return self._require_trained().leaf_sizes()
+
+    def _contains(self, ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Boolean (n,): which of the ids are indexed."""
+        return self._require_trained().contains(V.as_ids(ids, None, unique=False, reject_padding=False)).astype(bool)
+
+    def _probe_centers(self) -> npt.NDArray[np.float32]:
+        """The centres leaves are chosen by, float32 (num_leaves, d)."""
+        index = self._require_trained()
+        return np.asarray(index.probe_centers(), np.float32).reshape(index.num_leaves, -1)
+
+    def _quantizer_digest(self) -> Any:
+        """A sha256 object fed with the centres and codebooks (what makes codes and scores comparable)."""
+        import hashlib
+
+        index = self._require_trained()
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(index.centers(), np.float32).tobytes())
+        h.update(np.ascontiguousarray(index.codebooks(), np.float32).tobytes())
+        return h
+
+    # ------------------------------------------------------------------ Faiss adapter and tuning
+    def _quantizer(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(centres (num_leaves, d) float32, codebooks (16 d,) float32) of the trained index."""
+        index = self._require_trained()
+        return index.centers().reshape(index.num_leaves, index.d), index.codebooks()
+
+    def _set_quantizer(self, probe: npt.ArrayLike, residual: npt.ArrayLike, codebooks: npt.ArrayLike) -> None:
+        """Install probe centres, residual centres (L, d) and codebooks (16 d) in an empty index."""
+        self._require_index().set_quantizer(
+            np.ascontiguousarray(probe, np.float32),
+            np.ascontiguousarray(residual, np.float32),
+            np.ascontiguousarray(codebooks, np.float32),
+        )
+
+    def _init_from_quantizer(
+        self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike, *, l2_decoded_norms: bool = False
+    ) -> None:
+        """Start an empty index from given centres (L, d) and codebooks (16 d) instead of training.
+
+        ``anisotropic_threshold`` must be None or a number (new vectors are encoded with it).
+        """
+        T = self.anisotropic_threshold
+        if T == "auto":
+            raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
+        budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]), spill=False)
+        native = self._new_native(
+            d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms, spill=False
+        )
+        native.set_quantizer(
+            np.ascontiguousarray(centres, np.float32),
+            np.ascontiguousarray(centres, np.float32),
+            np.ascontiguousarray(codebooks, np.float32),
+        )
+        self._index = native
+
+    def _get_leaves(self, ids: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Leaf of each id (int64 array); ValueError for an unknown id."""
+        return self._require_trained().get_leaves(V.as_ids(ids, None, unique=False, reject_padding=False))
+
+    def _add_codes(
+        self, codes: npt.ArrayLike, leaves: npt.ArrayLike, ids: npt.ArrayLike, norms2: npt.ArrayLike | None = None
+    ) -> None:
+        """Add pre-computed codes (n, num_blocks) in the given leaves (reorder="none" only)."""
+        self._require_trained().add_codes(
+            np.ascontiguousarray(codes, np.uint8),
+            np.ascontiguousarray(leaves, np.int64),
+            np.ascontiguousarray(ids, np.int64),
+            None if norms2 is None else np.ascontiguousarray(norms2, np.float32),
+        )
+
+    def _search_float_lut(
+        self, Q: npt.NDArray[np.float32], k: int, leaves_to_search: int, num_threads: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Codes-only search with float lookup tables (Faiss's scores); Q validated by the caller."""
+        return self._require_trained().search_float_lut(Q, k, leaves_to_search, num_threads)
+
+    def _stored_vectors(
+        self, rows: npt.NDArray[np.integer[Any]]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(ids, vectors) of the float32 re-ranking store at positions ``rows`` of the id order.
+
+        Position i is the i-th smallest id, so after ``fit(X)`` position i is row i of X. The
+        vectors are those given to ``add`` (normalised under cosine), copied by the native core
+        (only the rows asked for).
+        """
+        index = self._require_trained()
+        if self.reorder != "float32":
+            raise ValueError(f"an index with reorder={self.reorder!r} keeps no float32 vectors")
+        ids = np.sort(index.all_ids())[rows]
+        return ids, index.get_vectors(ids)

@@ -1,0 +1,37 @@
+// Per-thread scratch of a search (search.cpp, faiss_import.cpp): not part of the interface.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "index.h"
+#include "top_k.h"
+
+namespace avq {
+
+struct Index::Scratch {
+  std::vector<float> q, leaf_scores, lut, exact, w;
+  float q_unscale = 1.f;  // dot: the prepared query is q / q_unscale (a power of two)
+  std::vector<uint32_t> idx;
+  std::vector<std::pair<float, uint32_t>> leaf_sel;
+  std::vector<uint64_t> keys, keys_tmp, keys_aux;
+  std::vector<uint8_t> lut8;
+  std::vector<uint16_t> acc;
+  std::vector<float> sc;
+  std::vector<const float*> rows;
+  std::vector<const int8_t*> rows8;
+  std::vector<uint64_t> seen;  // SOAR: de-duplication hash set of primary references
+  topk::TopN topn;
+  const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
+  size_t given_n = 0;
+  size_t footprint() const {
+    return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity()) *
+               sizeof(float) +
+           idx.capacity() * sizeof(uint32_t) + leaf_sel.capacity() * sizeof(leaf_sel[0]) +
+           (keys.capacity() + keys_tmp.capacity() + keys_aux.capacity()) * sizeof(uint64_t) + lut8.capacity() +
+           acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
+  }
+};
+
+}  // namespace avq

@@ -1,0 +1,72 @@
+#include "top_k.h"
+
+#include "kernels/kernels.h"
+
+namespace avq {
+namespace topk {
+
+float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch) {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t stride = n + 16;
+  if (scratch.size() < 3 * stride) scratch.resize(3 * stride);
+  float* buf[3] = {scratch.data(), scratch.data() + stride, scratch.data() + 2 * stride};
+  const float* a = src;
+  int cur = -1;  // which buffer holds a (-1: src)
+  while (n > 24) {
+    float x = a[0], y = a[n / 2], z = a[n - 1];
+    float pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    const int o1 = cur == 0 ? 1 : 0, o2 = cur == 2 ? 1 : 2;
+    size_t g = 0, l = 0;
+    kt.partition_f32(a, n, pivot, buf[o1], buf[o2], &g, &l);
+    if (k < g) {
+      a = buf[o1];
+      cur = o1;
+      n = g;
+      continue;
+    }
+    if (k < n - l) return pivot;  // k falls among the values equal to the pivot
+    k -= n - l;
+    a = buf[o2];
+    cur = o2;
+    n = l;
+  }
+  float tail[24];
+  std::copy(a, a + n, tail);
+  std::sort(tail, tail + n, std::greater<float>());
+  return tail[k];
+}
+
+std::vector<Cand>& TopN::finish(bool sorted) {
+  if (n_ > cap_) shrink();
+  out_.resize(n_);
+  for (size_t i = 0; i < n_; ++i)
+    out_[i] = {scores_[i], static_cast<uint32_t>(refs_[i] >> 32), static_cast<uint32_t>(refs_[i])};
+  if (sorted) std::sort(out_.begin(), out_.end(), better);
+  return out_;
+}
+
+void TopN::shrink() {
+  // The cap-th best score, then an order-keeping compaction: everything above the cut, then
+  // ties with it (earliest first) up to cap.
+  const float cut = kth_largest_f32(scores_.data(), n_, cap_ - 1, sel_);
+  size_t above = 0;
+  for (size_t i = 0; i < n_; ++i) above += scores_[i] > cut;
+  // Ties with the cut are kept up to (not including) position tie_end: find it first, so that
+  // the compaction below has no loop-carried dependency but its write cursor.
+  size_t need = cap_ - above, tie_end = 0;
+  for (size_t i = 0; i < n_ && need > 0; ++i)
+    if (scores_[i] == cut && --need == 0) tie_end = i + 1;
+  size_t w = 0;
+  for (size_t i = 0; i < n_; ++i) {
+    const float v = scores_[i];
+    const bool keep = (v > cut) | ((v == cut) & (i < tie_end));
+    scores_[w] = v;
+    refs_[w] = refs_[i];
+    w += keep;
+  }
+  n_ = w;
+  thr_ = cut;
+}
+
+}  // namespace topk
+}  // namespace avq

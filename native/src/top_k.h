@@ -1,0 +1,121 @@
+// Top-k selection for search: the candidate record and its order, k-th largest selection, and
+// the top-N buffer of approximate scores (search.cpp, faiss_import.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <vector>
+
+namespace avq {
+namespace topk {
+
+// A candidate: its score and where it is stored (leaf, position in the leaf).
+struct Cand {
+  float score;
+  uint32_t leaf, pos;
+};
+
+// The order of results: higher score first; ties: lower leaf, then lower position.
+inline bool better(const Cand& a, const Cand& b) {
+  if (a.score != b.score) return a.score > b.score;
+  if (a.leaf != b.leaf) return a.leaf < b.leaf;
+  return a.pos < b.pos;
+}
+
+// The (k+1)-th largest of src[0..n) (k < n), src unchanged: quickselect whose order-keeping
+// three-way partitions are the SIMD kernel partition_f32. scratch: 3 (n + 16) floats.
+float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch);
+
+// The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
+template <class T>
+T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
+  aux.resize(v.size());
+  T* a = v.data();
+  T* b = aux.data();
+  size_t n = v.size();
+  while (n > 24) {
+    T x = a[0], y = a[n / 2], z = a[n - 1];
+    T pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    size_t gt = 0, eq = 0;
+    for (size_t i = 0; i < n; ++i) {  // values > pivot to the front of b
+      b[gt] = a[i];
+      gt += a[i] > pivot;
+    }
+    if (k < gt) {
+      std::swap(a, b);
+      n = gt;
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) eq += a[i] == pivot;
+    if (k < gt + eq) return pivot;
+    size_t lt = 0;
+    for (size_t i = 0; i < n; ++i) {  // values < pivot
+      b[lt] = a[i];
+      lt += a[i] < pivot;
+    }
+    k -= gt + eq;
+    std::swap(a, b);
+    n = lt;
+  }
+  std::sort(a, a + n, std::greater<T>());
+  return a[k];
+}
+
+constexpr size_t kTopNSlack = 256;  // top-N buffer room above cap before a cut
+
+// Keeps the `cap` best approximate scores of a query. Survivors of each leaf's SIMD threshold
+// test are appended in bulk to a structure-of-arrays buffer; when it reaches cap + slack, it is
+// cut back to the cap best (a branch-free selection) and the threshold rises to the cut (the
+// scheme of ScaNN's FastTopNeighbors: amortised O(1) per candidate).
+class TopN {
+ public:
+  void reset(size_t cap) {
+    cap_ = cap;
+    n_ = 0;
+    limit_ = cap + std::max<size_t>(cap, kTopNSlack);
+    thr_ = -std::numeric_limits<float>::infinity();
+  }
+  float threshold() const { return thr_; }
+  // Appends the candidates (sc[c], position idx[c] in `leaf`) whose score beats the threshold.
+  void append(const float* sc, const uint32_t* idx, size_t cnt, uint32_t leaf) {
+    if (n_ + cnt > scores_.size()) {
+      scores_.resize(n_ + cnt + limit_);
+      refs_.resize(n_ + cnt + limit_);
+    }
+    float* s = scores_.data() + n_;
+    uint64_t* r = refs_.data() + n_;
+    const uint64_t hi = uint64_t(leaf) << 32;
+    const float thr = thr_;
+    size_t w = 0;
+    for (size_t c = 0; c < cnt; ++c) {
+      s[w] = sc[c];
+      r[w] = hi | idx[c];
+      w += sc[c] > thr;
+    }
+    n_ += w;
+    if (n_ >= limit_) shrink();
+  }
+  size_t footprint() const {
+    return scores_.capacity() * sizeof(float) + refs_.capacity() * sizeof(uint64_t) + out_.capacity() * sizeof(Cand) +
+           sel_.capacity() * sizeof(float);
+  }
+  // At most cap entries; sorted best first when `sorted`.
+  std::vector<Cand>& finish(bool sorted);
+
+ private:
+  // Cuts the buffer back to the cap best; the threshold rises to the cut.
+  void shrink();
+
+  size_t cap_ = 1, limit_ = 2, n_ = 0;
+  std::vector<float> scores_;
+  std::vector<uint64_t> refs_;  // (leaf << 32) | position
+  std::vector<Cand> out_;
+  std::vector<float> sel_;
+  float thr_ = 0;
+};
+
+}  // namespace topk
+}  // namespace avq
