@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from . import _native
+from ._validation import native_training_sample_rows
 
 __all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "training_sample_rows", "DEFAULT_K"]
 
@@ -139,4 +139,4 @@ def training_sample_rows(n: int, num_leaves: int, given: int | None = None) -> i
     >>> training_sample_rows(1_000_000, 1000), training_sample_rows(50_000, 200, 5000)
     (100000, 5000)
     """
-    return int(_native.training_sample_rows(int(n), int(num_leaves), int(given or 0)))
+    return int(native_training_sample_rows(int(n), int(num_leaves), int(given or 0)))
