@@ -87,7 +87,7 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         metric="dot",
         n_shards=None,
         num_leaves=None,
-        dims_per_block=2,
+        dims_per_block=None,
         anisotropic_threshold="auto",
         *,
         eta=None,
