@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "DEFAULT_K"]
+from ._validation import native_training_sample_rows
+
+__all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "training_sample_rows", "DEFAULT_K"]
 
 #: The k the stored default budget is chosen for (``AVQIndex.search``'s default k).
 DEFAULT_K = 10
@@ -124,3 +126,17 @@ def resolve_budget(
     lts = default_leaves_to_search(num_leaves, spilled) if leaves_to_search is None else int(leaves_to_search)
     rk = default_reorder_k(int(k)) if reorder_k is None else int(reorder_k)
     return Budget(num_leaves, lts, rk)
+
+
+def training_sample_rows(n: int, num_leaves: int, given: int | None = None) -> int:
+    """Rows sampled to train an index of n vectors with ``num_leaves`` leaves.
+
+    ``given`` (the ``training_sample_size`` parameter) when not None, at most n; else the core's
+    default, 64 rows per leaf and at least 100,000 (at most n). The rule is the native one
+    (``_native.training_sample_rows``), so the sharded index, which gathers the sample itself,
+    trains on as many rows as one ``AVQIndex`` would.
+
+    >>> training_sample_rows(1_000_000, 1000), training_sample_rows(50_000, 200, 5000)
+    (100000, 5000)
+    """
+    return int(native_training_sample_rows(int(n), int(num_leaves), int(given or 0)))

@@ -23,6 +23,8 @@ METRICS = ("dot", "cosine", "l2")
 #: max_k, max_threads, max_training_sample_size, max_iterations, max_seed, max_dim, and the
 #: accepted numeric range of vectors under dot and l2 (max_abs_value, min_data_norm).
 LIMITS: dict[str, Any] = dict(_native.limits())  # ints, except the float bounds of vector values
+# The core's rule for the rows sampled to train an index (used through _params.training_sample_rows).
+native_training_sample_rows = _native.training_sample_rows
 REORDER_MODES = ("float32", "int8", "none")
 
 

@@ -29,11 +29,7 @@ __all__ = ["AVQIndex", "ExactIndex", "TuneReport"]
 # Relative score threshold used by anisotropic_threshold="auto": T = AUTO_THRESHOLD * mean ||x||
 # (for cosine, ||x|| = 1 so T = AUTO_THRESHOLD). Chosen on the shipped GloVe subset (docs/parameters.md).
 AUTO_THRESHOLD = 0.2
-# The default partition size and search budget are avq_plugin._params.resolve_budget's. These two
-# names are the sharded index's former rule, still imported by avq_plugin/distributed.py until it
-# calls resolve_budget too; nothing else may use them.
-DEFAULT_PROBE_FRACTION = 0.15
-DEFAULT_REORDER_K = 100
+# The default partition size and search budget are avq_plugin._params.resolve_budget's.
 
 _T = TypeVar("_T")
 # Bounds of the search fast path (the full checks are in _validation).

@@ -182,6 +182,53 @@ def test_merge_rows_equals_merge_topk_on_the_rows_answered():
         np.testing.assert_array_equal(I[rows[one]], Ip[one])
 
 
+def _merged_reference(lists, k, metric):
+    """Brute force: every (score, id) of a query once per id (its best score), sorted."""
+    sign = 1.0 if metric == "l2" else -1.0
+    best = {}
+    for d, i in lists:
+        for score, ident in zip(d.tolist(), i.tolist()):
+            if ident >= 0 and (ident not in best or sign * score < sign * best[ident]):
+                best[ident] = score
+    top = sorted(best.items(), key=lambda t: (sign * t[1], t[0]))[:k]
+    pad = FLT_MAX if metric == "l2" else -FLT_MAX
+    return [s for _, s in top] + [pad] * (k - len(top)), [i for i, _ in top] + [-1] * (k - len(top))
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+@pytest.mark.parametrize("k", [4, 30])
+@pytest.mark.parametrize("block_entries", [None, 50])  # 50: merge_rows merges one or two rows per block
+def test_merge_counts_an_id_from_several_shards_once(metric, k, block_entries, monkeypatch):
+    """SOAR spilling stores a vector in two leaves, which may be on two shards: both return it."""
+    import avq_plugin.distributed.merge as merge_module
+
+    if block_entries is not None:
+        monkeypatch.setattr(merge_module, "_MERGE_BLOCK_ENTRIES", block_entries)
+    rng = np.random.default_rng(2)
+    nq, n_parts = 30, 3
+    best_first = np.sort if metric == "l2" else (lambda a, axis: -np.sort(-a, axis=axis))
+    parts = []
+    for _ in range(n_parts):
+        rows = np.sort(rng.choice(nq, size=20, replace=False))
+        D = best_first(rng.integers(0, 8, size=(len(rows), k)).astype(np.float32), axis=1)  # ties
+        # Ids from a small pool: the same id often comes from two or three parts, with other scores.
+        I = np.stack([rng.choice(2 * k, size=k, replace=False) for _ in rows]).astype(np.int64)
+        I[1, -1], D[1, -1] = -1, (FLT_MAX if metric == "l2" else -FLT_MAX)
+        parts.append((rows, D, I))
+    D, I = merge_rows(nq, k, parts, metric)
+    for q in range(nq):
+        lists = [(d[r == q][0], i[r == q][0]) for r, d, i in parts if (r == q).any()]
+        if len(lists) < 2:
+            continue
+        want_D, want_I = _merged_reference(lists, k, metric)
+        assert I[q].tolist() == want_I, q
+        assert D[q].tolist() == pytest.approx(want_D), q
+        assert len(set(I[q][I[q] >= 0].tolist())) == (I[q] >= 0).sum()
+        # merge_topk, on the same lists, gives the same answer.
+        Dt, It = merge_topk([x[0][None] for x in lists], [x[1][None] for x in lists], k, metric)
+        assert It[0].tolist() == want_I and Dt[0].tolist() == pytest.approx(want_D)
+
+
 def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
     rng = np.random.default_rng(0)
     # 8 well separated clusters of 16 leaves each; queries probe leaves of one cluster.
@@ -238,8 +285,9 @@ def test_shards_give_the_single_index_top_k(sharded, glove):
 @pytest.mark.parametrize("metric, reorder", [("dot", "int8"), ("l2", "float32")])
 def test_other_metrics_give_the_single_index_top_k(client, glove, metric, reorder):
     X, Q = glove
+    X = X[:8000]  # exactness does not depend on the size: small data, a fast test
     index = ShardedAVQIndex(sharding="rows", metric=metric, n_shards=3, reorder=reorder, client=client).fit(
-        da.from_array(X, chunks=(4000, 50))
+        da.from_array(X, chunks=(2000, 50))
     )
     single = single_like(index, X)
     D, I = index.search(Q, k=10, leaves_to_search=12, reorder_k=X.shape[0])
@@ -264,8 +312,9 @@ def test_small_reorder_budget_sharded_recall_at_least_single(sharded, glove):
 
 def test_quantized_scores_without_reordering_match_single_index(client, glove):
     X, Q = glove
+    X = X[:8000]
     index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, reorder="none", client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X, chunks=(2000, 50))
     )
     single = single_like(index, X)
     for lts in (3, 20):
@@ -277,7 +326,8 @@ def test_quantized_scores_without_reordering_match_single_index(client, glove):
 
 def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
     X, Q = glove
-    parts = [X[:7000], X[7000:12000], X[12000:]]
+    X = X[:8000]
+    parts = [X[:3000], X[3000:5000], X[5000:]]
     np.save(tmp_path / "a.npy", parts[0])
     np.save(tmp_path / "b.npy", parts[1].astype(np.float64))  # converted to float32 in the workers
     with h5py.File(tmp_path / "c.hdf5", "w") as f:
@@ -285,10 +335,10 @@ def test_fit_from_files_matches_dask_array(client, glove, tmp_path):
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(
         [tmp_path / "a.npy", str(tmp_path / "b.npy"), (tmp_path / "c.hdf5", "train")]
     )
-    assert index.shard_bounds_ == [(0, 7000), (7000, 12000), (12000, 20000)]  # one shard per file
+    assert index.shard_bounds_ == [(0, 3000), (3000, 5000), (5000, 8000)]  # one shard per file
     # The same chunks as a dask array: the same sample, quantizer and results.
     ref = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(
-        da.from_array(X, chunks=((7000, 5000, 8000), 50))
+        da.from_array(X, chunks=((3000, 2000, 3000), 50))
     )
     D, I = index.search(Q, k=10, leaves_to_search=20)
     D1, I1 = ref.search(Q, k=10, leaves_to_search=20)
@@ -378,7 +428,7 @@ def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_pat
     ensure_two_workers(client)
     X, Q = glove
     index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X[:8000], chunks=(2000, 50))
     )
     expected = index.search(Q, k=10)
     # Not saved: Dask re-encodes the lost shards from their source chunks (the lineage).
@@ -394,7 +444,7 @@ def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove,
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
+        np.save(src / f"part{j}.npy", X[j * 2000 : (j + 1) * 2000])
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     expected = index.search(Q, k=10)
     index.save(tmp_path / "s.avqs")
@@ -411,7 +461,7 @@ def test_worker_killed_unrecoverable_shard_raises_naming_it(client, glove, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 5000 : (j + 1) * 5000])
+        np.save(src / f"part{j}.npy", X[j * 2000 : (j + 1) * 2000])
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     shutil.rmtree(src)
     infos = index.shard_info()
@@ -526,8 +576,9 @@ def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
 
 def test_leaf_shards_without_reordering_match_single_index(client, glove):
     X, Q = glove
+    X = X[:8000]
     index = ShardedAVQIndex(metric="l2", n_shards=3, reorder="none", client=client).fit(
-        da.from_array(X, chunks=(5000, 50))
+        da.from_array(X, chunks=(2000, 50))
     )
     single = single_like(index, X)
     for lts in (3, 20):
@@ -576,7 +627,7 @@ def test_leaf_shards_save_load(client, leafy, glove, tmp_path):
         ShardedAVQIndex.load(tmp_path / "l.avqs", client=client)
 
 
-def wait_for_replicas(index, replicas, seconds=30):
+def wait_for_replicas(index, replicas, seconds=60):
     """Polls until every shard has `replicas` live replicas again (rebuilt in the background)."""
     import time
 

@@ -7,6 +7,8 @@ version 2); version-1 files, which stored 0 for "decided later", still load and 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import struct
 from pathlib import Path
 
@@ -121,16 +123,45 @@ def test_every_entry_point_gives_the_same_budget(glove, k):
     assert IndexAVQ(d, d // 2, 4, 1, nlist=want.num_leaves, nprobe=1).nprobe == 1
     assert IndexAVQ(d, d // 2, 4, 1).nprobe == 1
 
+    # The sharded index: the total n decides, both shardings, the rule stored with its quantizer.
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    from avq_plugin.distributed import ShardedAVQIndex
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        for sharding in ("leaves", "rows"):
+            sh = ShardedAVQIndex("l2", 2, seed=0, training_iterations=0, client=client, sharding=sharding).fit(X)
+            assert (sh.num_leaves_, *sh.default_search_params()) == stored, sharding
+            assert sh.trained_index().default_search_params() == stored[1:]
+    # One sample-size rule: the core's, which the sharded index uses to gather its sample.
+    assert _params.training_sample_rows(10**6, 1000) == 100_000
+    assert _params.training_sample_rows(10**7, 3162) == 64 * 3162
+    assert _params.training_sample_rows(5000, 70) == 5000
+    assert _params.training_sample_rows(10**6, 1000, 3000) == 3000
+
 
 def test_no_second_copy_of_the_rule():
-    """The former per-front-end constants are gone (distributed.py's two names excepted, until it
-    calls resolve_budget)."""
+    """The former per-front-end constants are gone: every front-end calls resolve_budget."""
     import avq_plugin.faiss.index as faiss_index
+    import avq_plugin.index as index_module
     import avq_plugin.neighbors as neighbors
 
-    for module in (neighbors, faiss_index):
-        for name in ("PROBE_SQRT_FACTOR", "REORDER_MIN", "REORDER_PER_NEIGHBOR", "DEFAULT_PROBE_FRACTION"):
+    modules = [neighbors, faiss_index, index_module]
+    if importlib.util.find_spec("distributed") is not None:
+        import avq_plugin.distributed as dist
+
+        modules += [dist, *(importlib.import_module(f"avq_plugin.distributed.{m}") for m in _DIST_MODULES)]
+    names = ("PROBE_SQRT_FACTOR", "REORDER_MIN", "REORDER_PER_NEIGHBOR", "DEFAULT_PROBE_FRACTION", "DEFAULT_REORDER_K")
+    for module in modules:
+        for name in names:
             assert not hasattr(module, name), (module.__name__, name)
+
+
+_DIST_MODULES = ("index", "base", "rows", "leaves", "replicas", "worker", "placement", "merge", "manifest", "sources")
 
 
 # ---------------------------------------------------------------------------- the file stores it

@@ -103,7 +103,7 @@ def simulate(args):
     holds), with the placement and routing code of ``ShardedAVQIndex``. Counts and recall
     only, no timing (deterministic)."""
     from ..distributed.merge import merge_rows
-    from ..distributed.placement import balanced_leaf_groups, refine_leaf_groups, route_queries
+    from ..distributed.placement import place_leaves, route_queries
 
     ds = load_hdf5(args.dataset)
     X, Q, gt = ds.train, ds.test[: args.batch], ds.neighbors[: args.batch]
@@ -117,7 +117,7 @@ def simulate(args):
     print(f"  one AVQIndex: recall@10 {base:.4f} at leaves_to_search={lts}, reorder_k={rk}", flush=True)
     rows = []
     for S in (int(v) for v in args.simulate.split(",")):
-        groups = refine_leaf_groups(balanced_leaf_groups(centres, counts, S), probes, counts, S)
+        groups = place_leaves(centres, counts, probes, S)
         random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
         jobs, visited, reranked, _ = route_queries(P, groups, counts, S, K, rk)
         parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, _ in jobs.values()]

@@ -7,8 +7,8 @@ Two ways to shard (``sharding=``):
 
 - **"leaves"** (default): one quantizer (partition centres and PQ codebooks) is trained once on
   a sample from every row chunk; whole leaves are assigned to shards, balanced by vector count,
-  with neighbouring leaves together (a balanced principal-axis tree over the centres, refined so
-  that the leaves probed by sample queries fall in few shards). The client scores the centres
+  with co-probed leaves together (a balanced spectral bisection of the leaves' co-probe graph,
+  refined so that the leaves probed by sample queries fall in few shards). The client scores the centres
   once per query (``AVQIndex._probe``) and sends each query only to the shards owning its probed
   leaves, with the list of leaves to scan (``AVQIndex._search_leaves``); ``reorder_k`` is one
   budget per query, split across the visited shards by their share of the scanned candidates.
@@ -17,9 +17,12 @@ Two ways to shard (``sharding=``):
 - **"rows"**: contiguous row ranges; every query visits every shard, each with the full budget;
   lost shards are recomputed by Dask from their lineage. Kept for comparison.
 
-Modules: ``index`` (ShardedAVQIndex), ``worker`` (the worker-side replica registry and tasks),
-``placement`` (leaf placement, budget split), ``merge`` (top-k merging), ``manifest`` (saved
-directories), ``sources`` (input reading); the benchmark is ``avq_plugin.bench.distributed``. See docs/dask.md.
+Modules: ``index`` (ShardedAVQIndex, the public class), its parts by job ``base`` (shared state,
+training the shared quantizer), ``rows`` (row shards), ``leaves`` (leaf placement, routed search,
+updates), ``replicas`` (replica bookkeeping); ``worker`` (the worker-side tasks and replica
+registry), ``placement`` (leaf placement, budget split), ``merge`` (top-k merging), ``manifest``
+(saved directories), ``sources`` (input reading); the benchmark is
+``avq_plugin.bench.distributed``. See docs/dask.md.
 
 Needs the ``distributed`` extra: ``pip install "avq-plugin[distributed]"``.
 """

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import uuid
+from typing import Any
 
 #: File name of the manifest inside a saved sharded index directory.
 MANIFEST_NAME = "manifest.json"
@@ -32,7 +33,7 @@ _PARAM_NAMES = (
 )
 
 
-def _file_sha256(path):
+def _file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -40,7 +41,7 @@ def _file_sha256(path):
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path, data):
+def _atomic_write_bytes(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as f:
@@ -53,7 +54,7 @@ def _atomic_write_bytes(path, data):
             os.unlink(tmp)
 
 
-def _prepare_directory(path):
+def _prepare_directory(path: str) -> bool:
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{path} exists and is not a directory")
     if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, MANIFEST_NAME)):
@@ -62,14 +63,14 @@ def _prepare_directory(path):
     return True
 
 
-def _write_manifest(directory, manifest, ready):
+def _write_manifest(directory: str, manifest: dict[str, Any], ready: object) -> bool:
     # Written last, atomically: a directory with a manifest always has every file it lists.
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
     _atomic_write_bytes(os.path.join(directory, MANIFEST_NAME), data)
     return True
 
 
-def _read_manifest(directory):
+def _read_manifest(directory: str) -> Any:
     path = os.path.join(directory, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise ValueError(f"{directory}: not a saved sharded index (no {MANIFEST_NAME})")
@@ -81,7 +82,7 @@ def _read_manifest(directory):
         raise ValueError(f"{path}: corrupted manifest ({exc})") from None
 
 
-def _check_file(directory, entry, what, verify):
+def _check_file(directory: str, entry: dict[str, Any], what: str, verify: bool) -> str:
     path = os.path.join(directory, entry["file"])
     if not os.path.isfile(path):
         raise ValueError(f"{what} is missing: {path}")
@@ -93,13 +94,13 @@ def _check_file(directory, entry, what, verify):
     return path
 
 
-def _package_version():
+def _package_version() -> str:
     from .. import __version__
 
     return __version__
 
 
-def _check_manifest(m, directory):
+def _check_manifest(m: Any, directory: str) -> None:
     where = os.path.join(directory, MANIFEST_NAME)
     if not isinstance(m, dict) or m.get("format") != _FORMAT_NAME:
         raise ValueError(f"{where}: not a sharded AVQ index manifest")
@@ -150,7 +151,7 @@ def _check_manifest(m, directory):
         raise ValueError(f"{where}: the shards hold {expected_start} vectors, the manifest says {m['ntotal']}")
 
 
-def _check_leaf_manifest(m, where):
+def _check_leaf_manifest(m: dict[str, Any], where: str) -> None:
     placement = m.get("leaf_to_shard")
     if not isinstance(placement, list) or len(placement) != m["num_leaves"]:
         raise ValueError(f"{where}: leaf_to_shard must list the shard of each of the {m['num_leaves']} leaves")

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .. import _validation as V
+
+Array = NDArray[Any]
+#: One part of a routed search: (query rows, D, I).
+Part = tuple[Array, Array, Array]
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
-def merge_topk(D_parts, I_parts, k, metric):
+def merge_topk(D_parts: Sequence[ArrayLike], I_parts: Sequence[ArrayLike], k: int, metric: str) -> tuple[Array, Array]:
     """Merge per-shard top-k results into the global top-k.
 
     Parameters
@@ -26,8 +34,9 @@ def merge_topk(D_parts, I_parts, k, metric):
     -------
     D : float32 (nq, k)
     I : int64 (nq, k)
-        Best first; ties in score are broken by the smaller id; padding (id -1, score
-        -FLT_MAX or +FLT_MAX for l2) comes last, whatever its score.
+        Best first; ties in score are broken by the smaller id; an id returned by several
+        parts (a vector spilled to leaves of two shards) counts once, at its best score;
+        padding (id -1, score -FLT_MAX or +FLT_MAX for l2) comes last, whatever its score.
 
     Notes
     -----
@@ -52,9 +61,14 @@ def merge_topk(D_parts, I_parts, k, metric):
     primary = (D if metric == "l2" else -D).astype(np.float64)
     primary[pad] = np.inf
     secondary = np.where(pad, np.iinfo(np.int64).max, I)
-    order = np.lexsort((secondary, primary), axis=1)[:, :k]
+    order = np.lexsort((secondary, primary), axis=1)
+    # An id returned by several shards (a vector spilled to leaves of two shards, SOAR) counts
+    # once, at its best score: its later copies become padding (and so move last).
+    copies = _later_copies(np.take_along_axis(I, order, axis=1))
+    order = np.take_along_axis(order, np.argsort(copies, axis=1, kind="stable"), axis=1)[:, :k]
     Dm = np.take_along_axis(D, order, axis=1)
     Im = np.take_along_axis(I, order, axis=1)
+    Im[np.arange(Im.shape[1])[None, :] >= (D.shape[1] - copies.sum(axis=1))[:, None]] = -1  # copies
     if Dm.shape[1] < k:  # fewer candidates than k in total
         extra = k - Dm.shape[1]
         Dm = np.concatenate([Dm, np.zeros((Dm.shape[0], extra), np.float32)], axis=1)
@@ -65,52 +79,72 @@ def merge_topk(D_parts, I_parts, k, metric):
     return np.ascontiguousarray(Dm, np.float32), np.ascontiguousarray(Im, np.int64)
 
 
-# Up to this many entries per query (parts x k), merge_rows ranks every entry against every other
-# one (O(width^2) per query, vectorised) instead of sorting.
-_DENSE_MERGE_MAX = 48
+def _later_copies(I: Array) -> Array:
+    """(nq, w) bool: entries whose id (not padding) appears earlier in the same row."""
+    o = np.argsort(I, axis=1, kind="stable")  # equal ids keep their order: the first is the best
+    s = np.take_along_axis(I, o, axis=1)
+    later = np.zeros(I.shape, bool)
+    later[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+    out = np.zeros(I.shape, bool)
+    np.put_along_axis(out, o, later, axis=1)
+    return out
 
 
-def _merge_dense(D, I, k, parts, multi, n_multi, metric):
-    """Rows of several parts: rank each entry by the number of entries better than it."""
+# Scratch bound of merge_rows: queries answered by several parts are merged in blocks of rows
+# holding at most this many entries (rows x total width of the parts).
+_MERGE_BLOCK_ENTRIES = 1 << 20
+
+
+def _merge_multi(D: Array, I: Array, k: int, parts: Sequence[Part], multi: Array, n_multi: int, metric: str) -> None:
+    """Rows answered by several parts: each block of rows becomes one (rows, width) matrix of all
+    their parts' entries (padding where a part does not answer a row), sorted per row by (score,
+    id) as ``merge_topk`` does; an id in several parts keeps its best entry."""
     pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
     slot = np.full(len(multi), -1, np.int64)
     slot[multi] = np.arange(n_multi)
-    cols = []
+    cols = []  # per part: its column offset and its multi-row entries sorted by slot
+    W = 0
     for rows, d, i in parts:
         d = np.asarray(d, np.float32)[:, :k]
         i = np.asarray(i, np.int64)[:, :k]
-        Db = np.full((n_multi, d.shape[1]), pad_score, np.float32)
-        Ib = np.full((n_multi, d.shape[1]), -1, np.int64)
-        sel = multi[rows]
-        Db[slot[rows[sel]]] = d[sel]
-        Ib[slot[rows[sel]]] = i[sel]
-        cols.append((Db, Ib))
-    Dm = np.concatenate([c[0] for c in cols], axis=1)
-    Im = np.concatenate([c[1] for c in cols], axis=1)
-    pad = Im < 0
-    s = (Dm if metric == "l2" else -Dm).astype(np.float64)  # smaller is better
-    s[pad] = np.inf
-    ids = np.where(pad, np.iinfo(np.int64).max, Im)
-    # better[q, a, b]: entry b ranks before entry a (smaller key, then smaller id; padding last
-    # and, among padding, by column so that every rank is distinct).
-    col = np.arange(Dm.shape[1])
-    tie = (s[:, None, :] == s[:, :, None]) & (
-        (ids[:, None, :] < ids[:, :, None]) | ((ids[:, None, :] == ids[:, :, None]) & (col[None, :] < col[:, None]))
-    )
-    rank = ((s[:, None, :] < s[:, :, None]) | tie).sum(axis=2)
-    q, c = np.nonzero(rank < k)
-    rows = np.flatnonzero(multi)[q]
-    I[rows, rank[q, c]] = np.where(pad[q, c], -1, Im[q, c])
-    D[rows, rank[q, c]] = np.where(pad[q, c], pad_score, Dm[q, c])
+        sel = np.flatnonzero(multi[rows])
+        order = sel[np.argsort(slot[rows[sel]], kind="stable")]
+        cols.append((W, slot[rows[order]], d[order], i[order]))
+        W += d.shape[1]
+    block = max(1, _MERGE_BLOCK_ENTRIES // max(W, 1))
+    multi_rows = np.flatnonzero(multi)
+    for a in range(0, n_multi, block):
+        b = min(n_multi, a + block)
+        Db = np.full((b - a, W), pad_score, np.float32)
+        Ib = np.full((b - a, W), -1, np.int64)
+        for c0, sl, d, i in cols:
+            lo, hi = np.searchsorted(sl, [a, b])
+            Db[sl[lo:hi] - a, c0 : c0 + d.shape[1]] = d[lo:hi]
+            Ib[sl[lo:hi] - a, c0 : c0 + d.shape[1]] = i[lo:hi]
+        pad = Ib < 0
+        primary = (Db if metric == "l2" else -Db).astype(np.float64)  # smaller is better
+        primary[pad] = np.inf
+        order = np.lexsort((np.where(pad, np.iinfo(np.int64).max, Ib), primary), axis=1)
+        # An id from several parts (SOAR spilling) counts once, at its best score.
+        copies = _later_copies(np.take_along_axis(Ib, order, axis=1))
+        order = np.take_along_axis(order, np.argsort(copies, axis=1, kind="stable"), axis=1)[:, :k]
+        Dm = np.take_along_axis(Db, order, axis=1)
+        Im = np.take_along_axis(Ib, order, axis=1)
+        gone = (np.arange(Im.shape[1])[None, :] >= (W - copies.sum(axis=1))[:, None]) | (Im < 0)
+        Im[gone] = -1
+        Dm[gone] = pad_score
+        D[multi_rows[a:b], : Im.shape[1]] = Dm
+        I[multi_rows[a:b], : Im.shape[1]] = Im
 
 
-def merge_rows(nq, k, parts, metric):
+def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Array, Array]:
     """Merge top-k lists that cover *some* of the queries each (routed search).
 
     ``parts``: sequence of (rows, D, I): the query numbers a part answers (int, unique within
     the part) and their top-k lists (best first, -1 padding). A query answered by one part
     keeps that part's list as it is; a query answered by several is merged as ``merge_topk``
-    does (score, then smaller id; padding last). Queries no part answers are all padding.
+    does (score, then smaller id; padding last; an id in several parts counts once, at its best
+    score). Queries no part answers are all padding.
     """
     metric = V.check_metric(metric)
     pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
@@ -123,8 +157,6 @@ def merge_rows(nq, k, parts, metric):
         hits[rows] += 1
     multi = hits > 1
     n_multi = int(multi.sum())
-    dense = sum(min(k, np.asarray(p[1]).shape[1]) for p in parts) <= _DENSE_MERGE_MAX
-    sub = []
     for rows, d, i in parts:
         d = np.asarray(d, np.float32)[:, :k]
         i = np.asarray(i, np.int64)[:, :k]
@@ -132,23 +164,6 @@ def merge_rows(nq, k, parts, metric):
         w = d.shape[1]
         D[rows[one], :w] = d[one]
         I[rows[one], :w] = i[one]
-        if not one.all() and not dense:
-            sel = ~one
-            sub.append((np.repeat(rows[sel], w), d[sel].ravel(), i[sel].ravel()))
-    if n_multi and dense:
-        _merge_dense(D, I, k, parts, multi, n_multi, metric)
-    elif sub:
-        R = np.concatenate([s[0] for s in sub])
-        Df = np.concatenate([s[1] for s in sub])
-        If = np.concatenate([s[2] for s in sub])
-        real = If >= 0
-        R, Df, If = R[real], Df[real], If[real]
-        primary = Df if metric == "l2" else -Df
-        order = np.lexsort((If, primary, R))
-        R, Df, If = R[order], Df[order], If[order]
-        first = np.searchsorted(R, R, side="left")
-        pos = np.arange(len(R)) - first
-        keep = pos < k
-        D[R[keep], pos[keep]] = Df[keep]
-        I[R[keep], pos[keep]] = If[keep]
+    if n_multi:
+        _merge_multi(D, I, k, parts, multi, n_multi, metric)
     return D, I

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Array = NDArray[Any]
 
 
-def balanced_leaf_groups(centres, counts, n_groups):
-    """Assign leaves to ``n_groups`` shards: balanced by vector count, neighbouring leaves together.
+def balanced_leaf_groups(
+    centres: ArrayLike, counts: ArrayLike, n_groups: int, probes: ArrayLike | None = None, *, seed: int = 0
+) -> Array:
+    """Assign leaves to ``n_groups`` shards: balanced by vector count, co-probed leaves together.
 
-    A balanced principal-axis tree: the leaves (their probe centres, weighted by their vector
-    counts) are cut along their weighted principal axis at the weighted quantile that gives each
-    side its share of the groups, recursively. Leaves close in space, and so probed by the same
-    queries, fall in the same group, and every group holds about n / n_groups vectors (up to one
-    leaf's size per cut). Deterministic.
+    A balanced recursive bisection: each set of leaves is ordered along one direction and cut at
+    the weighted quantile that gives each side its share of the groups, recursively; every group
+    holds about n / n_groups vectors (up to one leaf's size per cut). The direction is, when
+    ``probes`` are given, the Fiedler vector of the co-probe graph of the set (leaves joined by
+    the number of sample queries probing both: a spectral cut, which separates the leaves that
+    queries probe together), else the weighted principal axis of the probe centres (leaves
+    close in space are probed by the same queries). Deterministic for the seed.
 
     Parameters
     ----------
@@ -20,6 +29,8 @@ def balanced_leaf_groups(centres, counts, n_groups):
     counts : int (L,)
         Vectors per leaf (empty leaves get a small weight so that they are spread too).
     n_groups : int, 1 <= n_groups <= L
+    probes : int (m, w), optional
+        The leaves probed by m sample queries (-1: none), as for ``refine_leaf_groups``.
 
     Returns
     -------
@@ -31,6 +42,8 @@ def balanced_leaf_groups(centres, counts, n_groups):
     if not 1 <= n_groups <= L:
         raise ValueError(f"n_shards={n_groups} must be between 1 and the number of leaves ({L})")
     weight = counts + max(1e-3, counts.mean() * 1e-3)
+    graph = None if probes is None or not np.size(probes) else _CoProbeGraph(probes, L)
+    rng = np.random.default_rng(seed)
     groups = np.zeros(L, np.int32)
     stack = [(np.arange(L), n_groups, 0)]
     while stack:
@@ -40,13 +53,16 @@ def balanced_leaf_groups(centres, counts, n_groups):
             continue
         s1 = s // 2
         w = weight[idx]
-        C = centres[idx]
-        mean = (w[:, None] * C).sum(0) / w.sum()
-        Z = (C - mean) * np.sqrt(w)[:, None]
-        # Principal axis (the top right singular vector; sign fixed for determinism).
-        _, _, vt = np.linalg.svd(Z, full_matrices=False)
-        axis = vt[0] * (1.0 if vt[0][np.argmax(np.abs(vt[0]))] >= 0 else -1.0)
-        order = np.argsort((C - mean) @ axis, kind="stable")
+        key = None if graph is None else graph.fiedler(idx, rng)
+        if key is None:
+            C = centres[idx]
+            mean = (w[:, None] * C).sum(0) / w.sum()
+            Z = (C - mean) * np.sqrt(w)[:, None]
+            # Principal axis (the top right singular vector; sign fixed for determinism).
+            _, _, vt = np.linalg.svd(Z, full_matrices=False)
+            axis = vt[0] * (1.0 if vt[0][np.argmax(np.abs(vt[0]))] >= 0 else -1.0)
+            key = (C - mean) @ axis
+        order = np.argsort(key, kind="stable")
         cum = np.cumsum(w[order])
         cut = int(np.searchsorted(cum, cum[-1] * s1 / s))
         if cut < len(cum) and abs(cum[cut] - cum[-1] * s1 / s) < abs((cum[cut - 1] if cut else 0) - cum[-1] * s1 / s):
@@ -57,7 +73,79 @@ def balanced_leaf_groups(centres, counts, n_groups):
     return groups
 
 
-def probe_rank_weights(sizes):
+class _CoProbeGraph:
+    """The co-probe graph of the leaves, never formed: A[l, l'] = sample queries probing both.
+
+    Products with A (restricted to a set of leaves) come from the probe lists, O(m w) each, so
+    memory and time grow with the sample, not with L^2.
+    """
+
+    _ITERATIONS = 200
+    _BLOCK = 4
+    _DENSE_MAX = 1024
+
+    def __init__(self, probes: ArrayLike, L: int) -> None:
+        self.probes = np.asarray(probes, np.int64)
+        self.L = L
+
+    def fiedler(self, idx: Array, rng: np.random.Generator) -> Array | None:
+        """Second eigenvector of D^-1/2 A D^-1/2 over the leaves ``idx`` (scaled by D^-1/2: the
+        normalised spectral cut), by block power iteration; None when they share no query."""
+        n = len(idx)
+        local = np.full(self.L + 1, -1, np.int64)  # index L: the -1 of the probe lists
+        local[idx] = np.arange(n)
+        P = local[self.probes]
+        P = P[(P >= 0).sum(axis=1) >= 2]  # queries joining at least two of these leaves
+        if not len(P) or n < 3:
+            return None
+        P = np.where(P >= 0, P, n)  # row n of the padded V below is zero
+        q = np.repeat(np.arange(len(P)), P.shape[1])
+        leaf = P.ravel()
+        self_count = np.bincount(leaf, minlength=n + 1)[:n].astype(np.float64)
+
+        def A(V: Array) -> Array:  # A @ V for V (n, b), without the diagonal
+            sums = np.vstack([V, np.zeros((1, V.shape[1]))])[P].sum(axis=1)  # per query (m, b)
+            out = np.stack([np.bincount(leaf, weights=sums[q, i], minlength=n + 1)[:n] for i in range(V.shape[1])], 1)
+            return out - self_count[:, None] * V
+
+        if n <= self._DENSE_MAX:  # small sets: the dense graph and an exact eigensolver
+            dense = np.zeros((n + 1) * (n + 1))
+            for a in range(0, len(P), 2048):  # pairs of co-probed leaves, 2048 queries at a time
+                Pb = P[a : a + 2048]
+                dense += np.bincount((Pb[:, :, None] * (n + 1) + Pb[:, None, :]).ravel(), minlength=len(dense))
+            dense = dense.reshape(n + 1, n + 1)[:n, :n]
+            np.fill_diagonal(dense, 0.0)
+
+            def A(V: Array) -> Array:
+                return dense @ V
+
+        deg = A(np.ones((n, 1)))[:, 0]
+        if not (deg > 0).all():
+            return None  # a leaf joined to none of the others: the graph is not connected
+        dm = 1.0 / np.sqrt(deg)
+        top = np.sqrt(deg) / np.linalg.norm(np.sqrt(deg))  # the trivial eigenvector (eigenvalue 1)
+
+        def M(V: Array) -> Array:  # (I + D^-1/2 A D^-1/2) / 2 with the trivial vector deflated: eigenvalues in [0, 1]
+            V = V - top[:, None] * (top @ V)[None, :]
+            return (V + dm[:, None] * A(dm[:, None] * V)) / 2
+
+        if n <= self._DENSE_MAX:
+            vals, vecs = np.linalg.eigh(np.eye(n) / 2 + (dm[:, None] * dense * dm[None, :]) / 2)
+            f = vecs[:, -2] * dm  # the top one is the trivial vector
+            return f * (1.0 if f[np.argmax(np.abs(f))] >= 0 else -1.0)
+        V, _ = np.linalg.qr(rng.standard_normal((n, min(self._BLOCK, n - 1))))
+        for _ in range(self._ITERATIONS):
+            W, _ = np.linalg.qr(M(V))
+            done = np.linalg.norm(W - V @ (V.T @ W)) < 1e-6 * np.sqrt(W.shape[1])
+            V = W
+            if done:
+                break
+        vals, vecs = np.linalg.eigh(V.T @ M(V))
+        f = (V @ vecs[:, -1]) * dm
+        return f * (1.0 if f[np.argmax(np.abs(f))] >= 0 else -1.0)
+
+
+def probe_rank_weights(sizes: ArrayLike) -> Array:
     """Weight of each probed leaf in the re-ranking split: its vector count divided by (its rank
     in the query's probe order + 1). The best candidates concentrate in the best-ranked leaves,
     so the shards holding them get more of the budget: on GloVe-190k (20 leaves probed,
@@ -67,7 +155,7 @@ def probe_rank_weights(sizes):
     return sizes / (np.arange(sizes.shape[1]) + 1.0)
 
 
-def split_reorder_budget(reorder_k, weight, total_weight, scanned_total):
+def split_reorder_budget(reorder_k: int, weight: ArrayLike, total_weight: ArrayLike, scanned_total: ArrayLike) -> Array:
     """Per-shard re-ranking budgets that add up to about ``reorder_k`` per query.
 
     A shard gets ``ceil(reorder_k * weight / total_weight)`` (its weighted share of the
@@ -83,18 +171,32 @@ def split_reorder_budget(reorder_k, weight, total_weight, scanned_total):
     return np.where(np.asarray(scanned_total) <= reorder_k, reorder_k, budget).astype(np.int64)
 
 
-def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, passes=8):
+def refine_leaf_groups(
+    groups: ArrayLike,
+    probes: ArrayLike,
+    counts: ArrayLike,
+    n_groups: int,
+    *,
+    max_imbalance: float = 0.03,
+    passes: int = 20,
+    swap_candidates: int = 16,
+) -> Array:
     """Move leaves between groups to reduce the groups a query's probed leaves fall in.
 
-    ``probes`` (m, w): the leaves probed by m sample queries (indexed vectors serve: queries
-    follow the data). Objective: the mean number of distinct groups per sample query. Greedy
-    passes over the leaves; a leaf moves to the group that lowers the objective most, provided
-    every group keeps its vector count within ``max_imbalance`` of n / n_groups. Deterministic.
+    ``probes`` (m, w): the leaves probed by m sample queries (-1: none; indexed vectors serve:
+    queries follow the data). Objective: the mean number of distinct groups per sample query.
+    Greedy passes over the leaves, largest first: a leaf moves to the group that lowers the
+    objective most, provided every group keeps its vector count within ``max_imbalance`` of
+    n / n_groups; when the balance forbids every improving move, the leaf may swap with one of
+    the ``swap_candidates`` leaves of the target group most often probed with it, if the pair
+    lowers the objective (a swap keeps both groups near their size, and gets past the local
+    optima of single moves). Deterministic.
     """
     groups = np.array(groups, np.int32)
     counts = np.asarray(counts, np.int64)
     L = len(groups)
-    m, w = probes.shape
+    probes = np.asarray(probes)
+    m, w = probes.shape if probes.ndim == 2 else (0, 0)
     if n_groups == 1 or m == 0:
         return groups
     total = counts.sum()
@@ -110,6 +212,18 @@ def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, 
     queries_of = [flat_q[order[starts[l] : starts[l + 1]]] for l in range(L)]
     cnt = np.zeros((m, n_groups), np.int32)
     np.add.at(cnt, (flat_q, groups[flat_l]), 1)
+
+    def move(leaf: int, b: int) -> None:
+        qs, a = queries_of[leaf], int(groups[leaf])
+        cnt[qs, a] -= 1  # qs holds each query once: plain fancy indexing adds once per query
+        cnt[qs, b] += 1
+        size[a] -= counts[leaf]
+        size[b] += counts[leaf]
+        groups[leaf] = b
+
+    def fits(g: int, delta: int) -> bool:
+        return floor <= size[g] + delta <= cap
+
     for _ in range(passes):
         moved = 0
         for leaf in np.argsort(-counts, kind="stable"):
@@ -123,22 +237,54 @@ def refine_leaf_groups(groups, probes, counts, n_groups, *, max_imbalance=0.03, 
             gain[a] = 0
             ok = (size + counts[leaf] <= cap) & (size[a] - counts[leaf] >= floor)
             ok[a] = False
-            gain = np.where(ok, gain, 0)
-            b = int(np.argmax(gain))
-            if gain[b] <= 0:
+            allowed = np.where(ok, gain, 0)
+            b = int(np.argmax(allowed))
+            if allowed[b] > 0:
+                move(leaf, b)
+                moved += 1
                 continue
-            np.add.at(cnt, (qs, a), -1)
-            np.add.at(cnt, (qs, b), 1)
-            size[a] -= counts[leaf]
-            size[b] += counts[leaf]
-            groups[leaf] = b
-            moved += 1
+            if not swap_candidates:
+                continue
+            # A swap with a leaf y of b (the two best targets by gain): y's gain is measured
+            # after the leaf's move, so queries probing both count once.
+            best = (0, -1, -1)
+            near = probes[qs].ravel()
+            near = np.bincount(near[near >= 0], minlength=L)
+            for b in np.argsort(-gain, kind="stable")[:2]:
+                if b == a or gain[b] <= 0:
+                    continue
+                mates = np.flatnonzero((groups == b) & (near > 0))
+                mates = mates[np.argsort(-near[mates], kind="stable")][:swap_candidates]
+                move(leaf, b)
+                for y in mates:
+                    if not (fits(a, counts[y]) and fits(b, -counts[y])):
+                        continue
+                    cy = cnt[queries_of[y]]
+                    total_gain = int(gain[b]) + int((cy[:, b] == 1).sum()) - int((cy[:, a] == 0).sum())
+                    if total_gain > best[0]:
+                        best = (total_gain, int(b), int(y))
+                move(leaf, a)
+            if best[0] > 0:
+                move(leaf, best[1])
+                move(best[2], a)
+                moved += 1
         if not moved:
             break
     return groups
 
 
-def route_queries(P, leaf_to_shard, leaf_sizes, n_shards, k, reorder_k):
+def place_leaves(
+    centres: ArrayLike, counts: ArrayLike, probes: ArrayLike, n_groups: int, *, max_imbalance: float = 0.03
+) -> Array:
+    """The leaf placement of ``ShardedAVQIndex``: a spectral balanced bisection of the co-probe
+    graph (``balanced_leaf_groups``) refined by moves and swaps (``refine_leaf_groups``)."""
+    groups = balanced_leaf_groups(centres, counts, n_groups, probes)
+    return refine_leaf_groups(groups, probes, counts, n_groups, max_imbalance=max_imbalance)
+
+
+def route_queries(
+    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, k: int, reorder_k: int
+) -> tuple[dict[int, tuple[Array, Array, Array, int]], Array, Array, Array]:
     """The work of a routed search: which shard scans which leaves for which queries.
 
     P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``), -1 for none.

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 try:
     import dask
     import dask.array as da
+
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError('avq_plugin.distributed needs Dask: pip install "avq-plugin[distributed]"') from exc
+
+Array = NDArray[Any]
+#: One input file: (path, HDF5 dataset or None for .npy).
+Source = tuple[str, str | None]
 
 # Rows per chunk when a list of files is read (a chunk is the unit of reading and sampling).
 _FILE_CHUNK_ROWS = 1 << 18
 
 
-def _read_source_shape(spec):
+def _read_source_shape(spec: Source) -> tuple[int, ...]:
     """(n, d) of a .npy file or an HDF5 dataset, read from the header only."""
     path, dataset = spec
     if dataset is None:
@@ -34,7 +42,7 @@ def _read_source_shape(spec):
     return tuple(int(s) for s in shape)
 
 
-def _read_source_rows(spec, start, stop):
+def _read_source_rows(spec: Source, start: int, stop: int) -> Array:
     """Rows [start, stop) of a .npy file or an HDF5 dataset, as float32."""
     path, dataset = spec
     if dataset is None:
@@ -47,11 +55,11 @@ def _read_source_rows(spec, start, stop):
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
-def _take_rows(block, rows):
+def _take_rows(block: ArrayLike, rows: Array) -> Array:
     return np.ascontiguousarray(np.asarray(block)[rows], dtype=np.float32)
 
 
-def _as_sources(X):
+def _as_sources(X: object) -> list[Source] | None:
     """A list of paths -> [(path, dataset or None)]; anything else -> None."""
     if isinstance(X, (str, os.PathLike)):
         X = [X]
@@ -59,8 +67,9 @@ def _as_sources(X):
         return None
     if not all(isinstance(p, (str, os.PathLike, tuple)) for p in X):
         return None
-    specs = []
+    specs: list[Source] = []
     for item in X:
+        dataset: str | None
         if isinstance(item, tuple):
             if len(item) != 2 or not isinstance(item[1], str):
                 raise ValueError(f"an HDF5 source is (path, dataset name), got {item!r}")
@@ -76,7 +85,7 @@ def _as_sources(X):
     return specs
 
 
-def _sources_to_dask(specs, client):
+def _sources_to_dask(specs: list[Source], client: Any) -> tuple[Any, list[int]]:
     shapes = client.gather(client.map(_read_source_shape, specs, pure=False))
     dims = {s[1] for s in shapes}
     if len(dims) != 1:
@@ -97,13 +106,13 @@ def _sources_to_dask(specs, client):
     return da.concatenate(pieces, axis=0), file_bounds
 
 
-def _allocate(total, sizes):
+def _allocate(total: int, sizes: Sequence[int]) -> Array:
     """Splits `total` over chunks proportionally to `sizes` (largest remainders, deterministic)."""
-    sizes = np.asarray(sizes, np.int64)
-    exact = total * sizes / sizes.sum()
+    size = np.asarray(sizes, np.int64)
+    exact = total * size / size.sum()
     alloc = np.floor(exact).astype(np.int64)
     rest = int(total - alloc.sum())
     if rest:
-        order = np.lexsort((np.arange(sizes.size), -(exact - alloc)))
+        order = np.lexsort((np.arange(size.size), -(exact - alloc)))
         alloc[order[:rest]] += 1
-    return np.minimum(alloc, sizes)
+    return np.minimum(alloc, size)

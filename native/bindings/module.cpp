@@ -362,6 +362,9 @@ PYBIND11_MODULE(_native, m) {
         return d;
       },
       "Limits of every parameter and value the core accepts (the Python checks use them).");
+  m.def("training_sample_rows", &avq::training_sample_rows, py::arg("n"), py::arg("num_leaves"), py::arg("given") = 0,
+        "Rows sampled to train an index of n vectors with num_leaves leaves (given: the "
+        "training_sample_size, 0 for the default rule).");
   m.def("eta_exact", &avq::eta_exact, py::arg("t"), py::arg("d"),
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");

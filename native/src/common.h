@@ -1,6 +1,7 @@
 // Small shared pieces of the core: errors, the training monitor, the thread pool.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -38,6 +39,15 @@ constexpr double kMinDataNorm = 1e-15;
 // index's size, but must not be kept at its high-water mark forever).
 constexpr size_t kScratchKeepBytes = size_t(8) << 20;
 }  // namespace limits
+
+// Rows sampled to train an index of n vectors with L leaves, defined once (the sharded index
+// gathers its sample with it, through avq_plugin._native.training_sample_rows): `given` when
+// nonzero (at most n); else enough rows for the partitioner, 64 per leaf and at least 100,000
+// (at most n). Never fewer than the leaves (when n allows).
+inline size_t training_sample_rows(size_t n, size_t L, uint64_t given) {
+  const size_t S = given ? std::min<size_t>(n, given) : std::min<size_t>(n, std::max<size_t>(100000, 64 * L));
+  return std::max(S, std::min(n, L));
+}
 
 // Bad arguments (becomes ValueError in Python).
 struct InvalidArgument : std::invalid_argument {

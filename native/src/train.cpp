@@ -30,11 +30,9 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
     throw InvalidArgument("num_leaves (" + std::to_string(L) + ") exceeds the number of training vectors (" +
                           std::to_string(n) + ")");
   // Training sample (sorted random subset, deterministic for the seed).
-  // Default sample: enough rows for the partitioner (64 per leaf, at least 100k); the codebooks
+  // Default sample (training_sample_rows): enough rows for the partitioner; the codebooks
   // (16 x d numbers) are then trained on at most 50k of them. An explicit size is used for both.
-  size_t S = p_.training_sample_size ? std::min<size_t>(n, p_.training_sample_size)
-                                     : std::min<size_t>(n, std::max<size_t>(100000, 64 * L));
-  S = std::max(S, std::min(n, L));
+  const size_t S = training_sample_rows(n, L, p_.training_sample_size);
   std::vector<size_t> sample(n);
   std::iota(sample.begin(), sample.end(), 0);
   if (S < n) {

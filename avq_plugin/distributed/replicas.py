@@ -1,0 +1,224 @@
+"""Replicas of leaf shards: which workers hold each shard, tasks pinned to them, lost copies re-created.
+
+Every replica is an ``AVQIndex`` in the registry of one worker (``worker.py``). The client keeps,
+per shard, the list of live workers holding it; a task on a shard runs on one of them (a strict
+worker restriction, so Dask never moves a shard behind the index's back); a worker that dies or
+leaves is dropped from the lists and the missing copies are rebuilt in the background from a
+surviving one (bytes moved by Dask), or reloaded from the saved files when no copy is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import uuid
+
+from . import worker as W
+from .base import _POLL_S, ShardLostError, _is_loss, _ShardedBase, wait
+
+
+class _Replicas(_ShardedBase):
+    """Replica bookkeeping for leaf shards (a mixin of ``ShardedAVQIndex``)."""
+
+    def _run_pinned(self, calls, what, deadline=None):
+        """Runs fn(*args) on worker w for each (w, fn, args); a call whose worker died (or lost
+        the replica) gives (False, exc) and marks the worker lost; other errors propagate.
+        Returns [(ok, result or exception)] in call order."""
+        client = self.client
+        call = uuid.uuid4().hex[:12]
+        futs = [
+            client.submit(fn, *args, key=f"avq-{what}-{call}-{i}", workers=[w], allow_other_workers=False, pure=False)
+            for i, (w, fn, args) in enumerate(calls)
+        ]
+        out = [None] * len(futs)
+        pending = set(range(len(futs)))
+        try:
+            while pending:
+                try:
+                    wait([futs[i] for i in pending], timeout=_POLL_S, return_when="FIRST_COMPLETED")
+                except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
+                    pass
+                except concurrent.futures.CancelledError:
+                    pass  # per-future status below
+                progressed = False
+                for i in sorted(pending):
+                    f = futs[i]
+                    if f.status == "pending":
+                        continue
+                    pending.discard(i)
+                    progressed = True
+                    if f.status == "finished":
+                        out[i] = (True, f.result())
+                        continue
+                    exc = f.exception() if f.status == "error" else concurrent.futures.CancelledError(f.status)
+                    if isinstance(exc, W.ReplicaMissing) or _is_loss(exc):
+                        out[i] = (False, exc)
+                        self._mark_lost(calls[i][0])
+                    else:
+                        raise exc
+                if pending and not progressed:
+                    live = set(self._live_workers())
+                    for i in sorted(pending) if live else ():
+                        if calls[i][0] not in live:
+                            pending.discard(i)
+                            out[i] = (False, RuntimeError(f"worker {calls[i][0]} left the cluster"))
+                            self._mark_lost(calls[i][0])
+                if deadline is not None and pending and time.monotonic() > deadline:
+                    raise TimeoutError(f"{what}: the workers did not answer in time")
+        finally:
+            for i in pending:
+                futs[i].cancel()
+        return out
+
+    def _mark_lost(self, w):
+        with self._lock:
+            for hs in self._holders:
+                if w in hs:
+                    hs.remove(w)
+
+    def _refresh_replicas(self):
+        """Forgets replicas on workers that left; starts rebuilding missing replicas."""
+        live = set(self._live_workers())
+        if not live:
+            return  # no worker at all: leave the table as it is (the search fails on its tasks)
+        with self._lock:
+            for hs in self._holders:
+                hs[:] = [w for w in hs if w in live]
+        self._add_replicas(live=live)
+
+    def _add_replicas(self, wait_for_them=False, live=None):
+        """Copies shards with fewer than `replicas` live replicas from a surviving one to other
+        workers (Dask moves the bytes); in the background unless wait_for_them. Not while an
+        update runs (the update waits for the copies instead)."""
+        if self.replicas == 1 and not self._rebuilding:
+            return
+        if not self._update_lock.acquire(blocking=False):
+            return
+        try:
+            client = self.client
+            live = set(self._live_workers()) if live is None else live
+            started = []
+            with self._lock:
+                for j, (target, fut) in list(self._rebuilding.items()):
+                    if fut.done() or target not in live:
+                        fut.cancel()
+                        del self._rebuilding[j]
+                load = {w: 0 for w in live}
+                for hs in self._holders:
+                    for w in hs:
+                        load[w] = load.get(w, 0) + 1
+                for j, hs in enumerate(self._holders):
+                    if not hs or len(hs) >= self.replicas or j in self._rebuilding:
+                        continue
+                    candidates = sorted((load[w], w) for w in live if w not in hs)
+                    if not candidates:
+                        continue
+                    target = candidates[0][1]
+                    load[target] += 1
+                    key = f"{self._token}-{j}-{uuid.uuid4().hex[:8]}"
+                    blob = client.submit(
+                        W.to_bytes, self._token, j, key=f"avq-copy-{key}", workers=[hs[0]], allow_other_workers=False
+                    )
+                    fut = client.submit(
+                        W.put_bytes,
+                        self._token,
+                        j,
+                        blob,
+                        self.num_threads,
+                        key=f"avq-replica-{key}",
+                        workers=[target],
+                        allow_other_workers=False,
+                    )
+                    self._rebuilding[j] = (target, fut)
+                    fut.add_done_callback(lambda f, j=j, target=target: self._replica_done(j, target, f))
+                    started.append(fut)
+        finally:
+            self._update_lock.release()
+        if wait_for_them and started:
+            self._wait_rebuilds()
+            for hs in self._holders:
+                if len(hs) < min(self.replicas, len(live)):
+                    raise RuntimeError("could not place every replica (workers left during the build)")
+
+    def _replica_done(self, j, target, fut):
+        with self._lock:
+            if self._rebuilding.get(j, (None, None))[1] is fut:
+                del self._rebuilding[j]
+            if fut.status == "finished" and target not in self._holders[j]:
+                self._holders[j].append(target)
+
+    def _wait_rebuilds(self):
+        """Blocks until no replica copy is in flight (copies to or from dead workers are dropped)."""
+        while True:
+            with self._lock:
+                futs = [f for _, f in self._rebuilding.values() if not f.done()]
+            if not futs:
+                with self._lock:  # callbacks may not have run yet
+                    for j, (target, f) in list(self._rebuilding.items()):
+                        self._replica_done(j, target, f)
+                return
+            try:
+                wait(futs, timeout=_POLL_S)
+            except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
+                live = set(self._live_workers())
+                with self._lock:
+                    for j, (target, f) in list(self._rebuilding.items()):
+                        if target not in live or not self._holders[j]:
+                            f.cancel()
+                            del self._rebuilding[j]
+            except concurrent.futures.CancelledError:
+                pass
+
+    def _holders_or_recover(self, j):
+        """Live replica workers of shard j; reloads the saved copy when none is left."""
+        with self._lock:
+            hs = list(self._holders[j])
+        if hs:
+            return hs
+        if self._saved is not None and j not in self._dirty:
+            directory, manifest = self._saved
+            live = self._live_workers()
+            with self._lock:
+                load = {w: sum(w in h for h in self._holders) for w in live}
+            for w in sorted(live, key=lambda w: (load[w], w)):
+                args = (
+                    self._token,
+                    j,
+                    directory,
+                    manifest["shards"][j],
+                    manifest["quantizer_fingerprint"],
+                    self._mmap,
+                    True,
+                    self.num_threads,
+                )
+                ((ok, _),) = self._run_pinned([(w, W.load, args)], "reload")
+                if ok:
+                    with self._lock:
+                        self._holders[j] = [w]
+                    return [w]
+        hint = (
+            " (its saved copy predates later updates)"
+            if self._saved is not None
+            else " (save() the index, or use replicas=2, so that a lost shard can be recovered)"
+        )
+        raise ShardLostError(f"shard(s) {j} lost (a worker died) and could not be recovered{hint}", [j])
+
+    def _recover_all(self, shards):
+        """Recovers every listed shard that has no live replica; one ShardLostError naming all
+        the shards that cannot be recovered."""
+        lost = []
+        for j in sorted(shards):
+            try:
+                self._holders_or_recover(j)
+            except ShardLostError:
+                lost.append(j)
+        if lost:
+            hint = (
+                " (their saved copy predates later updates)"
+                if self._saved is not None
+                else " (save() the index, or use replicas=2, so that a lost shard can be recovered)"
+            )
+            raise ShardLostError(
+                f"shard(s) {', '.join(map(str, lost))} lost (a worker died) and could not be recovered{hint}", lost
+            )
