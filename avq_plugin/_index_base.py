@@ -83,18 +83,11 @@ class _IndexBase(_NativeWrapper[_native.Index]):
             value if name == "leaves_to_search" else lts, value if name == "reorder_k" else rk
         )
 
-    def _new_native(
-        self,
-        d: int,
-        threshold: float,
-        budget: _params.Budget,
-        *,
-        l2_decoded_norms: bool = False,
-        spill: bool = True,
-    ) -> _native.Index:
+    def _new_native(self, d: int, threshold: float, budget: _params.Budget, *, spill: bool = True) -> _native.Index:
         """An untrained native index with this object's parameters and a resolved ``budget``
         (:class:`avq_plugin._params.Budget`): the one place that makes one. ``spill=False``: never
-        spill (an index whose codes come from elsewhere, e.g. Faiss, has no spilled copies)."""
+        spill (an index whose codes come from elsewhere, e.g. Faiss, has no spilled copies).
+        Under l2 the PQ scan scores ``||q - decoded||^2`` (``l2_decoded_norms``, native/src/index.h)."""
         enc = self._encoding_for(d, spill=spill)
         p = _native.IndexParams()
         p.metric = self.metric
@@ -111,7 +104,7 @@ class _IndexBase(_NativeWrapper[_native.Index]):
         p.reorder = self.reorder
         p.default_leaves_to_search = budget.leaves_to_search
         p.default_reorder_k = budget.reorder_k
-        p.l2_decoded_norms = l2_decoded_norms
+        p.l2_decoded_norms = self.metric == "l2"
         p.spill = enc.spill or "none"
         p.soar_lambda = self.soar_lambda
         return _native.Index(p)

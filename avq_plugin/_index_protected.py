@@ -101,9 +101,7 @@ class _IndexProtected(_IndexBase):
             np.ascontiguousarray(codebooks, np.float32),
         )
 
-    def _init_from_quantizer(
-        self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike, *, l2_decoded_norms: bool = False
-    ) -> None:
+    def _init_from_quantizer(self, d: int, centres: npt.ArrayLike, codebooks: npt.ArrayLike) -> None:
         """Start an empty index from given centres (L, d) and codebooks (16 d) instead of training.
 
         ``anisotropic_threshold`` must be None or a number (new vectors are encoded with it).
@@ -112,9 +110,7 @@ class _IndexProtected(_IndexBase):
         if T == "auto":
             raise ValueError("anisotropic_threshold='auto' needs training data: give a number or None")
         budget = self._budget_for(None, d, num_leaves=int(np.shape(centres)[0]), spill=False)
-        native = self._new_native(
-            d, math.nan if T is None else float(T), budget, l2_decoded_norms=l2_decoded_norms, spill=False
-        )
+        native = self._new_native(d, math.nan if T is None else float(T), budget, spill=False)
         native.set_quantizer(
             np.ascontiguousarray(centres, np.float32),
             np.ascontiguousarray(centres, np.float32),

@@ -248,14 +248,14 @@ class AVQIndex(_IndexIO, _IndexProtected):
         """
         return self._train(V.as_float_matrix(X, "X", nonzero_rows=self.metric == "cosine"), stacklevel=3)
 
-    def _train(self, X: npt.NDArray[np.float32], stacklevel: int, *, l2_decoded_norms: bool = False) -> AVQIndex:
-        """Train on validated X; ``l2_decoded_norms``: L2 scores from decoded vectors (IndexAVQ)."""
+    def _train(self, X: npt.NDArray[np.float32], stacklevel: int) -> AVQIndex:
+        """Train on validated X."""
         n, d = X.shape
         if self.num_leaves is not None and self.num_leaves > n:
             raise ValueError(f"num_leaves={self.num_leaves} exceeds the number of training vectors ({n})")
         threshold = self._threshold_for(X)
         budget = self._budget_for(n, d)
-        index = self._new_native(d, threshold, budget, l2_decoded_norms=l2_decoded_norms)
+        index = self._new_native(d, threshold, budget)
         self._with_progress(lambda callback: index.train(X, self.num_threads, callback))
         # The resolved threshold and budget live in the native record (what the file stores); the
         # constructor attributes keep what the user gave, so a refit on other data re-resolves them.

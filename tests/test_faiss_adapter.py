@@ -346,11 +346,11 @@ def test_l2_decoded_norms_persist_and_old_files_load(tmp_path, data):
         avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4] + (2).to_bytes(4, "little")))
     with pytest.raises(ValueError, match="PARM"):
         avq_plugin.AVQIndex.from_bytes(_rebuild(blob, "PARM", payload[:-4]))
-    # The flag is for codes-only indexes: re-scoring needs exact norms.
-    p = avq_plugin._native.IndexParams()
-    p.metric, p.d, p.num_leaves, p.reorder, p.l2_decoded_norms = "l2", 16, 1, "float32", True
-    with pytest.raises(ValueError, match="reorder"):
-        avq_plugin._native.Index(p)
+    # With re-ranking too (every new l2 index): the scan uses the decoded norms, re-scoring the
+    # exact ones (tests/test_recall.py, test_l2_scan_norms_survive_remove_and_reload).
+    rescored = IndexAVQ(16, 8, 4, L2, reorder_k=20)
+    rescored.train(X)
+    assert rescored._avq._native_params()["l2_decoded_norms"] is True
 
 
 def test_docstring_examples():

@@ -230,7 +230,7 @@ def from_faiss(
         ids = id_map[ids]
     avq = obj._avq
     # Codes only: L2 distances from the decoded vectors, as Faiss computes them.
-    avq._init_from_quantizer(d, centres, codebooks, l2_decoded_norms=metric == METRIC_L2)
+    avq._init_from_quantizer(d, centres, codebooks)
     if ids.size:
         norms2 = None
         if metric == METRIC_L2:

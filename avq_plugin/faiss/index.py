@@ -314,9 +314,8 @@ class IndexAVQ:
             raise ValueError(f"nlist={self.nlist} exceeds the number of training vectors ({x.shape[0]})")
         avq = self._avq
         self._sync_defaults()
-        # L2 distances from the decoded vectors, as Faiss computes them (codes only: re-scoring
-        # with stored vectors needs the exact norms).
-        avq._train(x, stacklevel=3, l2_decoded_norms=self.metric_type == METRIC_L2 and avq.reorder == "none")
+        # L2 distances from the decoded vectors, as Faiss computes them (AVQIndex's rule for l2).
+        avq._train(x, stacklevel=3)
         if self.metric_type == METRIC_INNER_PRODUCT and avq.num_leaves_ > 1:
             # Faiss's IndexIVF probes and assigns by <x, c> with the same centres it subtracts;
             # do the same (the native default probes by unit directions), so that both pick the

@@ -139,7 +139,7 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
       const uint8_t* group = leaf.codes_p + size_t(pos / 32) * gb;
       float acc = base;
       for (size_t m = 0; m < M; ++m) acc += s.lut[m * 16 + get_nibble(group, m, pos % 32)];
-      if (l2) acc += leaf.bias_p[pos];
+      if (l2) acc += leaf.scan_p[pos];
       const Cand c{acc, li, pos};
       if (heap.size() < k) {
         heap.push_back(c);

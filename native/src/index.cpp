@@ -52,8 +52,6 @@ Index::Index(const IndexParams& p) : p_(p) {
   at_most("d", p_.d, limits::kMaxDim);
   if (static_cast<uint32_t>(p_.metric) > 2) throw InvalidArgument("unknown metric");
   if (static_cast<uint32_t>(p_.reorder) > 2) throw InvalidArgument("unknown reorder mode");
-  if (p_.l2_decoded_norms && p_.reorder != ReorderMode::kNone)
-    throw InvalidArgument("l2_decoded_norms needs reorder='none' (re-scoring uses the exact norms)");
   at_most("num_leaves", p_.num_leaves, limits::kMaxLeaves);
   if (p_.dims_per_block < 1) throw InvalidArgument("dims_per_block must be >= 1");
   at_most("dims_per_block", p_.dims_per_block, limits::kMaxDimsPerBlock);
@@ -143,6 +141,38 @@ void Index::sync_views(Leaf& l) {
   l.codes_p = l.codes.data();
   l.ids_p = l.ids.data();
   l.bias_p = l.bias.empty() ? nullptr : l.bias.data();
+  l.scan_p = l.scan_bias.empty() ? l.bias_p : l.scan_bias.data();
+}
+
+double Index::decoded_norm2(size_t li, const uint8_t* codes) const {
+  const float* c = resid_centers_.data() + li * p_.d;
+  double s = 0;
+  for (size_t m = 0; m < layout_.num_blocks; ++m) {
+    const size_t off = layout_.offset[m], dm = layout_.dims[m];
+    const float* word = codebooks_.data() + 16 * off + size_t(codes[m]) * dm;
+    for (size_t j = 0; j < dm; ++j) {
+      const double t = double(c[off + j]) + word[j];
+      s += t * t;
+    }
+  }
+  return s;
+}
+
+bool Index::scan_decoded_separately() const {
+  return p_.metric == Metric::kL2 && p_.l2_decoded_norms && p_.reorder != ReorderMode::kNone;
+}
+
+void Index::fill_scan_bias(size_t li) {
+  Leaf& l = leaves_[li];
+  const size_t M = layout_.num_blocks, gb = group_bytes();
+  std::vector<uint8_t> code(M);
+  l.scan_bias.resize(l.n);
+  for (uint32_t pos = 0; pos < l.n; ++pos) {
+    const uint8_t* group = l.codes_p + size_t(pos / 32) * gb;
+    for (size_t m = 0; m < M; ++m) code[m] = get_nibble(group, m, pos % 32);
+    l.scan_bias[pos] = static_cast<float>(-0.5 * decoded_norm2(li, code.data()));
+  }
+  l.scan_p = l.n ? l.scan_bias.data() : l.bias_p;
 }
 
 void Index::materialize() {
@@ -192,6 +222,7 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     if (leaf.ids.capacity() < need) leaf.ids.reserve(room);
     if (leaf.codes.capacity() < ((need + 31) / 32) * gb) leaf.codes.reserve(((room + 31) / 32) * gb);
     if (p_.metric == Metric::kL2 && leaf.bias.capacity() < need) leaf.bias.reserve(room);
+    if (scan_decoded_separately() && leaf.scan_bias.capacity() < need) leaf.scan_bias.reserve(room);
   }
   reserve_rows(more);
   std::vector<float> v(d);
@@ -205,21 +236,15 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
     prepare_vector(x + i * d, v.data());
     store_row(l.row_off + pos, v.data());
     if (p_.metric == Metric::kL2) {
-      double s = 0;
-      if (p_.l2_decoded_norms) {
-        const float* c = resid_centers_.data() + size_t(leaf_of[i]) * d;
-        for (size_t m = 0; m < M; ++m) {
-          const size_t off = layout_.offset[m], dm = layout_.dims[m];
-          const float* word = codebooks_.data() + 16 * off + size_t(codes[i * M + m]) * dm;
-          for (size_t j = 0; j < dm; ++j) {
-            const double t = double(c[off + j]) + word[j];
-            s += t * t;
-          }
-        }
-      } else {
+      // The exact norm for re-scoring; the scan's term is the decoded one when l2_decoded_norms.
+      const double dec = p_.l2_decoded_norms ? decoded_norm2(leaf_of[i], codes.data() + i * M) : 0.0;
+      double s = dec;
+      if (!p_.l2_decoded_norms || p_.reorder != ReorderMode::kNone) {
+        s = 0;
         for (size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
       }
       l.bias.push_back(static_cast<float>(-0.5 * s));
+      if (scan_decoded_separately()) l.scan_bias.push_back(static_cast<float>(-0.5 * dec));
     }
     if (id_map_valid_) id_map_[new_ids[i]] = (uint64_t(leaf_of[i]) << 32) | pos;
     l.n++;
@@ -252,12 +277,14 @@ size_t Index::remove(const int64_t* ids, size_t n) {
       l.ids[pos] = l.ids[last];
       copy_row(l.row_off + last, l.row_off + pos);
       if (!l.bias.empty()) l.bias[pos] = l.bias[last];
+      if (!l.scan_bias.empty()) l.scan_bias[pos] = l.scan_bias[last];
       id_map_[l.ids[pos]] = (uint64_t(li) << 32) | pos;
       if (spill_) spill_->repoint(l.ids[pos], static_cast<uint32_t>(li), static_cast<uint32_t>(pos));
     }
     for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
     l.ids.pop_back();
     if (!l.bias.empty()) l.bias.pop_back();
+    if (!l.scan_bias.empty()) l.scan_bias.pop_back();
     l.n--;
     if (l.n % 32 == 0) l.codes.resize((l.n / 32) * gb);
     id_map_.erase(it);
@@ -293,8 +320,10 @@ size_t Index::memory_usage() const {
       size_t ng = (l.n + 31) / 32;
       b += ng * group_bytes() + l.n * sizeof(int64_t);
       if (l.bias_p) b += l.n * sizeof(float);
+      b += l.scan_bias.capacity() * sizeof(float);
     } else {
-      b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) + l.bias.capacity() * sizeof(float);
+      b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) +
+           (l.bias.capacity() + l.scan_bias.capacity()) * sizeof(float);
     }
   }
   if (mapping_) {

@@ -49,10 +49,13 @@ struct IndexParams {
   uint32_t default_leaves_to_search = 0;
   uint32_t default_reorder_k = 0;
   // l2 only: the exact term of the quantized distance ||q||^2 - 2 <q, x~> + n(x) uses
-  // n(x) = ||x~||^2 (the decoded vector: Faiss's IndexPQ/IndexIVFPQ distance, and better at
-  // ranking near neighbours, since its error shrinks as q approaches x) instead of ||x||^2.
-  // Only with reorder == none (re-scoring needs the exact norm: the constructor rejects both).
-  // A PARM field (optional at the end in format version 1: absent means false).
+  // n(x) = ||x~||^2 (the decoded vector: ScaNN's and Faiss's distance ||q - x~||^2) instead of
+  // ||x||^2. Its error 2 <q - x, x - x~> + ||x - x~||^2 shrinks as q approaches x, where the
+  // exact norm's 2 <q, x - x~> grows with ||q||: on data far from the origin (Fashion-MNIST)
+  // that ranks near neighbours much worse. With re-scoring, BIAS keeps the exact norm and the
+  // scan's term is computed from the codes (at add and at load: Leaf::scan_bias); without,
+  // BIAS holds the decoded norm. The Python layer sets it for every new l2 index. A PARM field
+  // (optional at the end in format version 1: absent means false, the exact-norm scan).
   bool l2_decoded_norms = false;
   // SOAR spilling (soar.h): a second, spilled copy of every vector. Stored in the optional file
   // section SOAR (absent: none).
@@ -184,16 +187,25 @@ class Index {
     std::vector<int64_t> ids;
     uint64_t row_off = 0;     // the leaf's rows in the reorder arena: [row_off, row_off + n)
     uint32_t row_cap = 0;     // rows reserved there
-    std::vector<float> bias;  // l2 only: -0.5 * ||x||^2 per point
+    std::vector<float> bias;  // l2 only: -0.5 * ||x||^2 per point (decoded norm: see l2_decoded_norms)
+    // l2 with l2_decoded_norms and re-scoring: -0.5 * ||x~||^2 per point, the scan's term
+    // (bias keeps the exact norm for re-scoring). Always owned: computed from the codes.
+    std::vector<float> scan_bias;
     // Views used by search: point into the vectors above or into a mapped file.
     const uint8_t* codes_p = nullptr;
     const int64_t* ids_p = nullptr;
     const float* bias_p = nullptr;
+    const float* scan_p = nullptr;  // the PQ scan's l2 term: scan_bias, else bias_p
   };
   struct Scratch;
 
   void sync_views(Leaf& leaf);
-  void materialize();  // copy mapped data into owned storage before a mutation
+  // ||x~||^2 of the vector with the given codes (num_blocks values) in leaf li: the squared norm
+  // of its centre plus its codewords, summed in double.
+  double decoded_norm2(size_t li, const uint8_t* codes) const;
+  bool scan_decoded_separately() const;  // l2 && l2_decoded_norms && reorder != none
+  void fill_scan_bias(size_t li);        // recomputes leaves_[li].scan_bias from its codes
+  void materialize();                    // copy mapped data into owned storage before a mutation
   void ensure_id_map() const;
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D, int64_t* I) const;

@@ -436,7 +436,6 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     const SectionView sv = r.get("SOAR");
     p.spill = SpillMode::kSoar;
     p.soar_lambda = SpillStore::read_lambda(sv.data, sv.size);
-    if (p.l2_decoded_norms) throw InvalidArgument("corrupted index file: SOAR with decoded l2 norms");
   }
   std::unique_ptr<Index> idx;
   try {
@@ -540,12 +539,14 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
       leaf.codes_p = codes + goff * gb;
       leaf.ids_p = ids + off;
       leaf.bias_p = bias ? bias + off : nullptr;
+      leaf.scan_p = leaf.bias_p;
     } else {
       leaf.codes.assign(codes + goff * gb, codes + (goff + ng) * gb);
       leaf.ids.assign(ids + off, ids + off + leaf.n);
       if (bias) leaf.bias.assign(bias + off, bias + off + leaf.n);
       idx->sync_views(leaf);
     }
+    if (idx->scan_decoded_separately()) idx->fill_scan_bias(l);  // not stored: from the codes
     off += leaf.n;
     goff += ng;
   }

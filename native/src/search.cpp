@@ -307,7 +307,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     }
     kt.scan_lut16(leaf.codes_p, ng, Mp, s.lut8.data(), s.acc.data());
     const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
-    size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.bias_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
+    size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.scan_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
                                   s.idx.data(), s.sc.data());
     s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
     if (spilled) scan_spilled(li, kt, inv_scale, bias, s);  // after: it reuses s.acc

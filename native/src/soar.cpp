@@ -157,7 +157,6 @@ void Index::init_spill() {
     throw InvalidArgument("soar_lambda must be in [0, " + std::to_string(kMaxSoarLambda) + "]");
   spill_.reset();
   if (p_.spill == SpillMode::kNone) return;
-  if (p_.l2_decoded_norms) throw InvalidArgument("spill='soar' does not support l2_decoded_norms");
   spill_ = std::make_unique<SpillStore>();
   spill_->lambda = p_.soar_lambda;
 }
@@ -244,9 +243,14 @@ void Index::spill_commit(const float* x, size_t n, const std::vector<uint32_t>& 
     sl.ids.push_back(new_ids[i]);
     sl.ref.push_back((uint64_t(pl) << 32) | ppos);
     if (l2) {
-      prepare_vector(x + i * d, v.data());
+      // Only scanned (re-scoring uses the primary copy): the scan's term, as for the primary.
       double s = 0;
-      for (size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
+      if (p_.l2_decoded_norms) {
+        s = decoded_norm2(spill_leaf[i], spill_codes.data() + i * M);
+      } else {
+        prepare_vector(x + i * d, v.data());
+        for (size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
+      }
       sl.bias.push_back(static_cast<float>(-0.5 * s));
     }
     if (spill_->map_valid) spill_->map[new_ids[i]] = (uint64_t(spill_leaf[i]) << 32) | pos;

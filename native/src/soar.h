@@ -40,7 +40,7 @@ struct SpillStore {
     std::vector<uint8_t> codes;  // packed like Leaf::codes: (ceil(n/32), num_blocks_pad, 16)
     std::vector<int64_t> ids;
     std::vector<uint64_t> ref;  // primary copy: (leaf << 32) | position
-    std::vector<float> bias;    // l2 only: -0.5 * ||x||^2
+    std::vector<float> bias;    // l2 only: -0.5 * the scan's norm term (see l2_decoded_norms)
   };
   double lambda = kDefaultSoarLambda;
   std::vector<List> lists;  // one per leaf
