@@ -43,18 +43,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   resid_centers_.assign(resid, resid + L * d);
   codebooks_.assign(codebooks, codebooks + layout_.codebook_size());
   build_codebooks_t();
-  leaves_.assign(L, Leaf());
-  for (Leaf& l : leaves_) sync_views(l);
-  clear_arena();
-  spill_reset();
-  ntotal_ = 0;
-  next_id_ = 0;
-  {
-    std::lock_guard<std::mutex> g(id_map_mu_);
-    id_map_.clear();
-    id_map_valid_ = false;
-  }
-  trained_ = true;
+  start_empty(L);
 }
 
 void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const int64_t* ids, const float* norms2) {

@@ -72,6 +72,23 @@ Index::Index(const IndexParams& p) : p_(p) {
 
 Index::~Index() = default;
 
+// A trained index of L empty leaves (after training or a quantizer import). Caller holds the
+// exclusive lock.
+void Index::start_empty(size_t L) {
+  leaves_.assign(L, Leaf());
+  for (Leaf& l : leaves_) sync_views(l);
+  clear_arena();
+  spill_reset();
+  ntotal_ = 0;
+  next_id_ = 0;
+  {
+    std::lock_guard<std::mutex> g(id_map_mu_);
+    id_map_.clear();
+    id_map_valid_ = false;
+  }
+  trained_ = true;
+}
+
 size_t Index::ntotal() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   return ntotal_;

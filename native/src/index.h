@@ -200,6 +200,7 @@ class Index {
   struct Scratch;
 
   void sync_views(Leaf& leaf);
+  void start_empty(size_t L);  // L empty leaves, no ids: the state right after training
   // ||x~||^2 of the vector with the given codes (num_blocks values) in leaf li: the squared norm
   // of its centre plus its codewords, summed in double.
   double decoded_norm2(size_t li, const uint8_t* codes) const;

@@ -136,18 +136,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   build_codebooks_t();
   int8_scale_ = std::move(scale);
   stats_ = st;
-  leaves_.assign(L, Leaf());
-  for (Leaf& l : leaves_) sync_views(l);
-  clear_arena();
-  spill_reset();
-  ntotal_ = 0;
-  next_id_ = 0;
-  {
-    std::lock_guard<std::mutex> g(id_map_mu_);
-    id_map_.clear();
-    id_map_valid_ = false;
-  }
-  trained_ = true;
+  start_empty(L);
 }
 
 void Index::encode_points(const float* x, size_t n, int nthreads, Monitor* mon, std::vector<uint32_t>& leaf_of,
