@@ -1,8 +1,8 @@
 """The protected methods of :class:`avq_plugin.AVQIndex` that the package's other front-ends use
 (a private part of the index): leaf-routed search for the sharded index (avq_plugin.distributed),
 quantizer and code import / export for the Faiss adapter (avq_plugin.faiss), and the stored
-vectors and the layout copies for tuning (avq_plugin.tuning). They give those front-ends what they need without
-touching the native object.
+vectors and layout copies for tuning (avq_plugin.tuning). They give those front-ends what they
+need without touching the native object.
 """
 
 from __future__ import annotations
