@@ -39,7 +39,7 @@ void Index::set_quantizer(const float* probe, const float* resid, size_t L, cons
   nleaves_ = L;
   p_.num_leaves = static_cast<uint32_t>(L);  // the file stores the concrete count
   probe_centers_.assign(probe, probe + L * d);
-  probe_table_.build(probe_centers_.data(), L, d);
+  build_probe_table();
   resid_centers_.assign(resid, resid + L * d);
   codebooks_.assign(codebooks, codebooks + layout_.codebook_size());
   build_codebooks_t();

@@ -331,6 +331,7 @@ size_t Index::memory_usage() const {
   size_t b = sizeof(Index);
   b += (probe_centers_.capacity() + resid_centers_.capacity() + codebooks_.capacity() + int8_scale_.capacity()) *
        sizeof(float);
+  b += probe_table_.bytes();
   for (const Leaf& l : leaves_) {
     b += sizeof(Leaf);
     if (mapping_) {

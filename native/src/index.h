@@ -201,6 +201,7 @@ class Index {
 
   void sync_views(Leaf& leaf);
   void start_empty(size_t L);  // L empty leaves, no ids: the state right after training
+  void build_probe_table();    // probe_table_ from probe_centers_, with the coarse copy when it pays
   // ||x~||^2 of the vector with the given codes (num_blocks values) in leaf li: the squared norm
   // of its centre plus its codewords, summed in double.
   double decoded_norm2(size_t li, const uint8_t* codes) const;
@@ -211,6 +212,10 @@ class Index {
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D, int64_t* I) const;
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
+  // select_leaves' two passes (bfloat16 table, then the float scores of the leaves that can still be
+  // among the best); false when the coarse pass cannot decide cheaply (then the float pass runs).
+  bool select_leaves_coarse(const float* q, size_t nprobe, Scratch& s) const;
+  void select_top(const float* score, const uint32_t* leaf, size_t n, size_t nprobe, Scratch& s) const;
   const float* start_query(const float* q_in, size_t k, size_t& nprobe, size_t& probed, Scratch& s, float* D,
                            int64_t* I) const;
   void search_one_float(const float* q, size_t k, size_t nprobe, Scratch& s, float* D, int64_t* I) const;

@@ -476,7 +476,7 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   check_coordinates(rc, L * d, "RCEN");
   check_coordinates(cb, 16 * d, "CBOK");
   idx->probe_centers_.assign(pc, pc + L * d);
-  idx->probe_table_.build(pc, L, d);
+  idx->build_probe_table();
   idx->resid_centers_.assign(rc, rc + L * d);
   idx->codebooks_.assign(cb, cb + 16 * d);
   idx->build_codebooks_t();

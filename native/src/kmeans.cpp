@@ -156,6 +156,43 @@ void CenterTable::score_multi(const float* q, size_t nq, bool by_dot, float* out
     }
 }
 
+void CenterTable::build_coarse() {
+  dp = (d + 1) / 2;
+  const double limit = double(std::numeric_limits<int32_t>::max()) / (double(kCoarseCentreMax) * double(2 * dp));
+  qmax = static_cast<int32_t>(std::min(32767.0, std::floor(limit)));
+  ti.clear();
+  if (qmax < 64) return;  // d beyond ~16k: too coarse to help
+  ti.assign(ngroups * dp * 32, 0);
+  scale.assign(ngroups * 16, 0.f);
+  l1.assign(ngroups * 16, 0.f);
+  err.assign(ngroups * 16, 0.f);
+  for (size_t i = 0; i < k; ++i) {
+    const size_t g = i / 16, l = i % 16;
+    double mx = 0.0, s1 = 0.0;
+    for (size_t j = 0; j < d; ++j) {
+      const double v = t[(g * d + j) * 16 + l];
+      mx = std::max(mx, std::fabs(v));
+      s1 += std::fabs(v);
+    }
+    const double sc = static_cast<float>(mx / kCoarseCentreMax);  // the float the search uses
+    double e = 0.0;
+    for (size_t j = 0; j < d && sc > 0.0; ++j) {
+      const double v = t[(g * d + j) * 16 + l];
+      const double r = std::max(-double(kCoarseCentreMax), std::min(double(kCoarseCentreMax), std::nearbyint(v / sc)));
+      ti[((g * dp + j / 2) * 16 + l) * 2 + j % 2] = static_cast<int16_t>(r);
+      e = std::max(e, std::fabs(v - sc * r));
+    }
+    scale[i] = static_cast<float>(sc);
+    l1[i] = static_cast<float>(s1 * (1.0 + 1e-6));  // upper bounds despite the rounding to float
+    err[i] = static_cast<float>(e * (1.0 + 1e-6));
+  }
+}
+
+size_t CenterTable::bytes() const {
+  return (t.capacity() + norm2.capacity()) * sizeof(float) + ti.capacity() * sizeof(int16_t) +
+         (scale.capacity() + l1.capacity() + err.capacity()) * sizeof(float);
+}
+
 void assign_centers(const float* x, size_t n, size_t d, const float* c, size_t k, bool by_dot, uint32_t* out,
                     float* out_score, int nthreads) {
   if (k == 0) throw InvalidArgument("assign_centers: no centers");

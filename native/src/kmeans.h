@@ -21,6 +21,21 @@ struct CenterTable {
   // score() for nq rows of q (row p at q + p*d) into out + p*ngroups*16: the same values, with
   // the table read once per 4 rows.
   void score_multi(const float* q, size_t nq, bool by_dot, float* out) const;
+
+  // Optional coarse copy for the first pass of leaf selection (build_coarse): every centre as
+  // 16-bit integers, x_l ~ scale[l] * xi_l with |xi_lj| <= kCoarseCentreMax, laid out for
+  // kernels::dot_t16_i16 (dp pairs of dimensions); l1[l] >= ||x_l||_1 and err[l] >=
+  // max_j |x_lj - scale[l] xi_lj|, so that a caller can bound the error of a coarse score; qmax: the
+  // largest query integer that keeps every sum of d products within int32. Empty until built, and
+  // left empty when d is too large for a useful qmax.
+  static constexpr int32_t kCoarseCentreMax = 2047;
+  std::vector<int16_t> ti;
+  std::vector<float> scale, l1, err;
+  size_t dp = 0;
+  int32_t qmax = 0;
+  void build_coarse();
+  bool has_coarse() const { return !ti.empty(); }
+  size_t bytes() const;  // memory held
 };
 
 // Index of the largest of s[0..k) (k >= 1), the lowest among equal maxima (what a running strict

@@ -2,6 +2,7 @@
 // re-scoring; probe() and search_leaves() for routed (sharded) search.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -138,38 +139,141 @@ void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* le
   });
 }
 
+// Leaf selection reads the whole centre table for every query (L x d floats: 485 KB for 316 leaves
+// of 384 dimensions, about a core's L2 cache). From this size on, a 16-bit integer copy of the
+// table (half the bytes, a quarter of the instructions) is read first, and the float scores are
+// computed only for the leaves whose coarse score leaves them a chance (see select_leaves_coarse).
+constexpr size_t kCoarseProbeMinBytes = size_t(128) << 10;
+
+void Index::build_probe_table() {
+  const size_t L = probe_centers_.size() / p_.d;  // (nleaves_ may not be set yet: loading)
+  probe_table_ = CenterTable();
+  probe_table_.build(probe_centers_.data(), L, p_.d);
+  // AVQ_COARSE_PROBE=0 (read when a table is built) turns the coarse pass off: the answers are the
+  // same either way, so this only serves to time it or to rule it out.
+  const char* env = std::getenv("AVQ_COARSE_PROBE");
+  const bool off = env != nullptr && std::strcmp(env, "0") == 0;
+  if (!off && probe_centers_.size() * sizeof(float) >= kCoarseProbeMinBytes) probe_table_.build_coarse();
+}
+
 // Best nprobe leaves by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id. Fills s.leaf_sel.
+// The scores are dot_t16's (float, a fixed summation order) whichever pass computes them.
 void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
   const size_t L = nleaves_;
-  const bool l2 = p_.metric == Metric::kL2;
+  if (nprobe < L && probe_table_.has_coarse() && select_leaves_coarse(q, nprobe, s)) return;
   s.leaf_scores.resize(probe_table_.ngroups * 16);
-  probe_table_.score(q, !l2, s.leaf_scores.data());
-  // Best nprobe leaves, branch-free: one 64-bit key per leaf (order-preserving bits of the score,
-  // then the inverted leaf id so that ties go to the lower id), the nprobe-th largest key by
-  // selection, the keys at or above it, sorted.
-  {
-    s.keys.resize(L);
-    for (uint32_t l = 0; l < L; ++l) {
-      uint32_t u;
-      std::memcpy(&u, &s.leaf_scores[l], 4);
-      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-      s.keys[l] = (uint64_t(u) << 32) | uint32_t(~l);
-    }
-    s.keys_tmp.assign(s.keys.begin(), s.keys.end());  // the selection scrambles its input
-    const uint64_t cut = nprobe < L ? topk::kth_largest(s.keys_tmp, nprobe - 1, s.keys_aux) : 0;
-    s.keys_aux.resize(L);
-    size_t w = 0;
-    for (uint32_t l = 0; l < L; ++l) {
-      s.keys_aux[w] = s.keys[l];
-      w += s.keys[l] >= cut;
-    }
-    std::sort(s.keys_aux.begin(), s.keys_aux.begin() + w, std::greater<uint64_t>());
-    s.leaf_sel.resize(w);
-    for (size_t i = 0; i < w; ++i) {
-      const uint32_t l = ~uint32_t(s.keys_aux[i]);
-      s.leaf_sel[i] = {s.leaf_scores[l], l};
-    }
+  probe_table_.score(q, p_.metric != Metric::kL2, s.leaf_scores.data());
+  select_top(s.leaf_scores.data(), nullptr, L, nprobe, s);
+}
+
+// Best nprobe of n leaves (leaf[i], or i when leaf is null) by score[i]; ties: lower leaf id.
+// Branch-free: one 64-bit key per leaf (order-preserving bits of the score, then the inverted leaf
+// id), the nprobe-th largest key by selection, the keys at or above it, sorted.
+void Index::select_top(const float* score, const uint32_t* leaf, size_t n, size_t nprobe, Scratch& s) const {
+  s.keys.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &score[i], 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    const uint32_t l = leaf ? leaf[i] : static_cast<uint32_t>(i);
+    s.keys[i] = (uint64_t(u) << 32) | uint32_t(~l);
   }
+  s.keys_tmp.assign(s.keys.begin(), s.keys.end());  // the selection scrambles its input
+  const uint64_t cut = nprobe < n ? topk::kth_largest(s.keys_tmp, nprobe - 1, s.keys_aux) : 0;
+  s.keys_aux.resize(n);
+  size_t w = 0;
+  for (size_t i = 0; i < n; ++i) {
+    s.keys_aux[w] = s.keys[i];
+    w += s.keys[i] >= cut;
+  }
+  std::sort(s.keys_aux.begin(), s.keys_aux.begin() + w, std::greater<uint64_t>());
+  s.leaf_sel.resize(w);
+  for (size_t i = 0; i < w; ++i) {
+    const uint64_t key = s.keys_aux[i];
+    uint32_t u = uint32_t(key >> 32);
+    u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;  // back to the score's bits
+    float sc;
+    std::memcpy(&sc, &u, 4);
+    s.leaf_sel[i] = {sc, ~uint32_t(key)};
+  }
+}
+
+// Two passes giving exactly select_top's answer over the float scores f_l of every leaf:
+// 1. the query as 16-bit integers (q ~ sq qi, |q_j - sq qi_j| <= dq) against the 16-bit centres
+//    (x_l ~ scale_l xi_l, error <= err_l): exact integer sums, hence coarse scores
+//    a_l = sq scale_l <qi, xi_l> with |<q, x_l> - a_l| <= dq ||x_l||_1 + sq ||qi||_1 err_l; the float
+//    sum of d products (f_l) is within 1.01 d 2^-24 max|q| ||x_l||_1 of <q, x_l>; under l2 (score
+//    2 <q, x> - ||x||^2) both double, plus the rounding of the combination; a margin of 2^-10 of
+//    the bound, 2^-20 |a_l| and d FLT_MIN (underflow) covers the bounds' own arithmetic: e_l;
+// 2. T = the nprobe-th largest lower bound a_l - e_l (rounded down to a float): at least nprobe
+//    leaves have f_l >= T, so every leaf of the answer (ties included) has a_l + e_l >= T. The float
+//    scores of those leaves (dot_seq_gather: dot_t16's order, bit for bit) and select_top over
+//    them give the answer.
+// Returns false (the caller runs the float pass) for a zero query, a bound that is not finite, or
+// when more than a quarter of the leaves would need their float score.
+bool Index::select_leaves_coarse(const float* q, size_t nprobe, Scratch& s) const {
+  const size_t L = nleaves_, d = p_.d;
+  const bool l2 = p_.metric == Metric::kL2;
+  const CenterTable& t = probe_table_;
+  float qmx = 0.f;
+  for (size_t j = 0; j < d; ++j) qmx = std::max(qmx, std::fabs(q[j]));
+  if (!(qmx > 0.f)) return false;
+  // qi_j = q_j / sq rounded: x is within qmax 2^-23 of q_j / sq, the float x +- 0.5 within
+  // (qmax + 1) 2^-24 of its exact value, so |q_j / sq - qi_j| <= 0.5 + qmax 2^-21 (clamping
+  // included): |q_j - sq qi_j| <= dq.
+  const double sq = double(qmx) / t.qmax, dq = sq * (0.5 + t.qmax * std::ldexp(1.0, -21));
+  const float inv = static_cast<float>(t.qmax / double(qmx));
+  s.q16.resize(2 * t.dp);
+  s.q16[2 * t.dp - 1] = 0;
+  int32_t q1 = 0;  // ||qi||_1 <= d * 32767: no overflow
+  for (size_t j = 0; j < d; ++j) {
+    const float x = q[j] * inv;
+    const int32_t r = std::max(-t.qmax, std::min(t.qmax, static_cast<int32_t>(x + (x >= 0.f ? 0.5f : -0.5f))));
+    s.q16[j] = static_cast<int16_t>(r);
+    q1 += r < 0 ? -r : r;
+  }
+  s.isc.resize(t.ngroups * 16);
+  kernels::active().dot_t16_i16(s.q16.data(), t.ti.data(), t.ngroups, t.dp, s.isc.data());
+  // e_l = A ||x_l||_1 + B err_l + r1 |a_l| + r2 ||x_l||^2 + tiny: the terms above with their margins;
+  // computed in float: a few roundings of 2^-24 each, well inside the 2^-10 and 2^-20 margins.
+  const double m = (l2 ? 2.0 : 1.0) * (1.0 + std::ldexp(1.0, -10));
+  const float A = static_cast<float>((dq + 1.01 * double(d) * std::ldexp(1.0, -24) * qmx) * m);
+  const float B = static_cast<float>(sq * double(q1) * m);
+  const float r1 = std::ldexp(1.f, -20) + (l2 ? std::ldexp(1.f, -21) : 0.f), r2 = l2 ? std::ldexp(1.f, -21) : 0.f;
+  const float tiny = static_cast<float>(double(d) * std::numeric_limits<float>::min());
+  const float am = static_cast<float>(l2 ? 2.0 * sq : sq), nm = l2 ? 1.f : 0.f, r3 = std::ldexp(1.f, -22);
+  s.approx.resize(L);
+  s.bound.resize(L);
+  s.lo.resize(L);
+  const float *scale = t.scale.data(), *l1 = t.l1.data(), *err = t.err.data(), *n2 = t.norm2.data();
+  const int32_t* isc = s.isc.data();
+  float *ap = s.approx.data(), *bd = s.bound.data(), *lo = s.lo.data();
+  int bad = 0;
+  for (size_t l = 0; l < L; ++l) {
+    const float a = am * scale[l] * static_cast<float>(isc[l]) - nm * n2[l];
+    const float e = A * l1[l] + B * err[l] + r1 * std::fabs(a) + r2 * n2[l] + tiny;
+    // a - e lowered by more than its rounding (the float kept is not above the exact a - e)
+    lo[l] = (a - e) - (r3 * std::fabs(a - e) + tiny);
+    bad |= !(std::fabs(a) + e <= 1e37f);
+    ap[l] = a;
+    bd[l] = e;
+  }
+  const bool finite = !bad;
+  if (!finite) return false;
+  const float cut = topk::kth_largest_f32(s.lo.data(), L, nprobe - 1, s.lo_tmp);
+  s.cand_leaf.clear();
+  for (uint32_t l = 0; l < L; ++l)
+    if (ap[l] + bd[l] >= cut) s.cand_leaf.push_back(l);  // (rounding: as for lo, inside the margins)
+  const size_t nc = s.cand_leaf.size();
+  if (nc * 4 > L) return false;
+  s.cand_rows.resize(nc);
+  for (size_t i = 0; i < nc; ++i) s.cand_rows[i] = probe_centers_.data() + size_t(s.cand_leaf[i]) * d;
+  s.cand_score.resize(nc);
+  kernels::active().dot_seq_gather(q, s.cand_rows.data(), nc, d, s.cand_score.data());
+  if (l2)
+    for (size_t i = 0; i < nc; ++i) s.cand_score[i] = (s.cand_score[i] + s.cand_score[i]) - t.norm2[s.cand_leaf[i]];
+  select_top(s.cand_score.data(), s.cand_leaf.data(), nc, nprobe, s);
+  return true;
 }
 
 // Common start of search_one and search_one_float: fills D, I with the padding (-1 ids, the

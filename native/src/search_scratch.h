@@ -22,13 +22,22 @@ struct Index::Scratch {
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
   std::vector<uint64_t> seen;  // SOAR: de-duplication hash set of primary references
+  // coarse leaf selection: lower bounds, their selection scratch, the kept leaves and their scores
+  std::vector<float> lo, lo_tmp, cand_score, approx, bound;
+  std::vector<int16_t> q16;
+  std::vector<int32_t> isc;
+  std::vector<uint32_t> cand_leaf;
+  std::vector<const float*> cand_rows;
   topk::TopN topn;
   const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
   size_t given_n = 0;
   size_t footprint() const {
-    return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity()) *
+    return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity() +
+            lo.capacity() + lo_tmp.capacity() + cand_score.capacity() + approx.capacity() + bound.capacity()) *
                sizeof(float) +
-           idx.capacity() * sizeof(uint32_t) + leaf_sel.capacity() * sizeof(leaf_sel[0]) +
+           (idx.capacity() + cand_leaf.capacity() + isc.capacity()) * sizeof(uint32_t) +
+           cand_rows.capacity() * sizeof(void*) + q16.capacity() * sizeof(int16_t) +
+           leaf_sel.capacity() * sizeof(leaf_sel[0]) +
            (keys.capacity() + keys_tmp.capacity() + keys_aux.capacity()) * sizeof(uint64_t) + lut8.capacity() +
            acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
   }

@@ -130,7 +130,7 @@ void Index::train(const float* x, size_t n, int nthreads, Monitor* mon) {
   eta_fn_ = eta_fn_ptr;
   nleaves_ = L;
   probe_centers_ = std::move(probe);
-  probe_table_.build(probe_centers_.data(), L, d);
+  build_probe_table();
   resid_centers_ = std::move(resid);
   codebooks_ = std::move(cb);
   build_codebooks_t();

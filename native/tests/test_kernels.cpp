@@ -282,21 +282,26 @@ void test_filter(const k::KernelTable& t, const k::KernelTable& ref) {
   const size_t kN[] = {0, 1, 5, 7, 8, 9, 15, 16, 17, 23, 31, 33, 100, 257, 1001};
   for (size_t n : kN) {
     for (int with_bias = 0; with_bias < 2; ++with_bias) {
-      for (int sel = 0; sel < 4; ++sel) {
+      // a < 0 and a > 0 (the SIMD levels skip blocks of accumulators below an integer cut when
+      // a > 0 and there is no bias); sel 4: accumulators packed around the threshold's cut.
+      for (int sel = 0; sel < 10; ++sel) {
+        const bool up = sel >= 5;
+        const int mode = sel % 5;
         std::uniform_int_distribution<unsigned> adist(0, 65535);
         std::vector<uint16_t> acc_buf(n + 1);
         uint16_t* acc = acc_buf.data() + 1;  // misaligned
-        for (size_t i = 0; i < n; ++i) acc[i] = static_cast<uint16_t>(adist(rng()));
+        for (size_t i = 0; i < n; ++i)
+          acc[i] = static_cast<uint16_t>(mode == 4 ? 40000 + adist(rng()) % 7 : adist(rng()));
         std::vector<float> bias_buf = rand_floats(n + 1, -3.0f, 3.0f);
         const float* bias = with_bias ? bias_buf.data() + 1 : nullptr;
-        const float a = -0.000731f, b = 17.25f;
+        const float a = up ? 0.000731f : -0.000731f, b = 17.25f;
         // Thresholds: keep almost nothing / about half / almost everything / exactly one score.
         float thr;
-        if (sel == 0) {
-          thr = 16.0f;
-        } else if (sel == 1) {
-          thr = 17.25f - 0.000731f * 32768.0f;
-        } else if (sel == 2) {
+        if (mode == 0) {
+          thr = up ? 65.0f : 16.0f;
+        } else if (mode == 1) {
+          thr = 17.25f + a * 32768.0f;
+        } else if (mode == 2) {
           thr = -1e30f;
         } else {
           thr = n > 0 ? static_cast<float>(acc[n / 2]) * a + b : 0.0f;  // strict '>' at equality
@@ -391,6 +396,65 @@ void test_dot_t16(const k::KernelTable& t, const k::KernelTable& ref) {
   }
 }
 
+// dot_t16_i16: exact int32 sums of 16-bit products over pairs of dimensions, against a plain
+// 64-bit reference, including the extreme values the coarse leaf selection uses (|q| <= 2732 at
+// d_pad = 384, |x| <= 2047: the sums reach 2^31 - 1 in magnitude without overflowing).
+void test_dot_t16_i16(const k::KernelTable& t) {
+  std::mt19937 rng(79);
+  for (size_t dp : {1, 2, 3, 8, 25, 192}) {
+    for (size_t ng : {1, 2, 3, 5}) {
+      for (int mode = 0; mode < 3; ++mode) {  // random; the largest positive sums; the largest negative
+        const int32_t qmax = static_cast<int32_t>(std::min<int64_t>(32767, 2147483647 / (2047 * int64_t(2 * dp))));
+        std::uniform_int_distribution<int32_t> uq(-qmax, qmax), ux(-2047, 2047);
+        std::vector<int16_t> q(2 * dp), ct(ng * dp * 32);
+        for (size_t j = 0; j < q.size(); ++j)
+          q[j] = static_cast<int16_t>(mode == 0 ? uq(rng) : (mode == 1 ? qmax : -qmax));
+        for (size_t j = 0; j < ct.size(); ++j) ct[j] = static_cast<int16_t>(mode == 0 ? ux(rng) : 2047);
+        std::vector<int32_t> a(ng * 16, -7);
+        t.dot_t16_i16(q.data(), ct.data(), ng, dp, a.data());
+        bool ok = true;
+        for (size_t g = 0; g < ng; ++g)
+          for (size_t l = 0; l < 16; ++l) {
+            int64_t r = 0;
+            for (size_t i = 0; i < dp; ++i)
+              for (size_t h = 0; h < 2; ++h) r += int64_t(q[2 * i + h]) * ct[((g * dp + i) * 16 + l) * 2 + h];
+            ok &= r == a[g * 16 + l];
+          }
+        check(ok, std::string(k::level_name(t.level)) + " dot_t16_i16 exact dp=" + std::to_string(dp) +
+                      " ng=" + std::to_string(ng) + " mode=" + std::to_string(mode));
+      }
+    }
+  }
+}
+
+// dot_seq_gather: each row's sum bit-identical to that row's entry of the scalar dot_t16 (the
+// leaves the coarse pass keeps are re-scored in the order the float pass uses), for every count
+// of rows (blocks of 8 and the rest) and d (blocks of 8 and the tail).
+void test_dot_seq_gather(const k::KernelTable& t, const k::KernelTable& ref) {
+  std::mt19937 rng(80);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (size_t d : {1, 3, 8, 9, 16, 50, 97, 384}) {
+    for (size_t n : {0, 1, 7, 8, 9, 16, 21}) {
+      const size_t ng = (n + 15) / 16;
+      std::vector<float> q(d), x(n * d), ct(std::max<size_t>(ng, 1) * d * 16, 0.f), a(n + 1, -7.f),
+          b(std::max<size_t>(ng, 1) * 16);
+      for (float& v : q) v = u(rng);
+      for (float& v : x) v = u(rng) * 3.f;
+      std::vector<const float*> rows(n);
+      for (size_t i = 0; i < n; ++i) {
+        rows[i] = x.data() + ((i * 5) % n) * d;  // gathered out of order
+        for (size_t j = 0; j < d; ++j) ct[((i / 16) * d + j) * 16 + i % 16] = rows[i][j];
+      }
+      t.dot_seq_gather(q.data(), rows.data(), n, d, a.data());
+      if (ng) ref.dot_t16(q.data(), ct.data(), ng, d, b.data());
+      const std::string what =
+          std::string(k::level_name(t.level)) + " dot_seq_gather d=" + std::to_string(d) + " n=" + std::to_string(n);
+      check(bits_equal(a.data(), b.data(), n), what + " bit-identical to dot_t16");
+      check(a[n] == -7.f, what + " writes only its outputs");
+    }
+  }
+}
+
 // dot_t16_multi: nq queries (row stride ldq) into rows of stride ldo; bit-identical to nq calls of
 // the scalar dot_t16, whatever nq (blocks of 4 and the rest) and ngroups (pairs and the rest).
 void test_dot_t16_multi(const k::KernelTable& t, const k::KernelTable& ref) {
@@ -460,6 +524,8 @@ int main() {
     test_filter(*t, ref);
     test_dot_t16(*t, ref);
     test_dot_t16_multi(*t, ref);
+    test_dot_t16_i16(*t);
+    test_dot_seq_gather(*t, ref);
     test_partition(*t);
     std::printf("level %s: %s\n", k::level_name(t->level), g_failed == before ? "ok" : "FAILURES");
   }

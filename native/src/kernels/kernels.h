@@ -68,6 +68,17 @@ struct KernelTable {
   // each centre once per 4 queries instead of once per query (the table is streamed from cache).
   void (*dot_t16_multi)(const float* q, size_t nq, size_t ldq, const float* ct, size_t ngroups, size_t d, float* out,
                         size_t ldo);
+  // Exact integer inner products of a 16-bit query with 16-bit rows stored in pairs of dimensions,
+  // transposed in groups of 16 (the coarse first pass of leaf selection: half the bytes of the float
+  // table, a quarter of its instructions): ct layout (ngroups, dp, 16, 2) with dp = d_pad / 2,
+  // ct[((g*dp + i)*16 + l)*2 + t] = row(16g + l)[2i + t]; q holds d_pad values (zero padded).
+  // out[16g + l] = sum_j q[j] * row(16g + l)[j] in int32: the caller bounds the sum of |products| by
+  // 2^31 - 1 (then every partial sum is exact and the result is the same at every level).
+  void (*dot_t16_i16)(const int16_t* q, const int16_t* ct, size_t ngroups, size_t dp, int32_t* out);
+  // out[i] = dot_t16's sum for row rows[i] (d floats, row-major): sum over j = 0..d-1 in increasing
+  // order of q[j]*rows[i][j], each product and each sum rounded to float. Bit-identical to the
+  // dot_t16 entry of the same row, at every level (re-scoring the leaves the coarse pass kept).
+  void (*dot_seq_gather)(const float* q, const float* const* rows, size_t n, size_t d, float* out);
 
   // Order-keeping three-way split around pivot (the step of the top-N selection): the values
   // > pivot go to gt_out, the values < pivot to lt_out, in their original order; returns the

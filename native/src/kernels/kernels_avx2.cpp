@@ -304,31 +304,63 @@ constexpr CompressTable kCompress = make_compress_table();
 // but may leave unspecified values in entries >= the returned count (AVX2 masked stores,
 // vmaskmovps, are very slow on AMD, so they are avoided). Tail (< 8 points): scalar, same
 // arithmetic.
+//
+// Without a bias, s is a non-decreasing function of acc (a > 0; float rounding is monotonic), so
+// every acc below the integer cut of filter_cut can be skipped: 16 accumulators are compared with
+// it at once and the float arithmetic runs only for the blocks of 8 holding one at or above it
+// (once the top-N is full, few do). The output is the same as without the pre-check.
+inline int filter_cut(float a, float b, float thr) {
+  // (plain arithmetic, no <cmath> inline functions: see the ODR note at the top)
+  if (!(a > 0.f) || !(thr > -__FLT_MAX__) || !(b - b == 0.f)) return 0;
+  // acc < (thr - b) / a - margin gives float(acc) * a + b <= thr: the two roundings move s by at
+  // most 2^-23 (acc a + |b|), less than margin * a.
+  const double ab = b < 0.f ? -double(b) : double(b);
+  const double x = (double(thr) - b) / a, margin = 2.0 + (65536.0 + ab / a) * (1.0 / 1048576.0);
+  const double cut = x - margin;  // truncation below: the floor for cut > 0
+  return !(cut > 0.0) ? 0 : (cut >= 65535.0 ? 65535 : static_cast<int>(cut));
+}
+
+template <bool kHasBias>
+inline void filter8(const uint16_t* acc, const float* bias, size_t i, __m256 va, __m256 vb, __m256 vthr,
+                    uint32_t* out_idx, float* out_score, size_t& k) {
+  const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i nibble_mask = _mm256_set1_epi32(0xF);
+  const __m128i a16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(acc + i));
+  __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(a16));
+  s = _mm256_mul_ps(s, va);
+  s = _mm256_add_ps(s, vb);
+  if (kHasBias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + i));
+  const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s, vthr, _CMP_GT_OQ)));
+  const __m256i perm = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.v[m])), nibble_shifts), nibble_mask);
+  const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(i)), perm);
+  // Full 8-lane stores: k <= i and i + 8 <= n, so they stay inside the n-entry outputs.
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_idx + k), idx);
+  _mm256_storeu_ps(out_score + k, _mm256_permutevar8x32_ps(s, perm));
+  k += static_cast<size_t>(__builtin_popcount(m));
+}
+
 template <bool kHasBias>
 inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
                           uint32_t* out_idx, float* out_score) {
   const __m256 va = _mm256_set1_ps(a);
   const __m256 vb = _mm256_set1_ps(b);
   const __m256 vthr = _mm256_set1_ps(thr);
-  const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i nibble_mask = _mm256_set1_epi32(0xF);
   size_t k = 0;
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i a16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(acc + i));
-    __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(a16));
-    s = _mm256_mul_ps(s, va);
-    s = _mm256_add_ps(s, vb);
-    if (kHasBias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + i));
-    const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s, vthr, _CMP_GT_OQ)));
-    const __m256i perm = _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.v[m])), nibble_shifts), nibble_mask);
-    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(i)), perm);
-    // Full 8-lane stores: k <= i and i + 8 <= n, so they stay inside the n-entry outputs.
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_idx + k), idx);
-    _mm256_storeu_ps(out_score + k, _mm256_permutevar8x32_ps(s, perm));
-    k += static_cast<size_t>(__builtin_popcount(m));
+  const int cut = kHasBias ? 0 : filter_cut(a, b, thr);
+  if (cut > 0) {
+    const __m256i vcut = _mm256_set1_epi16(static_cast<short>(cut));
+    for (; i + 16 <= n; i += 16) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + i));
+      // bit pairs set where acc >= cut (unsigned: max(acc, cut) == acc)
+      const unsigned ge = static_cast<unsigned>(_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(v, vcut), v)));
+      if (ge == 0) continue;
+      if (ge & 0xFFFFu) filter8<kHasBias>(acc, bias, i, va, vb, vthr, out_idx, out_score, k);
+      if (ge >> 16) filter8<kHasBias>(acc, bias, i + 8, va, vb, vthr, out_idx, out_score, k);
+    }
   }
+  for (; i + 8 <= n; i += 8) filter8<kHasBias>(acc, bias, i, va, vb, vthr, out_idx, out_score, k);
   for (; i < n; ++i) {  // same arithmetic as the scalar reference
     float s = static_cast<float>(acc[i]) * a;
     s = s + b;
@@ -424,6 +456,97 @@ void dot_t16_multi(const float* q, size_t nq, size_t ldq, const float* ct, size_
   for (; p < nq; ++p) dot_t16(q + p * ldq, ct, ngroups, d, out + p * ldo);
 }
 
+// Exact int32 sums of 16-bit products: _mm256_madd_epi16 multiplies the query's pair (2i, 2i+1),
+// broadcast to every 32-bit lane, with eight centres' pairs and adds each pair. Two groups per pass.
+void dot_t16_i16(const int16_t* q, const int16_t* ct, size_t ngroups, size_t dp, int32_t* out) {
+  size_t g = 0;
+  const size_t gs = dp * 32;
+  for (; g + 2 <= ngroups; g += 2) {
+    const int16_t* c0 = ct + g * gs;
+    const int16_t* c1 = c0 + gs;
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256(), a2 = _mm256_setzero_si256(),
+            a3 = _mm256_setzero_si256();
+    for (size_t i = 0; i < dp; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, q + 2 * i, 4);
+      const __m256i qi = _mm256_set1_epi32(pair);
+      const __m256i* r0 = reinterpret_cast<const __m256i*>(c0 + i * 32);
+      const __m256i* r1 = reinterpret_cast<const __m256i*>(c1 + i * 32);
+      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(qi, _mm256_loadu_si256(r0)));
+      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(qi, _mm256_loadu_si256(r0 + 1)));
+      a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(qi, _mm256_loadu_si256(r1)));
+      a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(qi, _mm256_loadu_si256(r1 + 1)));
+    }
+    __m256i* o = reinterpret_cast<__m256i*>(out + g * 16);
+    _mm256_storeu_si256(o, a0);
+    _mm256_storeu_si256(o + 1, a1);
+    _mm256_storeu_si256(o + 2, a2);
+    _mm256_storeu_si256(o + 3, a3);
+  }
+  for (; g < ngroups; ++g) {
+    const int16_t* c0 = ct + g * gs;
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    for (size_t i = 0; i < dp; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, q + 2 * i, 4);
+      const __m256i qi = _mm256_set1_epi32(pair);
+      const __m256i* r0 = reinterpret_cast<const __m256i*>(c0 + i * 32);
+      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(qi, _mm256_loadu_si256(r0)));
+      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(qi, _mm256_loadu_si256(r0 + 1)));
+    }
+    __m256i* o = reinterpret_cast<__m256i*>(out + g * 16);
+    _mm256_storeu_si256(o, a0);
+    _mm256_storeu_si256(o + 1, a1);
+  }
+}
+
+// Eight rows per pass, one per lane: 8 x 8 blocks of the rows transposed in registers, so that lane
+// r accumulates q[j] * rows[r][j] in increasing j (dot_t16's order); the d % 8 tail and the last
+// n % 8 rows in scalar code, in the same order.
+void dot_seq_gather(const float* q, const float* const* rows, size_t n, size_t d, float* out) {
+  const size_t d8 = d - d % 8;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float* const* r = rows + i;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t j = 0; j < d8; j += 8) {
+      const __m256 t0 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[0] + j), _mm256_loadu_ps(r[1] + j));
+      const __m256 t1 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[0] + j), _mm256_loadu_ps(r[1] + j));
+      const __m256 t2 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[2] + j), _mm256_loadu_ps(r[3] + j));
+      const __m256 t3 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[2] + j), _mm256_loadu_ps(r[3] + j));
+      const __m256 t4 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[4] + j), _mm256_loadu_ps(r[5] + j));
+      const __m256 t5 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[4] + j), _mm256_loadu_ps(r[5] + j));
+      const __m256 t6 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[6] + j), _mm256_loadu_ps(r[7] + j));
+      const __m256 t7 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[6] + j), _mm256_loadu_ps(r[7] + j));
+      // u_k: rows 0..3 (low half) / 4..7 (high half) of columns k and k + 4 (low / high 128 bits)
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 0]), _mm256_permute2f128_ps(u0, u4, 0x20)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 1]), _mm256_permute2f128_ps(u1, u5, 0x20)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 2]), _mm256_permute2f128_ps(u2, u6, 0x20)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 3]), _mm256_permute2f128_ps(u3, u7, 0x20)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 4]), _mm256_permute2f128_ps(u0, u4, 0x31)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 5]), _mm256_permute2f128_ps(u1, u5, 0x31)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 6]), _mm256_permute2f128_ps(u2, u6, 0x31)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[j + 7]), _mm256_permute2f128_ps(u3, u7, 0x31)));
+    }
+    alignas(32) float a[8];
+    _mm256_store_ps(a, acc);
+    for (size_t l = 0; l < 8; ++l) {
+      float s = a[l];
+      for (size_t j = d8; j < d; ++j) s = s + q[j] * r[l][j];
+      out[i + l] = s;
+    }
+  }
+  for (; i < n; ++i) {
+    float s = 0.f;
+    for (size_t j = 0; j < d; ++j) s = s + q[j] * rows[i][j];
+    out[i] = s;
+  }
+}
+
 // 8 values per step; the compare masks pick left-packing permutations (kCompress) and full
 // 8-lane stores go to the current counts (outputs have 16 floats of slack).
 void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
@@ -456,8 +579,8 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx2, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,   &scan_lut16, &filter_scores, &dot_t16,   &dot_t16_multi, &partition_f32,
+    SimdLevel::kAvx2, &dot,           &l2sqr,   &dot_batch,     &l2sqr_batch, &dot_gather,     &dot_i8_gather,
+    &scan_lut16,      &filter_scores, &dot_t16, &dot_t16_multi, &dot_t16_i16, &dot_seq_gather, &partition_f32,
 };
 
 }  // namespace

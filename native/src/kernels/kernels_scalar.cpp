@@ -11,6 +11,8 @@
 
 #include "kernels/kernels.h"
 
+#include <cstring>
+
 namespace avq {
 namespace kernels {
 
@@ -159,6 +161,25 @@ void dot_t16_multi(const float* q, size_t nq, size_t ldq, const float* ct, size_
   for (size_t p = 0; p < nq; ++p) dot_t16(q + p * ldq, ct, ngroups, d, out + p * ldo);
 }
 
+void dot_t16_i16(const int16_t* q, const int16_t* ct, size_t ngroups, size_t dp, int32_t* out) {
+  for (size_t g = 0; g < ngroups; ++g) {
+    int32_t acc[16] = {0};
+    const int16_t* c = ct + g * dp * 32;
+    for (size_t i = 0; i < dp; ++i)
+      for (int l = 0; l < 16; ++l)
+        acc[l] += int32_t(q[2 * i]) * c[(i * 16 + l) * 2] + int32_t(q[2 * i + 1]) * c[(i * 16 + l) * 2 + 1];
+    for (int l = 0; l < 16; ++l) out[g * 16 + l] = acc[l];
+  }
+}
+
+void dot_seq_gather(const float* q, const float* const* rows, size_t n, size_t d, float* out) {
+  for (size_t i = 0; i < n; ++i) {
+    float acc = 0.f;
+    for (size_t j = 0; j < d; ++j) acc = acc + q[j] * rows[i][j];
+    out[i] = acc;
+  }
+}
+
 void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt, size_t* n_lt) {
   size_t g = 0, l = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -173,8 +194,8 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kScalar, &dot,        &l2sqr,         &dot_batch, &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,     &scan_lut16, &filter_scores, &dot_t16,   &dot_t16_multi, &partition_f32,
+    SimdLevel::kScalar, &dot,           &l2sqr,   &dot_batch,     &l2sqr_batch, &dot_gather,     &dot_i8_gather,
+    &scan_lut16,        &filter_scores, &dot_t16, &dot_t16_multi, &dot_t16_i16, &dot_seq_gather, &partition_f32,
 };
 
 }  // namespace
