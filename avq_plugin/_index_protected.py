@@ -1,20 +1,24 @@
 """The protected methods of :class:`avq_plugin.AVQIndex` that the package's other front-ends use
 (a private part of the index): leaf-routed search for the sharded index (avq_plugin.distributed),
 quantizer and code import / export for the Faiss adapter (avq_plugin.faiss), and the stored
-vectors for tuning (avq_plugin.tuning). They give those front-ends what they need without
-touching the native object.
+vectors and layout copies for tuning (avq_plugin.tuning). They give those front-ends what they
+need without touching the native object.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from . import _native, _params
 from . import _validation as V
 from ._index_base import _IndexBase
+from ._progress import ProgressCallback
+
+_P = TypeVar("_P", bound="_IndexProtected")
 
 
 class _IndexProtected(_IndexBase):
@@ -153,3 +157,56 @@ class _IndexProtected(_IndexBase):
             raise ValueError(f"an index with reorder={self.reorder!r} keeps no float32 vectors")
         ids = np.sort(index.all_ids())[rows]
         return ids, index.get_vectors(ids)
+
+    # ------------------------------------------------------------------ layout tuning
+    def _layout_native(self, layout: _params.Encoding) -> _native.Index:
+        """An untrained native index with this trained index's record but another code layout.
+
+        Everything else is copied from the record (leaves, threshold or eta, iterations, training
+        sample size, seed, reorder, SOAR lambda, the L2 scan), so a copy trained on the data this
+        index was trained on differs from it only in ``layout``. The default budget is the rule's
+        for the new layout (``tune`` replaces it)."""
+        index = self._require_trained()
+        src = index.params()
+        p = _native.IndexParams()
+        for name in dir(src):
+            if not name.startswith("_"):
+                setattr(p, name, getattr(src, name))
+        p.num_leaves = index.num_leaves
+        p.dims_per_block = int(layout.dims_per_block)
+        p.spill = layout.spill or "none"
+        budget = _params.resolve_budget(None, index.d, num_leaves=index.num_leaves, spilled=layout.spill is not None)
+        p.default_leaves_to_search, p.default_reorder_k = budget.leaves_to_search, budget.reorder_k
+        try:
+            return _native.Index(p)
+        except ValueError as e:
+            raise ValueError(
+                f"layouts: dims_per_block={layout.dims_per_block}, spill={layout.spill!r} is not a valid "
+                f"layout for this index (d={index.d}): {e}"
+            ) from None
+
+    def _check_layout(self, layout: _params.Encoding) -> None:
+        """ValueError (naming ``layouts``) when the native core rejects ``layout`` for this index."""
+        self._layout_native(layout)
+
+    def _layout_copy(
+        self: _P,
+        layout: _params.Encoding,
+        X: npt.NDArray[np.float32],
+        ids: npt.NDArray[np.int64],
+        callback: ProgressCallback | None,
+    ) -> _P:
+        """A new index like this one (same parameters, a copy of the record) with another code
+        ``layout``, trained on validated X and holding X with ``ids``; this index is unchanged."""
+        native = self._layout_native(layout)
+        native.train(X, self.num_threads, callback)
+        native.add(X, ids, self.num_threads, callback)
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)  # the Python parameters, as they are
+        twin._index = native
+        return twin
+
+    def _adopt_layout(self, other: _IndexProtected) -> None:
+        """Take over the trained native index of ``other`` (a ``_layout_copy`` of this index); the
+        constructor parameters stay as they are."""
+        self._index = other._require_trained()

@@ -12,11 +12,20 @@ docs/parameters.md ("Defaults").
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ._validation import native_training_sample_rows
 
-__all__ = ["Budget", "Encoding", "resolve_budget", "resolve_encoding", "training_sample_rows", "DEFAULT_K"]
+__all__ = [
+    "Budget",
+    "Encoding",
+    "resolve_budget",
+    "resolve_encoding",
+    "training_sample_rows",
+    "tune_layouts",
+    "DEFAULT_K",
+]
 
 #: The k the stored default budget is chosen for (``AVQIndex.search``'s default k).
 DEFAULT_K = 10
@@ -31,6 +40,10 @@ HIGH_DIM = 256
 #: dims_per_block below HIGH_DIM (and for l2), and from it on (dot, cosine).
 DIMS_PER_BLOCK = 2
 DIMS_PER_BLOCK_HIGH_DIM = 4
+#: The layouts ``AVQIndex.tune(layouts="auto")`` measures (besides the index's own): every
+#: dims_per_block of TUNE_DIMS_PER_BLOCK with every spill of TUNE_SPILL.
+TUNE_DIMS_PER_BLOCK = (2, 4)
+TUNE_SPILL = (None, "soar")
 #: reorder_k = max(REORDER_MIN, REORDER_PER_NEIGHBOR * k).
 REORDER_MIN = 200
 REORDER_PER_NEIGHBOR = 20
@@ -67,6 +80,32 @@ def resolve_encoding(d: int, metric: str, *, dims_per_block: int | None = None, 
     elif spill == "none":
         spill = None
     return Encoding(int(dims_per_block), spill)
+
+
+def tune_layouts(own: Encoding, d: int, given: Sequence[tuple[int, str | None]] | None = None) -> list[Encoding]:
+    """The layouts ``AVQIndex.tune(layouts=...)`` measures: the index's own first, then ``given``
+    (validated (dims_per_block, spill) pairs, spill None or "soar") or, for ``layouts="auto"``
+    (``given=None``), TUNE_DIMS_PER_BLOCK x TUNE_SPILL. Layouts with the same codes (any
+    dims_per_block >= d gives one block of d dimensions) are measured once, the first kept.
+
+    >>> tune_layouts(Encoding(4, "soar"), 384)
+    [Encoding(dims_per_block=4, spill='soar'), Encoding(dims_per_block=2, spill=None), Encoding(dims_per_block=2, spill='soar'), Encoding(dims_per_block=4, spill=None)]
+    >>> tune_layouts(Encoding(2, None), 2, [(4, None), (8, "soar")])
+    [Encoding(dims_per_block=2, spill=None), Encoding(dims_per_block=8, spill='soar')]
+    """
+    wanted = (
+        [Encoding(b, sp) for b in TUNE_DIMS_PER_BLOCK for sp in TUNE_SPILL]
+        if given is None
+        else [Encoding(int(b), sp) for b, sp in given]
+    )
+    out: list[Encoding] = []
+    seen: set[tuple[int, str | None]] = set()
+    for e in [own, *wanted]:
+        key = (min(e.dims_per_block, int(d)), e.spill)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
 
 
 class Budget(NamedTuple):

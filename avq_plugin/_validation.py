@@ -127,6 +127,35 @@ def check_dims_per_block(value, name="dims_per_block", allow_none=True):
     return check_int(name, value, minimum=1, maximum=LIMITS["max_dims_per_block"], allow_none=allow_none)
 
 
+def check_layouts(value: object) -> str | list[tuple[int, str | None]]:
+    """``layouts`` of ``AVQIndex.tune``: "auto", or a non-empty sequence of (dims_per_block, spill)
+    pairs with spill None, "none" or "soar" (returned with "none" as None)."""
+    if isinstance(value, str):
+        if value == "auto":
+            return value
+        raise ValueError(f"layouts must be 'auto' or a list of (dims_per_block, spill) pairs, got {value!r}")
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"layouts must be 'auto' or a list of (dims_per_block, spill) pairs, got {type(value).__name__}"
+        ) from None
+    if not items:
+        raise ValueError("layouts must not be empty: give 'auto' or (dims_per_block, spill) pairs")
+    out: list[tuple[int, str | None]] = []
+    for item in items:
+        if not isinstance(item, (tuple, list)):
+            raise TypeError(f"layouts: each layout must be a (dims_per_block, spill) pair, got {item!r}")
+        if len(item) != 2:
+            raise ValueError(f"layouts: each layout must be a (dims_per_block, spill) pair, got {item!r}")
+        dims = check_dims_per_block(item[0], "layouts: dims_per_block", allow_none=False)
+        spill = item[1]
+        if spill is not None and not (isinstance(spill, str) and spill in ("none", "soar")):
+            raise ValueError(f"layouts: spill must be None, 'none' or 'soar', got {spill!r}")
+        out.append((dims, None if spill in (None, "none") else "soar"))
+    return out
+
+
 def check_num_leaves(value, name="num_leaves"):
     return check_int(name, value, minimum=1, maximum=LIMITS["max_leaves"], allow_none=True)
 

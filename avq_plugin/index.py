@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -209,6 +209,19 @@ class AVQIndex(_IndexIO, _IndexProtected):
         return None if math.isnan(T) else T
 
     @property
+    def dims_per_block_(self) -> int:
+        """Dimensions per 4-bit block of the trained codes (``dims_per_block=None`` resolved, or the
+        layout ``tune(layouts=...)`` chose); stored in the index's files."""
+        return int(self._require_trained().params().dims_per_block)
+
+    @property
+    def spill_(self) -> str | None:
+        """Spilling of the trained index: "soar" or None (``spill="auto"`` resolved, or the layout
+        ``tune(layouts=...)`` chose); stored in the index's files."""
+        spill = self._require_trained().params().spill
+        return None if spill == "none" else spill
+
+    @property
     def train_stats_(self) -> dict[str, Any]:
         """Training diagnostics: eta range, threshold, sample size, loss per alternation."""
         return self._require_trained().train_stats()
@@ -396,6 +409,7 @@ class AVQIndex(_IndexIO, _IndexProtected):
         reorder_k: int | None = None,
         margin: float | None = None,
         seed: int | None = None,
+        layouts: str | Iterable[tuple[int, str | None]] | None = None,
     ) -> TuneReport:
         """Choose the fastest search budget that reaches a target recall, and make it the default.
 
@@ -446,19 +460,35 @@ class AVQIndex(_IndexIO, _IndexProtected):
             the measured mean recall (about 0.005 to 0.01 with 1000 queries).
         seed : int, optional
             Seed of the held-out sample (default: the index's seed).
+        layouts : "auto" or list of (dims_per_block, spill) pairs, optional
+            Also choose the code layout, by measurement: every layout listed ("auto": 2 and 4
+            dims per block, each without spilling and with SOAR) besides the index's own is
+            trained on ``X`` (required) with the index's other parameters (the resolved ones it
+            was trained with: leaves, threshold, iterations, seed), holds ``X`` with ``ids``, and
+            gets the budget search above on the same tuning queries; the fastest layout whose
+            budget reaches the target wins (each layout's best setting is timed alternately with
+            the best so far). The index's own layout is measured first, as it is. When another
+            layout wins, the index takes over that trained copy (its ``dims_per_block_`` and
+            ``spill_`` change; the constructor parameters do not). ``spill`` is None, "none" or
+            "soar". ``time_budget_s`` covers all layouts: none is trained once it has passed.
+            Default None: keep the layout, tune the budget only.
 
         Returns
         -------
         TuneReport
             The chosen ``leaves_to_search`` and ``reorder_k``, the recall measured on the
             tuning queries, the expected QPS (one thread, batched), the number of tuning
-            queries and every setting evaluated.
+            queries and every setting evaluated; the layout (``dims_per_block``, ``spill``) and,
+            with ``layouts``, every layout's measurement (``layouts``).
 
         Raises
         ------
         ValueError
             target_recall outside (0, 1], k < 1, an untrained or empty index, X that is not the
-            indexed set, or no way to get the exact neighbours.
+            indexed set, no way to get the exact neighbours, or ``layouts`` without ``X`` or
+            with an invalid layout.
+        TypeError
+            Arguments of the wrong type (``layouts`` not "auto" or a sequence of pairs).
 
         Warns
         -----
@@ -470,7 +500,11 @@ class AVQIndex(_IndexIO, _IndexProtected):
         -----
         The setting returned is the fastest among those measured, so which of two nearly
         equally fast settings wins can depend on timing noise; pass ``reorder_k`` for a fully
-        deterministic choice.
+        deterministic choice of the budget. With ``layouts`` the copies, their recalls and their
+        minimal budgets are deterministic for a seed; the choice between layouts is a timing.
+        Layout tuning keeps up to three trained indexes in memory (this one, the best copy so
+        far and the one being measured); progress is shown as stage "tune layouts" (and the
+        training stages) by ``verbose``/``progress``; Ctrl-C stops it and leaves the index as it was.
 
         Examples
         --------
@@ -481,21 +515,41 @@ class AVQIndex(_IndexIO, _IndexProtected):
         >>> report.recall >= 0.9, index.default_search_params() == (report.leaves_to_search, report.reorder_k)
         (True, True)
         """
-        report = tuning.tune(
-            self,
-            target_recall,
-            k,
-            queries,
-            time_budget_s,
-            X=X,
-            ids=ids,
-            ground_truth=ground_truth,
-            num_queries=num_queries,
-            reorder_k=reorder_k,
-            margin=margin,
-            seed=seed,
-            stacklevel=3,
-        )
+        if layouts is None:
+            report = tuning.tune(
+                self,
+                target_recall,
+                k,
+                queries,
+                time_budget_s,
+                X=X,
+                ids=ids,
+                ground_truth=ground_truth,
+                num_queries=num_queries,
+                reorder_k=reorder_k,
+                margin=margin,
+                seed=seed,
+                stacklevel=3,
+            )
+        else:
+            report, winner = tuning.tune_layouts(
+                self,
+                layouts,
+                target_recall,
+                k,
+                queries,
+                time_budget_s,
+                X=X,
+                ids=ids,
+                ground_truth=ground_truth,
+                num_queries=num_queries,
+                reorder_k=reorder_k,
+                margin=margin,
+                seed=seed,
+                stacklevel=3,
+            )
+            if winner is not None:
+                self._adopt_layout(winner)  # the copy's trained state; the parameters stay
         self._apply_tune(report)
         return report
 

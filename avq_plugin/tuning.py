@@ -1,15 +1,17 @@
-"""Auto-tuning of the search budget of an AVQIndex to a target recall.
+"""Auto-tuning of an AVQIndex to a target recall: its search budget and, on request, its code layout.
 
-:func:`tune` measures and returns a :class:`TuneReport`; :meth:`avq_plugin.AVQIndex.tune` calls it
-and makes the chosen budget the index's default. This module imports no index module at import
-time (the index is an argument), so there is no import cycle with ``index.py``.
+:func:`tune` measures the search budget of a trained index and returns a :class:`TuneReport`;
+:func:`tune_layouts` also trains the index's other code layouts and measures each the same way.
+:meth:`avq_plugin.AVQIndex.tune` calls them and applies the result. This module imports no index
+module at import time (the index is an argument), so there is no import cycle with ``index.py``.
 
-How it works, in short: the recall of a search grows with ``leaves_to_search`` (L) for a fixed
-``reorder_k`` (R), and the smallest L reaching a recall goal shrinks as R grows. For each R of a
-small geometric grid (k, 1.5k, 2k, 3k, ... up to 64k), an exponential-then-binary search finds
-the smallest L whose recall on the tuning queries reaches the goal. Each such (L, R) pair is a
-candidate; the candidates are timed (one thread, all tuning queries in one call) and the fastest
-wins. The grid over R stops early once a larger R no longer lowers L (it would only cost more).
+How the budget search works, in short: the recall of a search grows with ``leaves_to_search`` (L)
+for a fixed ``reorder_k`` (R), and the smallest L reaching a recall goal shrinks as R grows. For
+each R of a small geometric grid (k, 1.5k, 2k, 3k, ... up to 64k), an exponential-then-binary
+search finds the smallest L whose recall on the tuning queries reaches the goal. Each such (L, R)
+pair is a candidate; the candidates are timed (one thread, all tuning queries in one call) and the
+fastest wins. The grid over R stops early once a larger R no longer lowers L (it would only cost
+more).
 
 Recall is measured per query as |returned ids among the true k nearest| / k (ties broken by id),
 and the goal is ``target_recall + margin`` where the default margin is two standard errors of the
@@ -18,6 +20,13 @@ codebooks were trained on, which makes them slightly easier than fresh queries, 
 also covers the sampling noise, so fresh queries from the same distribution land at or just
 above the target (GloVe-190k, 10,000 fresh queries, targets 0.8/0.9/0.95/0.99: 0.810, 0.910,
 0.956, 0.993).
+
+Layouts (``tune_layouts``): every candidate (dims_per_block, spill) other than the index's own is
+trained on X from a copy of the index's record (same leaves, threshold, iterations, seed), holds X
+with its ids, and gets the budget search above on the same tuning queries and exact neighbours.
+Each layout's fastest setting is then timed against the best layout so far, interleaved, and the
+fastest layout reaching the goal wins. Only the index, the best copy so far and the one being
+measured are in memory at a time.
 """
 
 from __future__ import annotations
@@ -25,12 +34,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from . import _params
 from . import _validation as V
 from .exact import ExactIndex
 
@@ -43,6 +54,77 @@ REORDER_MULTIPLIERS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 DEFAULT_NUM_QUERIES = 1000
 #: Minimum wall time of one QPS timing (repeated passes over the tuning queries).
 _MIN_TIMING_S = 0.05
+#: Timings (each at least _MIN_TIMING_S) of which the best counts, per setting and per comparison.
+_TIMING_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class LayoutTrial:
+    """One code layout measured by ``AVQIndex.tune(layouts=...)``.
+
+    Attributes
+    ----------
+    dims_per_block : int
+        Dimensions per 4-bit block of this layout.
+    spill : {"soar", None}
+        Spilling of this layout (None: none).
+    current : bool
+        Whether this was the index's layout before tuning (measured as it was, not retrained).
+    status : {"measured", "skipped"}
+        ``"skipped"``: the time budget ran out before this layout was trained; the other fields
+        are then None / False / 0.
+    leaves_to_search, reorder_k : int or None
+        The fastest budget of this layout reaching the goal (the largest tried when none does).
+    recall : float or None
+        Mean recall@k of that budget on the tuning queries.
+    reached : bool
+        Whether ``recall`` reaches the target.
+    seconds_per_query : float or None
+        Best time per query of that budget (one thread, all tuning queries in one call; the best
+        of every timing of this layout, including the interleaved comparisons with other layouts).
+    train_seconds : float
+        Time spent training and filling this layout's copy (0 for the index's own layout).
+    tune_seconds : float
+        Time spent on this layout's budget search and timings.
+    evaluated : list of tuple
+        Every setting of this layout measured, as ``(leaves_to_search, reorder_k, recall)``.
+    """
+
+    dims_per_block: int
+    spill: str | None
+    current: bool
+    status: str
+    leaves_to_search: int | None = None
+    reorder_k: int | None = None
+    recall: float | None = None
+    reached: bool = False
+    seconds_per_query: float | None = None
+    train_seconds: float = 0.0
+    tune_seconds: float = 0.0
+    evaluated: list[tuple[int, int | None, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def qps(self) -> float | None:
+        """Queries per second, 1 / ``seconds_per_query`` (None when skipped)."""
+        return None if self.seconds_per_query is None else 1.0 / self.seconds_per_query
+
+    def as_dict(self) -> dict[str, Any]:
+        """The trial as a plain dict (JSON-serialisable)."""
+        return {
+            "dims_per_block": self.dims_per_block,
+            "spill": self.spill,
+            "current": self.current,
+            "status": self.status,
+            "leaves_to_search": self.leaves_to_search,
+            "reorder_k": self.reorder_k,
+            "recall": self.recall,
+            "reached": self.reached,
+            "seconds_per_query": self.seconds_per_query,
+            "qps": self.qps,
+            "train_seconds": self.train_seconds,
+            "tune_seconds": self.tune_seconds,
+            "evaluated": [list(e) for e in self.evaluated],
+        }
 
 
 @dataclass(frozen=True)
@@ -80,7 +162,16 @@ class TuneReport:
     seconds : float
         Wall time spent tuning.
     evaluated : list of tuple
-        Every setting measured, as ``(leaves_to_search, reorder_k, recall)``.
+        Every setting measured, as ``(leaves_to_search, reorder_k, recall)`` (of the chosen
+        layout when layouts were tuned).
+    dims_per_block : int or None
+        Dimensions per block of the layout the budget is for (the chosen one when layouts were
+        tuned; None only in a report made by hand).
+    spill : {"soar", None}
+        Spilling of that layout (None: none).
+    layouts : tuple of LayoutTrial
+        Every layout measured by ``tune(layouts=...)``, in the order measured (the index's own
+        first); empty when layouts were not tuned.
     """
 
     leaves_to_search: int
@@ -95,6 +186,9 @@ class TuneReport:
     reached: bool
     seconds: float
     evaluated: list[tuple[int, int | None, float]] = field(default_factory=list, repr=False)
+    dims_per_block: int | None = None
+    spill: str | None = None
+    layouts: tuple[LayoutTrial, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a plain dict (JSON-serialisable)."""
@@ -111,6 +205,9 @@ class TuneReport:
             "reached": self.reached,
             "seconds": self.seconds,
             "evaluated": [list(e) for e in self.evaluated],
+            "dims_per_block": self.dims_per_block,
+            "spill": self.spill,
+            "layouts": [t.as_dict() for t in self.layouts],
         }
 
 
@@ -140,33 +237,48 @@ def _drop_self(I: npt.NDArray[np.int64], self_ids: npt.NDArray[np.int64], k: int
     return I[keep].reshape(I.shape[0], k)
 
 
-def tune(
+@dataclass
+class _Setup:
+    """The validated arguments, tuning queries and exact neighbours shared by every layout."""
+
+    target: float
+    k: int
+    Q: npt.NDArray[np.float32]
+    gt: npt.NDArray[np.int64]
+    self_ids: npt.NDArray[np.int64] | None
+    source: str
+    k_search: int
+    fixed_reorder: int | None
+    margin: float | None
+    time_budget_s: float | None
+    t_start: float
+    X: npt.NDArray[np.float32] | None
+    x_ids: npt.NDArray[np.int64] | None
+
+    @property
+    def nq(self) -> int:
+        return int(self.Q.shape[0])
+
+    def out_of_time(self) -> bool:
+        return self.time_budget_s is not None and time.perf_counter() - self.t_start > self.time_budget_s
+
+
+def _prepare(
     index: AVQIndex,
-    target_recall: float = 0.95,
-    k: int = 10,
-    queries: npt.ArrayLike | None = None,
-    time_budget_s: float | None = None,
-    *,
-    X: npt.ArrayLike | None = None,
-    ids: npt.ArrayLike | None = None,
-    ground_truth: npt.ArrayLike | None = None,
-    num_queries: int | None = None,
-    reorder_k: int | None = None,
-    margin: float | None = None,
-    seed: int | None = None,
-    stacklevel: int = 2,
-) -> TuneReport:
-    """Measure the fastest search budget of a trained ``index`` reaching ``target_recall``.
-
-    The arguments are those of :meth:`avq_plugin.AVQIndex.tune` (see its docstring), which
-    calls this function and applies the report; this function changes nothing on the index.
-    ``stacklevel`` is that of the warnings (the caller of this function by default).
-
-    Returns
-    -------
-    TuneReport
-    """
-    t_start = time.perf_counter()
+    target_recall: float,
+    k: int,
+    queries: npt.ArrayLike | None,
+    time_budget_s: float | None,
+    X: npt.ArrayLike | None,
+    ids: npt.ArrayLike | None,
+    ground_truth: npt.ArrayLike | None,
+    num_queries: int | None,
+    reorder_k: int | None,
+    margin: float | None,
+    seed: int | None,
+    t_start: float,
+) -> _Setup:
+    """Validate the arguments of :func:`tune`, draw the tuning queries and find their exact neighbours."""
     if not index.is_trained:
         raise ValueError("the index is not trained yet: call fit(X) or train(X) first")
     target = _check_target(target_recall)
@@ -184,6 +296,7 @@ def tune(
     cosine = index.metric == "cosine"
     d = index.d
 
+    x_ids: npt.NDArray[np.int64] | None = None
     if X is not None:
         X = V.as_float_matrix(X, "X", d=d, nonzero_rows=cosine)
         if X.shape[0] != ntotal:
@@ -199,6 +312,7 @@ def tune(
     elif ids is not None:
         raise ValueError("ids describe the rows of X: pass X too")
 
+    self_ids: npt.NDArray[np.int64] | None
     if queries is None:
         if ground_truth is not None:
             raise ValueError("ground_truth needs the queries it belongs to: pass queries too")
@@ -216,6 +330,7 @@ def tune(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(ntotal, size=nq, replace=False))
         if X is not None:
+            assert x_ids is not None
             Q = np.ascontiguousarray(X[rows])
             self_ids = x_ids[rows]
         else:
@@ -241,19 +356,13 @@ def tune(
             Q = np.ascontiguousarray(Q[sel])
             if ground_truth is not None:
                 ground_truth = ground_truth[sel]
-        nq = Q.shape[0]
         self_ids = None
         source, k_search = "queries", k
 
     # ----------------------------------------------------------------- exact ground truth
-    num_leaves = index.num_leaves_
-
-    def search(Q: npt.NDArray[np.float32], k: int, L: int, R: int, num_threads: int) -> npt.NDArray[np.int64]:
-        return index.search(Q, k, leaves_to_search=L, reorder_k=R, num_threads=num_threads)[1]
-
     nt = index.num_threads
     if ground_truth is not None:
-        gt = ground_truth  # validated and subsampled with the queries above
+        gt = np.asarray(ground_truth)  # validated and subsampled with the queries above
     elif X is not None:
         exact = ExactIndex(metric=index.metric, num_threads=nt).fit(X, x_ids)
         gt = exact.search(Q, k=k_search)[1]
@@ -262,7 +371,7 @@ def tune(
             gt = _drop_self(gt, self_ids, k)
     elif index.reorder == "float32":
         # Probing every leaf and re-scoring every candidate against the float32 store is exact.
-        gt = search(Q, k_search, num_leaves, ntotal, nt)
+        gt = index.search(Q, k_search, leaves_to_search=index.num_leaves_, reorder_k=ntotal, num_threads=nt)[1]
         if self_ids is not None:
             gt = _drop_self(gt, self_ids, k)
     else:
@@ -270,35 +379,85 @@ def tune(
             f"an index with reorder={index.reorder!r} keeps no exact vectors to compute the ground "
             "truth from: pass X=<the indexed vectors> or ground_truth="
         )
+    return _Setup(
+        target=target,
+        k=k,
+        Q=Q,
+        gt=gt,
+        self_ids=self_ids,
+        source=source,
+        k_search=k_search,
+        fixed_reorder=fixed_reorder,
+        margin=margin,
+        time_budget_s=time_budget_s,
+        t_start=t_start,
+        X=X,
+        x_ids=x_ids,
+    )
 
-    # ----------------------------------------------------------------- search over (L, R)
+
+def _seconds_per_pass(index: AVQIndex, s: _Setup, L: int, R: int | None) -> float:
+    """One timing of a setting: repeated single-threaded passes over the tuning queries (at least
+    ``_MIN_TIMING_S`` of them), seconds per pass."""
+    passes, t0 = 0, time.perf_counter()
+    while True:
+        index.search(s.Q, s.k, leaves_to_search=L, reorder_k=R if R is not None else s.k, num_threads=1)
+        passes += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= _MIN_TIMING_S:
+            return elapsed / passes
+
+
+@dataclass
+class _Budget:
+    """The outcome of the budget search on one index."""
+
+    L: int
+    R: int | None
+    recall: float
+    goal: float
+    secs: float  # best seconds per pass over the tuning queries
+    found: bool  # some setting reached the goal
+    timed_out: bool
+    evaluated: list[tuple[int, int | None, float]]
+
+    def reached(self, target: float) -> bool:
+        return self.recall >= target
+
+
+def _search_budget(index: AVQIndex, s: _Setup) -> _Budget:
+    """The fastest (leaves_to_search, reorder_k) of ``index`` reaching the goal on the tuning queries."""
+    ntotal = index.ntotal
+    num_leaves = index.num_leaves_
+    nt = index.num_threads
+    target, k, k_search = s.target, s.k, s.k_search
     evaluated: dict[tuple[int, int | None], tuple[float, float]] = {}
 
     def recall_of(L: int, R: int | None) -> tuple[float, float]:
         key = (L, R)
         if key not in evaluated:
-            I = search(Q, k_search, L, R if R is not None else k_search, nt)
-            if self_ids is not None:
-                I = _drop_self(I, self_ids, k)
-            per = _recall_rows(I, gt)
+            I = index.search(
+                s.Q, k_search, leaves_to_search=L, reorder_k=R if R is not None else k_search, num_threads=nt
+            )[1]
+            if s.self_ids is not None:
+                I = _drop_self(I, s.self_ids, k)
+            per = _recall_rows(I, s.gt)
             evaluated[key] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else 0.0)
         return evaluated[key]
 
     def goal_of(L: int, R: int | None) -> float:
         mean, se = recall_of(L, R)
-        return min(1.0, target + (2.0 * se if margin is None else margin))
+        return min(1.0, target + (2.0 * se if s.margin is None else s.margin))
 
     def reaches(L: int, R: int | None) -> bool:
         return recall_of(L, R)[0] >= goal_of(L, R) - 1e-12
 
-    def out_of_time() -> bool:
-        return time_budget_s is not None and time.perf_counter() - t_start > time_budget_s
-
+    out_of_time = s.out_of_time
     r_grid: list[int | None]
     if index.reorder == "none":
         r_grid = [None]
-    elif fixed_reorder is not None:
-        r_grid = [max(fixed_reorder, k)]
+    elif s.fixed_reorder is not None:
+        r_grid = [max(s.fixed_reorder, k)]
     else:
         r_grid = [R for R in sorted({min(max(int(round(m * k)), k), ntotal) for m in REORDER_MULTIPLIERS})]
 
@@ -344,59 +503,283 @@ def tune(
             break
 
     # ----------------------------------------------------------------- choose and time
-    def seconds_per_pass(L: int, R: int | None) -> float:
-        best = math.inf
-        for _ in range(3):
-            passes, t0 = 0, time.perf_counter()
-            while True:
-                search(Q, k, L, R if R is not None else k, 1)
-                passes += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= _MIN_TIMING_S:
-                    break
-            best = min(best, elapsed / passes)
-        return best
+    def best_of_timings(L: int, R: int | None) -> float:
+        return min(_seconds_per_pass(index, s, L, R) for _ in range(_TIMING_REPEATS))
 
     if candidates:
         # Fastest candidate; ties (equal timings) go to fewer leaves.
-        secs, L, R = min((seconds_per_pass(L, R), L, R) for L, R in candidates)
+        secs, L, R = min((best_of_timings(L, R), L, R) for L, R in candidates)
     else:
         L, R = num_leaves, r_grid[-1]
-        secs = seconds_per_pass(L, R)
-    recall = recall_of(L, R)[0]
-    goal = goal_of(L, R)
-    reached = recall >= target
-    if not candidates and timed_out:
-        warnings.warn(
-            f"AVQIndex.tune: the time budget of {time_budget_s:g} s ran out before any setting reached "
-            f"the goal; using the largest budget (leaves_to_search={L}, reorder_k={R}), which reaches "
-            f"recall@{k} = {recall:.4f} on {nq} tuning queries (target_recall={target:g}"
-            f"{'' if reached else ' not reached'})",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-    elif not reached:
-        warnings.warn(
-            f"AVQIndex.tune: target_recall={target:g} not reached: no setting reaches it; using the "
-            f"largest budget tried (leaves_to_search={L}, reorder_k={R}), which reaches recall@{k} = "
-            f"{recall:.4f} on {nq} tuning queries",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-
-    return TuneReport(
-        leaves_to_search=int(L),
-        reorder_k=None if R is None else int(R),
-        recall=recall,
-        qps=nq / secs,
-        target_recall=target,
-        goal=goal,
-        k=k,
-        num_queries=nq,
-        source=source,
-        reached=reached,
-        seconds=time.perf_counter() - t_start,
+        secs = best_of_timings(L, R)
+    return _Budget(
+        L=int(L),
+        R=None if R is None else int(R),
+        recall=recall_of(L, R)[0],
+        goal=goal_of(L, R),
+        secs=secs,
+        found=bool(candidates),
+        timed_out=timed_out,
         evaluated=[
             (l_, r_, m) for (l_, r_), (m, _) in sorted(evaluated.items(), key=lambda e: (e[0][1] or 0, e[0][0]))
         ],
     )
+
+
+def _warn_if_not_reached(
+    b: _Budget, s: _Setup, stacklevel: int, layout: str = "", *, timed_out_before_any: bool
+) -> None:
+    """The UserWarning of a choice that misses the target (``stacklevel`` counted from the caller)."""
+    if timed_out_before_any:
+        warnings.warn(
+            f"AVQIndex.tune: the time budget of {s.time_budget_s:g} s ran out before any setting reached "
+            f"the goal; using the largest budget {layout}(leaves_to_search={b.L}, reorder_k={b.R}), which reaches "
+            f"recall@{s.k} = {b.recall:.4f} on {s.nq} tuning queries (target_recall={s.target:g}"
+            f"{'' if b.reached(s.target) else ' not reached'})",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    elif not b.reached(s.target):
+        warnings.warn(
+            f"AVQIndex.tune: target_recall={s.target:g} not reached: no setting reaches it; using the "
+            f"largest budget tried {layout}(leaves_to_search={b.L}, reorder_k={b.R}), which reaches recall@{s.k} = "
+            f"{b.recall:.4f} on {s.nq} tuning queries",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def _layout_of(index: AVQIndex) -> _params.Encoding:
+    return _params.Encoding(index.dims_per_block_, index.spill_)
+
+
+def tune(
+    index: AVQIndex,
+    target_recall: float = 0.95,
+    k: int = 10,
+    queries: npt.ArrayLike | None = None,
+    time_budget_s: float | None = None,
+    *,
+    X: npt.ArrayLike | None = None,
+    ids: npt.ArrayLike | None = None,
+    ground_truth: npt.ArrayLike | None = None,
+    num_queries: int | None = None,
+    reorder_k: int | None = None,
+    margin: float | None = None,
+    seed: int | None = None,
+    stacklevel: int = 2,
+) -> TuneReport:
+    """Measure the fastest search budget of a trained ``index`` reaching ``target_recall``.
+
+    The arguments are those of :meth:`avq_plugin.AVQIndex.tune` (see its docstring), which
+    calls this function and applies the report; this function changes nothing on the index.
+    ``stacklevel`` is that of the warnings (the caller of this function by default).
+
+    Returns
+    -------
+    TuneReport
+    """
+    t_start = time.perf_counter()
+    s = _prepare(
+        index,
+        target_recall,
+        k,
+        queries,
+        time_budget_s,
+        X,
+        ids,
+        ground_truth,
+        num_queries,
+        reorder_k,
+        margin,
+        seed,
+        t_start,
+    )
+    b = _search_budget(index, s)
+    _warn_if_not_reached(b, s, stacklevel, timed_out_before_any=not b.found and b.timed_out)
+    layout = _layout_of(index)
+    return TuneReport(
+        leaves_to_search=b.L,
+        reorder_k=b.R,
+        recall=b.recall,
+        qps=s.nq / b.secs,
+        target_recall=s.target,
+        goal=b.goal,
+        k=s.k,
+        num_queries=s.nq,
+        source=s.source,
+        reached=b.reached(s.target),
+        seconds=time.perf_counter() - t_start,
+        evaluated=b.evaluated,
+        dims_per_block=layout.dims_per_block,
+        spill=layout.spill,
+    )
+
+
+def _layout_name(e: _params.Encoding) -> str:
+    return f"dims_per_block={e.dims_per_block}, spill={e.spill!r}"
+
+
+def tune_layouts(
+    index: AVQIndex,
+    layouts: object,
+    target_recall: float = 0.95,
+    k: int = 10,
+    queries: npt.ArrayLike | None = None,
+    time_budget_s: float | None = None,
+    *,
+    X: npt.ArrayLike | None = None,
+    ids: npt.ArrayLike | None = None,
+    ground_truth: npt.ArrayLike | None = None,
+    num_queries: int | None = None,
+    reorder_k: int | None = None,
+    margin: float | None = None,
+    seed: int | None = None,
+    stacklevel: int = 2,
+) -> tuple[TuneReport, AVQIndex | None]:
+    """Measure the fastest code layout and search budget reaching ``target_recall``.
+
+    ``layouts`` is that of :meth:`avq_plugin.AVQIndex.tune` ("auto" or (dims_per_block, spill)
+    pairs; the index's own layout is always measured, first and as it is). Every other layout is
+    trained on ``X`` (required) from a copy of the index's record, then each gets the budget search
+    of :func:`tune` on the same tuning queries. This function changes nothing on the index.
+
+    Returns
+    -------
+    (TuneReport, AVQIndex or None)
+        The report (``layouts`` lists every layout measured) and the trained copy of the winning
+        layout, or None when the index's own layout won.
+    """
+    t_start = time.perf_counter()
+    given = V.check_layouts(layouts)
+    if X is None:
+        raise ValueError(
+            "layouts= trains the index with each layout, which needs the indexed vectors: "
+            "pass X=<the vectors given to fit/add> (and ids= if you chose ids)"
+        )
+    s = _prepare(
+        index,
+        target_recall,
+        k,
+        queries,
+        time_budget_s,
+        X,
+        ids,
+        ground_truth,
+        num_queries,
+        reorder_k,
+        margin,
+        seed,
+        t_start,
+    )
+    X_all, x_ids = s.X, s.x_ids  # X is given, so _prepare validated it and its ids
+    assert X_all is not None and x_ids is not None
+    own = _layout_of(index)
+    candidates = _params.tune_layouts(own, int(X_all.shape[1]), None if isinstance(given, str) else given)
+    # Every layout is checked (the native core accepts its block count) before any is trained.
+    for e in candidates[1:]:
+        index._check_layout(e)
+    if index.num_leaves_ > X_all.shape[0]:
+        raise ValueError(
+            f"layouts: the index has {index.num_leaves_} leaves but X only {X_all.shape[0]} rows to train them"
+        )
+
+    trials: list[LayoutTrial] = []
+    # The fastest layout reaching the target so far, else the one of the highest recall so far
+    # (faster on a tie): (layout, its index, its budget). Other copies are dropped as soon as beaten.
+    best: tuple[_params.Encoding, AVQIndex, _Budget] | None = None
+    spq: dict[_params.Encoding, float] = {}  # best seconds per query of each measured layout
+
+    def better(e: _params.Encoding, b: _Budget) -> bool:
+        if best is None:
+            return True
+        e0, _, b0 = best
+        if b.reached(s.target) != b0.reached(s.target):
+            return b.reached(s.target)
+        if not b.reached(s.target) and b.recall != b0.recall:
+            return b.recall > b0.recall
+        return spq[e] < spq[e0]
+
+    def run(callback: Callable[[str, int, int, str], None] | None) -> None:
+        nonlocal best
+        total = len(candidates)
+        for i, e in enumerate(candidates):
+            current = i == 0
+            if callback is not None:
+                callback("tune layouts", i, total, _layout_name(e))
+            if not current and s.out_of_time():
+                trials.append(LayoutTrial(e.dims_per_block, e.spill, current, "skipped"))
+                continue
+            t0 = time.perf_counter()
+            candidate = index if current else index._layout_copy(e, X_all, x_ids, callback)
+            t1 = time.perf_counter() if not current else t0
+            b = _search_budget(candidate, s)
+            spq[e] = b.secs / s.nq
+            if best is not None and b.reached(s.target) and best[2].reached(s.target):
+                # Two layouts reaching the target: their settings timed alternately, under the same load.
+                e0, index0, b0 = best
+                for _ in range(_TIMING_REPEATS):
+                    spq[e0] = min(spq[e0], _seconds_per_pass(index0, s, b0.L, b0.R) / s.nq)
+                    spq[e] = min(spq[e], _seconds_per_pass(candidate, s, b.L, b.R) / s.nq)
+            if better(e, b):
+                best = (e, candidate, b)
+            del candidate
+            t2 = time.perf_counter()
+            trials.append(
+                LayoutTrial(
+                    e.dims_per_block,
+                    e.spill,
+                    current,
+                    "measured",
+                    leaves_to_search=b.L,
+                    reorder_k=b.R,
+                    recall=b.recall,
+                    reached=b.reached(s.target),
+                    seconds_per_query=spq[e],
+                    train_seconds=t1 - t0,
+                    tune_seconds=t2 - t1,
+                    evaluated=b.evaluated,
+                )
+            )
+            if callback is not None:
+                callback(
+                    "tune layouts",
+                    i + 1,
+                    total,
+                    f"{_layout_name(e)}: leaves_to_search={b.L}, reorder_k={b.R}, recall={b.recall:.4f}, "
+                    f"{1.0 / spq[e]:.0f} QPS",
+                )
+
+    index._with_progress(run)
+    assert best is not None  # the index's own layout is always measured
+    e, winner, b = best
+    # Timings taken after a layout's trial was recorded (the interleaved comparisons) count too.
+    trials = [
+        replace(t, seconds_per_query=spq[_params.Encoding(t.dims_per_block, t.spill)]) if t.status == "measured" else t
+        for t in trials
+    ]
+    _warn_if_not_reached(
+        b,
+        s,
+        stacklevel,
+        f"with {_layout_name(e)} " if len(candidates) > 1 else "",
+        timed_out_before_any=not b.found and b.timed_out,
+    )
+    report = TuneReport(
+        leaves_to_search=b.L,
+        reorder_k=b.R,
+        recall=b.recall,
+        qps=1.0 / spq[e],
+        target_recall=s.target,
+        goal=b.goal,
+        k=s.k,
+        num_queries=s.nq,
+        source=s.source,
+        reached=b.reached(s.target),
+        seconds=time.perf_counter() - t_start,
+        evaluated=b.evaluated,
+        dims_per_block=e.dims_per_block,
+        spill=e.spill,
+        layouts=tuple(trials),
+    )
+    return report, None if winner is index else winner

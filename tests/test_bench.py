@@ -139,6 +139,10 @@ def test_yaml_configs_parse_for_all_size_classes():
                     c = bench.load_system_config(cfg_dir, system, n, metric, quick)
                     assert c.builds and c.query_args
                     assert all(len(v) == len(c.query_arg_names) for v in c.query_args)
+    for n in (20000, 190000):  # avq at every layout tune(layouts="auto") chooses among
+        avq = bench.load_system_config(cfg_dir, "avq", n, "euclidean")
+        layouts = {(b["args"]["dims_per_block"], b["args"]["spill"]) for b in avq.builds}
+        assert {(2, "none"), (2, "soar"), (4, "none"), (4, "soar")} <= layouts
     c = bench.load_system_config(cfg_dir, "scann", 20000, "euclidean")
     assert len(c.builds) == 1 and c.builds[0]["args"]["spherical"] is False  # T=0.2/0.3 collapse
 

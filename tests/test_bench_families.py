@@ -37,6 +37,10 @@ def test_repository_families_parse_and_match_their_datasets():
         soar = [b for b in scann.builds if b["args"].get("soar_lambda") is not None]
         assert soar and len(soar) < len(scann.builds)  # with and without SOAR
         assert all(b["args"]["soar_lambda"] == 1.5 and b["args"]["overretrieve_factor"] == 2.0 for b in soar)
+        # avq at every layout tune(layouts="auto") chooses among: {2, 4} dims per block x {no spill, SOAR}
+        avq = bench.load_system_config(CONFIGS, "avq", 100_000, "angular", family=f)
+        layouts = {(b["args"]["dims_per_block"], b["args"]["spill"]) for b in avq.builds}
+        assert {(2, "none"), (2, "soar"), (4, "none"), (4, "soar")} <= layouts, f.name
     # a system the family does not list falls back to its own file
     c = bench.load_system_config(CONFIGS, "exact", 100_000, "angular", family=fam["embeddings"])
     assert not c.size_class.startswith("family:")

@@ -211,3 +211,212 @@ def test_tuning_function_returns_a_report_without_changing_the_index(glove, buil
     report = tuning.tune(index, 0.9, k=10, X=X, num_queries=200, reorder_k=40)
     assert isinstance(report, TuneReport) and report.recall >= 0.9
     assert index.default_search_params() == before
+
+
+# ------------------------------------------------------------------------- layouts
+LAYOUT_PARAMS = (
+    "metric",
+    "num_leaves",
+    "dims_per_block",
+    "anisotropic_threshold",
+    "eta",
+    "reorder",
+    "leaves_to_search",
+    "reorder_k",
+    "spill",
+    "soar_lambda",
+    "training_iterations",
+    "seed",
+)
+
+
+@pytest.fixture(scope="module")
+def small(glove):
+    """6000 GloVe vectors (cosine), an index of them with the defaults (2 dims per block, no
+    spilling at d = 50), the shipped queries and their exact neighbours among the 6000."""
+    X, Q, _ = glove
+    X = X[:6000]
+    gt = avq_plugin.ExactIndex(metric="cosine").fit(X).search(Q, k=10)[1]
+    return X, Q, gt, avq_plugin.AVQIndex(metric="cosine", seed=0).fit(X)
+
+
+def params_of(index):
+    return {name: getattr(index, name) for name in LAYOUT_PARAMS}
+
+
+def test_layouts_auto_measures_every_layout_and_keeps_the_fastest(small):
+    X, Q, gt, built = small
+    index = fresh(built)
+    before = params_of(index)
+    report = index.tune(0.9, X=X, layouts="auto", num_queries=300, reorder_k=40, margin=0.01)
+    # The index's own layout first (measured as it is), then 2 and 4 dims per block, each without and with SOAR.
+    got = [(t.dims_per_block, t.spill, t.current) for t in report.layouts]
+    assert got == [(2, None, True), (2, "soar", False), (4, None, False), (4, "soar", False)]
+    assert all(t.status == "measured" and t.reorder_k == 40 for t in report.layouts)
+    assert report.layouts[0].train_seconds == 0 and all(t.train_seconds > 0 for t in report.layouts[1:])
+    for t in report.layouts:
+        assert t.seconds_per_query > 0 and t.qps == 1 / t.seconds_per_query
+        if t.reached:  # minimal for its reorder_k: one leaf fewer misses this layout's goal
+            assert t.recall >= 0.91 and any(l_ == t.leaves_to_search - 1 and rec < 0.91 for l_, _, rec in t.evaluated)
+        else:  # 4 dims per block at d = 50 and 40 candidates: below 0.9 even with every leaf probed
+            assert t.dims_per_block == 4 and t.leaves_to_search == built.num_leaves_ and t.recall < 0.9
+    assert [t.reached for t in report.layouts][:2] == [True, True]
+    # The choice is the fastest layout reaching the target, and the report's top level is its measurement.
+    fastest = min((t for t in report.layouts if t.reached), key=lambda t: t.seconds_per_query)
+    chosen = (report.dims_per_block, report.spill)
+    assert chosen == (fastest.dims_per_block, fastest.spill)
+    assert (report.leaves_to_search, report.reorder_k, report.recall) == (
+        fastest.leaves_to_search,
+        fastest.reorder_k,
+        fastest.recall,
+    )
+    assert report.qps == pytest.approx(fastest.qps) and report.evaluated == fastest.evaluated
+    # The index now has that layout and budget; the constructor parameters are what the user gave.
+    assert (index.dims_per_block_, index.spill_) == chosen
+    assert index.default_search_params() == (report.leaves_to_search, 40)
+    assert params_of(index) == before
+    assert recall_at_10(index.search(Q, k=10)[1], gt) >= 0.88
+    d = report.as_dict()
+    assert [(e["dims_per_block"], e["spill"]) for e in d["layouts"]] == [(t[0], t[1]) for t in got]
+    assert (d["dims_per_block"], d["spill"]) == chosen
+
+
+def test_layouts_copies_are_deterministic_and_equal_a_refit(small):
+    """Each layout is the index retrained with only the layout changed: the same seed gives the same
+    copies, recalls and budgets, and the adopted state equals AVQIndex(that layout).fit(X)."""
+    X, Q, _, _ = small
+    # codes only, 8 dims per block: no budget reaches 0.5 (recall@10 about 0.24 with every leaf probed),
+    # while 2 dims per block does, so the choice involves no timing.
+    codes8 = avq_plugin.AVQIndex(metric="cosine", dims_per_block=8, reorder=None, seed=3).fit(X)
+    a, b = fresh(codes8), fresh(codes8)
+    ra = a.tune(0.5, X=X, layouts=[(2, "none")], num_queries=200)
+    rb = b.tune(0.5, X=X, layouts=[[2, None], (2, None)], num_queries=200)  # duplicates are measured once
+    assert [(t.dims_per_block, t.spill, t.reached) for t in ra.layouts] == [(8, None, False), (2, None, True)]
+    for ta, tb in zip(ra.layouts, rb.layouts):
+        assert (ta.leaves_to_search, ta.reorder_k, ta.recall, ta.evaluated) == (
+            tb.leaves_to_search,
+            tb.reorder_k,
+            tb.recall,
+            tb.evaluated,
+        )
+    assert (ra.dims_per_block, ra.spill, ra.reorder_k) == (2, None, None) and ra.reached
+    assert a.dims_per_block_ == b.dims_per_block_ == 2 and a.dims_per_block == 8
+    refit = avq_plugin.AVQIndex(metric="cosine", dims_per_block=2, reorder=None, seed=3).fit(X)
+    ids = np.arange(0, len(X), 97)
+    np.testing.assert_array_equal(a.get_codes(ids), refit.get_codes(ids))
+    lts = ra.leaves_to_search
+    np.testing.assert_array_equal(a.search(Q, k=10)[1], refit.search(Q, k=10, leaves_to_search=lts)[1])
+    np.testing.assert_array_equal(a.search(Q, k=10)[1], b.search(Q, k=10)[1])
+
+
+def test_layouts_none_reaching_the_target_keeps_the_best_recall_and_warns(small):
+    X, _, _, _ = small
+    index = avq_plugin.AVQIndex(metric="cosine", dims_per_block=8, reorder=None, seed=3).fit(X)
+    with pytest.warns(UserWarning, match=r"target_recall=0\.99 not reached.*with dims_per_block=2, spill=None"):
+        report = index.tune(0.99, X=X, layouts=[(2, None)], num_queries=100)
+    assert not report.reached and not any(t.reached for t in report.layouts)
+    assert (report.dims_per_block, index.dims_per_block_) == (2, 2)
+    assert report.recall == max(t.recall for t in report.layouts)
+    assert report.leaves_to_search == index.num_leaves_
+
+
+def test_tuned_layout_survives_serialization(small, tmp_path):
+    X, Q, _, _ = small
+    index = avq_plugin.AVQIndex(metric="cosine", dims_per_block=8, reorder=None, seed=3).fit(X)
+    report = index.tune(0.5, X=X, layouts=[(2, "soar")], num_queries=100)
+    assert (index.dims_per_block_, index.spill_) == (2, "soar") == (report.dims_per_block, report.spill)
+    expected = index.search(Q[:50], k=10)[1]
+    index.save(tmp_path / "layout.avq")
+    copies = [
+        avq_plugin.AVQIndex.load(tmp_path / "layout.avq"),
+        avq_plugin.AVQIndex.load(tmp_path / "layout.avq", mmap=True),
+        avq_plugin.AVQIndex.from_bytes(index.to_bytes()),
+        pickle.loads(pickle.dumps(index)),
+    ]
+    for c in copies:
+        assert (c.dims_per_block_, c.spill_, c.num_blocks) == (2, "soar", 25)
+        assert c.default_search_params() == index.default_search_params()
+        np.testing.assert_array_equal(c.search(Q[:50], k=10)[1], expected)
+    assert copies[-1].dims_per_block == 8  # pickle keeps the parameters as given, too
+    assert copies[0].dims_per_block == 2  # a file stores the record (as for anisotropic_threshold)
+
+
+def test_layouts_time_budget_and_interrupt_leave_the_index_consistent(small):
+    X, Q, _, built = small
+    index = fresh(built)
+    with pytest.warns(UserWarning, match="time budget"):
+        report = index.tune(0.95, X=X, layouts="auto", num_queries=100, time_budget_s=1e-9)
+    assert [t.status for t in report.layouts] == ["measured", "skipped", "skipped", "skipped"]
+    assert report.layouts[1].recall is None and report.layouts[1].as_dict()["qps"] is None
+    assert (index.dims_per_block_, index.spill_) == (2, None)
+    # Ctrl-C (here raised by the progress callback while a copy trains) stops tuning; the index is as it was.
+    stages = []
+
+    def interrupt(stage, done, total, info):
+        stages.append((stage, done, total, info))
+        if stage != "tune layouts":
+            raise KeyboardInterrupt
+
+    index = fresh(built)
+    index.progress = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        index.tune(0.9, X=X, layouts="auto", reorder_k=40, num_queries=100)
+    assert stages[0] == ("tune layouts", 0, 4, "dims_per_block=2, spill=None")
+    assert stages[1][:3] == ("tune layouts", 1, 4) and "leaves_to_search=" in stages[1][3]
+    assert stages[2] == ("tune layouts", 1, 4, "dims_per_block=2, spill='soar'")
+    assert index.default_search_params() == built.default_search_params()
+    assert (index.dims_per_block_, index.spill_) == (2, None)
+    np.testing.assert_array_equal(index.search(Q[:20], k=10)[1], built.search(Q[:20], k=10)[1])
+
+
+def test_tune_layouts_function_changes_nothing(small):
+    from avq_plugin import tuning
+
+    X, _, _, built = small
+    index = fresh(built)
+    report, winner = tuning.tune_layouts(index, [(4, None)], 0.9, X=X, num_queries=100, reorder_k=40)
+    assert [(t.dims_per_block, t.spill) for t in report.layouts] == [(2, None), (4, None)]
+    assert (index.dims_per_block_, index.default_search_params()) == (2, built.default_search_params())
+    if (report.dims_per_block, report.spill) == (2, None):
+        assert winner is None
+    else:
+        assert winner is not index and winner.dims_per_block_ == 4 and winner.ntotal == index.ntotal
+    # Without layouts, the report names the index's layout and lists no trials.
+    plain = tuning.tune(index, 0.9, X=X, num_queries=100, reorder_k=40)
+    assert (plain.dims_per_block, plain.spill, plain.layouts) == (2, None, ())
+
+
+@pytest.mark.parametrize(
+    "layouts, error, match",
+    [
+        ("fast", ValueError, "layouts must be 'auto' or a list"),
+        (4, TypeError, "layouts must be 'auto' or a list"),
+        ([], ValueError, "layouts must not be empty"),
+        ([4], TypeError, r"layouts: each layout must be a \(dims_per_block, spill\) pair"),
+        ([(4,)], ValueError, r"layouts: each layout must be a \(dims_per_block, spill\) pair"),
+        ([(4, None, 1)], ValueError, "pair"),
+        ([(0, None)], ValueError, "layouts: dims_per_block must be >= 1"),
+        ([(9, None)], ValueError, "layouts: dims_per_block must be <= 8"),
+        ([(2.0, None)], TypeError, "layouts: dims_per_block must be an integer"),
+        ([(True, None)], TypeError, "layouts: dims_per_block must be an integer"),
+        ([(2, "auto")], ValueError, "layouts: spill must be None, 'none' or 'soar'"),
+        ([(2, "SOAR")], ValueError, "layouts: spill"),
+    ],
+)
+def test_bad_layouts(small, layouts, error, match):
+    X, _, _, built = small
+    index = fresh(built)
+    with pytest.raises(error, match=match):
+        index.tune(0.9, X=X, layouts=layouts)
+    assert index.default_search_params() == built.default_search_params()
+
+
+def test_layouts_need_the_indexed_vectors(small):
+    X, Q, _, built = small
+    index = fresh(built)
+    with pytest.raises(ValueError, match="layouts= trains the index with each layout.*pass X="):
+        index.tune(0.9, layouts="auto")
+    with pytest.raises(ValueError, match="pass X="):
+        index.tune(0.9, queries=Q[:50], layouts=[(4, None)])
+    with pytest.raises(ValueError, match="rows but the index holds"):
+        index.tune(0.9, X=X[:100], layouts="auto")

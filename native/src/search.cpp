@@ -166,30 +166,27 @@ void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
   select_top(s.leaf_scores.data(), nullptr, L, nprobe, s);
 }
 
-// Best nprobe of n leaves (leaf[i], or i when leaf is null) by score[i]; ties: lower leaf id.
-// Branch-free: one 64-bit key per leaf (order-preserving bits of the score, then the inverted leaf
-// id), the nprobe-th largest key by selection, the keys at or above it, sorted.
+// Best nprobe of n leaves (leaf[i], or i when leaf is null) by score[i]; ties: lower leaf id (one
+// 64-bit key per leaf: order-preserving bits of the score, then the inverted leaf id).
 void Index::select_top(const float* score, const uint32_t* leaf, size_t n, size_t nprobe, Scratch& s) const {
-  s.keys.resize(n);
+  // The nprobe-th largest score by SIMD selection; keys only for the scores at or above it (nprobe
+  // of them, more on ties), sorted, the first nprobe kept.
+  const float cut =
+      nprobe < n ? topk::kth_largest_f32(score, n, nprobe - 1, s.lo_tmp) : -std::numeric_limits<float>::infinity();
+  s.keys.clear();
   for (size_t i = 0; i < n; ++i) {
+    if (!(score[i] >= cut)) continue;
     uint32_t u;
     std::memcpy(&u, &score[i], 4);
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     const uint32_t l = leaf ? leaf[i] : static_cast<uint32_t>(i);
-    s.keys[i] = (uint64_t(u) << 32) | uint32_t(~l);
+    s.keys.push_back((uint64_t(u) << 32) | uint32_t(~l));
   }
-  s.keys_tmp.assign(s.keys.begin(), s.keys.end());  // the selection scrambles its input
-  const uint64_t cut = nprobe < n ? topk::kth_largest(s.keys_tmp, nprobe - 1, s.keys_aux) : 0;
-  s.keys_aux.resize(n);
-  size_t w = 0;
-  for (size_t i = 0; i < n; ++i) {
-    s.keys_aux[w] = s.keys[i];
-    w += s.keys[i] >= cut;
-  }
-  std::sort(s.keys_aux.begin(), s.keys_aux.begin() + w, std::greater<uint64_t>());
+  std::sort(s.keys.begin(), s.keys.end(), std::greater<uint64_t>());
+  const size_t w = std::min(nprobe, s.keys.size());
   s.leaf_sel.resize(w);
   for (size_t i = 0; i < w; ++i) {
-    const uint64_t key = s.keys_aux[i];
+    const uint64_t key = s.keys[i];
     uint32_t u = uint32_t(key >> 32);
     u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;  // back to the score's bits
     float sc;

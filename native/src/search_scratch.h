@@ -15,7 +15,7 @@ struct Index::Scratch {
   float q_unscale = 1.f;  // dot: the prepared query is q / q_unscale (a power of two)
   std::vector<uint32_t> idx;
   std::vector<std::pair<float, uint32_t>> leaf_sel;
-  std::vector<uint64_t> keys, keys_tmp, keys_aux;
+  std::vector<uint64_t> keys;
   std::vector<uint8_t> lut8;
   std::vector<uint16_t> acc;
   std::vector<float> sc;
@@ -37,8 +37,7 @@ struct Index::Scratch {
                sizeof(float) +
            (idx.capacity() + cand_leaf.capacity() + isc.capacity()) * sizeof(uint32_t) +
            cand_rows.capacity() * sizeof(void*) + q16.capacity() * sizeof(int16_t) +
-           leaf_sel.capacity() * sizeof(leaf_sel[0]) +
-           (keys.capacity() + keys_tmp.capacity() + keys_aux.capacity()) * sizeof(uint64_t) + lut8.capacity() +
+           leaf_sel.capacity() * sizeof(leaf_sel[0]) + keys.capacity() * sizeof(uint64_t) + lut8.capacity() +
            acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
   }
 };

@@ -304,63 +304,31 @@ constexpr CompressTable kCompress = make_compress_table();
 // but may leave unspecified values in entries >= the returned count (AVX2 masked stores,
 // vmaskmovps, are very slow on AMD, so they are avoided). Tail (< 8 points): scalar, same
 // arithmetic.
-//
-// Without a bias, s is a non-decreasing function of acc (a > 0; float rounding is monotonic), so
-// every acc below the integer cut of filter_cut can be skipped: 16 accumulators are compared with
-// it at once and the float arithmetic runs only for the blocks of 8 holding one at or above it
-// (once the top-N is full, few do). The output is the same as without the pre-check.
-inline int filter_cut(float a, float b, float thr) {
-  // (plain arithmetic, no <cmath> inline functions: see the ODR note at the top)
-  if (!(a > 0.f) || !(thr > -__FLT_MAX__) || !(b - b == 0.f)) return 0;
-  // acc < (thr - b) / a - margin gives float(acc) * a + b <= thr: the two roundings move s by at
-  // most 2^-23 (acc a + |b|), less than margin * a.
-  const double ab = b < 0.f ? -double(b) : double(b);
-  const double x = (double(thr) - b) / a, margin = 2.0 + (65536.0 + ab / a) * (1.0 / 1048576.0);
-  const double cut = x - margin;  // truncation below: the floor for cut > 0
-  return !(cut > 0.0) ? 0 : (cut >= 65535.0 ? 65535 : static_cast<int>(cut));
-}
-
-template <bool kHasBias>
-inline void filter8(const uint16_t* acc, const float* bias, size_t i, __m256 va, __m256 vb, __m256 vthr,
-                    uint32_t* out_idx, float* out_score, size_t& k) {
-  const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i nibble_mask = _mm256_set1_epi32(0xF);
-  const __m128i a16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(acc + i));
-  __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(a16));
-  s = _mm256_mul_ps(s, va);
-  s = _mm256_add_ps(s, vb);
-  if (kHasBias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + i));
-  const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s, vthr, _CMP_GT_OQ)));
-  const __m256i perm = _mm256_and_si256(
-      _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.v[m])), nibble_shifts), nibble_mask);
-  const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(i)), perm);
-  // Full 8-lane stores: k <= i and i + 8 <= n, so they stay inside the n-entry outputs.
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_idx + k), idx);
-  _mm256_storeu_ps(out_score + k, _mm256_permutevar8x32_ps(s, perm));
-  k += static_cast<size_t>(__builtin_popcount(m));
-}
-
 template <bool kHasBias>
 inline size_t filter_impl(const uint16_t* acc, const float* bias, size_t n, float a, float b, float thr,
                           uint32_t* out_idx, float* out_score) {
   const __m256 va = _mm256_set1_ps(a);
   const __m256 vb = _mm256_set1_ps(b);
   const __m256 vthr = _mm256_set1_ps(thr);
+  const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i nibble_mask = _mm256_set1_epi32(0xF);
   size_t k = 0;
   size_t i = 0;
-  const int cut = kHasBias ? 0 : filter_cut(a, b, thr);
-  if (cut > 0) {
-    const __m256i vcut = _mm256_set1_epi16(static_cast<short>(cut));
-    for (; i + 16 <= n; i += 16) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + i));
-      // bit pairs set where acc >= cut (unsigned: max(acc, cut) == acc)
-      const unsigned ge = static_cast<unsigned>(_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(v, vcut), v)));
-      if (ge == 0) continue;
-      if (ge & 0xFFFFu) filter8<kHasBias>(acc, bias, i, va, vb, vthr, out_idx, out_score, k);
-      if (ge >> 16) filter8<kHasBias>(acc, bias, i + 8, va, vb, vthr, out_idx, out_score, k);
-    }
+  for (; i + 8 <= n; i += 8) {
+    const __m128i a16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(acc + i));
+    __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(a16));
+    s = _mm256_mul_ps(s, va);
+    s = _mm256_add_ps(s, vb);
+    if (kHasBias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + i));
+    const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(s, vthr, _CMP_GT_OQ)));
+    const __m256i perm = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.v[m])), nibble_shifts), nibble_mask);
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(i)), perm);
+    // Full 8-lane stores: k <= i and i + 8 <= n, so they stay inside the n-entry outputs.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_idx + k), idx);
+    _mm256_storeu_ps(out_score + k, _mm256_permutevar8x32_ps(s, perm));
+    k += static_cast<size_t>(__builtin_popcount(m));
   }
-  for (; i + 8 <= n; i += 8) filter8<kHasBias>(acc, bias, i, va, vb, vthr, out_idx, out_score, k);
   for (; i < n; ++i) {  // same arithmetic as the scalar reference
     float s = static_cast<float>(acc[i]) * a;
     s = s + b;
