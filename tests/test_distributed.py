@@ -24,7 +24,9 @@ from avq_plugin import ExactIndex
 from avq_plugin.datasets import load_glove_subset
 from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_rows, merge_topk
 from avq_plugin.distributed.placement import (
+    MAX_IMBALANCE,
     balanced_leaf_groups,
+    place_leaves,
     probe_rank_weights,
     refine_leaf_groups,
     split_reorder_budget,
@@ -261,6 +263,35 @@ def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
     ]
     w = probe_rank_weights(np.array([[100, 100, 50]]))
     assert w.tolist() == [[100.0, 50.0, 50 / 3]]
+
+
+def test_leaf_placement_bounded_imbalance_deterministic_and_better_than_the_bisection():
+    rng = np.random.default_rng(1)
+    # 240 leaves in 12-d, queries probing their 12 nearest centres (overlapping neighbourhoods,
+    # as in real data), uneven leaf sizes; 6 shards.
+    centres = rng.normal(size=(240, 12))
+    counts = rng.integers(20, 400, size=240)
+    queries = rng.normal(size=(3000, 12))
+    probes = np.argsort(((queries[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)[:, :12]
+
+    def visits(g):
+        return np.mean([len(set(g[p].tolist())) for p in probes])
+
+    start = balanced_leaf_groups(centres, counts, 6, probes)
+    g = place_leaves(centres, counts, probes, 6)
+    assert np.array_equal(g, place_leaves(centres, counts, probes, 6))  # deterministic for the seed
+    assert set(g.tolist()) == set(range(6))
+    target = counts.sum() / 6
+    sizes = np.bincount(g, weights=counts, minlength=6)
+    start_sizes = np.bincount(start, weights=counts, minlength=6)
+    # Within the stated limit (or, for a group the bisection left outside it, no further out).
+    assert sizes.max() <= max(target * (1 + MAX_IMBALANCE), start_sizes.max()) + 1e-9
+    assert sizes.min() >= min(target * (1 - MAX_IMBALANCE), start_sizes.min()) - 1e-9
+    assert visits(g) < visits(start) - 0.05
+    tight = place_leaves(centres, counts, probes, 6, max_imbalance=0.01, rounds=2, seed=3)
+    tight_sizes = np.bincount(tight, weights=counts, minlength=6)
+    assert tight_sizes.max() <= max(target * 1.01, start_sizes.max()) + 1e-9
+    assert visits(tight) <= visits(start)
 
 
 # ---------------------------------------------------------------------------------- exactness
@@ -550,7 +581,9 @@ def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
     assert placement.shape == (leafy.num_leaves_,) and set(placement.tolist()) == {0, 1, 2, 3}
     infos = leafy.shard_info()
     sizes = [i["ntotal"] for i in infos]
-    assert sum(sizes) == X.shape[0] and max(sizes) - min(sizes) < 0.1 * X.shape[0] / 4  # balanced
+    # Balanced: every shard within MAX_IMBALANCE of n / n_shards vectors.
+    assert sum(sizes) == X.shape[0]
+    assert X.shape[0] / 4 * (1 - MAX_IMBALANCE) <= min(sizes) <= max(sizes) <= X.shape[0] / 4 * (1 + MAX_IMBALANCE)
     # Whole leaves: a vector's shard is the shard of its leaf.
     leaves = single.get_ids()  # storage order is leaf by leaf
     assert len(leaves) == X.shape[0]

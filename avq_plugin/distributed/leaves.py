@@ -76,7 +76,7 @@ class _LeafShards(_Replicas):
         counts = np.sum(client.gather(counts_f), axis=0).astype(np.int64)
         probes = [p for p in client.gather(probes_f) if p is not None and len(p)]
         probes = np.concatenate(probes) if probes else np.zeros((0, lts_place), np.int32)
-        groups = place_leaves(router._probe_centers(), counts, probes, S)
+        groups = place_leaves(router._probe_centers(), counts, probes, S, seed=self.seed)
 
         piece_tasks = [
             [
