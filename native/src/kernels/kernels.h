@@ -2,7 +2,8 @@
 //
 // Every ISA variant lives in its own translation unit (kernels_scalar.cpp, kernels_avx2.cpp,
 // kernels_avx512.cpp), compiled with its own flags and wrapped in its own namespace, and fills
-// one KernelTable. Nothing but this header is shared between the ISA translation units (ODR).
+// one KernelTable. Nothing but this header is shared between the ISA translation units (ODR),
+// apart from leaf_select_ymm.h: code both x86 units compile into their own anonymous namespace.
 //
 // Determinism contract: every variant returns bit-identical results for the same inputs.
 //  * Float reductions use the canonical 16-lane order: acc[i % 16] += term(i) for i = 0..d-1
