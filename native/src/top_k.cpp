@@ -36,12 +36,33 @@ float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& 
   return tail[k];
 }
 
+float first_leaf_threshold(const uint16_t* acc, size_t n, size_t cap, float a, float b) {
+  const float none = -std::numeric_limits<float>::infinity();
+  if (cap == 0 || cap >= n) return none;
+  unsigned mx = 0;
+  for (size_t i = 0; i < n; ++i) mx = std::max<unsigned>(mx, acc[i]);
+  int shift = 0;
+  while ((mx >> shift) >= 256) ++shift;
+  uint32_t hist[256] = {};
+  for (size_t i = 0; i < n; ++i) ++hist[acc[i] >> shift];
+  size_t seen = 0;
+  unsigned bin = (mx >> shift) + 1;
+  while (bin > 0 && seen < cap) seen += hist[--bin];
+  const unsigned t = bin << shift;  // at least cap accumulators are >= t
+  if (t == 0) return none;
+  // The filter's own arithmetic (separately rounded), so that acc >= t passes unless rounding
+  // merges s(t) with s(t - 1).
+  float s = static_cast<float>(t - 1) * a;
+  s = s + b;
+  return s;
+}
+
 std::vector<Cand>& TopN::finish(bool sorted) {
   if (n_ > cap_) shrink();
   out_.resize(n_);
   for (size_t i = 0; i < n_; ++i)
     out_[i] = {scores_[i], static_cast<uint32_t>(refs_[i] >> 32), static_cast<uint32_t>(refs_[i])};
-  if (sorted) std::sort(out_.begin(), out_.end(), better);
+  if (sorted) std::sort(out_.begin(), out_.end(), Better{});
   return out_;
 }
 
