@@ -395,6 +395,11 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t want = std::max<size_t>(1, std::min(reorder ? std::max(k, reorder_k) : k, probed));
   const size_t cap = spill_ ? 2 * want : want;
   s.topn.reset(cap);
+  // <q, mean> of every probed leaf in one call (dot_gather's sums are dot's, bit for bit).
+  s.bias_rows.resize(nprobe);
+  s.leaf_bias.resize(nprobe);
+  for (size_t t = 0; t < nprobe; ++t) s.bias_rows[t] = resid_centers_.data() + size_t(s.leaf_sel[t].second) * d;
+  kt.dot_gather(q, s.bias_rows.data(), nprobe, d, s.leaf_bias.data());
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
     const Leaf& leaf = leaves_[li];
@@ -407,7 +412,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       s.sc.resize(ng * 32);
     }
     kt.scan_lut16(leaf.codes_p, ng, Mp, s.lut8.data(), s.acc.data());
-    const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
+    const float bias = s.leaf_bias[t] + static_cast<float>(offset);
     size_t cnt;
     if (!l2 && leaf.n > cap && s.topn.unbounded()) {
       // First leaf: cut in the accumulators' domain instead of appending the whole leaf.
