@@ -73,10 +73,11 @@ T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
 // A score threshold for the first leaf of a search (scores s(x) = float(x) * a + b of its n 16-bit
 // accumulators, cap < n): a histogram of acc >> shift (64 bins; every 4th accumulator from 256 on)
 // finds the bin holding about the cap-th largest accumulator, and the threshold is the score just
-// below that bin, so that at least cap of the n scores should pass `s > threshold`. Cheaper than appending the whole leaf and cutting
-// it (the scores of a first leaf all pass an empty top-N). The caller checks that at least cap
-// passed (float rounding may merge scores) and filters again without it otherwise; then every
-// rejected score has cap strictly better ones, so the search's result is unchanged.
+// below that bin, so that about cap of the n scores pass `s > threshold`. Cheaper than appending
+// the whole leaf and cutting it (the scores of a first leaf all pass an empty top-N). The caller
+// checks that at least cap passed (sampling and float rounding can fall short) and filters again
+// without it otherwise; then every rejected score has cap strictly better ones, so the search's
+// result is unchanged.
 float first_leaf_threshold(const uint16_t* acc, size_t n, size_t cap, float a, float b);
 
 constexpr size_t kTopNSlack = 256;  // top-N buffer room above cap before a cut
