@@ -465,7 +465,7 @@ def test_worker_killed_mid_search_fitted_index_is_rebuilt(client, glove, tmp_pat
     ensure_two_workers(client)
     X, Q = glove
     index = ShardedAVQIndex(sharding="rows", metric="cosine", n_shards=4, client=client).fit(
-        da.from_array(X[:8000], chunks=(2000, 50))
+        da.from_array(X[:4000], chunks=(1000, 50))
     )
     expected = index.search(Q, k=10)
     # Not saved: Dask re-encodes the lost shards from their source chunks (the lineage).
@@ -481,7 +481,7 @@ def test_worker_killed_after_sources_deleted_reloads_saved_shards(client, glove,
     src = tmp_path / "src"
     src.mkdir()
     for j in range(4):
-        np.save(src / f"part{j}.npy", X[j * 2000 : (j + 1) * 2000])
+        np.save(src / f"part{j}.npy", X[j * 1000 : (j + 1) * 1000])
     index = ShardedAVQIndex(sharding="rows", metric="cosine", client=client).fit(sorted(src.glob("*.npy")))
     expected = index.search(Q, k=10)
     index.save(tmp_path / "s.avqs")
@@ -619,9 +619,9 @@ def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
 
 def test_leaf_shards_without_reordering_match_single_index(client, glove):
     X, Q = glove
-    X = X[:8000]
+    X = X[:4000]
     index = ShardedAVQIndex(metric="l2", n_shards=3, reorder="none", client=client).fit(
-        da.from_array(X, chunks=(2000, 50))
+        da.from_array(X, chunks=(1000, 50))
     )
     single = single_like(index, X)
     for lts in (3, 20):
@@ -679,7 +679,7 @@ def wait_for_replicas(index, replicas, seconds=60):
         infos = index.shard_info()
         if all(len(i["workers"]) == replicas for i in infos):
             return infos
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"replicas were not rebuilt: {[i['workers'] for i in index.shard_info()]}")
 
 
@@ -687,7 +687,7 @@ def test_replicas_survive_a_worker_killed_mid_stream(client, glove, tmp_path):
     X, Q = glove
     ensure_two_workers(client)
     index = ShardedAVQIndex(metric="cosine", n_shards=4, replicas=2, client=client).fit(
-        da.from_array(X[:8000], chunks=(4000, 50))
+        da.from_array(X[:4000], chunks=(2000, 50))
     )
     infos = index.shard_info()
     assert all(len(set(i["workers"])) == 2 for i in infos)  # two workers per shard
@@ -712,11 +712,11 @@ def test_replicas_survive_a_worker_killed_mid_stream(client, glove, tmp_path):
 def test_lost_leaf_shard_raises_unless_saved(client, glove, tmp_path):
     X, Q = glove
     ensure_two_workers(client)
-    saved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X[:6000], chunks=(3000, 50)))
+    saved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(da.from_array(X[:3000], chunks=(1500, 50)))
     saved.save(tmp_path / "s.avqs")
     expected = saved.search(Q, k=10)
     unsaved = ShardedAVQIndex(metric="cosine", n_shards=4, client=client).fit(
-        da.from_array(X[6000:12000], chunks=(3000, 50))
+        da.from_array(X[3000:6000], chunks=(1500, 50))
     )
     infos = unsaved.shard_info()
     with pytest.raises(ShardLostError, match="lost .a worker died. and could not be recovered") as err:
@@ -738,9 +738,9 @@ def test_leaf_shards_live_updates(client, glove, tmp_path):
     X, Q = glove
     ensure_two_workers(client)
     index = ShardedAVQIndex(metric="cosine", n_shards=3, replicas=2, client=client).fit(
-        da.from_array(X[:12000], chunks=(4000, 50))
+        da.from_array(X[:6000], chunks=(2000, 50))
     )
-    single = single_like(index, X[:12000])
+    single = single_like(index, X[:6000])
     errors, stop = [], threading.Event()
 
     def searcher():
@@ -753,14 +753,14 @@ def test_leaf_shards_live_updates(client, glove, tmp_path):
     thread = threading.Thread(target=searcher)
     thread.start()
     try:
-        for a in range(12000, 20000, 2000):  # concurrent searches during the adds
-            index.add(X[a : a + 2000], np.arange(a, a + 2000))
-            single.add(X[a : a + 2000], np.arange(a, a + 2000))
+        for a in range(6000, 10000, 1000):  # concurrent searches during the adds
+            index.add(X[a : a + 1000], np.arange(a, a + 1000))
+            single.add(X[a : a + 1000], np.arange(a, a + 1000))
     finally:
         stop.set()
         thread.join()
     assert not errors
-    assert index.ntotal == 20000
+    assert index.ntotal == 10000
     assert all(len(i["workers"]) == 2 for i in index.shard_info())
     with pytest.raises(ValueError, match="already in the index"):
         index.add(X[:2], np.array([5, 100000]))
@@ -768,18 +768,18 @@ def test_leaf_shards_live_updates(client, glove, tmp_path):
     single.add(X[:2], np.array([100000, 100001]))
     index.add(X[2:3])
     single.add(X[2:3], np.array([100002]))
-    gone = np.arange(0, 20000, 7)
+    gone = np.arange(0, 10000, 7)
     assert index.remove(np.concatenate([gone, [-5, 10**9]])) == len(gone)
     single.remove(gone)
     assert index.ntotal == single.ntotal
     for lts in (5, 30):
-        D, I = index.search(Q, k=10, leaves_to_search=lts, reorder_k=20003)
-        D1, I1 = single.search(Q, k=10, leaves_to_search=lts, reorder_k=20003)
+        D, I = index.search(Q, k=10, leaves_to_search=lts, reorder_k=10003)
+        D1, I1 = single.search(Q, k=10, leaves_to_search=lts, reorder_k=10003)
         np.testing.assert_array_equal(I, I1)
         np.testing.assert_array_equal(D, D1)
     index.save(tmp_path / "u.avqs")
     loaded = ShardedAVQIndex.load(tmp_path / "u.avqs", client=client, replicas=1)
-    D2, I2 = loaded.search(Q, k=10, leaves_to_search=30, reorder_k=20003)
+    D2, I2 = loaded.search(Q, k=10, leaves_to_search=30, reorder_k=10003)
     np.testing.assert_array_equal(I2, I1)
     assert loaded.ntotal == single.ntotal
     loaded.add(X[3:4])  # the same vector as id 3, under the next id
