@@ -21,6 +21,20 @@ from ._progress import ProgressCallback
 _P = TypeVar("_P", bound="_IndexProtected")
 
 
+def merge_topk_rows(
+    nq: int,
+    k: int,
+    rows: list[npt.NDArray[np.int64]],
+    D: list[npt.NDArray[np.float32]],
+    I: list[npt.NDArray[np.int64]],
+    l2: bool,
+    sort_single: bool,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The native merge of shards' top-k lists (``native/src/merge.h``) for avq_plugin.distributed.merge,
+    which checks and converts the inputs."""
+    return _native.merge_topk_rows(nq, k, rows, D, I, l2, sort_single)
+
+
 class _IndexProtected(_IndexBase):
     """Routed search, quantizer import/export and stored vectors of an AVQIndex."""
 
