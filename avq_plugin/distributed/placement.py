@@ -401,8 +401,10 @@ def route_queries(
     # One stable sort of the (query, probed leaf) pairs by shard: each shard's pairs come out
     # grouped by query, in probe order.
     w = P.shape[1]
-    order = np.argsort(owner.ravel(), kind="stable")
-    bounds = np.searchsorted(owner.ravel()[order], np.arange(n_shards + 1))
+    # A stable sort of small integers (NumPy: a radix sort up to 16 bits).
+    key = owner.ravel().astype(np.int16 if n_shards < np.iinfo(np.int16).max else np.int32)
+    order = np.argsort(key, kind="stable")
+    bounds = np.searchsorted(key[order], np.arange(n_shards + 1))
     q_all = order // w
     leaf_all = P.ravel()[order]
     size_all = sizes.ravel()[order]
