@@ -14,6 +14,7 @@
 
 namespace avq {
 
+using topk::Better;
 using topk::better;
 using topk::Cand;
 
@@ -132,15 +133,15 @@ void Index::search_one_float(const float* q_in, size_t k, size_t nprobe, Scratch
       const Cand c{acc, li, pos};
       if (heap.size() < k) {
         heap.push_back(c);
-        std::push_heap(heap.begin(), heap.end(), better);
+        std::push_heap(heap.begin(), heap.end(), Better{});
       } else if (better(c, heap.front())) {
-        std::pop_heap(heap.begin(), heap.end(), better);
+        std::pop_heap(heap.begin(), heap.end(), Better{});
         heap.back() = c;
-        std::push_heap(heap.begin(), heap.end(), better);
+        std::push_heap(heap.begin(), heap.end(), Better{});
       }
     }
   }
-  std::sort_heap(heap.begin(), heap.end(), better);
+  std::sort_heap(heap.begin(), heap.end(), Better{});
   float qn2 = 0;
   if (l2) {
     double t = 0;

@@ -15,7 +15,7 @@
 
 namespace avq {
 
-using topk::better;
+using topk::Better;
 using topk::Cand;
 
 namespace {
@@ -51,7 +51,7 @@ void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<u
   }
   cands.resize(w);
   if (w > want) {
-    if (!sorted) std::nth_element(cands.begin(), cands.begin() + (want - 1), cands.end(), better);
+    if (!sorted) std::nth_element(cands.begin(), cands.begin() + (want - 1), cands.end(), Better{});
     cands.resize(want);
   }
 }
@@ -395,6 +395,11 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t want = std::max<size_t>(1, std::min(reorder ? std::max(k, reorder_k) : k, probed));
   const size_t cap = spill_ ? 2 * want : want;
   s.topn.reset(cap);
+  // <q, mean> of every probed leaf in one call (dot_gather's sums are dot's, bit for bit).
+  s.bias_rows.resize(nprobe);
+  s.leaf_bias.resize(nprobe);
+  for (size_t t = 0; t < nprobe; ++t) s.bias_rows[t] = resid_centers_.data() + size_t(s.leaf_sel[t].second) * d;
+  kt.dot_gather(q, s.bias_rows.data(), nprobe, d, s.leaf_bias.data());
   for (size_t t = 0; t < nprobe; ++t) {
     const uint32_t li = s.leaf_sel[t].second;
     const Leaf& leaf = leaves_[li];
@@ -407,10 +412,22 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       s.sc.resize(ng * 32);
     }
     kt.scan_lut16(leaf.codes_p, ng, Mp, s.lut8.data(), s.acc.data());
-    const float bias = kt.dot(q, resid_centers_.data() + size_t(li) * d, d) + static_cast<float>(offset);
-    size_t cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.scan_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
-                                  s.idx.data(), s.sc.data());
-    s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
+    const float bias = s.leaf_bias[t] + static_cast<float>(offset);
+    size_t cnt;
+    if (!l2 && leaf.n > cap && s.topn.unbounded()) {
+      // First leaf: cut in the accumulators' domain instead of appending the whole leaf.
+      const float thr = topk::first_leaf_threshold(s.acc.data(), leaf.n, cap, inv_scale, bias);
+      cnt = kt.filter_scores(s.acc.data(), nullptr, leaf.n, inv_scale, bias, thr, s.idx.data(), s.sc.data());
+      if (cnt < cap)  // scores merged by rounding: the exact path
+        cnt = kt.filter_scores(s.acc.data(), nullptr, leaf.n, inv_scale, bias, s.topn.threshold(), s.idx.data(),
+                               s.sc.data());
+      s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
+      s.topn.tighten();
+    } else {
+      cnt = kt.filter_scores(s.acc.data(), l2 ? leaf.scan_p : nullptr, leaf.n, inv_scale, bias, s.topn.threshold(),
+                             s.idx.data(), s.sc.data());
+      s.topn.append(s.sc.data(), s.idx.data(), cnt, li);
+    }
     if (spilled) scan_spilled(li, kt, inv_scale, bias, s);  // after: it reuses s.acc
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
@@ -444,7 +461,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       cands[c].score = v;
     }
     size_t keep = std::min(k, nc);
-    std::partial_sort(cands.begin(), cands.begin() + keep, cands.end(), better);
+    std::partial_sort(cands.begin(), cands.begin() + keep, cands.end(), Better{});
     cands.resize(keep);
   }
 

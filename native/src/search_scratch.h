@@ -28,15 +28,19 @@ struct Index::Scratch {
   std::vector<int32_t> isc;
   std::vector<uint32_t> cand_leaf;
   std::vector<const float*> cand_rows;
+  // the probed leaves' <q, mean> (the scan's bias), computed together
+  std::vector<float> leaf_bias;
+  std::vector<const float*> bias_rows;
   topk::TopN topn;
   const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
   size_t given_n = 0;
   size_t footprint() const {
     return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity() +
-            lo.capacity() + lo_tmp.capacity() + cand_score.capacity() + approx.capacity() + bound.capacity()) *
+            lo.capacity() + lo_tmp.capacity() + cand_score.capacity() + approx.capacity() + bound.capacity() +
+            leaf_bias.capacity()) *
                sizeof(float) +
            (idx.capacity() + cand_leaf.capacity() + isc.capacity()) * sizeof(uint32_t) +
-           cand_rows.capacity() * sizeof(void*) + q16.capacity() * sizeof(int16_t) +
+           (cand_rows.capacity() + bias_rows.capacity()) * sizeof(void*) + q16.capacity() * sizeof(int16_t) +
            leaf_sel.capacity() * sizeof(leaf_sel[0]) + keys.capacity() * sizeof(uint64_t) + lut8.capacity() +
            acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
   }

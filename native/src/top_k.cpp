@@ -1,5 +1,7 @@
 #include "top_k.h"
 
+#include <cmath>
+
 #include "kernels/kernels.h"
 
 namespace avq {
@@ -36,12 +38,50 @@ float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& 
   return tail[k];
 }
 
+float first_leaf_threshold(const uint16_t* acc, size_t n, size_t cap, float a, float b) {
+  const float none = -std::numeric_limits<float>::infinity();
+  if (cap == 0 || cap >= n) return none;
+  // From 256 accumulators on, every 4th estimates the distribution: the threshold is the bin where
+  // the sample reaches its share of cap plus about two standard deviations (the caller filters
+  // again without the threshold in the rare case that fewer than cap pass).
+  const size_t step = n >= 256 ? 4 : 1;
+  const size_t m = (n + step - 1) / step;
+  const double share = static_cast<double>(cap) * static_cast<double>(m) / static_cast<double>(n);
+  const size_t need = step == 1 ? cap : static_cast<size_t>(share + 2.0 * std::sqrt(share) + 1.0);
+  if (need >= m) return none;
+  // Four interleaved maxima and histograms: no chain of dependent updates through one counter.
+  unsigned mx4[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 3 * step < n; i += 4 * step)
+    for (int j = 0; j < 4; ++j) mx4[j] = std::max<unsigned>(mx4[j], acc[i + j * step]);
+  for (; i < n; i += step) mx4[0] = std::max<unsigned>(mx4[0], acc[i]);
+  const unsigned mx = std::max(std::max(mx4[0], mx4[1]), std::max(mx4[2], mx4[3]));
+  int shift = 0;
+  while ((mx >> shift) >= 64) ++shift;
+  uint16_t h4[4][64] = {};
+  for (i = 0; i + 3 * step < n; i += 4 * step)
+    for (int j = 0; j < 4; ++j) ++h4[j][acc[i + j * step] >> shift];
+  for (; i < n; i += step) ++h4[0][acc[i] >> shift];
+  uint16_t hist[64];
+  for (int j = 0; j < 64; ++j) hist[j] = static_cast<uint16_t>(h4[0][j] + h4[1][j] + h4[2][j] + h4[3][j]);
+  size_t seen = 0;
+  unsigned bin = (mx >> shift) + 1;
+  while (bin > 0 && seen < need) seen += hist[--bin];
+  const unsigned t = bin << shift;  // about cap accumulators (at least cap when step = 1) are >= t
+  if (t == 0) return none;
+  // The filter's own arithmetic (separately rounded), so that acc >= t passes unless rounding
+  // merges s(t) with s(t - 1).
+  float s = static_cast<float>(t - 1) * a;
+  s = s + b;
+  return s;
+}
+
 std::vector<Cand>& TopN::finish(bool sorted) {
   if (n_ > cap_) shrink();
   out_.resize(n_);
   for (size_t i = 0; i < n_; ++i)
     out_[i] = {scores_[i], static_cast<uint32_t>(refs_[i] >> 32), static_cast<uint32_t>(refs_[i])};
-  if (sorted) std::sort(out_.begin(), out_.end(), better);
+  if (sorted) std::sort(out_.begin(), out_.end(), Better{});
   return out_;
 }
 

@@ -25,6 +25,12 @@ inline bool better(const Cand& a, const Cand& b) {
   return a.pos < b.pos;
 }
 
+// `better` as a function object, so that the standard algorithms inline it (a function pointer
+// is called through).
+struct Better {
+  bool operator()(const Cand& a, const Cand& b) const { return better(a, b); }
+};
+
 // The (k+1)-th largest of src[0..n) (k < n), src unchanged: quickselect whose order-keeping
 // three-way partitions are the SIMD kernel partition_f32. scratch: 3 (n + 16) floats.
 float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch);
@@ -64,6 +70,16 @@ T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
   return a[k];
 }
 
+// A score threshold for the first leaf of a search (scores s(x) = float(x) * a + b of its n 16-bit
+// accumulators, cap < n): a histogram of acc >> shift (64 bins; every 4th accumulator from 256 on)
+// finds the bin holding about the cap-th largest accumulator, and the threshold is the score just
+// below that bin, so that about cap of the n scores pass `s > threshold`. Cheaper than appending
+// the whole leaf and cutting it (the scores of a first leaf all pass an empty top-N). The caller
+// checks that at least cap passed (sampling and float rounding can fall short) and filters again
+// without it otherwise; then every rejected score has cap strictly better ones, so the search's
+// result is unchanged.
+float first_leaf_threshold(const uint16_t* acc, size_t n, size_t cap, float a, float b);
+
 constexpr size_t kTopNSlack = 256;  // top-N buffer room above cap before a cut
 
 // Keeps the `cap` best approximate scores of a query. Survivors of each leaf's SIMD threshold
@@ -79,6 +95,13 @@ class TopN {
     thr_ = -std::numeric_limits<float>::infinity();
   }
   float threshold() const { return thr_; }
+  size_t cap() const { return cap_; }
+  // Nothing kept and no cut yet: every score would be accepted.
+  bool unbounded() const { return n_ == 0 && thr_ == -std::numeric_limits<float>::infinity(); }
+  // Cuts back to the cap best now if there are at least cap (the threshold rises to the cut).
+  void tighten() {
+    if (n_ >= cap_) shrink();
+  }
   // Appends the candidates (sc[c], position idx[c] in `leaf`) whose score beats the threshold.
   void append(const float* sc, const uint32_t* idx, size_t cnt, uint32_t leaf) {
     if (n_ + cnt > scores_.size()) {

@@ -71,7 +71,8 @@ def worker(args):
     faulthandler.enable()
     fuzzlib.limit_memory()
     fuzzlib.KNOWN_OPEN = frozenset() if args.include_known else fuzzlib.KNOWN_OPEN
-    state = {"tmpdir": tempfile.mkdtemp(prefix="avq-fuzz-")}
+    # Inside the parent's temporary directory (next to the current input), removed with it.
+    state = {"tmpdir": tempfile.mkdtemp(prefix="avq-fuzz-", dir=os.path.dirname(args.cur))}
     if args.target == "loader":
         seeds = fuzzlib.seed_corpus()
     else:
