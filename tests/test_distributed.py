@@ -298,6 +298,51 @@ def test_leaf_placement_bounded_imbalance_deterministic_and_better_than_the_bise
     assert visits(tight) <= visits(start)
 
 
+def test_multi_shard_search_equals_the_shards_searched_and_merged(glove):
+    """A worker searches all its shards in one native call (a query's lookup table built once):
+    the same answers as searching every shard on its own and merging, with split budgets."""
+    from avq_plugin import AVQIndex
+    from avq_plugin._index_protected import search_leaves_multi
+    from avq_plugin.distributed.placement import route_queries
+
+    X, Q = glove
+    X = X[:6000]
+    template = AVQIndex(metric="cosine", num_leaves=40, seed=0, num_threads=1).train(X)
+    leaf = template._probe(X, 1)[:, 0]
+    leaf_to_shard = (np.arange(40) % 3).astype(np.int32)
+    shards = []
+    for j in range(3):
+        shard = AVQIndex.from_bytes(template.to_bytes())
+        rows = np.flatnonzero(leaf_to_shard[leaf] == j)
+        shards.append(shard.add(X[rows], rows))
+    jobs, visited, _, _ = route_queries(
+        template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=40), 3, 10, 30
+    )
+    assert visited.mean() > 1.5  # most queries visit several shards
+    job_list = [(j, r, lv, b) for j, (r, lv, b, _) in jobs.items()]
+    parts = [(r, *shards[j]._search_leaves(Q[r], 10, lv, b)) for j, r, lv, b in job_list]
+    D1, I1 = merge_rows(len(Q), 10, parts, "cosine")
+    for threads in (1, 2):
+        D, I = search_leaves_multi(shards, Q, 10, job_list, threads)
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+    # Queries no job asks for are padding; one job alone gives that shard's own answers.
+    j, r, lv, b = job_list[0]
+    D, I = search_leaves_multi(shards, Q, 10, job_list[:1], 1)
+    np.testing.assert_array_equal(I[r], shards[j]._search_leaves(Q[r], 10, lv, b)[1])
+    rest = np.setdiff1d(np.arange(len(Q)), r)
+    assert np.all(I[rest] == -1) and np.all(D[rest] == -FLT_MAX)
+    other = AVQIndex(metric="cosine", num_leaves=40, seed=1).train(X)
+    with pytest.raises(ValueError, match="one quantizer"):
+        search_leaves_multi([shards[0], other], Q, 10, [(1, r, lv, b)], 1)
+    with pytest.raises(ValueError, match="outside"):
+        search_leaves_multi(shards, Q[:5], 10, [(j, r, lv, b)], 1)
+    with pytest.raises(ValueError, match="no such shard"):
+        search_leaves_multi(shards, Q, 10, [(3, r, lv, b)], 1)
+    with pytest.raises(ValueError, match="out of range"):
+        search_leaves_multi(shards, Q, 10, [(j, r, np.full_like(lv, 40), b)], 1)
+
+
 # ---------------------------------------------------------------------------------- exactness
 def test_shards_give_the_single_index_top_k(sharded, glove):
     X, Q = glove
