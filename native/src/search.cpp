@@ -431,41 +431,29 @@ void Index::scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_
 // s.lut_inv_scale): depend only on the prepared query and the codebooks.
 void Index::build_lut(const float* q, Scratch& s) const {
   const kernels::KernelTable& kt = kernels::active();
-  const size_t M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
+  const size_t d = p_.d, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
   // Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one global
   // scale chosen so that the 16-bit accumulators cannot overflow.
-  s.lut.assign(Mp * 16, 0.f);
-  s.lut8.assign(Mp * 16, 0);
+  s.lut.resize(Mp * 16);
+  s.lut8.resize(Mp * 16);
+  std::fill(s.lut8.begin() + M * 16, s.lut8.end(), uint8_t(0));  // the padding block scores 0
+  s.blk_mn.resize(M);
+  s.blk_mx.resize(M);
+  kt.lut_blocks(q, codebooks_t_.data(), d, layout_.dims_per_block, s.lut.data(), s.blk_mn.data(), s.blk_mx.data());
   double range_sum = 0, range_max = 0, offset = 0;
   for (size_t m = 0; m < M; ++m) {
-    const size_t off = layout_.offset[m], dm = layout_.dims[m];
-    float* lut = s.lut.data() + m * 16;
-    kt.dot_t16(q + off, codebooks_t_.data() + 16 * off, 1, dm, lut);
-    float mn = lut[0], mx = lut[0];
-    for (size_t c = 1; c < 16; ++c) {
-      mn = std::min(mn, lut[c]);
-      mx = std::max(mx, lut[c]);
-    }
-    for (size_t c = 0; c < 16; ++c) lut[c] -= mn;
-    offset += mn;
-    range_sum += double(mx) - mn;
-    range_max = std::max(range_max, double(mx) - mn);
+    const double range = double(s.blk_mx[m]) - s.blk_mn[m];
+    offset += s.blk_mn[m];
+    range_sum += range;
+    range_max = std::max(range_max, range);
   }
   double scale = 1.0;
   if (range_max > 0) scale = std::min(255.0 / range_max, (65535.0 - double(M)) / range_sum);
   scale = std::min(scale, 1e30);  // a negligible LUT (tiny l2 query) must not overflow the float scale
-  {
-    // Round half up (entries are >= 0); the float product is the same at every SIMD level.
-    const float fs = static_cast<float>(scale);
-    const float* lut = s.lut.data();
-    uint8_t* lut8 = s.lut8.data();
-    for (size_t i = 0; i < M * 16; ++i) {
-      float v = lut[i] * fs + 0.5f;
-      v = v < 255.f ? v : 255.f;
-      lut8[i] = static_cast<uint8_t>(static_cast<int>(v));
-    }
-    scale = fs;
-  }
+  // Round half up (entries are >= 0); the float product is the same at every SIMD level.
+  const float fs = static_cast<float>(scale);
+  kt.lut_quantize(s.lut.data(), M * 16, fs, s.lut8.data());
+  scale = fs;
   s.lut_offset = offset;
   s.lut_inv_scale = static_cast<float>(1.0 / scale);
 }

@@ -30,6 +30,7 @@ struct Index::Scratch {
   std::vector<const float*> cand_rows;
   // the probed leaves' <q, mean> (the scan's bias), computed together
   std::vector<float> leaf_bias;
+  std::vector<float> blk_mn, blk_mx;  // per block: the query's LUT bounds
   std::vector<const float*> bias_rows;
   topk::TopN topn;
   const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
@@ -43,7 +44,7 @@ struct Index::Scratch {
   size_t footprint() const {
     return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity() +
             lo.capacity() + lo_tmp.capacity() + cand_score.capacity() + approx.capacity() + bound.capacity() +
-            leaf_bias.capacity()) *
+            leaf_bias.capacity() + blk_mn.capacity() + blk_mx.capacity()) *
                sizeof(float) +
            (idx.capacity() + cand_leaf.capacity() + isc.capacity()) * sizeof(uint32_t) +
            (cand_rows.capacity() + bias_rows.capacity()) * sizeof(void*) + q16.capacity() * sizeof(int16_t) +

@@ -329,6 +329,79 @@ void test_filter(const k::KernelTable& t, const k::KernelTable& ref) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// lut_blocks, lut_quantize
+// ---------------------------------------------------------------------------------------------
+void test_lut(const k::KernelTable& t, const k::KernelTable& ref) {
+  const size_t kDpb[] = {1, 2, 3, 4, 7, 8};
+  for (size_t d : kDims) {
+    for (size_t dpb : kDpb) {
+      for (int mode = 0; mode < 3; ++mode) {
+        std::vector<float> q = rand_floats(d), ct = rand_floats(d * 16, -2.0f, 2.0f);
+        if (mode == 1) {  // zero products of both signs (the sums stay +0: bounds at zero)
+          for (size_t j = 0; j < d; j += 2) q[j] = (j % 4 == 0) ? 0.0f : -0.0f;
+          for (size_t i = 0; i < ct.size(); i += 3) ct[i] = -0.0f;
+        } else if (mode == 2) {  // a constant block: every entry equal (range 0)
+          for (size_t i = 0; i < ct.size(); ++i) ct[i] = 0.5f;
+        }
+        const size_t M = (d + dpb - 1) / dpb;
+        std::vector<float> lr(M * 16), lv(M * 16), mnr(M), mnv(M), mxr(M), mxv(M), ln(M * 16), mnn(M), mxn(M);
+        ref.lut_blocks(q.data(), ct.data(), d, dpb, lr.data(), mnr.data(), mxr.data());
+        t.lut_blocks(q.data(), ct.data(), d, dpb, lv.data(), mnv.data(), mxv.data());
+        // Naive: the same sums, bounds by plain comparisons.
+        for (size_t m = 0; m < M; ++m) {
+          const size_t o = m * dpb, dm = std::min(dpb, d - o);
+          float tt[16];
+          for (int c = 0; c < 16; ++c) {
+            volatile float a = 0.0f;
+            for (size_t j = 0; j < dm; ++j) {
+              volatile float p = q[o + j] * ct[(o + j) * 16 + c];
+              a = a + p;
+            }
+            tt[c] = a;
+          }
+          float lo = tt[0], hi = tt[0];
+          for (int c = 1; c < 16; ++c) {
+            if (tt[c] < lo) lo = tt[c];
+            if (tt[c] > hi) hi = tt[c];
+          }
+          mnn[m] = lo;
+          mxn[m] = hi;
+          for (int c = 0; c < 16; ++c) ln[m * 16 + c] = tt[c] - lo;
+        }
+        const bool ok = bits_equal(lr.data(), lv.data(), M * 16) && bits_equal(mnr.data(), mnv.data(), M) &&
+                        bits_equal(mxr.data(), mxv.data(), M) && bits_equal(ln.data(), lv.data(), M * 16) &&
+                        bits_equal(mnn.data(), mnv.data(), M) && bits_equal(mxn.data(), mxv.data(), M);
+        check(ok, ctx(t, "lut_blocks", d) + " dpb=" + std::to_string(dpb) + " mode=" + std::to_string(mode));
+      }
+    }
+  }
+  const size_t kN[] = {0, 1, 7, 8, 9, 16, 31, 33, 1536, 1537};
+  const float kScale[] = {1.0f, 0.37f, 255.0f / 3.1f, 1e6f};
+  for (size_t n : kN) {
+    for (float sc : kScale) {
+      std::vector<float> lut = rand_floats(n, 0.0f, 300.0f / sc);
+      if (n > 3) {
+        lut[0] = 0.0f;
+        lut[1] = 255.0f / sc;  // at and around the clamp
+        lut[2] = 254.5f / sc;
+        lut[3] = std::nextafter(254.5f / sc, 0.0f);
+      }
+      std::vector<uint8_t> br(n + 1, 0xAB), bv(n + 1, 0xAB), bn(n + 1, 0xAB);
+      ref.lut_quantize(lut.data(), n, sc, br.data());
+      t.lut_quantize(lut.data(), n, sc, bv.data());
+      for (size_t i = 0; i < n; ++i) {
+        volatile float v = lut[i] * sc;
+        v = v + 0.5f;
+        const float w = v < 255.0f ? static_cast<float>(v) : 255.0f;
+        bn[i] = static_cast<uint8_t>(static_cast<int>(w));
+      }
+      const bool ok = br == bv && bn == bv;  // including the untouched byte past n
+      check(ok, ctx(t, "lut_quantize", 0, n) + " s=" + std::to_string(sc));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dispatch
 // ---------------------------------------------------------------------------------------------
 void test_dispatch() {
@@ -522,6 +595,7 @@ int main() {
     test_float_kernels(*t, ref);
     test_scan(*t);
     test_filter(*t, ref);
+    test_lut(*t, ref);
     test_dot_t16(*t, ref);
     test_dot_t16_multi(*t, ref);
     test_dot_t16_i16(*t);

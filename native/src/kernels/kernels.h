@@ -86,6 +86,16 @@ struct KernelTable {
   // two counts. Both outputs must hold n + 16 floats (entries past the counts are unspecified).
   void (*partition_f32)(const float* src, size_t n, float pivot, float* gt_out, float* lt_out, size_t* n_gt,
                         size_t* n_lt);
+
+  // A query's per-block lookup tables (before their 8-bit quantisation). Blocks of dpb dimensions
+  // (the last one holds the rest of d) over a codebook in the LUT layout (ct[j*16 + c]: dimension j,
+  // centre c). For block m (dimensions o = m*dpb ..< o + dm): t[c] = sum over j < dm in increasing
+  // order of q[o+j] * ct[(o+j)*16 + c], starting from 0 (dot_t16's order); mn[m] and mx[m] get the
+  // least and greatest t[c] (exact), and lut[16m + c] = t[c] - mn[m].
+  void (*lut_blocks)(const float* q, const float* ct, size_t d, size_t dpb, float* lut, float* mn, float* mx);
+  // lut8[i] = uint8(int(min(lut[i] * s + 0.5f, 255.f))) for i < n, each operation rounded to float
+  // (a truncating conversion; the caller keeps lut[i] * s + 0.5f within [0, 2^31)).
+  void (*lut_quantize)(const float* lut, size_t n, float s, uint8_t* lut8);
 };
 
 // Implementations (each defined in its own TU; the AVX ones only exist on x86-64 builds).

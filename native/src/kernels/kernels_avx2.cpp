@@ -425,6 +425,7 @@ void dot_t16_multi(const float* q, size_t nq, size_t ldq, const float* ct, size_
 }
 
 #include "kernels/leaf_select_ymm.h"  // dot_t16_i16, dot_seq_gather
+#include "kernels/lut_ymm.h"          // lut_blocks, lut_quantize
 
 // 8 values per step; the compare masks pick left-packing permutations (kCompress) and full
 // 8-lane stores go to the current counts (outputs have 16 floats of slack).
@@ -458,8 +459,9 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx2, &dot,           &l2sqr,   &dot_batch,     &l2sqr_batch, &dot_gather,     &dot_i8_gather,
-    &scan_lut16,      &filter_scores, &dot_t16, &dot_t16_multi, &dot_t16_i16, &dot_seq_gather, &partition_f32,
+    SimdLevel::kAvx2, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,   &dot_gather,
+    &dot_i8_gather,   &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi, &dot_t16_i16,
+    &dot_seq_gather,  &partition_f32, &lut_blocks,    &lut_quantize,
 };
 
 }  // namespace

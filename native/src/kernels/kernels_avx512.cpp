@@ -356,6 +356,7 @@ void dot_t16_multi(const float* q, size_t nq, size_t ldq, const float* ct, size_
 }
 
 #include "kernels/leaf_select_ymm.h"  // dot_t16_i16, dot_seq_gather (256-bit, as at the AVX2 level)
+#include "kernels/lut_ymm.h"          // lut_blocks, lut_quantize
 
 // 16 values per step: register-form compress (the memory form is slow on AMD Zen 4) and full
 // 16-lane stores at the current counts (outputs have 16 floats of slack).
@@ -386,8 +387,9 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx512, &dot,           &l2sqr,   &dot_batch,     &l2sqr_batch, &dot_gather,     &dot_i8_gather,
-    &scan_lut16,        &filter_scores, &dot_t16, &dot_t16_multi, &dot_t16_i16, &dot_seq_gather, &partition_f32,
+    SimdLevel::kAvx512, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,   &dot_gather,
+    &dot_i8_gather,     &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi, &dot_t16_i16,
+    &dot_seq_gather,    &partition_f32, &lut_blocks,    &lut_quantize,
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "kernels/kernels.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace avq {
@@ -193,9 +194,38 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
   *n_lt = l;
 }
 
+void lut_blocks(const float* q, const float* ct, size_t d, size_t dpb, float* lut, float* mn, float* mx) {
+  for (size_t m = 0, o = 0; o < d; ++m, o += dpb) {
+    const size_t dm = std::min(dpb, d - o);
+    float t[16] = {0.f};
+    for (size_t j = 0; j < dm; ++j) {
+      const float qj = q[o + j];
+      for (int c = 0; c < 16; ++c) t[c] = t[c] + qj * ct[(o + j) * 16 + c];
+    }
+    float lo = t[0], hi = t[0];
+    for (int c = 1; c < 16; ++c) {
+      lo = std::min(lo, t[c]);
+      hi = std::max(hi, t[c]);
+    }
+    for (int c = 0; c < 16; ++c) lut[m * 16 + c] = t[c] - lo;
+    mn[m] = lo;
+    mx[m] = hi;
+  }
+}
+
+void lut_quantize(const float* lut, size_t n, float s, uint8_t* lut8) {
+  for (size_t i = 0; i < n; ++i) {
+    float v = lut[i] * s;
+    v = v + 0.5f;
+    v = v < 255.f ? v : 255.f;
+    lut8[i] = static_cast<uint8_t>(static_cast<int>(v));
+  }
+}
+
 constexpr KernelTable kTable = {
-    SimdLevel::kScalar, &dot,           &l2sqr,   &dot_batch,     &l2sqr_batch, &dot_gather,     &dot_i8_gather,
-    &scan_lut16,        &filter_scores, &dot_t16, &dot_t16_multi, &dot_t16_i16, &dot_seq_gather, &partition_f32,
+    SimdLevel::kScalar, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,   &dot_gather,
+    &dot_i8_gather,     &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi, &dot_t16_i16,
+    &dot_seq_gather,    &partition_f32, &lut_blocks,    &lut_quantize,
 };
 
 }  // namespace
