@@ -461,7 +461,7 @@ void Index::build_lut(const float* q, Scratch& s) const {
 void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                        int64_t* I) const {
   const kernels::KernelTable& kt = kernels::active();
-  const size_t d = p_.d, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
+  const size_t d = p_.d, Mp = layout_.num_blocks_pad;
   const bool l2 = p_.metric == Metric::kL2;
   // 1. Padding, the prepared query, the leaves to probe.
   size_t probed = 0;
