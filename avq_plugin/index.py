@@ -33,6 +33,7 @@ AUTO_THRESHOLD = 0.2
 
 _T = TypeVar("_T")
 # Bounds of the search fast path (the full checks are in _validation).
+_F32 = np.dtype(np.float32)
 _MAX_K = V.LIMITS["max_k"]
 _MAX_LTS = V.LIMITS["max_leaves_to_search"]
 _MAX_RK = V.LIMITS["max_reorder_k"]
@@ -350,26 +351,20 @@ class AVQIndex(_IndexIO, _IndexProtected):
             Ids, best first, -1 for padding.
         """
         index = self._index
-        if index is None or not index.is_trained:
+        if index is None:
             index = self._require_trained()
         if type(k) is not int or not 0 < k <= _MAX_K:
             k = V.check_k(k)
-        # Fast path for the common case (a C-contiguous float32 array of the right width);
-        # the native layer re-checks every query for NaN/inf and, under cosine, zero norm.
-        if (
-            type(Q) is np.ndarray
-            and 1 <= Q.ndim <= 2
-            and Q.dtype == np.float32
-            and Q.flags.c_contiguous
-            and Q.shape[-1] == index.d
-            and Q.size
-        ):
-            if Q.ndim == 1:
-                Q = Q.reshape(1, -1)
+        # Fast path for the common case, a C-contiguous float32 array (d,) or (nq, d), passed as
+        # it is: the native call checks its width and the training (with this layer's messages),
+        # and every query for NaN/inf and, under cosine, zero norm.
+        if type(Q) is np.ndarray and Q.dtype is _F32 and 1 <= Q.ndim <= 2 and Q.size and Q.flags.c_contiguous:
+            pass
         else:
+            index = self._require_trained()
             Q = V.as_float_matrix(Q, "Q", d=index.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
         if k > 4096:
-            V.check_result_size(Q.shape[0], k)
+            V.check_result_size(1 if Q.ndim == 1 else Q.shape[0], k)
         if leaves_to_search is None or reorder_k is None:
             lts, rk = self.default_search_params()
         if leaves_to_search is not None:

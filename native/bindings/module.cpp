@@ -197,6 +197,17 @@ size_t check_matrix(const FArray& x, size_t d, const char* what) {
   return static_cast<size_t>(x.shape(0));
 }
 
+// The queries of AVQIndex.search's fast path, passed as they come: one query (d,) or a matrix
+// (nq, d); the messages are those of the Python layer's checks (avq_plugin/_validation.py).
+size_t check_search_queries(const FArray& q, size_t d) {
+  if (q.ndim() != 1 && q.ndim() != 2)
+    throw py::value_error("Q must be a 2-D array (n, d), got " + std::to_string(q.ndim()) + " dimensions");
+  const size_t cols = static_cast<size_t>(q.shape(q.ndim() - 1));
+  if (cols != d)
+    throw py::value_error("Q has " + std::to_string(cols) + " features, but the index expects d=" + std::to_string(d));
+  return q.ndim() == 1 ? 1 : static_cast<size_t>(q.shape(0));
+}
+
 const int64_t* check_ids(const std::optional<IArray>& ids, size_t n) {
   if (!ids) return nullptr;
   if (ids->ndim() != 1 || static_cast<size_t>(ids->shape(0)) != n)
@@ -482,7 +493,7 @@ PYBIND11_MODULE(_native, m) {
       .def(
           "search",
           [](const Index& self, FArray q, size_t k, size_t leaves_to_search, size_t reorder_k, int64_t nthreads) {
-            size_t nq = check_matrix(q, self.d(), "queries");
+            size_t nq = check_search_queries(q, self.d());
             check_k(k, nq);
             const int nt = check_threads(nthreads);
             const float* qp = q.data();
