@@ -8,6 +8,7 @@ need without touching the native object.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,6 +20,58 @@ from ._index_base import _IndexBase
 from ._progress import ProgressCallback
 
 _P = TypeVar("_P", bound="_IndexProtected")
+
+
+def merge_topk_rows(
+    nq: int,
+    k: int,
+    rows: list[npt.NDArray[np.int64]],
+    D: list[npt.NDArray[np.float32]],
+    I: list[npt.NDArray[np.int64]],
+    l2: bool,
+    sort_single: bool,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The native merge of shards' top-k lists (``native/src/merge.h``) for avq_plugin.distributed.merge,
+    which checks and converts the inputs."""
+    return _native.merge_topk_rows(nq, k, rows, D, I, l2, sort_single)
+
+
+def search_leaves_multi(
+    shards: Sequence[Any],
+    Q: npt.ArrayLike,
+    k: int,
+    jobs: Sequence[tuple[int, npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+    num_threads: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """``_search_leaves`` of several shards (AVQIndex objects with one quantizer) at once, merged
+    per query as ``avq_plugin.distributed.merge_rows`` does.
+
+    jobs: (position in ``shards``, query rows int (n,), leaves int (n, w), reorder_k int (n,)).
+    Each query is prepared and its lookup table built once for all the shards it visits; per
+    shard its candidates and scores are those of ``_search_leaves``. Returns D, I (len(Q), k);
+    queries no job asks for are padding.
+    """
+    if not shards:
+        raise ValueError("no shards to search")
+    natives = [x._require_trained() for x in shards]
+    first = shards[0]
+    A = V.as_float_matrix(Q, "Q", d=first.d, allow_1d=True, nonzero_rows=first.metric == "cosine")
+    k = V.check_k(k)
+    V.check_result_size(A.shape[0], k)
+    pos, rows, leaves, budgets = [], [], [], []
+    for j, r, lv, rk in jobs:
+        lv = np.asarray(lv)
+        if (
+            lv.ndim != 2
+            or not np.issubdtype(lv.dtype, np.integer)
+            or (lv.size and (lv.min() < -1 or lv.max() > 2**31 - 1))
+        ):
+            raise ValueError(f"leaves must be an integer array (n, w) of leaf numbers or -1, got {lv.shape}")
+        pos.append(int(j))
+        rows.append(np.ascontiguousarray(r, np.int64))
+        leaves.append(np.ascontiguousarray(lv, np.int32))
+        budgets.append(np.ascontiguousarray(rk, np.int64))
+    return _native.search_leaves_multi(natives, A, k, pos, rows, leaves, budgets, V.resolve_threads(num_threads))
 
 
 class _IndexProtected(_IndexBase):

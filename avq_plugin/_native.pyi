@@ -16,6 +16,25 @@ def training_sample_rows(n: int, num_leaves: int, given: int = ...) -> int: ...
 MAX_SOAR_LAMBDA: float
 
 def eta_exact(t: float, d: int) -> float: ...
+def search_leaves_multi(
+    shards: list[Index],
+    q: npt.NDArray[np.float32],
+    k: int,
+    job_shard: list[int],
+    rows: list[npt.NDArray[np.int64]],
+    leaves: list[npt.NDArray[np.int32]],
+    reorder_k: list[npt.NDArray[np.int64]],
+    nthreads: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def merge_topk_rows(
+    nq: int,
+    k: int,
+    rows: list[npt.NDArray[np.int64]],
+    D: list[npt.NDArray[np.float32]],
+    I: list[npt.NDArray[np.int64]],
+    l2: bool,
+    sort_single: bool,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def eta_scann(t: float, d: int) -> float: ...
 
 _Progress = Callable[[str, int, int, str], None] | None

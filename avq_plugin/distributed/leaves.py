@@ -150,7 +150,7 @@ class _LeafShards(_Replicas):
                 job_list = [
                     (j, np.searchsorted(rows_w, remaining[j][0]), remaining[j][1], remaining[j][2]) for j in shards
                 ]
-                calls.append((w, W.search, (self._token, Q[rows_w], k, job_list, self.metric, nt)))
+                calls.append((w, W.search, (self._token, Q[rows_w], k, job_list, nt)))
                 rows_of_call.append(rows_w)
             client_s += time.perf_counter() - t1
             results = self._run_pinned(calls, "search", deadline)

@@ -1,4 +1,5 @@
-"""Merging per-shard top-k lists into the global top-k."""
+"""Merging per-shard top-k lists into the global top-k (the per-query merge is native,
+``native/src/merge.cpp``: this module checks and converts the inputs)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .. import _validation as V
+from .._index_protected import merge_topk_rows
 
 Array = NDArray[Any]
 #: One part of a routed search: (query rows, D, I).
 Part = tuple[Array, Array, Array]
-
-_FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def merge_topk(D_parts: Sequence[ArrayLike], I_parts: Sequence[ArrayLike], k: int, metric: str) -> tuple[Array, Array]:
@@ -52,89 +52,15 @@ def merge_topk(D_parts: Sequence[ArrayLike], I_parts: Sequence[ArrayLike], k: in
     metric = V.check_metric(metric)
     if len(D_parts) != len(I_parts) or not len(D_parts):
         raise ValueError("merge_topk needs as many score arrays as id arrays, at least one")
-    D = np.concatenate([np.asarray(d, np.float32) for d in D_parts], axis=1)
-    I = np.concatenate([np.asarray(i, np.int64) for i in I_parts], axis=1)
-    if D.shape != I.shape:
-        raise ValueError(f"score and id arrays do not match: {D.shape} vs {I.shape}")
-    pad = I < 0
-    # Sort keys, ascending: the primary key puts the best score first and padding last.
-    primary = (D if metric == "l2" else -D).astype(np.float64)
-    primary[pad] = np.inf
-    secondary = np.where(pad, np.iinfo(np.int64).max, I)
-    order = np.lexsort((secondary, primary), axis=1)
-    # An id returned by several shards (a vector spilled to leaves of two shards, SOAR) counts
-    # once, at its best score: its later copies become padding (and so move last).
-    copies = _later_copies(np.take_along_axis(I, order, axis=1))
-    order = np.take_along_axis(order, np.argsort(copies, axis=1, kind="stable"), axis=1)[:, :k]
-    Dm = np.take_along_axis(D, order, axis=1)
-    Im = np.take_along_axis(I, order, axis=1)
-    Im[np.arange(Im.shape[1])[None, :] >= (D.shape[1] - copies.sum(axis=1))[:, None]] = -1  # copies
-    if Dm.shape[1] < k:  # fewer candidates than k in total
-        extra = k - Dm.shape[1]
-        Dm = np.concatenate([Dm, np.zeros((Dm.shape[0], extra), np.float32)], axis=1)
-        Im = np.concatenate([Im, np.full((Im.shape[0], extra), -1, np.int64)], axis=1)
-    padded = Im < 0
-    Dm[padded] = _FLT_MAX if metric == "l2" else -_FLT_MAX
-    Im[padded] = -1
-    return np.ascontiguousarray(Dm, np.float32), np.ascontiguousarray(Im, np.int64)
-
-
-def _later_copies(I: Array) -> Array:
-    """(nq, w) bool: entries whose id (not padding) appears earlier in the same row."""
-    o = np.argsort(I, axis=1, kind="stable")  # equal ids keep their order: the first is the best
-    s = np.take_along_axis(I, o, axis=1)
-    later = np.zeros(I.shape, bool)
-    later[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
-    out = np.zeros(I.shape, bool)
-    np.put_along_axis(out, o, later, axis=1)
-    return out
-
-
-# Scratch bound of merge_rows: queries answered by several parts are merged in blocks of rows
-# holding at most this many entries (rows x total width of the parts).
-_MERGE_BLOCK_ENTRIES = 1 << 20
-
-
-def _merge_multi(D: Array, I: Array, k: int, parts: Sequence[Part], multi: Array, n_multi: int, metric: str) -> None:
-    """Rows answered by several parts: each block of rows becomes one (rows, width) matrix of all
-    their parts' entries (padding where a part does not answer a row), sorted per row by (score,
-    id) as ``merge_topk`` does; an id in several parts keeps its best entry."""
-    pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
-    slot = np.full(len(multi), -1, np.int64)
-    slot[multi] = np.arange(n_multi)
-    cols = []  # per part: its column offset and its multi-row entries sorted by slot
-    W = 0
-    for rows, d, i in parts:
-        d = np.asarray(d, np.float32)[:, :k]
-        i = np.asarray(i, np.int64)[:, :k]
-        sel = np.flatnonzero(multi[rows])
-        order = sel[np.argsort(slot[rows[sel]], kind="stable")]
-        cols.append((W, slot[rows[order]], d[order], i[order]))
-        W += d.shape[1]
-    block = max(1, _MERGE_BLOCK_ENTRIES // max(W, 1))
-    multi_rows = np.flatnonzero(multi)
-    for a in range(0, n_multi, block):
-        b = min(n_multi, a + block)
-        Db = np.full((b - a, W), pad_score, np.float32)
-        Ib = np.full((b - a, W), -1, np.int64)
-        for c0, sl, d, i in cols:
-            lo, hi = np.searchsorted(sl, [a, b])
-            Db[sl[lo:hi] - a, c0 : c0 + d.shape[1]] = d[lo:hi]
-            Ib[sl[lo:hi] - a, c0 : c0 + d.shape[1]] = i[lo:hi]
-        pad = Ib < 0
-        primary = (Db if metric == "l2" else -Db).astype(np.float64)  # smaller is better
-        primary[pad] = np.inf
-        order = np.lexsort((np.where(pad, np.iinfo(np.int64).max, Ib), primary), axis=1)
-        # An id from several parts (SOAR spilling) counts once, at its best score.
-        copies = _later_copies(np.take_along_axis(Ib, order, axis=1))
-        order = np.take_along_axis(order, np.argsort(copies, axis=1, kind="stable"), axis=1)[:, :k]
-        Dm = np.take_along_axis(Db, order, axis=1)
-        Im = np.take_along_axis(Ib, order, axis=1)
-        gone = (np.arange(Im.shape[1])[None, :] >= (W - copies.sum(axis=1))[:, None]) | (Im < 0)
-        Im[gone] = -1
-        Dm[gone] = pad_score
-        D[multi_rows[a:b], : Im.shape[1]] = Dm
-        I[multi_rows[a:b], : Im.shape[1]] = Im
+    Ds = [np.ascontiguousarray(d, np.float32) for d in D_parts]
+    Is = [np.ascontiguousarray(i, np.int64) for i in I_parts]
+    for d, i in zip(Ds, Is):
+        if d.ndim != 2 or d.shape != i.shape or d.shape[0] != Ds[0].shape[0]:
+            raise ValueError(f"score and id arrays do not match: {d.shape} vs {i.shape} ({Ds[0].shape[0]} queries)")
+    nq = Ds[0].shape[0]
+    rows = np.arange(nq, dtype=np.int64)
+    k = V.check_k(k)
+    return merge_topk_rows(nq, k, [rows] * len(Ds), Ds, Is, metric == "l2", True)
 
 
 def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Array, Array]:
@@ -147,23 +73,15 @@ def merge_rows(nq: int, k: int, parts: Sequence[Part], metric: str) -> tuple[Arr
     score). Queries no part answers are all padding.
     """
     metric = V.check_metric(metric)
-    pad_score = _FLT_MAX if metric == "l2" else -_FLT_MAX
-    D = np.full((nq, k), pad_score, np.float32)
-    I = np.full((nq, k), -1, np.int64)
-    if not parts:
-        return D, I
-    hits = np.zeros(nq, np.int32)
-    for rows, _, _ in parts:
-        hits[rows] += 1
-    multi = hits > 1
-    n_multi = int(multi.sum())
+    k = V.check_k(k)
+    R, Ds, Is = [], [], []
     for rows, d, i in parts:
-        d = np.asarray(d, np.float32)[:, :k]
-        i = np.asarray(i, np.int64)[:, :k]
-        one = ~multi[rows]
-        w = d.shape[1]
-        D[rows[one], :w] = d[one]
-        I[rows[one], :w] = i[one]
-    if n_multi:
-        _merge_multi(D, I, k, parts, multi, n_multi, metric)
-    return D, I
+        r = np.ascontiguousarray(rows, np.int64)
+        d = np.ascontiguousarray(d, np.float32)
+        i = np.ascontiguousarray(i, np.int64)
+        if r.ndim != 1 or d.ndim != 2 or d.shape != i.shape or d.shape[0] != r.shape[0]:
+            raise ValueError(f"a part's rows {r.shape}, scores {d.shape} and ids {i.shape} do not match")
+        R.append(r)
+        Ds.append(d)
+        Is.append(i)
+    return merge_topk_rows(int(nq), k, R, Ds, Is, metric == "l2", False)

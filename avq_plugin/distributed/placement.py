@@ -242,17 +242,24 @@ class _Refiner:
     def move(self, x: int, b: int) -> None:
         a = int(self.groups[x])
         qs = self.queries_of[x]
-        rows = self.rows[qs]
         ca, cb = self.cnt[qs, a], self.cnt[qs, b]
-        gr = self.groups[rows]
-        other = rows != x
-        # A query's count in a drops 2 -> 1: the remaining leaf of a becomes its only one there.
-        np.add.at(self.own, rows[(ca == 2)[:, None] & (gr == a) & other], 1)
-        # 1 -> 0: the query no longer touches a; moving any of its leaves to a would add a visit.
-        np.add.at(self.absent[:, a], rows[(ca == 1)[:, None] & other], 1)
-        # b: 0 -> 1, the query touches b now; 1 -> 2, b's leaf there is no longer its only one.
-        np.add.at(self.absent[:, b], rows[(cb == 0)[:, None] & other], -1)
-        np.add.at(self.own, rows[(cb == 1)[:, None] & (gr == b) & other], -1)
+        n = self.L + 1
+
+        def probed(sel: Array, group: int | None) -> Array:
+            """The probed leaves other than x of the queries qs[sel] (those of ``group`` only)."""
+            r = self.rows[qs[sel]]
+            keep = r != x
+            if group is not None:
+                keep &= self.groups[r] == group
+            return np.bincount(r[keep], minlength=n)
+
+        # A query's count in a drops 2 -> 1: the remaining leaf of a becomes its only one there;
+        # b: 1 -> 2, b's leaf there is no longer its only one.
+        self.own += probed(ca == 2, a) - probed(cb == 1, b)
+        # a: 1 -> 0, the query no longer touches a (moving any of its leaves to a would add a
+        # visit); b: 0 -> 1, the query touches b now.
+        self.absent[:, a] += probed(ca == 1, None)
+        self.absent[:, b] -= probed(cb == 0, None)
         self.cnt[qs, a] -= 1
         self.cnt[qs, b] += 1
         self.size[a] -= self.counts[x]
@@ -394,8 +401,10 @@ def route_queries(
     # One stable sort of the (query, probed leaf) pairs by shard: each shard's pairs come out
     # grouped by query, in probe order.
     w = P.shape[1]
-    order = np.argsort(owner.ravel(), kind="stable")
-    bounds = np.searchsorted(owner.ravel()[order], np.arange(n_shards + 1))
+    # A stable sort of small integers (NumPy: a radix sort up to 16 bits).
+    key = owner.ravel().astype(np.int16 if n_shards < np.iinfo(np.int16).max else np.int32)
+    order = np.argsort(key, kind="stable")
+    bounds = np.searchsorted(key[order], np.arange(n_shards + 1))
     q_all = order // w
     leaf_all = P.ravel()[order]
     size_all = sizes.ravel()[order]

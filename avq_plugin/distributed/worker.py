@@ -21,9 +21,9 @@ import numpy as np
 from dask.sizeof import sizeof as _dask_sizeof
 from numpy.typing import ArrayLike, NDArray
 
+from .._index_protected import search_leaves_multi
 from ..index import AVQIndex
 from .manifest import _QUANTIZER_FILE, _atomic_write_bytes, _check_file, _file_sha256
-from .merge import merge_rows
 
 Array = NDArray[Any]
 #: A trained quantizer as the build tasks pass it: (bytes, fingerprint, warnings).
@@ -264,21 +264,23 @@ def info(token: str, j: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- search
 def search(
-    token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], metric: str, num_threads: int
+    token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], num_threads: int
 ) -> tuple[Array, Array]:
     """Routed search of the shards this worker was given, merged here.
 
     jobs: list of (shard, rows into Q, leaves (len(rows), w) int32, reorder_k (len(rows),)).
-    Returns (D, I) for every row of Q (rows no job covers are padding).
+    Returns (D, I) for every row of Q (rows no job covers are padding). One native call for all
+    the shards: a query's lookup table is built once for every shard it visits here.
     """
-    parts = []
+    shards: list[AVQIndex] = []
+    slot: dict[int, int] = {}
+    native_jobs = []
     for j, rows, leaves, rk in jobs:
-        index = _get(token, j)
-        D, I = index._search_leaves(Q[rows], k, leaves, rk, num_threads=num_threads)
-        parts.append((rows, D, I))
-    if len(parts) == 1 and len(parts[0][0]) == len(Q):
-        return parts[0][1], parts[0][2]
-    return merge_rows(len(Q), k, parts, metric)
+        if j not in slot:
+            slot[j] = len(shards)
+            shards.append(_get(token, j))
+        native_jobs.append((slot[j], rows, leaves, rk))
+    return search_leaves_multi(shards, Q, k, native_jobs, num_threads)
 
 
 # ---------------------------------------------------------------------------------- updates

@@ -20,6 +20,7 @@
 #include "index.h"
 #include "io.h"
 #include "kernels/kernels.h"
+#include "merge.h"
 
 namespace py = pybind11;
 using avq::ExactIndex;
@@ -376,6 +377,59 @@ PYBIND11_MODULE(_native, m) {
   m.def("training_sample_rows", &avq::training_sample_rows, py::arg("n"), py::arg("num_leaves"), py::arg("given") = 0,
         "Rows sampled to train an index of n vectors with num_leaves leaves (given: the "
         "training_sample_size, 0 for the default rule).");
+  m.def(
+      "search_leaves_multi",
+      [](const std::vector<const Index*>& shards, FArray q, size_t k, const std::vector<int64_t>& job_shard,
+         const std::vector<IArray>& rows, const std::vector<py::array_t<int32_t, py::array::c_style>>& leaves,
+         const std::vector<IArray>& reorder_k, int64_t nthreads) {
+        if (shards.empty()) throw py::value_error("no shards to search");
+        for (const Index* x : shards)
+          if (x == nullptr) throw py::type_error("shards must be native indexes");
+        const size_t nq = check_matrix(q, shards[0]->d(), "queries");
+        check_k(k, nq);
+        const int nt = check_threads(nthreads);
+        const size_t J = job_shard.size();
+        if (rows.size() != J || leaves.size() != J || reorder_k.size() != J)
+          throw py::value_error("every job needs its shard, rows, leaves and reorder_k");
+        std::vector<Index::LeafJob> jobs;
+        for (size_t j = 0; j < J; ++j) {
+          if (job_shard[j] < 0 || static_cast<size_t>(job_shard[j]) >= shards.size())
+            throw py::value_error("job " + std::to_string(j) + ": no such shard");
+          if (rows[j].ndim() != 1 || leaves[j].ndim() != 2 || reorder_k[j].ndim() != 1 ||
+              leaves[j].shape(0) != rows[j].shape(0) || reorder_k[j].shape(0) != rows[j].shape(0))
+            throw py::value_error("job " + std::to_string(j) +
+                                  ": rows (n,), leaves (n, w), reorder_k (n,) do not match");
+          jobs.push_back({static_cast<size_t>(job_shard[j]), rows[j].data(), static_cast<size_t>(rows[j].shape(0)),
+                          leaves[j].data(), static_cast<size_t>(leaves[j].shape(1)), reorder_k[j].data()});
+        }
+        const float* qp = q.data();
+        return make_result(
+            nq, k, [&](float* D, int64_t* I) { Index::search_leaves_multi(shards, jobs, qp, nq, k, nt, D, I); });
+      },
+      py::arg("shards"), py::arg("q").noconvert(), py::arg("k"), py::arg("job_shard"), py::arg("rows"),
+      py::arg("leaves"), py::arg("reorder_k"), py::arg("nthreads"),
+      "search_leaves() of several shards with one quantizer, merged per query (index.h).");
+  m.def(
+      "merge_topk_rows",
+      [](size_t nq, size_t k, const std::vector<IArray>& rows, const std::vector<FArray>& D,
+         const std::vector<IArray>& I, bool l2, bool sort_single) {
+        check_k(k, nq);
+        if (rows.size() != D.size() || D.size() != I.size())
+          throw py::value_error("merge needs as many row, score and id arrays");
+        if (rows.size() > (size_t(1) << 31)) throw py::value_error("too many parts to merge");
+        std::vector<avq::MergePart> parts;
+        for (size_t j = 0; j < rows.size(); ++j) {
+          if (rows[j].ndim() != 1 || D[j].ndim() != 2 || I[j].ndim() != 2 || D[j].shape(0) != rows[j].shape(0) ||
+              I[j].shape(0) != D[j].shape(0) || I[j].shape(1) != D[j].shape(1))
+            throw py::value_error("part " + std::to_string(j) + ": rows (n,), scores and ids (n, w) do not match");
+          parts.push_back({rows[j].data(), static_cast<size_t>(rows[j].shape(0)), D[j].data(), I[j].data(),
+                           static_cast<size_t>(D[j].shape(1))});
+        }
+        return make_result(
+            nq, k, [&](float* Dp, int64_t* Ip) { avq::merge_topk_rows(parts, nq, k, l2, sort_single, Dp, Ip); });
+      },
+      py::arg("nq"), py::arg("k"), py::arg("rows"), py::arg("D"), py::arg("I"), py::arg("l2"), py::arg("sort_single"),
+      "Per query, the best k of the parts' top-k lists that answer it (see merge.h).");
   m.def("eta_exact", &avq::eta_exact, py::arg("t"), py::arg("d"),
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");

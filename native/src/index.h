@@ -113,6 +113,23 @@ class Index {
   void probe(const float* q, size_t nq, size_t leaves_to_search, int nthreads, int32_t* out) const;
   void search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w, const int64_t* reorder_k,
                      int nthreads, float* D, int64_t* I) const;
+  // search_leaves() of several shards (indexes with the same quantizer: codebooks, layout,
+  // metric and re-ranking mode, else InvalidArgument) at once, merged per query: job j asks
+  // shard jobs[j].shard for the queries rows[0..n) (in [0, nq)) with leaves (n, w) and reorder_k
+  // (n). Each query is prepared and its lookup table built once for all its shards; per shard the
+  // candidates and scores are those of search_leaves(); the lists of a query's shards are merged
+  // as merge_topk_rows() does (merge.h; a query of one shard keeps its list). D, I (nq, k); queries
+  // of no job are padding.
+  struct LeafJob {
+    size_t shard;
+    const int64_t* rows;
+    size_t n;
+    const int32_t* leaves;
+    size_t w;
+    const int64_t* reorder_k;
+  };
+  static void search_leaves_multi(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
+                                  const float* q, size_t nq, size_t k, int nthreads, float* D, int64_t* I);
 
   // Installs a quantizer built elsewhere (the Faiss adapter: codebooks imported from a Faiss
   // index, or IVF probing by the residual centres as Faiss's IndexIVF does) in place of train().
@@ -211,6 +228,9 @@ class Index {
   void ensure_id_map() const;
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D, int64_t* I) const;
+  void build_lut(const float* q, Scratch& s) const;  // s.lut8, s.lut_offset, s.lut_inv_scale
+  // search_leaves' checks of the leaf lists (range, no leaf twice) and budgets (positive).
+  void check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const;
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
   // select_leaves' two passes (bfloat16 table, then the float scores of the leaves that can still be
   // among the best); false when the coarse pass cannot decide cheaply (then the float pass runs).

@@ -11,6 +11,7 @@
 #include "checks.h"
 #include "index.h"
 #include "kernels/kernels.h"
+#include "merge.h"
 #include "search_scratch.h"
 
 namespace avq {
@@ -104,28 +105,29 @@ void Index::probe(const float* q, size_t nq, size_t leaves_to_search, int nthrea
   });
 }
 
+void Index::check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const {
+  if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
+  std::vector<int32_t> row(w);
+  for (size_t i = 0; i < n; ++i) {
+    if (reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
+    const int32_t* li = leaves + i * w;
+    for (size_t j = 0; j < w; ++j)
+      if (li[j] < -1 || li[j] >= static_cast<int64_t>(nleaves_))
+        throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
+    row.assign(li, li + w);
+    std::sort(row.begin(), row.end());
+    for (size_t j = 1; j < w; ++j)
+      if (row[j] >= 0 && row[j] == row[j - 1])
+        throw InvalidArgument("leaf " + std::to_string(row[j]) + " is listed twice (query " + std::to_string(i) + ")");
+  }
+}
+
 void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w,
                           const int64_t* reorder_k, int nthreads, float* D, int64_t* I) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
   if (k == 0) throw InvalidArgument("k must be positive");
-  if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
-  {
-    std::vector<int32_t> row(w);
-    for (size_t i = 0; i < nq; ++i) {
-      if (reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
-      const int32_t* li = leaves + i * w;
-      for (size_t j = 0; j < w; ++j)
-        if (li[j] < -1 || li[j] >= static_cast<int64_t>(nleaves_))
-          throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
-      row.assign(li, li + w);
-      std::sort(row.begin(), row.end());
-      for (size_t j = 1; j < w; ++j)
-        if (row[j] >= 0 && row[j] == row[j - 1])
-          throw InvalidArgument("leaf " + std::to_string(row[j]) + " is listed twice (query " + std::to_string(i) +
-                                ")");
-    }
-  }
+  check_leaf_lists(leaves, nq, w, reorder_k);
   check_queries(q, nq);
   size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
@@ -136,6 +138,88 @@ void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* le
       search_one(q + i * p_.d, k, w, static_cast<size_t>(reorder_k[i]), s, D + i * k, I + i * k);
     }
     s.given_leaves = nullptr;
+  });
+}
+
+void Index::search_leaves_multi(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
+                                const float* q, size_t nq, size_t k, int nthreads, float* D, int64_t* I) {
+  if (shards.empty()) throw InvalidArgument("no shards to search");
+  if (k == 0) throw InvalidArgument("k must be positive");
+  // Shared locks on every shard, taken in address order (a writer locks one index at a time).
+  std::vector<const Index*> order(shards);
+  std::sort(order.begin(), order.end());
+  order.erase(std::unique(order.begin(), order.end()), order.end());
+  std::vector<std::shared_lock<std::shared_mutex>> locks;
+  for (const Index* x : order) locks.emplace_back(x->mu_);
+  const Index& first = *shards[0];
+  for (const Index* x : order) {
+    if (!x->trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+    // The prepared query and the lookup table are shared: the same metric, layout and codebooks.
+    if (x->p_.d != first.p_.d || x->p_.metric != first.p_.metric || x->p_.reorder != first.p_.reorder ||
+        x->layout_.num_blocks != first.layout_.num_blocks || x->layout_.offset != first.layout_.offset ||
+        x->layout_.dims != first.layout_.dims || x->codebooks_t_ != first.codebooks_t_)
+      throw InvalidArgument("the shards do not share one quantizer");
+  }
+  // The queries of every job, grouped by query (counting sort): (job, row) pairs.
+  std::vector<size_t> start(nq + 1, 0);
+  size_t total = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const LeafJob& job = jobs[j];
+    if (job.shard >= shards.size()) throw InvalidArgument("job " + std::to_string(j) + ": no such shard");
+    shards[job.shard]->check_leaf_lists(job.leaves, job.n, job.w, job.reorder_k);
+    for (size_t r = 0; r < job.n; ++r) {
+      if (job.rows[r] < 0 || static_cast<uint64_t>(job.rows[r]) >= nq)
+        throw InvalidArgument("job " + std::to_string(j) + ": row " + std::to_string(job.rows[r]) + " is outside [0, " +
+                              std::to_string(nq) + ")");
+      ++start[size_t(job.rows[r]) + 1];
+    }
+    total += job.n;
+  }
+  first.check_queries(q, nq);
+  for (size_t i = 0; i < nq; ++i) start[i + 1] += start[i];
+  std::vector<std::pair<uint32_t, size_t>> refs(total);
+  {
+    std::vector<size_t> next(start.begin(), start.end() - 1);
+    for (size_t j = 0; j < jobs.size(); ++j)
+      for (size_t r = 0; r < jobs[j].n; ++r) refs[next[size_t(jobs[j].rows[r])]++] = {uint32_t(j), r};
+  }
+  const bool l2 = first.p_.metric == Metric::kL2;
+  const size_t d = first.p_.d;
+  size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
+  parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
+    static thread_local Scratch s;
+    static thread_local MergeScratch ms;
+    std::vector<float> lD;
+    std::vector<int64_t> lI;
+    std::vector<MergeList> lists;
+    for (size_t i = b; i < e; ++i) {
+      const size_t a = start[i], z = start[i + 1];
+      float* Di = D + i * k;
+      int64_t* Ii = I + i * k;
+      if (a == z) {
+        std::fill(Di, Di + k, l2 ? kPadBest : -kPadBest);
+        std::fill(Ii, Ii + k, int64_t(-1));
+        continue;
+      }
+      lD.resize((z - a) * k);
+      lI.resize((z - a) * k);
+      s.share_query = true;
+      s.query_ready = s.lut_ready = false;
+      for (size_t t = a; t < z; ++t) {
+        const LeafJob& job = jobs[refs[t].first];
+        const size_t r = refs[t].second;
+        s.given_leaves = job.leaves + r * job.w;
+        s.given_n = job.w;
+        shards[job.shard]->search_one(q + i * d, k, job.w, static_cast<size_t>(job.reorder_k[r]), s,
+                                      lD.data() + (t - a) * k, lI.data() + (t - a) * k);
+      }
+      lists.resize(z - a);
+      for (size_t t = 0; t < z - a; ++t) lists[t] = {lD.data() + t * k, lI.data() + t * k, k};
+      merge_lists(lists.data(), lists.size(), k, l2, false, ms, Di, Ii);
+    }
+    s.given_leaves = nullptr;
+    s.share_query = s.query_ready = s.lut_ready = false;
+    release_large_scratch(s);
   });
 }
 
@@ -287,21 +371,24 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, siz
     I[j] = -1;
   }
   if (ntotal_ == 0) return nullptr;
-  s.q.resize(p_.d);
-  prepare_vector(q_in, s.q.data());
-  s.q_unscale = 1.f;
-  if (p_.metric == Metric::kDot) {
-    // Rankings under dot do not depend on the query's scale: bring its largest coordinate into
-    // [1, 2) by a power of two (exact), so that small queries keep normal-float lookup tables
-    // and scores; the scores are scaled back on output.
-    float mx = 0.f;
-    for (float v : s.q) mx = std::max(mx, std::fabs(v));
-    if (mx > 0.f) {
-      const int e = std::ilogb(mx);
-      const double down = std::ldexp(1.0, -e);  // up to 2^149: not a float
-      for (float& v : s.q) v = static_cast<float>(v * down);
-      s.q_unscale = std::ldexp(1.f, e);
+  if (!s.query_ready) {  // (search_leaves_multi: already prepared by a shard with the same quantizer)
+    s.q.resize(p_.d);
+    prepare_vector(q_in, s.q.data());
+    s.q_unscale = 1.f;
+    if (p_.metric == Metric::kDot) {
+      // Rankings under dot do not depend on the query's scale: bring its largest coordinate into
+      // [1, 2) by a power of two (exact), so that small queries keep normal-float lookup tables
+      // and scores; the scores are scaled back on output.
+      float mx = 0.f;
+      for (float v : s.q) mx = std::max(mx, std::fabs(v));
+      if (mx > 0.f) {
+        const int e = std::ilogb(mx);
+        const double down = std::ldexp(1.0, -e);  // up to 2^149: not a float
+        for (float& v : s.q) v = static_cast<float>(v * down);
+        s.q_unscale = std::ldexp(1.f, e);
+      }
     }
+    s.query_ready = s.share_query;
   }
   if (s.given_leaves) {
     s.leaf_sel.clear();
@@ -340,20 +427,13 @@ void Index::scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_
   s.topn.append(s.sc.data(), s.idx.data(), cnt, li | kSpillLeafFlag);
 }
 
-void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
-                       int64_t* I) const {
+// The query's 8-bit lookup table in s.lut8, its offset and inverse scale (s.lut_offset,
+// s.lut_inv_scale): depend only on the prepared query and the codebooks.
+void Index::build_lut(const float* q, Scratch& s) const {
   const kernels::KernelTable& kt = kernels::active();
   const size_t d = p_.d, M = layout_.num_blocks, Mp = layout_.num_blocks_pad;
-  const bool l2 = p_.metric == Metric::kL2;
-  // 1. Padding, the prepared query, the leaves to probe.
-  size_t probed = 0;
-  const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
-  if (!q) return;
-  if (spill_)  // SOAR: the probed leaves' spilled copies are probed too
-    for (size_t t = 0; t < nprobe; ++t) probed += spill_->lists[s.leaf_sel[t].second].n;
-
-  // 2. Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one
-  //    global scale chosen so that the 16-bit accumulators cannot overflow.
+  // Float LUT of <q_m, C_m[k]>, then 8-bit quantisation with a per-block offset and one global
+  // scale chosen so that the 16-bit accumulators cannot overflow.
   s.lut.resize(Mp * 16);
   s.lut8.resize(Mp * 16);
   std::fill(s.lut8.begin() + M * 16, s.lut8.end(), uint8_t(0));  // the padding block scores 0
@@ -374,7 +454,29 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const float fs = static_cast<float>(scale);
   kt.lut_quantize(s.lut.data(), M * 16, fs, s.lut8.data());
   scale = fs;
-  const float inv_scale = static_cast<float>(1.0 / scale);
+  s.lut_offset = offset;
+  s.lut_inv_scale = static_cast<float>(1.0 / scale);
+}
+
+void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
+                       int64_t* I) const {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t d = p_.d, Mp = layout_.num_blocks_pad;
+  const bool l2 = p_.metric == Metric::kL2;
+  // 1. Padding, the prepared query, the leaves to probe.
+  size_t probed = 0;
+  const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
+  if (!q) return;
+  if (spill_)  // SOAR: the probed leaves' spilled copies are probed too
+    for (size_t t = 0; t < nprobe; ++t) probed += spill_->lists[s.leaf_sel[t].second].n;
+
+  // 2. The lookup table (search_leaves_multi: built once per query for every shard).
+  if (!s.lut_ready) {
+    build_lut(q, s);
+    s.lut_ready = s.share_query;
+  }
+  const double offset = s.lut_offset;
+  const float inv_scale = s.lut_inv_scale;
 
   // 3. Scan the probed leaves; keep the best `cap` approximate scores.
   const bool reorder = p_.reorder != ReorderMode::kNone;

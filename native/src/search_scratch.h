@@ -35,6 +35,12 @@ struct Index::Scratch {
   topk::TopN topn;
   const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
   size_t given_n = 0;
+  // search_leaves_multi: one query searched in several shards with the same quantizer. With
+  // share_query, the first shard's prepared query (q, q_unscale) and lookup table (lut8,
+  // lut_offset, lut_inv_scale) are kept for the others (query_ready, lut_ready).
+  bool share_query = false, query_ready = false, lut_ready = false;
+  double lut_offset = 0;
+  float lut_inv_scale = 1.f;
   size_t footprint() const {
     return (q.capacity() + leaf_scores.capacity() + lut.capacity() + exact.capacity() + w.capacity() + sc.capacity() +
             lo.capacity() + lo_tmp.capacity() + cand_score.capacity() + approx.capacity() + bound.capacity() +
