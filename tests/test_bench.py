@@ -328,3 +328,33 @@ def test_python_dash_m_is_the_same_command(tmp_path):
     )
     assert p.returncode == 2
     assert p.stderr.strip() == "avq-bench: error: unknown algorithm nope; choose from " + ",".join(bench.SYSTEMS)
+
+
+def test_git_commit_names_the_checkout_of_the_configs(tmp_path):
+    # avq-bench records the commit of the repository its configs come from, wherever it is
+    # started: a checkout with a clean and then a modified tracked file, and a plain directory.
+    from avq_plugin.bench.run import _git_commit
+
+    repo = tmp_path / "repo"
+    (repo / "benchmark_configs").mkdir(parents=True)
+    (repo / "benchmark_configs" / "targets.yaml").write_text("targets: [0.9]\n")
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "configs")
+    head = git("rev-parse", "HEAD")
+    assert _git_commit(str(repo / "benchmark_configs")) == {"git_commit": head, "git_dirty": False}
+    (repo / "benchmark_configs" / "targets.yaml").write_text("targets: [0.95]\n")
+    assert _git_commit(str(repo / "benchmark_configs")) == {"git_commit": head, "git_dirty": True}
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _git_commit(str(plain)) == {}

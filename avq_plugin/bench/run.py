@@ -211,7 +211,7 @@ def run_benchmark(
             "n_test": dataset.n_test,
             "dim": dataset.dim,
         },
-        "environment": _environment(),
+        "environment": _environment(config_dir),
         "settings": {
             "reps": reps,
             "min_time": min_time,
@@ -229,7 +229,7 @@ def run_benchmark(
     }
 
 
-def _environment() -> dict:
+def _environment(config_dir: Path | None = None) -> dict:
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -251,7 +251,7 @@ def _environment() -> dict:
     if avq is not None:
         env["avq_plugin_version"] = getattr(avq, "__version__", "?")
         env["avq_plugin_path"] = os.path.dirname(getattr(avq, "__file__", "") or "")
-    env.update(_git_commit())
+    env.update(_git_commit(str(config_dir) if config_dir is not None else None))
     if avq is not None and hasattr(avq, "build_info"):
         try:
             env["avq_plugin_build_info"] = avq.build_info()
@@ -261,10 +261,12 @@ def _environment() -> dict:
 
 
 def _git_commit(cwd: str | None = None) -> dict:
-    """``git_commit`` (and ``git_dirty``) of the working directory's checkout, if it is one.
+    """``git_commit`` (and ``git_dirty``) of the checkout holding ``cwd`` (the benchmark configs'
+    directory; the working directory when None), if it is one.
 
-    avq-bench runs from the repository root (where ``benchmark_configs/`` is), so this names
-    the sources the installed package was built from when the two agree.
+    The configs come from the repository whose sources are benchmarked (``--configs`` or the
+    working directory's ``benchmark_configs/``), so this names the sources the installed package
+    was built from when the two agree, wherever avq-bench is started.
     """
     import subprocess
 
