@@ -27,10 +27,13 @@ from avq_plugin.datasets import load_glove_subset
 from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_rows, merge_topk
 from avq_plugin.distributed.placement import (
     MAX_IMBALANCE,
+    balanced_bins,
     balanced_leaf_groups,
     place_leaves,
+    place_shards,
     probe_rank_weights,
     refine_leaf_groups,
+    scan_load,
     split_reorder_budget,
 )
 
@@ -306,6 +309,46 @@ def test_leaf_placement_bounded_imbalance_deterministic_and_better_than_the_bise
     tight_sizes = np.bincount(tight, weights=counts, minlength=6)
     assert tight_sizes.max() <= max(target * 1.01, start_sizes.max()) + 1e-9
     assert visits(tight) <= visits(start)
+
+
+def test_shard_placement_balances_the_scan_load_of_every_worker():
+    rng = np.random.default_rng(2)
+    # Leaves in 8-d; queries crowd one region, so the leaves there are probed far more often
+    # than their size says (a placement balanced by vectors only loads one shard much more).
+    centres = rng.normal(size=(200, 8))
+    counts = rng.integers(50, 300, size=200)
+    queries = np.concatenate([rng.normal(size=(1500, 8)), rng.normal(size=(1500, 8)) * 0.5 + 1.0])
+    probes = np.argsort(((queries[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)[:, :10]
+    load = scan_load(counts, probes)
+    assert load.sum() == pytest.approx(np.mean([counts[p].sum() for p in probes]))
+
+    def spread(g, S, w):  # max / mean of the groups' sums
+        s = np.bincount(g, weights=w, minlength=S)
+        return s.max() / s.mean(), s.min() / s.mean()
+
+    vectors_only = place_leaves(centres, counts, probes, 2)
+    assert spread(vectors_only, 2, load)[0] > 1.15  # the case the load limit is for
+    # One shard per worker: both the vectors and the scan load within MAX_IMBALANCE.
+    for S in (2, 3):
+        g, home = place_shards(centres, counts, probes, S, n_workers=S)
+        assert home == list(range(S))
+        for w in (counts, load):
+            hi, lo = spread(g, S, w)
+            assert hi <= 1 + MAX_IMBALANCE + 1e-9 and lo >= 1 - MAX_IMBALANCE - 1e-9
+        assert np.array_equal(g, place_shards(centres, counts, probes, S, n_workers=S)[0])  # deterministic
+    # More shards than workers: no shard above a worker's share of the load (here the crowded
+    # region is more than half of it), the shards combined per worker by load.
+    for S in (4, 8, 16):
+        g, home = place_shards(centres, counts, probes, S, n_workers=2)
+        shard_load = np.bincount(g, weights=load, minlength=S)
+        assert shard_load.max() <= load.sum() / 2 * (1 + MAX_IMBALANCE) + 1e-9
+        assert spread(g, S, counts)[0] <= 1 + MAX_IMBALANCE + 1e-9
+        per_worker = np.bincount(home, weights=shard_load, minlength=2)
+        round_robin = np.bincount(np.arange(S) % 2, weights=shard_load, minlength=2)
+        assert per_worker.max() <= round_robin.max() and per_worker.max() / per_worker.mean() < 1.1
+    # balanced_bins: heaviest first to the least loaded bin.
+    assert balanced_bins([5, 4, 3, 3, 1], 2) == [0, 1, 1, 0, 1]
+    assert balanced_bins([1.0], 3) == [0]
 
 
 def test_multi_shard_search_equals_the_shards_searched_and_merged(glove):

@@ -96,6 +96,11 @@ def _cluster(n_workers, threads):
     return cluster, Client(cluster)
 
 
+#: Worker processes of the shard sweep's LocalCluster (one thread each); the simulation places
+#: shards for as many.
+_SWEEP_WORKERS = 2
+
+
 def simulate(args):
     """Shards visited, re-ranking work and recall of leaf-routed search against the number of
     shards, without Dask: one AVQIndex over all the data plays every shard (a shard's answer is
@@ -103,7 +108,7 @@ def simulate(args):
     holds), with the placement and routing code of ``ShardedAVQIndex``. Counts and recall
     only, no timing (deterministic)."""
     from ..distributed.merge import merge_rows
-    from ..distributed.placement import place_leaves, route_queries
+    from ..distributed.placement import place_shards, route_queries
 
     ds = load_hdf5(args.dataset)
     X, Q, gt = ds.train, ds.test[: args.batch], ds.neighbors[: args.batch]
@@ -117,7 +122,7 @@ def simulate(args):
     print(f"  one AVQIndex: recall@10 {base:.4f} at leaves_to_search={lts}, reorder_k={rk}", flush=True)
     rows = []
     for S in (int(v) for v in args.simulate.split(",")):
-        groups = place_leaves(centres, counts, probes, S)
+        groups, home = place_shards(centres, counts, probes, S, _SWEEP_WORKERS)
         random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
         jobs, visited, reranked, _ = route_queries(P, groups, counts, S, K, rk)
         parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, _ in jobs.values()]
@@ -125,12 +130,16 @@ def simulate(args):
         work = int(round(reranked.mean()))
         same_work = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=work)[1], gt)
         sizes = np.bincount(groups, weights=counts, minlength=S)
+        # Candidates the test queries scan per worker of the sweep's cluster.
+        scanned = np.bincount(groups[P].ravel(), weights=counts[P].ravel(), minlength=S)
+        per_worker = np.bincount(home, weights=scanned, minlength=_SWEEP_WORKERS)
         rows.append(
             {
                 "shards": S,
                 "visited": float(visited.mean()),
                 "visited_random_placement": float(np.mean([len(set(r)) for r in random[P].tolist()])),
                 "shard_vectors_min_max": [int(sizes.min()), int(sizes.max())],
+                "worker_scan_max_over_mean": float(per_worker.max() / per_worker.mean()),
                 "reranked_per_query": float(reranked.mean()),
                 "recall": _recall(I, gt),
                 "single_recall_same_work": same_work,
@@ -139,7 +148,8 @@ def simulate(args):
         r = rows[-1]
         print(
             f"  S={S}: visited {r['visited']:.2f} (random placement {r['visited_random_placement']:.2f}), shard "
-            f"vectors {sizes.min():.0f}..{sizes.max():.0f}, re-ranked/query {r['reranked_per_query']:.1f}, recall "
+            f"vectors {sizes.min():.0f}..{sizes.max():.0f}, scan load of the busiest of {_SWEEP_WORKERS} workers "
+            f"{r['worker_scan_max_over_mean']:.3f}x the mean, re-ranked/query {r['reranked_per_query']:.1f}, recall "
             f"{r['recall']:.4f}; one AVQIndex at reorder_k={work}: {same_work:.4f}",
             flush=True,
         )
@@ -161,7 +171,7 @@ def sweep(args):
     n = len(X)
     lts, rk = (int(v) for v in args.budgets.split(",")[0].split(":"))
     rows = []
-    cluster, client = _cluster(2, 1)
+    cluster, client = _cluster(_SWEEP_WORKERS, 1)
     try:
         client.run(lambda: __import__("avq_plugin.distributed"))
         single = None

@@ -26,7 +26,7 @@ from .manifest import (
     _write_manifest,
 )
 from .merge import merge_rows
-from .placement import place_leaves, route_queries
+from .placement import place_shards, route_queries
 from .replicas import _Replicas
 from .sources import _allocate
 
@@ -76,7 +76,7 @@ class _LeafShards(_Replicas):
         counts = np.sum(client.gather(counts_f), axis=0).astype(np.int64)
         probes = [p for p in client.gather(probes_f) if p is not None and len(p)]
         probes = np.concatenate(probes) if probes else np.zeros((0, lts_place), np.int32)
-        groups = place_leaves(router._probe_centers(), counts, probes, S, seed=self.seed)
+        groups, home = place_shards(router._probe_centers(), counts, probes, S, len(workers), seed=self.seed)
 
         piece_tasks = [
             [
@@ -96,7 +96,7 @@ class _LeafShards(_Replicas):
                 self.num_threads,
                 *pieces[j],
                 key=f"avq-build-{tok}-{j}",
-                workers=[workers[j % len(workers)]],
+                workers=[workers[home[j] % len(workers)]],
                 allow_other_workers=True,
                 pure=False,
             )
