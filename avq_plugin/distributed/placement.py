@@ -237,9 +237,13 @@ class _Refiner:
         self.cnt = np.zeros((m, n_groups), np.int32)  # probed leaves of each query per group
         self._recount()
 
+    def sizes(self, g: Array) -> Array:
+        """(S, 2): each group's vectors and scan load under the grouping g."""
+        return np.stack([np.bincount(g, weights=c, minlength=self.S) for c in self.wt.T], axis=1)
+
     def _recount(self) -> None:
         g = self.groups[: self.L]
-        self.size = np.stack([np.bincount(g, weights=c, minlength=self.S) for c in self.wt.T], axis=1)
+        self.size = self.sizes(g)
         self.cnt[:] = 0
         np.add.at(self.cnt, (self.flat_q, g[self.flat_l]), 1)
         c = self.cnt[self.flat_q]
@@ -396,8 +400,7 @@ def refine_leaf_groups(
     by_size = np.argsort(counts, kind="stable")
     for _ in range(rounds):
         g = best.copy()
-        r.set_groups(g)
-        size = r.size.copy()
+        size = r.sizes(g)
         for i in rng.integers(0, len(g) - 1, size=max(1, len(g) // 20)):
             x, y = by_size[i], by_size[i + 1]
             gx, gy = g[x], g[y]
@@ -483,8 +486,10 @@ def place_shards(
     visits (on GloVe-190k at 8 shards, 5.1 instead of 4.5 per query with 10 %).
     """
     one_each = n_shards <= n_workers
-    slack = 1.0 + MAX_IMBALANCE
-    limits = ((2.0 - slack) / n_shards, slack / n_shards) if one_each else (0.0, slack / max(1, n_workers))
+    if one_each:
+        limits = ((1.0 - MAX_IMBALANCE) / n_shards, (1.0 + MAX_IMBALANCE) / n_shards)
+    else:
+        limits = (0.0, (1.0 + MAX_IMBALANCE) / max(1, n_workers))
     groups = place_leaves(centres, counts, probes, n_shards, load_limits=limits, seed=seed)
     if one_each:
         return groups, list(range(n_shards))
