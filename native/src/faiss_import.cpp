@@ -69,12 +69,13 @@ void Index::add_codes(const uint8_t* codes, const int64_t* leaf, size_t n, const
   for (size_t l = 0; l < nleaves_; ++l)
     if (more[l] && leaves_[l].n + more[l] > 0xFFFFFFFFull) throw InvalidArgument("too many vectors in one leaf");
   materialize();
+  for (size_t l = 0; l < nleaves_; ++l)
+    if (more[l]) leaves_[l].codes.resize((leaves_[l].n + more[l] + 31) / 32, (spill_count(l) + 31) / 32, gb);
   for (size_t i = 0; i < n; ++i) {
     const size_t li = size_t(leaf[i]);
     Leaf& l = leaves_[li];
     const size_t pos = l.n;
-    if (pos % 32 == 0) l.codes.resize(l.codes.size() + gb, 0);
-    uint8_t* group = l.codes.data() + (pos / 32) * gb;
+    uint8_t* group = l.codes.primary() + (pos / 32) * gb;
     for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, codes[i * M + m]);
     l.ids.push_back(new_ids[i]);
     if (l2) l.bias.push_back(-0.5f * norms2[i]);

@@ -155,10 +155,17 @@ void Index::prepare_vector(const float* x, float* out) const {
 }
 
 void Index::sync_views(Leaf& l) {
-  l.codes_p = l.codes.data();
+  l.codes_p = l.codes.primary();
+  l.spill_p = l.codes.spill();
   l.ids_p = l.ids.data();
   l.bias_p = l.bias.empty() ? nullptr : l.bias.data();
   l.scan_p = l.scan_bias.empty() ? l.bias_p : l.scan_bias.data();
+}
+
+void Index::fit_code_groups(size_t li) {
+  Leaf& l = leaves_[li];
+  l.codes.resize((l.n + 31) / 32, (spill_count(li) + 31) / 32, group_bytes());
+  sync_views(l);
 }
 
 double Index::decoded_norm2(size_t li, const uint8_t* codes) const {
@@ -195,9 +202,9 @@ void Index::fill_scan_bias(size_t li) {
 void Index::materialize() {
   if (!mapping_) return;
   const size_t d = p_.d, gb = group_bytes();
-  for (Leaf& l : leaves_) {
-    size_t ng = (l.n + 31) / 32;
-    l.codes.assign(l.codes_p, l.codes_p + ng * gb);
+  for (size_t li = 0; li < leaves_.size(); ++li) {
+    Leaf& l = leaves_[li];
+    l.codes.assign(l.codes_p, (l.n + 31) / 32, l.spill_p, (spill_count(li) + 31) / 32, gb);
     l.ids.assign(l.ids_p, l.ids_p + l.n);
     if (l.bias_p) l.bias.assign(l.bias_p, l.bias_p + l.n);
     sync_views(l);
@@ -228,16 +235,21 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   std::vector<uint8_t> spill_codes;
   spill_encode(x, n, leaf_of, nthreads, mon, spill_leaf, spill_codes);
   materialize();
-  std::vector<size_t> more(nleaves_, 0);
+  std::vector<size_t> more(nleaves_, 0), spill_more(nleaves_, 0);
   for (size_t i = 0; i < n; ++i) more[leaf_of[i]]++;
+  for (uint32_t c : spill_leaf) spill_more[c]++;
   // Per-leaf arrays grow exactly when the leaf was empty (fit), else with 50% slack: vector
-  // doubling would waste up to half of the codes and ids.
+  // doubling would waste up to half of the codes and ids. The code sections take their new
+  // sizes once (the spilled section moves at most once per leaf and call).
   for (size_t l = 0; l < nleaves_; ++l) {
-    if (more[l] == 0) continue;
+    if (more[l] == 0 && spill_more[l] == 0) continue;
     Leaf& leaf = leaves_[l];
     const size_t need = leaf.n + more[l], room = leaf.n == 0 ? need : need + need / 2;
+    const size_t sneed = spill_count(l) + spill_more[l];
+    const size_t groups = (need + 31) / 32 + (sneed + 31) / 32;
     if (leaf.ids.capacity() < need) leaf.ids.reserve(room);
-    if (leaf.codes.capacity() < ((need + 31) / 32) * gb) leaf.codes.reserve(((room + 31) / 32) * gb);
+    if (leaf.codes.capacity_bytes() < groups * gb) leaf.codes.reserve(leaf.n == 0 ? groups : groups + groups / 2, gb);
+    leaf.codes.resize((need + 31) / 32, (sneed + 31) / 32, gb);
     if (p_.metric == Metric::kL2 && leaf.bias.capacity() < need) leaf.bias.reserve(room);
     if (scan_decoded_separately() && leaf.scan_bias.capacity() < need) leaf.scan_bias.reserve(room);
   }
@@ -246,8 +258,7 @@ void Index::add(const float* x, size_t n, const int64_t* ids, int nthreads, Moni
   for (size_t i = 0; i < n; ++i) {
     Leaf& l = leaves_[leaf_of[i]];
     size_t pos = l.n;
-    if (pos % 32 == 0) l.codes.resize(l.codes.size() + gb, 0);
-    uint8_t* group = l.codes.data() + (pos / 32) * gb;
+    uint8_t* group = l.codes.primary() + (pos / 32) * gb;
     for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, codes[i * M + m]);
     l.ids.push_back(new_ids[i]);
     prepare_vector(x + i * d, v.data());
@@ -280,16 +291,18 @@ size_t Index::remove(const int64_t* ids, size_t n) {
   ensure_id_map();
   const size_t M = layout_.num_blocks, gb = group_bytes();
   size_t removed = 0;
+  // Codes are removed in place (the last copy of a leaf fills the gap); the sections shrink once
+  // at the end, so that the spilled section moves at most once per leaf.
   for (size_t t = 0; t < n; ++t) {
     auto it = id_map_.find(ids[t]);
     if (it == id_map_.end()) continue;
-    if (spill_) spill_->remove(ids[t], gb, M);
+    if (spill_) spill_remove(ids[t]);
     size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu;
     Leaf& l = leaves_[li];
     size_t last = l.n - 1;
-    uint8_t* gl = l.codes.data() + (last / 32) * gb;
+    uint8_t* gl = l.codes.primary() + (last / 32) * gb;
     if (pos != last) {
-      uint8_t* gp = l.codes.data() + (pos / 32) * gb;
+      uint8_t* gp = l.codes.primary() + (pos / 32) * gb;
       for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
       l.ids[pos] = l.ids[last];
       copy_row(l.row_off + last, l.row_off + pos);
@@ -303,11 +316,10 @@ size_t Index::remove(const int64_t* ids, size_t n) {
     if (!l.bias.empty()) l.bias.pop_back();
     if (!l.scan_bias.empty()) l.scan_bias.pop_back();
     l.n--;
-    if (l.n % 32 == 0) l.codes.resize((l.n / 32) * gb);
     id_map_.erase(it);
-    sync_views(l);
     ++removed;
   }
+  for (size_t li = 0; li < nleaves_; ++li) fit_code_groups(li);  // O(L): no-op where nothing changed
   ntotal_ -= removed;
   return removed;
 }
@@ -332,15 +344,16 @@ size_t Index::memory_usage() const {
   b += (probe_centers_.capacity() + resid_centers_.capacity() + codebooks_.capacity() + int8_scale_.capacity()) *
        sizeof(float);
   b += probe_table_.bytes();
-  for (const Leaf& l : leaves_) {
+  for (size_t li = 0; li < leaves_.size(); ++li) {
+    const Leaf& l = leaves_[li];
     b += sizeof(Leaf);
     if (mapping_) {
-      size_t ng = (l.n + 31) / 32;
+      size_t ng = (l.n + 31) / 32 + (spill_count(li) + 31) / 32;
       b += ng * group_bytes() + l.n * sizeof(int64_t);
       if (l.bias_p) b += l.n * sizeof(float);
       b += l.scan_bias.capacity() * sizeof(float);
     } else {
-      b += l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) +
+      b += l.codes.capacity_bytes() + l.ids.capacity() * sizeof(int64_t) +
            (l.bias.capacity() + l.scan_bias.capacity()) * sizeof(float);
     }
   }

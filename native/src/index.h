@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "anisotropic.h"
+#include "codes.h"
 #include "common.h"
 #include "kmeans.h"
 #include "soar.h"
@@ -200,7 +201,9 @@ class Index {
  private:
   struct Leaf {
     uint32_t n = 0;
-    std::vector<uint8_t> codes;  // packed: (ceil(n/32), num_blocks_pad, 16)
+    // Packed (codes.h): ceil(n/32) groups of (num_blocks_pad, 16) bytes, then the groups of the
+    // SOAR copies spilled into this leaf (spill_->lists[leaf]), in one buffer.
+    LeafCodes codes;
     std::vector<int64_t> ids;
     uint64_t row_off = 0;     // the leaf's rows in the reorder arena: [row_off, row_off + n)
     uint32_t row_cap = 0;     // rows reserved there
@@ -210,6 +213,7 @@ class Index {
     std::vector<float> scan_bias;
     // Views used by search: point into the vectors above or into a mapped file.
     const uint8_t* codes_p = nullptr;
+    const uint8_t* spill_p = nullptr;  // the spilled copies' codes (owned: right after codes_p's)
     const int64_t* ids_p = nullptr;
     const float* bias_p = nullptr;
     const float* scan_p = nullptr;  // the PQ scan's l2 term: scan_bias, else bias_p
@@ -293,6 +297,10 @@ class Index {
   void spill_commit(const float* x, size_t n, const std::vector<uint32_t>& leaf_of, const std::vector<int64_t>& new_ids,
                     const std::vector<uint32_t>& spill_leaf, const std::vector<uint8_t>& spill_codes);
   void spill_load(const uint8_t* data, size_t size);
+  void spill_remove(int64_t id);  // drops id's spilled copy, if any (remove(); its leaf is resized after)
+  // Sets the groups of leaf li's two code sections from its vector counts (add, remove).
+  void fit_code_groups(size_t li);
+  size_t spill_count(size_t li) const { return spill_ && li < spill_->lists.size() ? spill_->lists[li].n : 0; }
   void scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_scale, float bias, Scratch& s) const;
 
   friend class IndexIO;

@@ -361,7 +361,11 @@ std::string Index::serialize() const {
     if (p_.reorder == ReorderMode::kInt8) w.add("RV8_", vecs8);
     if (p_.metric == Metric::kL2) w.add("BIAS", bias);
   }
-  if (spill_) w.add_owned("SOAR", spill_->serialize(group_bytes(), p_.metric == Metric::kL2));
+  if (spill_) {
+    std::vector<const uint8_t*> spill_codes;
+    for (const Leaf& l : leaves_) spill_codes.push_back(l.spill_p);
+    w.add_owned("SOAR", spill_->serialize(spill_codes, group_bytes(), p_.metric == Metric::kL2));
+  }
   return w.to_string();
 }
 
@@ -541,7 +545,7 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
       leaf.bias_p = bias ? bias + off : nullptr;
       leaf.scan_p = leaf.bias_p;
     } else {
-      leaf.codes.assign(codes + goff * gb, codes + (goff + ng) * gb);
+      leaf.codes.assign(codes + goff * gb, ng, nullptr, 0, gb);
       leaf.ids.assign(ids + off, ids + off + leaf.n);
       if (bias) leaf.bias.assign(bias + off, bias + off + leaf.n);
       idx->sync_views(leaf);

@@ -420,7 +420,7 @@ void Index::scan_spilled(uint32_t li, const kernels::KernelTable& kt, float inv_
     s.idx.resize(ng * 32);
     s.sc.resize(ng * 32);
   }
-  kt.scan_lut16(sl.codes.data(), ng, layout_.num_blocks_pad, s.lut8.data(), s.acc.data());
+  kt.scan_lut16(leaves_[li].spill_p, ng, layout_.num_blocks_pad, s.lut8.data(), s.acc.data());
   const float* pb = p_.metric == Metric::kL2 ? sl.bias.data() : nullptr;
   const size_t cnt =
       kt.filter_scores(s.acc.data(), pb, sl.n, inv_scale, bias, s.topn.threshold(), s.idx.data(), s.sc.data());

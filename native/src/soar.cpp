@@ -53,8 +53,8 @@ size_t SpillStore::memory_usage() const {
   size_t b =
       sizeof(SpillStore) + resid_table.t.capacity() * sizeof(float) + resid_table.norm2.capacity() * sizeof(float);
   for (const List& l : lists)
-    b += sizeof(List) + l.codes.capacity() + l.ids.capacity() * sizeof(int64_t) + l.ref.capacity() * sizeof(uint64_t) +
-         l.bias.capacity() * sizeof(float);
+    b += sizeof(List) + l.ids.capacity() * sizeof(int64_t) + l.ref.capacity() * sizeof(uint64_t) +
+         l.bias.capacity() * sizeof(float);  // the codes are counted with the leaves'
   if (map_valid) b += map.bucket_count() * sizeof(void*) + map.size() * 32;
   return b;
 }
@@ -92,33 +92,6 @@ uint32_t SpillStore::choose(const float* v, uint32_t primary, const float* resid
   return best;
 }
 
-bool SpillStore::remove(int64_t id, size_t gb, size_t M) {
-  ensure_map();
-  auto it = map.find(id);
-  if (it == map.end()) return false;
-  const size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu;
-  List& l = lists[li];
-  const size_t last = l.n - 1;
-  uint8_t* gl = l.codes.data() + (last / 32) * gb;
-  if (pos != last) {
-    uint8_t* gp = l.codes.data() + (pos / 32) * gb;
-    for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
-    l.ids[pos] = l.ids[last];
-    l.ref[pos] = l.ref[last];
-    if (!l.bias.empty()) l.bias[pos] = l.bias[last];
-    map[l.ids[pos]] = (uint64_t(li) << 32) | pos;
-  }
-  for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
-  l.ids.pop_back();
-  l.ref.pop_back();
-  if (!l.bias.empty()) l.bias.pop_back();
-  l.n--;
-  if (l.n % 32 == 0) l.codes.resize((l.n / 32) * gb);
-  map.erase(it);
-  total--;
-  return true;
-}
-
 void SpillStore::repoint(int64_t id, uint32_t leaf, uint32_t pos) {
   ensure_map();
   auto it = map.find(id);
@@ -126,14 +99,15 @@ void SpillStore::repoint(int64_t id, uint32_t leaf, uint32_t pos) {
   lists[it->second >> 32].ref[it->second & 0xFFFFFFFFu] = (uint64_t(leaf) << 32) | pos;
 }
 
-std::string SpillStore::serialize(size_t gb, bool l2) const {
+std::string SpillStore::serialize(const std::vector<const uint8_t*>& codes, size_t gb, bool l2) const {
   ByteWriter w;
   w.put<uint32_t>(kSoarSectionVersion);
   w.put<double>(lambda);
   w.put<uint64_t>(lists.size());
   for (const List& l : lists) w.put<uint64_t>(l.n);
   std::string s = w.take();
-  for (const List& l : lists) s.append(reinterpret_cast<const char*>(l.codes.data()), ((l.n + 31) / 32) * gb);
+  for (size_t l = 0; l < lists.size(); ++l)
+    s.append(reinterpret_cast<const char*>(codes[l]), ((lists[l].n + 31) / 32) * gb);
   for (const List& l : lists) s.append(reinterpret_cast<const char*>(l.ids.data()), l.n * sizeof(int64_t));
   for (const List& l : lists) s.append(reinterpret_cast<const char*>(l.ref.data()), l.n * sizeof(uint64_t));
   if (l2)
@@ -150,6 +124,33 @@ double SpillStore::read_lambda(const uint8_t* data, size_t size) {
 }
 
 // ------------------------------------------------------------------------- Index's spill hooks
+
+void Index::spill_remove(int64_t id) {
+  // The last copy of the list fills the gap; remove() shrinks the leaf's code sections after.
+  spill_->ensure_map();
+  auto it = spill_->map.find(id);
+  if (it == spill_->map.end()) return;
+  const size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu, M = layout_.num_blocks, gb = group_bytes();
+  SpillStore::List& l = spill_->lists[li];
+  uint8_t* codes = leaves_[li].codes.spill();
+  const size_t last = l.n - 1;
+  uint8_t* gl = codes + (last / 32) * gb;
+  if (pos != last) {
+    uint8_t* gp = codes + (pos / 32) * gb;
+    for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
+    l.ids[pos] = l.ids[last];
+    l.ref[pos] = l.ref[last];
+    if (!l.bias.empty()) l.bias[pos] = l.bias[last];
+    spill_->map[l.ids[pos]] = (uint64_t(li) << 32) | pos;
+  }
+  for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
+  l.ids.pop_back();
+  l.ref.pop_back();
+  if (!l.bias.empty()) l.bias.pop_back();
+  l.n--;
+  spill_->map.erase(it);
+  spill_->total--;
+}
 
 void Index::init_spill() {
   if (static_cast<uint32_t>(p_.spill) > 1) throw InvalidArgument("unknown spill mode");
@@ -229,16 +230,14 @@ void Index::spill_commit(const float* x, size_t n, const std::vector<uint32_t>& 
       sl.ref.reserve(room);
       if (l2) sl.bias.reserve(room);
     }
-    if (sl.codes.capacity() < ((need + 31) / 32) * gb) sl.codes.reserve(((room + 31) / 32) * gb);
   }
   std::vector<float> v(d);
   for (size_t i = 0; i < n; ++i) {
     const uint32_t pl = leaf_of[i];
     const size_t ppos = next[pl]++;
     SpillStore::List& sl = spill_->lists[spill_leaf[i]];
-    const size_t pos = sl.n;
-    if (pos % 32 == 0) sl.codes.resize(sl.codes.size() + gb, 0);
-    uint8_t* group = sl.codes.data() + (pos / 32) * gb;
+    const size_t pos = sl.n;  // add() sized the leaf's spilled section for the new copies
+    uint8_t* group = leaves_[spill_leaf[i]].codes.spill() + (pos / 32) * gb;
     for (size_t m = 0; m < M; ++m) set_nibble(group, m, pos % 32, spill_codes[i * M + m]);
     sl.ids.push_back(new_ids[i]);
     sl.ref.push_back((uint64_t(pl) << 32) | ppos);
@@ -310,7 +309,13 @@ void Index::spill_load(const uint8_t* data, size_t size) {
     SpillStore::List& sl = spill_->lists[l];
     sl.n = static_cast<uint32_t>(sizes[l]);
     const size_t ng = (sl.n + 31) / 32;
-    sl.codes.assign(codes + goff * gb, codes + (goff + ng) * gb);
+    Leaf& leaf = leaves_[l];
+    if (mapping_) {
+      leaf.spill_p = codes + goff * gb;  // in place, as the leaves' codes (the section's checksum was verified)
+    } else {
+      leaf.codes.assign(leaf.codes_p, (leaf.n + 31) / 32, codes + goff * gb, ng, gb);
+      sync_views(leaf);
+    }
     sl.ids.resize(sl.n);
     sl.ref.resize(sl.n);
     std::memcpy(sl.ids.data(), ids + off * sizeof(int64_t), sl.n * sizeof(int64_t));

@@ -37,7 +37,7 @@ constexpr uint32_t kSpillLeafFlag = 0x80000000u;
 struct SpillStore {
   struct List {
     uint32_t n = 0;
-    std::vector<uint8_t> codes;  // packed like Leaf::codes: (ceil(n/32), num_blocks_pad, 16)
+    // The copies' codes are the second section of the leaf's LeafCodes (codes.h, index.h).
     std::vector<int64_t> ids;
     std::vector<uint64_t> ref;  // primary copy: (leaf << 32) | position
     std::vector<float> bias;    // l2 only: -0.5 * the scan's norm term (see l2_decoded_norms)
@@ -60,8 +60,6 @@ struct SpillStore {
   // scratch: 2 * ngroups * 16 + d floats. Requires L >= 2.
   uint32_t choose(const float* v, uint32_t primary, const float* resid, size_t d, std::vector<float>& scratch) const;
 
-  // Removes the spilled copy of id (if any); returns whether there was one.
-  bool remove(int64_t id, size_t group_bytes, size_t num_blocks);
   // The primary copy of id moved to (leaf, pos): updates the reference of its spilled copy.
   void repoint(int64_t id, uint32_t leaf, uint32_t pos);
 
@@ -69,7 +67,8 @@ struct SpillStore {
   // u64 L (0 while untrained), then L u64 list sizes, the codes of each list (ceil(n/32) groups
   // each), the ids (i64), the primary references (u64) and, for l2, the biases (f32), each
   // array list by list.
-  std::string serialize(size_t group_bytes, bool l2) const;
+  // codes[l]: list l's codes.
+  std::string serialize(const std::vector<const uint8_t*>& codes, size_t group_bytes, bool l2) const;
   // Reads only the lambda (before the Index exists).
   static double read_lambda(const uint8_t* data, size_t size);
 };
