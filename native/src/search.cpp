@@ -42,14 +42,17 @@ void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<u
     --shift;
   }
   set.assign(cap, 0);
-  size_t w = 0;
-  for (size_t i = 0; i < cands.size(); ++i) {
-    Cand c = cands[i];
+  // First every reference (independent loads, mostly cache misses, that overlap), then the set.
+  for (Cand& c : cands) {
     if (c.leaf & kSpillLeafFlag) {
       const uint64_t r = sp.lists[c.leaf & ~kSpillLeafFlag].ref[c.pos];
       c.leaf = static_cast<uint32_t>(r >> 32);
       c.pos = static_cast<uint32_t>(r);
     }
+  }
+  size_t w = 0;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    const Cand c = cands[i];
     const uint64_t key = ((uint64_t(c.leaf) << 32) | c.pos) + 1;  // 0 marks an empty slot
     size_t h = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift);
     while (set[h] != 0 && set[h] != key) h = (h + 1) & (cap - 1);
