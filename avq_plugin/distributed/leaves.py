@@ -32,6 +32,10 @@ from .sources import _allocate
 
 # Sample queries (indexed vectors) whose probed leaves guide the leaf placement.
 _PLACEMENT_SAMPLE = 20000
+# A search of many queries is sent in up to this many chunks, each of at least _PIPELINE_MIN_ROWS
+# queries: the client probes and routes a chunk while the workers search the previous one.
+_PIPELINE_CHUNKS = 4
+_PIPELINE_MIN_ROWS = 1000
 
 
 class _LeafShards(_Replicas):
@@ -127,42 +131,45 @@ class _LeafShards(_Replicas):
         deadline = None if timeout is None else time.monotonic() + timeout
         self._refresh_replicas()
         nq = Q.shape[0]
-        P = self._router._probe(Q, lts)
-        P = self._widen_short_probes(Q, P, k)
-        jobs, visited, rerank, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
+        # Pipelined: the client routes chunk c + 1 while the workers search chunk c.
+        n_chunks = max(1, min(_PIPELINE_CHUNKS, nq // _PIPELINE_MIN_ROWS))
+        bounds = [nq * c // n_chunks for c in range(n_chunks + 1)]
         client_s = time.perf_counter() - t0
-        parts, tasks, shard_tasks = [], 0, 0
-        remaining = dict(jobs)
-        while remaining:
+        chunks, visited, rerank, total = [], [], [], []
+        tasks = shard_tasks = 0
+        for a, b in zip(bounds[:-1], bounds[1:]):
             t1 = time.perf_counter()
-            # Each shard to its least busy live replica (work = candidates to scan).
-            busy = {}
-            plan = {}
-            self._recover_all(remaining)
-            for j in sorted(remaining, key=lambda j: -remaining[j][3]):
-                hs = self._holders_or_recover(j)
-                w = min(hs, key=lambda w: (busy.get(w, 0), w))
-                busy[w] = busy.get(w, 0) + remaining[j][3]
-                plan.setdefault(w, []).append(j)
-            calls, rows_of_call = [], []
-            for w, shards in plan.items():
-                rows_w = np.unique(np.concatenate([remaining[j][0] for j in shards]))
-                job_list = [
-                    (j, np.searchsorted(rows_w, remaining[j][0]), remaining[j][1], remaining[j][2]) for j in shards
-                ]
-                calls.append((w, W.search, (self._token, Q[rows_w], k, job_list, nt)))
-                rows_of_call.append(rows_w)
+            Qc = Q[a:b]
+            P = self._widen_short_probes(Qc, self._router._probe(Qc, lts), k)
+            jobs, v, r, s = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
+            visited.append(v)
+            rerank.append(r)
+            total.append(s)
+            flight = self._send_routed(Qc, k, jobs, nt)
+            tasks += len(flight)
+            shard_tasks += sum(len(f[0]) for f in flight)
+            chunks.append((a, Qc, dict(jobs), flight))
             client_s += time.perf_counter() - t1
-            results = self._run_pinned(calls, "search", deadline)
-            tasks += len(calls)
-            shard_tasks += sum(len(s) for s in plan.values())
-            for shards, (ok, res), rows_w in zip(plan.values(), results, rows_of_call):
-                if ok:
-                    parts.append((rows_w, res[0], res[1]))
-                    for j in shards:
-                        remaining.pop(j)
+        parts = []
+        for a, Qc, remaining, flight in chunks:
+            while True:
+                results = self._collect([f[2] for f in flight], deadline)
+                t1 = time.perf_counter()
+                for (shards, rows_w, _), (ok, res) in zip(flight, results):
+                    if ok:
+                        parts.append((rows_w + a, res[0], res[1]))
+                        for j in shards:
+                            remaining.pop(j)
+                if not remaining:
+                    client_s += time.perf_counter() - t1
+                    break
+                flight = self._send_routed(Qc, k, remaining, nt)  # the shards of lost replicas, again
+                tasks += len(flight)
+                shard_tasks += sum(len(f[0]) for f in flight)
+                client_s += time.perf_counter() - t1
         t2 = time.perf_counter()
         D, I = merge_rows(nq, k, parts, self.metric)
+        visited, rerank, total = (np.concatenate(x) for x in (visited, rerank, total))
         client_s += time.perf_counter() - t2
         self._stats = {
             "queries": int(nq),
@@ -176,6 +183,25 @@ class _LeafShards(_Replicas):
         if self.replicas > 1:
             self._add_replicas()
         return D, I
+
+    def _send_routed(self, Q, k, jobs, nt):
+        """Sends each shard's jobs to its least busy live replica (work = candidates to scan),
+        one actor call per worker; returns [(shards, query rows, pending call)]."""
+        busy, plan = {}, {}
+        self._recover_all(jobs)
+        for j in sorted(jobs, key=lambda j: -jobs[j][3]):
+            hs = self._holders_or_recover(j)
+            w = min(hs, key=lambda w: (busy.get(w, 0), w))
+            busy[w] = busy.get(w, 0) + jobs[j][3]
+            plan.setdefault(w, []).append(j)
+        calls, rows_of_call = [], []
+        for w, shards in plan.items():
+            rows_w = np.unique(np.concatenate([jobs[j][0] for j in shards]))
+            job_list = [(j, np.searchsorted(rows_w, jobs[j][0]), jobs[j][1], jobs[j][2]) for j in shards]
+            calls.append((w, (self._token, Q[rows_w], k, job_list, nt)))
+            rows_of_call.append(rows_w)
+        pending = self._call_searchers(calls)
+        return [(shards, rows_w, p) for shards, rows_w, p in zip(plan.values(), rows_of_call, pending)]
 
     def _widen_short_probes(self, Q, P, k):
         """As one AVQIndex does: a query whose probed leaves hold fewer than k vectors probes
