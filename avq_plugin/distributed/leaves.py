@@ -32,13 +32,6 @@ from .sources import _allocate
 
 # Sample queries (indexed vectors) whose probed leaves guide the leaf placement.
 _PLACEMENT_SAMPLE = 20000
-# A search of many queries is sent in up to this many chunks, each of at least _PIPELINE_MIN_ROWS
-# queries: the client probes and routes a chunk while the workers search the previous one. GloVe-190k,
-# S=2, 10,000 queries, 2-worker LocalCluster: 2 chunks 0.61-0.89x the in-process index (median 0.72),
-# 1 chunk 0.58-0.81x (0.68), 4 chunks 0.46-0.71x (each chunk adds a call per worker: +3 us/query of
-# client CPU).
-_PIPELINE_CHUNKS = 2
-_PIPELINE_MIN_ROWS = 2000
 
 
 class _LeafShards(_Replicas):
@@ -134,45 +127,30 @@ class _LeafShards(_Replicas):
         deadline = None if timeout is None else time.monotonic() + timeout
         self._refresh_replicas()
         nq = Q.shape[0]
-        # Pipelined: the client routes chunk c + 1 while the workers search chunk c.
-        n_chunks = max(1, min(_PIPELINE_CHUNKS, nq // _PIPELINE_MIN_ROWS))
-        bounds = [nq * c // n_chunks for c in range(n_chunks + 1)]
+        P = self._widen_short_probes(Q, self._router._probe(Q, lts), k)
+        # Queries with the same best leaf sent together: a worker's scans of consecutive
+        # queries then share the leaves' codes and vectors in cache (in-process, one AVQIndex,
+        # 10,000 GloVe queries in this order: 8-20 % less CPU in _search_leaves).
+        order = np.argsort(P[:, 0], kind="stable")
+        P, Qs = P[order], Q[order]
+        jobs, visited, rerank, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
         client_s = time.perf_counter() - t0
-        chunks, visited, rerank, total = [], [], [], []
-        tasks = shard_tasks = 0
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        parts, tasks, shard_tasks = [], 0, 0
+        remaining = dict(jobs)
+        while remaining:
             t1 = time.perf_counter()
-            Qc = Q[a:b]
-            P = self._widen_short_probes(Qc, self._router._probe(Qc, lts), k)
-            jobs, v, r, s = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
-            visited.append(v)
-            rerank.append(r)
-            total.append(s)
-            flight = self._send_routed(Qc, k, jobs, nt)
+            flight = self._send_routed(Qs, k, remaining, nt)
             tasks += len(flight)
             shard_tasks += sum(len(f[0]) for f in flight)
-            chunks.append((a, Qc, dict(jobs), flight))
             client_s += time.perf_counter() - t1
-        parts = []
-        for a, Qc, remaining, flight in chunks:
-            while True:
-                results = self._collect([f[2] for f in flight], deadline)
-                t1 = time.perf_counter()
-                for (shards, rows_w, _), (ok, res) in zip(flight, results):
-                    if ok:
-                        parts.append((rows_w + a, res[0], res[1]))
-                        for j in shards:
-                            remaining.pop(j)
-                if not remaining:
-                    client_s += time.perf_counter() - t1
-                    break
-                flight = self._send_routed(Qc, k, remaining, nt)  # the shards of lost replicas, again
-                tasks += len(flight)
-                shard_tasks += sum(len(f[0]) for f in flight)
-                client_s += time.perf_counter() - t1
+            results = self._collect([f[2] for f in flight], deadline)
+            for (shards, rows_w, _), (ok, res) in zip(flight, results):
+                if ok:  # else: the shards of a lost replica go again, to another one
+                    parts.append((order[rows_w], res[0], res[1]))
+                    for j in shards:
+                        remaining.pop(j)
         t2 = time.perf_counter()
         D, I = merge_rows(nq, k, parts, self.metric)
-        visited, rerank, total = (np.concatenate(x) for x in (visited, rerank, total))
         client_s += time.perf_counter() - t2
         self._stats = {
             "queries": int(nq),

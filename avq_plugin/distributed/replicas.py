@@ -89,7 +89,7 @@ class _Replicas(_ShardedBase):
                 entry = self._searchers.setdefault(w, entry)
         return entry[1]
 
-    def _call_searchers(self, calls, deadline=None):
+    def _call_searchers(self, calls):
         """Sends ``Searcher.search(*args)`` to worker w for each (w, args) without waiting.
         Returns the pending calls, for ``_collect``."""
         out = []

@@ -290,7 +290,9 @@ class Searcher:
     the result. On a LocalCluster, two calls with 8,500 queries each took about half the wall time
     and 40 % of the client CPU of two pinned tasks (21 vs 44 ms, 10 vs 26 ms)."""
 
-    def search(self, token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], num_threads: int):
+    def search(
+        self, token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], num_threads: int
+    ) -> tuple[Array, Array]:
         # The module's search, looked up at call time (fault-injection tests replace it).
         return search(token, Q, k, jobs, num_threads)
 
