@@ -84,7 +84,14 @@ class _Replicas(_ShardedBase):
                 allow_other_workers=False,
                 pure=False,
             )
-            entry = (fut, fut.result())
+            while True:  # a task pinned to a worker that left would wait for ever
+                try:
+                    entry = (fut, fut.result(timeout=_POLL_S))
+                    break
+                except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
+                    if w not in set(self._live_workers()):
+                        fut.cancel()
+                        raise OSError(f"worker {w} left the cluster") from None
             with self._lock:
                 entry = self._searchers.setdefault(w, entry)
         return entry[1]
