@@ -26,8 +26,9 @@ inline uint8_t get_nibble(const uint8_t* group, size_t m, size_t j) {
 
 // The codes of one leaf: the groups of its own (primary) vectors, then the groups of the SOAR
 // copies spilled into it (soar.h), in one buffer. A probed leaf's scan then reads one contiguous
-// range: with the spilled copies in a separate allocation, the scan of a SOAR index ran 5-12 %
-// slower (the two streams defeat the hardware prefetcher; docs/benchmarks.md). gb: bytes per
+// range: with the spilled copies in a separate allocation, a SOAR search was 3-8 % slower per
+// query (in-process A/B, docs/benchmarks.md; likely the second stream the prefetcher must pick up
+// per leaf). gb: bytes per
 // group (num_blocks_pad * 16), the same for every call on one buffer.
 class LeafCodes {
  public:
