@@ -107,21 +107,42 @@ def single_like(sharded, X):
 
 
 class ExitOnSearch(WorkerPlugin):
-    """Kills the first worker process that starts executing a shard search (once per flag file:
-    creating the file with O_EXCL elects exactly one victim across the worker processes)."""
+    """Kills the first worker process that starts a shard search (once per flag file: creating
+    the file with O_EXCL elects exactly one victim across the worker processes). Row shards are
+    searched by tasks (caught by their transition); leaf shards by a call on the worker's search
+    actor, which runs ``worker.search`` (replaced here while the plugin is registered)."""
 
     name = "avq-test-exit-on-search"
 
     def __init__(self, flag):
         self.flag = str(flag)
 
+    def _exit_once(self):
+        try:
+            os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(1)
+
+    def setup(self, worker):
+        from avq_plugin.distributed import worker as W
+
+        self._search = search = W.search
+
+        def exit_then_search(*args, **kwargs):
+            self._exit_once()
+            return search(*args, **kwargs)
+
+        W.search = exit_then_search
+
+    def teardown(self, worker):
+        from avq_plugin.distributed import worker as W
+
+        W.search = self._search
+
     def transition(self, key, start, finish, **kwargs):
         if finish == "executing" and str(key).startswith("avq-search"):
-            try:
-                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-            os._exit(1)
+            self._exit_once()
 
 
 def search_with_worker_killed(client, index, Q, flag, **kw):

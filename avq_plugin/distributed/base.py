@@ -91,6 +91,7 @@ class _ShardedBase:
         self._n_shards = 0
         self._next_id = 0
         self._rebuilding = {}  # shard -> future of the replica being rebuilt
+        self._searchers = {}  # worker -> (future, handle) of its search actor (W.Searcher)
         self._dirty = set()  # shards changed since the last save
         self._lock = threading.RLock()  # the tables above
         self._update_lock = threading.Lock()  # one add/remove at a time; no rebuild meanwhile

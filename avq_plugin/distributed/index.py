@@ -314,7 +314,7 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         """Routing figures of the last ``search`` call (a dict), or None before any search.
 
         ``shards_visited_per_query`` (mean), ``shard_tasks`` (shard sub-batches searched,
-        retries included), ``dask_tasks`` (tasks submitted: one per worker per round),
+        retries included), ``dask_tasks`` (calls on the workers' search actors: one per worker per round),
         ``candidates_scanned_per_query`` (vectors in the probed leaves, mean; None for row
         shards), ``reranked_per_query`` (candidates re-scored exactly over all shards, at most
         about ``reorder_k`` + k per visited shard; None for row shards, where it is up to

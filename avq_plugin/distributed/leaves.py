@@ -127,38 +127,26 @@ class _LeafShards(_Replicas):
         deadline = None if timeout is None else time.monotonic() + timeout
         self._refresh_replicas()
         nq = Q.shape[0]
-        P = self._router._probe(Q, lts)
-        P = self._widen_short_probes(Q, P, k)
+        P = self._widen_short_probes(Q, self._router._probe(Q, lts), k)
+        # Queries with the same best leaf sent together: a worker's scans of consecutive
+        # queries then share the leaves' codes and vectors in cache (in-process, one AVQIndex,
+        # 10,000 GloVe queries in this order: 8-20 % less CPU in _search_leaves).
+        order = np.argsort(P[:, 0], kind="stable")
+        P, Qs = P[order], Q[order]
         jobs, visited, rerank, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
         remaining = dict(jobs)
         while remaining:
             t1 = time.perf_counter()
-            # Each shard to its least busy live replica (work = candidates to scan).
-            busy = {}
-            plan = {}
-            self._recover_all(remaining)
-            for j in sorted(remaining, key=lambda j: -remaining[j][3]):
-                hs = self._holders_or_recover(j)
-                w = min(hs, key=lambda w: (busy.get(w, 0), w))
-                busy[w] = busy.get(w, 0) + remaining[j][3]
-                plan.setdefault(w, []).append(j)
-            calls, rows_of_call = [], []
-            for w, shards in plan.items():
-                rows_w = np.unique(np.concatenate([remaining[j][0] for j in shards]))
-                job_list = [
-                    (j, np.searchsorted(rows_w, remaining[j][0]), remaining[j][1], remaining[j][2]) for j in shards
-                ]
-                calls.append((w, W.search, (self._token, Q[rows_w], k, job_list, nt)))
-                rows_of_call.append(rows_w)
+            flight = self._send_routed(Qs, k, remaining, nt)
+            tasks += len(flight)
+            shard_tasks += sum(len(f[0]) for f in flight)
             client_s += time.perf_counter() - t1
-            results = self._run_pinned(calls, "search", deadline)
-            tasks += len(calls)
-            shard_tasks += sum(len(s) for s in plan.values())
-            for shards, (ok, res), rows_w in zip(plan.values(), results, rows_of_call):
-                if ok:
-                    parts.append((rows_w, res[0], res[1]))
+            results = self._collect([f[2] for f in flight], deadline)
+            for (shards, rows_w, _), (ok, res) in zip(flight, results):
+                if ok:  # else: the shards of a lost replica go again, to another one
+                    parts.append((order[rows_w], res[0], res[1]))
                     for j in shards:
                         remaining.pop(j)
         t2 = time.perf_counter()
@@ -176,6 +164,25 @@ class _LeafShards(_Replicas):
         if self.replicas > 1:
             self._add_replicas()
         return D, I
+
+    def _send_routed(self, Q, k, jobs, nt):
+        """Sends each shard's jobs to its least busy live replica (work = candidates to scan),
+        one actor call per worker; returns [(shards, query rows, pending call)]."""
+        busy, plan = {}, {}
+        self._recover_all(jobs)
+        for j in sorted(jobs, key=lambda j: -jobs[j][3]):
+            hs = self._holders_or_recover(j)
+            w = min(hs, key=lambda w: (busy.get(w, 0), w))
+            busy[w] = busy.get(w, 0) + jobs[j][3]
+            plan.setdefault(w, []).append(j)
+        calls, rows_of_call = [], []
+        for w, shards in plan.items():
+            rows_w = np.unique(np.concatenate([jobs[j][0] for j in shards]))
+            job_list = [(j, np.searchsorted(rows_w, jobs[j][0]), jobs[j][1], jobs[j][2]) for j in shards]
+            calls.append((w, (self._token, Q[rows_w], k, job_list, nt)))
+            rows_of_call.append(rows_w)
+        pending = self._call_searchers(calls)
+        return [(shards, rows_w, p) for shards, rows_w, p in zip(plan.values(), rows_of_call, pending)]
 
     def _widen_short_probes(self, Q, P, k):
         """As one AVQIndex does: a query whose probed leaves hold fewer than k vectors probes

@@ -71,8 +71,79 @@ class _Replicas(_ShardedBase):
                 futs[i].cancel()
         return out
 
+    def _searcher(self, w):
+        """The search actor of this index on worker w (created on first use; the client holds it)."""
+        with self._lock:
+            entry = self._searchers.get(w)
+        if entry is None:
+            fut = self.client.submit(
+                W.Searcher,
+                actor=True,
+                key=f"avq-actor-{self._token}-{uuid.uuid4().hex[:8]}",
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            while True:  # a task pinned to a worker that left would wait for ever
+                try:
+                    entry = (fut, fut.result(timeout=_POLL_S))
+                    break
+                except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
+                    if w not in set(self._live_workers()):
+                        fut.cancel()
+                        raise OSError(f"worker {w} left the cluster") from None
+            with self._lock:
+                entry = self._searchers.setdefault(w, entry)
+        return entry[1]
+
+    def _call_searchers(self, calls):
+        """Sends ``Searcher.search(*args)`` to worker w for each (w, args) without waiting.
+        Returns the pending calls, for ``_collect``."""
+        out = []
+        for w, args in calls:
+            try:
+                out.append((w, self._searcher(w).search(*args)))
+            except Exception as exc:  # the worker died before or while its actor was created
+                if not (_is_loss(exc) or isinstance(exc, OSError)):
+                    raise
+                out.append((w, exc))
+        return out
+
+    def _collect(self, pending, deadline=None):
+        """Results of ``_call_searchers``: [(ok, result or exception)] in call order. A call whose
+        worker died (or lost the replica) gives (False, exc) and marks the worker lost; other
+        errors propagate."""
+        out = [None] * len(pending)
+        todo = list(range(len(pending)))
+        while todo:
+            i = todo[0]
+            w, fut = pending[i]
+            try:
+                if isinstance(fut, BaseException):
+                    raise fut
+                out[i] = (True, fut.result(timeout=_POLL_S))
+                todo.pop(0)
+                continue
+            except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
+                live = set(self._live_workers())
+                for i in list(todo) if live else ():
+                    if pending[i][0] not in live:
+                        todo.remove(i)
+                        out[i] = (False, RuntimeError(f"worker {pending[i][0]} left the cluster"))
+                        self._mark_lost(pending[i][0])
+                if deadline is not None and todo and time.monotonic() > deadline:
+                    raise TimeoutError("search: the workers did not answer in time") from None
+            except Exception as exc:
+                if not (isinstance(exc, (W.ReplicaMissing, OSError)) or _is_loss(exc)):
+                    raise
+                todo.pop(0)
+                out[i] = (False, exc)
+                self._mark_lost(w)
+        return out
+
     def _mark_lost(self, w):
         with self._lock:
+            self._searchers.pop(w, None)
             for hs in self._holders:
                 if w in hs:
                     hs.remove(w)
@@ -85,6 +156,8 @@ class _Replicas(_ShardedBase):
         with self._lock:
             for hs in self._holders:
                 hs[:] = [w for w in hs if w in live]
+            for w in [w for w in self._searchers if w not in live]:
+                del self._searchers[w]
         self._add_replicas(live=live)
 
     def _add_replicas(self, wait_for_them=False, live=None):

@@ -283,6 +283,20 @@ def search(
     return search_leaves_multi(shards, Q, k, native_jobs, num_threads)
 
 
+class Searcher:
+    """A Dask actor, one per worker and index: routed searches of the shards in this worker's
+    registry. A call on an actor is a message to the worker (relayed by the scheduler unless the
+    client talks to workers directly), not a task: no task transitions and no separate fetch of
+    the result. On a LocalCluster, two calls with 8,500 queries each took about half the wall time
+    and 40 % of the client CPU of two pinned tasks (21 vs 44 ms, 10 vs 26 ms)."""
+
+    def search(
+        self, token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], num_threads: int
+    ) -> tuple[Array, Array]:
+        # The module's search, looked up at call time (fault-injection tests replace it).
+        return search(token, Q, k, jobs, num_threads)
+
+
 # ---------------------------------------------------------------------------------- updates
 def add(token: str, j: int, X: Array, ids: Array) -> int:
     index = _get(token, j)
