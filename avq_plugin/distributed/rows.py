@@ -73,15 +73,23 @@ class _RowShards(_ShardedBase):
 
     def _search_rows(self, Q, k, lts, rk, nt, timeout):
         client = self.client
-        qf = client.scatter(Q, broadcast=True, hash=False)
+        qf = [client.scatter(Q, broadcast=True, hash=False)]
+
+        def rescatter():
+            # A worker that died before the broadcast finished can take the only copy of the
+            # queries with it: the scheduler then cancels every search that needs them.
+            qf[0].release()
+            qf[0] = client.scatter(Q, broadcast=True, hash=False)
+
         try:
             parts = self._run_on_shards(
-                lambda j, key: client.submit(W.search_row_shard, self._shards[j], qf, k, lts, rk, nt, key=key),
+                lambda j, key: client.submit(W.search_row_shard, self._shards[j], qf[0], k, lts, rk, nt, key=key),
                 "search",
                 timeout,
+                retry_inputs=rescatter,
             )
         finally:
-            qf.release()
+            qf[0].release()
         t1 = time.perf_counter()
         out = merge_topk([p[0] for p in parts], [p[1] for p in parts], k, self.metric)
         self._stats = {
@@ -95,8 +103,10 @@ class _RowShards(_ShardedBase):
         }
         return out
 
-    def _run_on_shards(self, submit, what, timeout):
-        """Runs submit(j, key) for every shard; recovers lost shards once from saved files."""
+    def _run_on_shards(self, submit, what, timeout, retry_inputs=None):
+        """Runs submit(j, key) for every shard; recovers lost shards once from saved files.
+        retry_inputs: called before that one retry, which also runs when the lost tasks' shards
+        are still held or being recomputed by Dask (their inputs, not the shards, were lost)."""
         client = self.client
         call = uuid.uuid4().hex[:12]
         futures = {j: submit(j, f"avq-{what}-{call}-{j}") for j in range(len(self._shards))}
@@ -119,8 +129,14 @@ class _RowShards(_ShardedBase):
                 lost[j] = exc
             if not lost:
                 return client.gather([futures[j] for j in range(len(self._shards))])
-            if attempt == 0 and self._saved is not None:
-                self._reload_shards(sorted(lost))
+            inputs_only = retry_inputs is not None and all(
+                self._shards[j].status in ("finished", "pending") for j in lost
+            )
+            if attempt == 0 and (self._saved is not None or inputs_only):
+                if self._saved is not None:
+                    self._reload_shards(sorted(lost))
+                if retry_inputs is not None:
+                    retry_inputs()
                 for j in lost:
                     futures[j] = submit(j, f"avq-{what}-{call}-{j}-retry")
                 continue
