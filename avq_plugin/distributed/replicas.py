@@ -58,12 +58,7 @@ class _Replicas(_ShardedBase):
                     else:
                         raise exc
                 if pending and not progressed:
-                    live = set(self._live_workers())
-                    for i in sorted(pending) if live else ():
-                        if calls[i][0] not in live:
-                            pending.discard(i)
-                            out[i] = (False, RuntimeError(f"worker {calls[i][0]} left the cluster"))
-                            self._mark_lost(calls[i][0])
+                    pending.difference_update(self._drop_departed([c[0] for c in calls], sorted(pending), out))
                 if deadline is not None and pending and time.monotonic() > deadline:
                     raise TimeoutError(f"{what}: the workers did not answer in time")
         finally:
@@ -125,12 +120,8 @@ class _Replicas(_ShardedBase):
                 todo.pop(0)
                 continue
             except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
-                live = set(self._live_workers())
-                for i in list(todo) if live else ():
-                    if pending[i][0] not in live:
-                        todo.remove(i)
-                        out[i] = (False, RuntimeError(f"worker {pending[i][0]} left the cluster"))
-                        self._mark_lost(pending[i][0])
+                for i in self._drop_departed([p[0] for p in pending], list(todo), out):
+                    todo.remove(i)
                 if deadline is not None and todo and time.monotonic() > deadline:
                     raise TimeoutError("search: the workers did not answer in time") from None
             except Exception as exc:
@@ -140,6 +131,16 @@ class _Replicas(_ShardedBase):
                 out[i] = (False, exc)
                 self._mark_lost(w)
         return out
+
+    def _drop_departed(self, workers, todo, out):
+        """The entries i of todo whose worker (workers[i]) left the cluster: each gets a lost
+        call in out[i] and its worker is marked lost. None while no worker is known to be live."""
+        live = set(self._live_workers())
+        gone = [i for i in todo if live and workers[i] not in live]
+        for i in gone:
+            out[i] = (False, RuntimeError(f"worker {workers[i]} left the cluster"))
+            self._mark_lost(workers[i])
+        return gone
 
     def _mark_lost(self, w):
         with self._lock:
