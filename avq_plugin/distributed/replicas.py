@@ -89,6 +89,8 @@ class _Replicas(_ShardedBase):
                         raise OSError(f"worker {w} left the cluster") from None
             with self._lock:
                 entry = self._searchers.setdefault(w, entry)
+            if entry[0] is not fut:  # another thread made one first: drop this one
+                fut.release()
         return entry[1]
 
     def _call_searchers(self, calls):

@@ -24,16 +24,24 @@ inline uint8_t get_nibble(const uint8_t* group, size_t m, size_t j) {
   return j < 16 ? (b & 0x0F) : (b >> 4);
 }
 
+// Removal from a packed list of `last + 1` codes (M blocks, groups of gb bytes): the last code
+// moves into position pos, and its old slot is cleared to 0.
+inline void move_last_code(uint8_t* codes, size_t pos, size_t last, size_t M, size_t gb) {
+  uint8_t* gl = codes + (last / 32) * gb;
+  if (pos != last) {
+    uint8_t* gp = codes + (pos / 32) * gb;
+    for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
+  }
+  for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
+}
+
 // The codes of one leaf: the groups of its own (primary) vectors, then the groups of the SOAR
 // copies spilled into it (soar.h), in one buffer. A probed leaf's scan then reads one contiguous
 // range: with the spilled copies in a separate allocation, a SOAR search was 3-8 % slower per
 // query (in-process A/B, docs/benchmarks.md; likely the second stream the prefetcher must pick up
-// per leaf). gb: bytes per
-// group (num_blocks_pad * 16), the same for every call on one buffer.
+// per leaf). gb: bytes per group (num_blocks_pad * 16), the same for every call on one buffer.
 class LeafCodes {
  public:
-  size_t primary_groups() const { return g1_; }
-  size_t spill_groups() const { return g2_; }
   uint8_t* primary() { return buf_.data(); }
   const uint8_t* primary() const { return buf_.data(); }
   uint8_t* spill() { return buf_.data() + g1_ * gb_; }

@@ -300,10 +300,8 @@ size_t Index::remove(const int64_t* ids, size_t n) {
     size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu;
     Leaf& l = leaves_[li];
     size_t last = l.n - 1;
-    uint8_t* gl = l.codes.primary() + (last / 32) * gb;
+    move_last_code(l.codes.primary(), pos, last, M, gb);
     if (pos != last) {
-      uint8_t* gp = l.codes.primary() + (pos / 32) * gb;
-      for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
       l.ids[pos] = l.ids[last];
       copy_row(l.row_off + last, l.row_off + pos);
       if (!l.bias.empty()) l.bias[pos] = l.bias[last];
@@ -311,7 +309,6 @@ size_t Index::remove(const int64_t* ids, size_t n) {
       id_map_[l.ids[pos]] = (uint64_t(li) << 32) | pos;
       if (spill_) spill_->repoint(l.ids[pos], static_cast<uint32_t>(li), static_cast<uint32_t>(pos));
     }
-    for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
     l.ids.pop_back();
     if (!l.bias.empty()) l.bias.pop_back();
     if (!l.scan_bias.empty()) l.scan_bias.pop_back();

@@ -550,9 +550,10 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
       s.w.resize(d);
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
       s.rows8.resize(nc);
+      const size_t pf_bytes = std::min(d, kReorderPrefetchBytes);
       for (size_t c = 0; c < nc; ++c) {
         s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
-        for (size_t off = 0; off < std::min(d, kReorderPrefetchBytes); off += 64)
+        for (size_t off = 0; off < pf_bytes; off += 64)
           __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
       }
       kt.dot_i8_gather(s.w.data(), s.rows8.data(), nc, d, s.exact.data());

@@ -132,18 +132,14 @@ void Index::spill_remove(int64_t id) {
   if (it == spill_->map.end()) return;
   const size_t li = it->second >> 32, pos = it->second & 0xFFFFFFFFu, M = layout_.num_blocks, gb = group_bytes();
   SpillStore::List& l = spill_->lists[li];
-  uint8_t* codes = leaves_[li].codes.spill();
   const size_t last = l.n - 1;
-  uint8_t* gl = codes + (last / 32) * gb;
+  move_last_code(leaves_[li].codes.spill(), pos, last, M, gb);
   if (pos != last) {
-    uint8_t* gp = codes + (pos / 32) * gb;
-    for (size_t m = 0; m < M; ++m) set_nibble(gp, m, pos % 32, get_nibble(gl, m, last % 32));
     l.ids[pos] = l.ids[last];
     l.ref[pos] = l.ref[last];
     if (!l.bias.empty()) l.bias[pos] = l.bias[last];
     spill_->map[l.ids[pos]] = (uint64_t(li) << 32) | pos;
   }
-  for (size_t m = 0; m < M; ++m) set_nibble(gl, m, last % 32, 0);
   l.ids.pop_back();
   l.ref.pop_back();
   if (!l.bias.empty()) l.bias.pop_back();
