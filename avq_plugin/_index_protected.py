@@ -40,16 +40,19 @@ def search_leaves_multi(
     shards: Sequence[Any],
     Q: npt.ArrayLike,
     k: int,
-    jobs: Sequence[tuple[int, npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+    jobs: Sequence[tuple[Any, ...]],
     num_threads: int,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """``_search_leaves`` of several shards (AVQIndex objects with one quantizer) at once, merged
-    per query as ``avq_plugin.distributed.merge_rows`` does.
+    """``_search_leaves`` of several shards (AVQIndex objects with one quantizer) at once.
 
-    jobs: (position in ``shards``, query rows int (n,), leaves int (n, w), reorder_k int (n,)).
-    Each query is prepared and its lookup table built once for all the shards it visits; per
-    shard its candidates and scores are those of ``_search_leaves``. Returns D, I (len(Q), k);
-    queries no job asks for are padding.
+    jobs: (position in ``shards``, query rows int (n,), leaves int (n, w), reorder_k int (n,)[,
+    group]). Each query is prepared and its lookup table built once for all the shards it visits.
+    A query's jobs of one group are searched as one index holding those shards would be: one
+    top-N over all their leaves and one re-ranking budget, the sum of the jobs' reorder_k (their
+    leaves must be disjoint, the shards without SOAR copies). Without a group each shard is its
+    own group, whose answer is that shard's ``_search_leaves``. The groups' lists are merged per
+    query as ``avq_plugin.distributed.merge_rows`` does. Returns D, I (len(Q), k); queries no
+    job asks for are padding.
     """
     if not shards:
         raise ValueError("no shards to search")
@@ -58,8 +61,10 @@ def search_leaves_multi(
     A = V.as_float_matrix(Q, "Q", d=first.d, allow_1d=True, nonzero_rows=first.metric == "cosine")
     k = V.check_k(k)
     V.check_result_size(A.shape[0], k)
-    pos, rows, leaves, budgets = [], [], [], []
-    for j, r, lv, rk in jobs:
+    pos, rows, leaves, budgets, groups = [], [], [], [], []
+    for job in jobs:
+        j, r, lv, rk = job[:4]
+        groups.append(int(job[4]) if len(job) > 4 else int(j))
         lv = np.asarray(lv)
         if (
             lv.ndim != 2
@@ -71,7 +76,9 @@ def search_leaves_multi(
         rows.append(np.ascontiguousarray(r, np.int64))
         leaves.append(np.ascontiguousarray(lv, np.int32))
         budgets.append(np.ascontiguousarray(rk, np.int64))
-    return _native.search_leaves_multi(natives, A, k, pos, rows, leaves, budgets, V.resolve_threads(num_threads))
+    return _native.search_leaves_multi(
+        natives, A, k, pos, rows, leaves, budgets, V.resolve_threads(num_threads), groups
+    )
 
 
 class _IndexProtected(_IndexBase):

@@ -25,6 +25,7 @@ def search_leaves_multi(
     leaves: list[npt.NDArray[np.int32]],
     reorder_k: list[npt.NDArray[np.int64]],
     nthreads: int,
+    job_group: list[int] = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def merge_topk_rows(
     nq: int,

@@ -372,34 +372,55 @@ def test_shard_placement_balances_the_scan_load_of_every_worker():
     assert balanced_bins([1.0], 3) == [0]
 
 
-def test_multi_shard_search_equals_the_shards_searched_and_merged(glove):
-    """A worker searches all its shards in one native call (a query's lookup table built once):
-    the same answers as searching every shard on its own and merging, with split budgets."""
+def test_multi_shard_search_equals_one_index_holding_the_shards(glove):
+    """A worker searches all its shards in one native call. A query's shards of one search group
+    are searched as one index holding them all (one top-N over their leaves, the sum of their
+    re-ranking budgets): bit for bit the answers of one index holding those vectors, searched over
+    the same leaves with the summed budget; the groups' lists are merged. Without groups each
+    shard is its own group: the shards searched alone, then merged."""
     from avq_plugin import AVQIndex
     from avq_plugin._index_protected import search_leaves_multi
-    from avq_plugin.distributed.placement import route_queries
+    from avq_plugin.distributed.placement import group_jobs, route_queries
 
     X, Q = glove
     X = X[:6000]
     template = AVQIndex(metric="cosine", num_leaves=40, seed=0, num_threads=1).train(X)
     leaf = template._probe(X, 1)[:, 0]
     leaf_to_shard = (np.arange(40) % 3).astype(np.int32)
-    shards = []
-    for j in range(3):
-        shard = AVQIndex.from_bytes(template.to_bytes())
-        rows = np.flatnonzero(leaf_to_shard[leaf] == j)
-        shards.append(shard.add(X[rows], rows))
+
+    def holding(shard_ids):  # one index holding these shards' vectors, in the shards' leaf order
+        index = AVQIndex.from_bytes(template.to_bytes())
+        for j in shard_ids:
+            rows = np.flatnonzero(leaf_to_shard[leaf] == j)
+            index.add(X[rows], rows)
+        return index
+
+    shards = [holding([j]) for j in range(3)]
     jobs, visited, _, _ = route_queries(
         template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=40), 3, 10, 30
     )
     assert visited.mean() > 1.5  # most queries visit several shards
-    job_list = [(j, r, lv, b) for j, (r, lv, b, _) in jobs.items()]
-    parts = [(r, *shards[j]._search_leaves(Q[r], 10, lv, b)) for j, r, lv, b in job_list]
-    D1, I1 = merge_rows(len(Q), 10, parts, "cosine")
-    for threads in (1, 2):
-        D, I = search_leaves_multi(shards, Q, 10, job_list, threads)
-        np.testing.assert_array_equal(I, I1)
-        np.testing.assert_array_equal(D, D1)
+    job_list = [(j, r, lv, b) for j, (r, lv, b, *_) in jobs.items()]
+    for shard_group in ([0, 1, 2], [0, 0, 0], [0, 0, 1]):
+        want = merge_rows(
+            len(Q),
+            10,
+            [
+                (r, *holding(np.flatnonzero(np.equal(shard_group, g)))._search_leaves(Q[r], 10, lv, b))
+                for g, (r, lv, b) in group_jobs(jobs, shard_group).items()
+            ],
+            "cosine",
+        )
+        for threads in (1, 2):
+            D, I = search_leaves_multi(shards, Q, 10, [(*job, shard_group[job[0]]) for job in job_list], threads)
+            np.testing.assert_array_equal(I, want[1])
+            np.testing.assert_array_equal(D, want[0])
+        if shard_group == [0, 1, 2]:  # also the default (no groups given)
+            D, I = search_leaves_multi(shards, Q, 10, job_list, 1)
+            np.testing.assert_array_equal(I, want[1])
+            separate = want[0]
+        if shard_group == [0, 0, 0]:  # one group re-ranks its summed budget over all its candidates
+            assert want[0][:, -1].mean() >= separate[:, -1].mean()
     # Queries no job asks for are padding; one job alone gives that shard's own answers.
     j, r, lv, b = job_list[0]
     D, I = search_leaves_multi(shards, Q, 10, job_list[:1], 1)
@@ -415,6 +436,15 @@ def test_multi_shard_search_equals_the_shards_searched_and_merged(glove):
         search_leaves_multi(shards, Q, 10, [(3, r, lv, b)], 1)
     with pytest.raises(ValueError, match="out of range"):
         search_leaves_multi(shards, Q, 10, [(j, r, np.full_like(lv, 40), b)], 1)
+    with pytest.raises(ValueError, match="given to two shards of one group"):
+        search_leaves_multi(shards, Q, 10, [(j, r, lv, b, 0), ((j + 1) % 3, r, lv, b, 0)], 1)
+    # SOAR copies are found through a per-shard reference: such shards are searched on their own.
+    soar = AVQIndex(metric="cosine", num_leaves=40, spill="soar", seed=0, num_threads=1).train(X)
+    spilled = [AVQIndex.from_bytes(soar.to_bytes()).add(X[:3000]), AVQIndex.from_bytes(soar.to_bytes()).add(X[3000:])]
+    two = [(0, r, lv, b, 0), (1, r, lv, b, 1)]
+    search_leaves_multi(spilled, Q, 10, two, 1)  # separate groups: fine
+    with pytest.raises(ValueError, match="spilled"):
+        search_leaves_multi(spilled, Q, 10, [(0, r, lv, b, 0), (1, r, np.full_like(lv, -1), b, 0)], 1)
 
 
 # ---------------------------------------------------------------------------------- exactness

@@ -106,7 +106,9 @@ def simulate(args):
     shards, without Dask: one AVQIndex over all the data plays every shard (a shard's answer is
     ``_search_leaves`` restricted to its leaves: the codes, scores and in-leaf order a shard
     holds), with the placement and routing code of ``ShardedAVQIndex``. Counts and recall
-    only, no timing (deterministic)."""
+    (deterministic); with ``--visit-cost``, also the native search CPU per query of the routed
+    visits against one index's search without its probe (1 thread, the queries in the routed
+    search's best-leaf order, the two interleaved over ``--repeats`` rounds, the minimum kept)."""
     from ..distributed.merge import merge_rows
     from ..distributed.placement import place_shards, route_queries
 
@@ -125,8 +127,9 @@ def simulate(args):
         groups, home = place_shards(centres, counts, probes, S, _SWEEP_WORKERS)
         random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
         jobs, visited, reranked, _ = route_queries(P, groups, counts, S, K, rk)
-        parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, _ in jobs.values()]
+        parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, *_ in jobs.values()]
         _, I = merge_rows(len(Q), K, parts, "cosine")
+        cost = _visit_cost(index, Q, P, S, groups, counts, rk, args.repeats) if args.visit_cost else None
         work = int(round(reranked.mean()))
         same_work = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=work)[1], gt)
         sizes = np.bincount(groups, weights=counts, minlength=S)
@@ -145,6 +148,14 @@ def simulate(args):
                 "single_recall_same_work": same_work,
             }
         )
+        if cost is not None:
+            rows[-1].update(cost)
+            print(
+                f"  S={S}: native search CPU per query {cost['routed_us_per_query']:.1f} us over "
+                f"{cost['visits_per_query']:.2f} visits, one index without its probe "
+                f"{cost['single_us_per_query']:.1f} us (x{cost['routed_over_single']:.3f})",
+                flush=True,
+            )
         r = rows[-1]
         print(
             f"  S={S}: visited {r['visited']:.2f} (random placement {r['visited_random_placement']:.2f}), shard "
@@ -157,6 +168,37 @@ def simulate(args):
         with open(args.json, "w") as f:
             json.dump({"lts": lts, "rk": rk, "single_recall": base, "rows": rows}, f, indent=1)
     return rows
+
+
+def _visit_cost(index, Q, P, S, groups, counts, rk, repeats):
+    """CPU of the routed shards' native search (one index playing every shard) against one
+    index's search of the same probed leaves, per query; interleaved rounds, minimum kept."""
+    from ..distributed.placement import route_queries
+
+    order = np.argsort(P[:, 0], kind="stable")  # as ShardedAVQIndex sends them
+    Qs, Ps = np.ascontiguousarray(Q[order]), np.ascontiguousarray(P[order])
+    jobs, visited, _, _ = route_queries(Ps, groups, counts, S, K, rk)
+    budgets = np.full(len(Qs), rk, np.int64)
+    threads, index.num_threads = index.num_threads, 1
+    try:
+
+        def cpu(fn):
+            t0 = time.process_time()
+            fn()
+            return time.process_time() - t0
+
+        single = routed = float("inf")
+        for _ in range(max(1, repeats)):
+            single = min(single, cpu(lambda: index._search_leaves(Qs, K, Ps, budgets)))
+            routed = min(routed, cpu(lambda: [index._search_leaves(Qs[r], K, lv, b) for r, lv, b, *_ in jobs.values()]))
+    finally:
+        index.num_threads = threads
+    return {
+        "visits_per_query": float(visited.mean()),
+        "routed_us_per_query": routed / len(Qs) * 1e6,
+        "single_us_per_query": single / len(Qs) * 1e6,
+        "routed_over_single": routed / single,
+    }
 
 
 def sweep(args):
@@ -278,6 +320,11 @@ def main(argv=None):
     ap.add_argument("--sweep", help="shard counts, e.g. 1,2,4,8,16: run the shard sweep instead")
     ap.add_argument("--modes", default="leaves,rows", help="shardings of the sweep")
     ap.add_argument("--simulate", help="shard counts: routing counts and recall without Dask (no timing)")
+    ap.add_argument(
+        "--visit-cost",
+        action="store_true",
+        help="with --simulate: time the routed visits' native search against one index (1 thread)",
+    )
     args = ap.parse_args(argv)
     if args.simulate:
         return simulate(args)

@@ -88,6 +88,11 @@ class _ShardedBase:
         self._leaf_to_shard = None
         self._leaf_sizes = None
         self._holders = []  # per shard: list of worker addresses (live replicas)
+        # Per shard its search group (the worker it was placed on at fit): a worker searches a
+        # query's shards of one group as one index (one top-N, the summed budget). Groups are
+        # kept whole on every worker holding them, so the answers do not depend on which
+        # replicas serve a search.
+        self._shard_group = None
         self._n_shards = 0
         self._next_id = 0
         self._rebuilding = {}  # shard -> future of the replica being rebuilt

@@ -116,6 +116,8 @@ class _LeafShards(_Replicas):
         self._leaf_to_shard = groups
         self._leaf_sizes = counts
         self._holders = [[info["worker"]] for info in infos]
+        self._shard_group = np.asarray(home, np.int32)
+        self._make_groups_whole()
         self._n_shards = S
         self._ntotal, self._d, self._num_leaves, self._next_id = int(n), int(d), int(L), int(n)
         _reemit(messages, stacklevel=4)
@@ -133,7 +135,8 @@ class _LeafShards(_Replicas):
         # 10,000 GloVe queries in this order: 8-20 % less CPU in _search_leaves).
         order = np.argsort(P[:, 0], kind="stable")
         P, Qs = P[order], Q[order]
-        jobs, visited, rerank, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
+        jobs, visited, _, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, k, rk)
+        rerank = np.zeros(nq, np.int64)
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
         remaining = dict(jobs)
@@ -147,8 +150,7 @@ class _LeafShards(_Replicas):
             for (shards, rows_w, _), (ok, res) in zip(flight, results):
                 if ok:  # else: the shards of a lost replica go again, to another one
                     parts.append((order[rows_w], res[0], res[1]))
-                    for j in shards:
-                        remaining.pop(j)
+                    self._count_reranked(rerank, {j: remaining.pop(j) for j in shards}, k)
         t2 = time.perf_counter()
         D, I = merge_rows(nq, k, parts, self.metric)
         client_s += time.perf_counter() - t2
@@ -165,20 +167,45 @@ class _LeafShards(_Replicas):
             self._add_replicas()
         return D, I
 
+    def _count_reranked(self, rerank, jobs, k):
+        """Adds the re-ranking work of the searched jobs (a search group re-ranks the sum of its
+        shards' budgets once, at most its candidates) to rerank (per query)."""
+        groups = {}
+        for j, job in jobs.items():
+            groups.setdefault(int(self._shard_group[j]), []).append(job)
+        for members in groups.values():
+            budget = np.zeros(len(rerank), np.int64)
+            scanned = np.zeros(len(rerank), np.int64)
+            seen = np.zeros(len(rerank), bool)
+            for rows, _, b, _, sc in members:
+                budget[rows] += b
+                scanned[rows] += sc
+                seen[rows] = True
+            rerank[seen] += np.minimum(scanned[seen], np.maximum(k, budget[seen]))
+
     def _send_routed(self, Q, k, jobs, nt):
-        """Sends each shard's jobs to its least busy live replica (work = candidates to scan),
-        one actor call per worker; returns [(shards, query rows, pending call)]."""
+        """Sends each search group's jobs to its least busy live worker holding the whole group
+        (work = candidates to scan), one actor call per worker; returns [(shards, query rows,
+        pending call)]."""
         busy, plan = {}, {}
         self._recover_all(jobs)
-        for j in sorted(jobs, key=lambda j: -jobs[j][3]):
-            hs = self._holders_or_recover(j)
+        groups = {}
+        for j in jobs:
+            groups.setdefault(int(self._shard_group[j]), []).append(j)
+        work = {g: sum(jobs[j][3] for j in js) for g, js in groups.items()}
+        for g in sorted(groups, key=lambda g: (-work[g], g)):
+            hs = self._group_holders(groups[g])
             w = min(hs, key=lambda w: (busy.get(w, 0), w))
-            busy[w] = busy.get(w, 0) + jobs[j][3]
-            plan.setdefault(w, []).append(j)
+            busy[w] = busy.get(w, 0) + work[g]
+            plan.setdefault(w, []).extend(groups[g])
         calls, rows_of_call = [], []
         for w, shards in plan.items():
+            shards.sort()  # the worker scans a group's shards in this order: fixed answers
             rows_w = np.unique(np.concatenate([jobs[j][0] for j in shards]))
-            job_list = [(j, np.searchsorted(rows_w, jobs[j][0]), jobs[j][1], jobs[j][2]) for j in shards]
+            job_list = [
+                (j, np.searchsorted(rows_w, jobs[j][0]), jobs[j][1], jobs[j][2], int(self._shard_group[j]))
+                for j in shards
+            ]
             calls.append((w, (self._token, Q[rows_w], k, job_list, nt)))
             rows_of_call.append(rows_w)
         pending = self._call_searchers(calls)
@@ -298,6 +325,7 @@ class _LeafShards(_Replicas):
             info.pop("worker", None)
             info["workers"] = sorted(info["workers"])
             info["num_leaves"] = int((self._leaf_to_shard == j).sum())
+            info["search_group"] = int(self._shard_group[j])
             out.append(info)
         return out
 
@@ -332,6 +360,7 @@ class _LeafShards(_Replicas):
             "num_threads": self.num_threads,
             "next_id": self._next_id,
             "leaf_to_shard": [int(s) for s in self._leaf_to_shard],
+            "shard_groups": [int(g) for g in self._shard_group],
             "leaf_sizes": [int(s) for s in self._leaf_sizes],
             "quantizer": qentry,
             "quantizer_fingerprint": self._fingerprint,
@@ -354,10 +383,13 @@ class _LeafShards(_Replicas):
             raise ValueError("the cluster has no workers to load the shards")
         S = manifest["n_shards"]
         R = min(self.replicas, len(workers))
+        # (A manifest without groups: each shard its own group, as before groups existed.)
+        groups = np.asarray(manifest.get("shard_groups", range(S)), np.int32)
+        rank = {int(g): i for i, g in enumerate(np.unique(groups))}
         calls, owner = [], []
         for j, entry in enumerate(manifest["shards"]):
             for r in range(R):
-                w = workers[(j + r) % len(workers)]
+                w = workers[(rank[int(groups[j])] + r) % len(workers)]  # a group's shards together
                 args = (self._token, j, directory, entry, fingerprint, bool(mmap), bool(verify), self.num_threads)
                 calls.append((w, W.load, args))
                 owner.append(j)
@@ -378,8 +410,10 @@ class _LeafShards(_Replicas):
         self._leaf_to_shard = np.asarray(manifest["leaf_to_shard"], np.int32)
         self._leaf_sizes = np.asarray(manifest["leaf_sizes"], np.int64)
         self._n_shards = S
+        self._shard_group = groups
         self._ntotal, self._d, self._num_leaves = manifest["ntotal"], manifest["d"], manifest["num_leaves"]
         self._next_id = manifest["next_id"]
         self._saved = (directory, manifest)
         self._mmap = bool(mmap)
+        self._make_groups_whole()
         self._add_replicas(wait_for_them=True)

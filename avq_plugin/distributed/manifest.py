@@ -157,6 +157,13 @@ def _check_leaf_manifest(m: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: leaf_to_shard must list the shard of each of the {m['num_leaves']} leaves")
     if any(not isinstance(s, int) or not 0 <= s < m["n_shards"] for s in placement):
         raise ValueError(f"{where}: leaf_to_shard names a shard outside [0, {m['n_shards']})")
+    groups = m.get("shard_groups", list(range(m["n_shards"])))  # (absent: written before groups)
+    if (
+        not isinstance(groups, list)
+        or len(groups) != m["n_shards"]
+        or any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < m["n_shards"] for g in groups)
+    ):
+        raise ValueError(f"{where}: shard_groups must give each of the {m['n_shards']} shards a group in [0, n_shards)")
     if not isinstance(m.get("next_id"), int):
         raise ValueError(f"{where}: missing next_id")
     total = 0

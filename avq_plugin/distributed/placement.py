@@ -499,12 +499,14 @@ def place_shards(
 
 def route_queries(
     P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, k: int, reorder_k: int
-) -> tuple[dict[int, tuple[Array, Array, Array, int]], Array, Array, Array]:
+) -> tuple[dict[int, tuple[Array, Array, Array, int, Array]], Array, Array, Array]:
     """The work of a routed search: which shard scans which leaves for which queries.
 
     P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``), -1 for none.
     Returns (jobs, visited, reranked, scanned): jobs maps a shard to (query rows, leaves int32
-    (rows, width) in probe order padded with -1, re-ranking budgets (rows,), candidates);
+    (rows, width) in probe order padded with -1, re-ranking budgets (rows,), candidates, candidates
+    per row (rows,)); reranked counts each shard searched on its own (a search group of several
+    shards re-ranks at most that);
     per query the number of shards visited, the candidates re-ranked and the candidates scanned.
     """
     nq = P.shape[0]
@@ -546,5 +548,34 @@ def route_queries(
         budget = split_reorder_budget(rk, weight, total_weight[rows], total[rows])
         # Re-ranking work: the shard re-scores min(its candidates, max(k, its budget)).
         rerank[rows] += np.minimum(scanned, np.maximum(k, budget))
-        jobs[j] = (rows, leaves, budget, int(scanned.sum()))
+        jobs[j] = (rows, leaves, budget, int(scanned.sum()), scanned)
     return jobs, visited, rerank, total
+
+
+def group_jobs(jobs: dict[int, tuple[Any, ...]], shard_group: Array) -> dict[int, tuple[Array, Array, Array]]:
+    """The jobs of ``route_queries`` as a worker searches them: the shards of one search group
+    as one index (``worker.search``). Returns group -> (query rows, leaves int32 (rows, width):
+    each row's leaves of the group's shards in increasing shard order, padded with -1,
+    re-ranking budgets (rows,): the sum of the shards' budgets)."""
+    by_group: dict[int, list[int]] = {}
+    for j in sorted(jobs):
+        by_group.setdefault(int(shard_group[j]), []).append(j)
+    out = {}
+    for g, js in by_group.items():
+        if len(js) == 1:
+            out[g] = tuple(jobs[js[0]][:3])
+            continue
+        rows = np.unique(np.concatenate([jobs[j][0] for j in js]))
+        leaves = np.full((len(rows), sum(jobs[j][1].shape[1] for j in js)), -1, np.int32)
+        fill = np.zeros(len(rows), np.int64)
+        budget = np.zeros(len(rows), np.int64)
+        for j in js:
+            r, lv, b = jobs[j][:3]
+            pos = np.searchsorted(rows, r)
+            valid = lv >= 0  # (a prefix of each row)
+            cols = fill[pos][:, None] + np.arange(lv.shape[1])
+            leaves[np.broadcast_to(pos[:, None], lv.shape)[valid], cols[valid]] = lv[valid]
+            fill[pos] += valid.sum(axis=1)
+            budget[pos] += b
+        out[g] = (rows, leaves[:, : max(1, int(fill.max()))], budget)
+    return out

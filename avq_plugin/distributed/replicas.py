@@ -14,6 +14,8 @@ import concurrent.futures
 import time
 import uuid
 
+import numpy as np
+
 from . import worker as W
 from .base import _POLL_S, ShardLostError, _is_loss, _ShardedBase, wait
 
@@ -187,10 +189,14 @@ class _Replicas(_ShardedBase):
                 for j, hs in enumerate(self._holders):
                     if not hs or len(hs) >= self.replicas or j in self._rebuilding:
                         continue
-                    candidates = sorted((load[w], w) for w in live if w not in hs)
+                    # Workers already holding shards of j's search group first: groups stay whole.
+                    mates = self._group_mates(j)
+                    candidates = sorted(
+                        (-sum(w in self._holders[m] for m in mates), load[w], w) for w in live if w not in hs
+                    )
                     if not candidates:
                         continue
-                    target = candidates[0][1]
+                    target = candidates[0][-1]
                     load[target] += 1
                     key = f"{self._token}-{j}-{uuid.uuid4().hex[:8]}"
                     blob = client.submit(
@@ -255,9 +261,11 @@ class _Replicas(_ShardedBase):
         if self._saved is not None and j not in self._dirty:
             directory, manifest = self._saved
             live = self._live_workers()
+            mates = self._group_mates(j)
             with self._lock:
                 load = {w: sum(w in h for h in self._holders) for w in live}
-            for w in sorted(live, key=lambda w: (load[w], w)):
+                near = {w: sum(w in self._holders[m] for m in mates) for w in live}
+            for w in sorted(live, key=lambda w: (-near[w], load[w], w)):
                 args = (
                     self._token,
                     j,
@@ -279,6 +287,53 @@ class _Replicas(_ShardedBase):
             else " (save() the index, or use replicas=2, so that a lost shard can be recovered)"
         )
         raise ShardLostError(f"shard(s) {j} lost (a worker died) and could not be recovered{hint}", [j])
+
+    def _group_mates(self, j):
+        """The other shards of shard j's search group."""
+        if self._shard_group is None:
+            return []
+        g = self._shard_group[j]
+        return [int(m) for m in np.flatnonzero(self._shard_group == g) if m != j]
+
+    def _group_holders(self, shards):
+        """Live workers holding every listed shard (shards of one search group, each with a live
+        replica). When no worker holds them all, the missing shards are copied now to the worker
+        holding most of them, so that the group is searched as one index."""
+        with self._lock:
+            sets = [set(self._holders[j]) for j in shards]
+        whole = set.intersection(*sets)
+        if whole:
+            return sorted(whole)
+        with self._update_lock:  # no add/remove meanwhile: the copies are current
+            with self._lock:
+                have = {}
+                for j in shards:
+                    for w in self._holders[j]:
+                        have[w] = have.get(w, 0) + 1
+                load = {w: sum(w in h for h in self._holders) for w in have}
+                target = min(have, key=lambda w: (-have[w], load[w], w))
+                missing = [j for j in shards if target not in self._holders[j]]
+                sources = {j: self._holders[j][0] for j in missing}
+            calls = []
+            for j in missing:
+                blob = self.client.submit(
+                    W.to_bytes, self._token, j, workers=[sources[j]], allow_other_workers=False, pure=False
+                )
+                calls.append((target, W.put_bytes, (self._token, j, blob, self.num_threads)))
+            results = self._run_pinned(calls, "regroup")
+            if not all(ok for ok, _ in results):
+                raise ShardLostError(f"a worker died while shards {missing} were copied to {target}; retry", [])
+            with self._lock:
+                for j in missing:
+                    if target not in self._holders[j]:
+                        self._holders[j].append(target)
+        return [target]
+
+    def _make_groups_whole(self):
+        """Every search group held whole by at least one worker (fit and load place them so; a
+        worker Dask chose otherwise gets the missing shards)."""
+        for g in np.unique(self._shard_group):
+            self._group_holders([int(j) for j in np.flatnonzero(self._shard_group == g)])
 
     def _recover_all(self, shards):
         """Recovers every listed shard that has no live replica; one ShardLostError naming all

@@ -264,22 +264,24 @@ def info(token: str, j: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- search
 def search(
-    token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], num_threads: int
+    token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array, int]], num_threads: int
 ) -> tuple[Array, Array]:
     """Routed search of the shards this worker was given, merged here.
 
-    jobs: list of (shard, rows into Q, leaves (len(rows), w) int32, reorder_k (len(rows),)).
-    Returns (D, I) for every row of Q (rows no job covers are padding). One native call for all
-    the shards: a query's lookup table is built once for every shard it visits here.
+    jobs: list of (shard, rows into Q, leaves (len(rows), w) int32, reorder_k (len(rows),),
+    search group of the shard). Returns (D, I) for every row of Q (rows no job covers are
+    padding). One native call for all the shards: a query's lookup table is built once for every
+    shard it visits here, and its shards of one group are searched as one index (one top-N, the
+    group's summed budget; ``search_leaves_multi``).
     """
     shards: list[AVQIndex] = []
     slot: dict[int, int] = {}
     native_jobs = []
-    for j, rows, leaves, rk in jobs:
+    for j, rows, leaves, rk, group in jobs:
         if j not in slot:
             slot[j] = len(shards)
             shards.append(_get(token, j))
-        native_jobs.append((slot[j], rows, leaves, rk))
+        native_jobs.append((slot[j], rows, leaves, rk, group))
     return search_leaves_multi(shards, Q, k, native_jobs, num_threads)
 
 
@@ -291,7 +293,7 @@ class Searcher:
     and 40 % of the client CPU of two pinned tasks (21 vs 44 ms, 10 vs 26 ms)."""
 
     def search(
-        self, token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array]], num_threads: int
+        self, token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array, int]], num_threads: int
     ) -> tuple[Array, Array]:
         # The module's search, looked up at call time (fault-injection tests replace it).
         return search(token, Q, k, jobs, num_threads)

@@ -381,7 +381,7 @@ PYBIND11_MODULE(_native, m) {
       "search_leaves_multi",
       [](const std::vector<const Index*>& shards, FArray q, size_t k, const std::vector<int64_t>& job_shard,
          const std::vector<IArray>& rows, const std::vector<py::array_t<int32_t, py::array::c_style>>& leaves,
-         const std::vector<IArray>& reorder_k, int64_t nthreads) {
+         const std::vector<IArray>& reorder_k, int64_t nthreads, const std::vector<int64_t>& job_group) {
         if (shards.empty()) throw py::value_error("no shards to search");
         for (const Index* x : shards)
           if (x == nullptr) throw py::type_error("shards must be native indexes");
@@ -391,6 +391,7 @@ PYBIND11_MODULE(_native, m) {
         const size_t J = job_shard.size();
         if (rows.size() != J || leaves.size() != J || reorder_k.size() != J)
           throw py::value_error("every job needs its shard, rows, leaves and reorder_k");
+        if (!job_group.empty() && job_group.size() != J) throw py::value_error("every job needs its group");
         std::vector<Index::LeafJob> jobs;
         for (size_t j = 0; j < J; ++j) {
           if (job_shard[j] < 0 || static_cast<size_t>(job_shard[j]) >= shards.size())
@@ -399,16 +400,20 @@ PYBIND11_MODULE(_native, m) {
               leaves[j].shape(0) != rows[j].shape(0) || reorder_k[j].shape(0) != rows[j].shape(0))
             throw py::value_error("job " + std::to_string(j) +
                                   ": rows (n,), leaves (n, w), reorder_k (n,) do not match");
+          // No group given: each shard is its own group (searched on its own, then merged).
+          const int64_t g = job_group.empty() ? job_shard[j] : job_group[j];
+          if (g < 0) throw py::value_error("job " + std::to_string(j) + ": groups must be non-negative");
           jobs.push_back({static_cast<size_t>(job_shard[j]), rows[j].data(), static_cast<size_t>(rows[j].shape(0)),
-                          leaves[j].data(), static_cast<size_t>(leaves[j].shape(1)), reorder_k[j].data()});
+                          leaves[j].data(), static_cast<size_t>(leaves[j].shape(1)), reorder_k[j].data(),
+                          static_cast<size_t>(g)});
         }
         const float* qp = q.data();
         return make_result(
             nq, k, [&](float* D, int64_t* I) { Index::search_leaves_multi(shards, jobs, qp, nq, k, nt, D, I); });
       },
       py::arg("shards"), py::arg("q").noconvert(), py::arg("k"), py::arg("job_shard"), py::arg("rows"),
-      py::arg("leaves"), py::arg("reorder_k"), py::arg("nthreads"),
-      "search_leaves() of several shards with one quantizer, merged per query (index.h).");
+      py::arg("leaves"), py::arg("reorder_k"), py::arg("nthreads"), py::arg("job_group") = std::vector<int64_t>(),
+      "search_leaves() of several shards with one quantizer, by group, merged per query (index.h).");
   m.def(
       "merge_topk_rows",
       [](size_t nq, size_t k, const std::vector<IArray>& rows, const std::vector<FArray>& D,

@@ -9,6 +9,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "anisotropic.h"
@@ -18,6 +19,9 @@
 #include "soar.h"
 
 namespace avq {
+namespace topk {
+struct Cand;
+}
 
 namespace kernels {
 struct KernelTable;
@@ -115,12 +119,15 @@ class Index {
   void search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w, const int64_t* reorder_k,
                      int nthreads, float* D, int64_t* I) const;
   // search_leaves() of several shards (indexes with the same quantizer: codebooks, layout,
-  // metric and re-ranking mode, else InvalidArgument) at once, merged per query: job j asks
-  // shard jobs[j].shard for the queries rows[0..n) (in [0, nq)) with leaves (n, w) and reorder_k
-  // (n). Each query is prepared and its lookup table built once for all its shards; per shard the
-  // candidates and scores are those of search_leaves(); the lists of a query's shards are merged
-  // as merge_topk_rows() does (merge.h; a query of one shard keeps its list). D, I (nq, k); queries
-  // of no job are padding.
+  // metric, re-ranking mode and int8 scales, else InvalidArgument) at once: job j asks shard
+  // jobs[j].shard for the queries rows[0..n) (in [0, nq)) with leaves (n, w) and reorder_k (n).
+  // Each query is prepared and its lookup table built once for all its shards. A query's jobs of
+  // one group (jobs[j].group) are searched as one index holding all their shards would be: one
+  // top-N over their leaves (in job order, each job's in its order) and one re-ranking budget, the
+  // sum of their reorder_k; their leaves must be disjoint and their shards without spilled (SOAR)
+  // copies. A group of one job gives that shard's search_leaves() answer. The lists of a query's
+  // groups are merged as merge_topk_rows() does (merge.h). D, I (nq, k); queries of no job are
+  // padding.
   struct LeafJob {
     size_t shard;
     const int64_t* rows;
@@ -128,6 +135,7 @@ class Index {
     const int32_t* leaves;
     size_t w;
     const int64_t* reorder_k;
+    size_t group;
   };
   static void search_leaves_multi(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
                                   const float* q, size_t nq, size_t k, int nthreads, float* D, int64_t* I);
@@ -232,6 +240,14 @@ class Index {
   void ensure_id_map() const;
   void prepare_vector(const float* x, float* out) const;  // cosine: normalise
   void search_one(const float* q, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D, int64_t* I) const;
+  static void search_group(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
+                           const std::pair<uint32_t, size_t>* refs, size_t n, const float* q, size_t k,
+                           const Index** owner, Scratch& s, float* D, int64_t* I);
+  void prepare_query(const float* q_in, Scratch& s) const;            // s.q, s.q_unscale (once per query when shared)
+  void scan_probed(const float* q, size_t nprobe, Scratch& s) const;  // s.leaf_sel[0..nprobe) into s.topn
+  // Re-scoring and output of a query's candidates; owner: null, or the index holding each leaf.
+  void finish_query(std::vector<topk::Cand>& cands, const float* q, size_t k, const Index* const* owner, Scratch& s,
+                    float* D, int64_t* I) const;
   void build_lut(const float* q, Scratch& s) const;  // s.lut8, s.lut_offset, s.lut_inv_scale
   // search_leaves' checks of the leaf lists (range, no leaf twice) and budgets (positive).
   void check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const;

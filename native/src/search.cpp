@@ -151,6 +151,52 @@ void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* le
   });
 }
 
+// One query in the n jobs refs[0..n) of one group, searched as one index holding all their shards
+// (disjoint leaves, no spilled copies: checked by the caller): the query prepared and its lookup
+// table built once, one top-N over every job's leaves in job order, one re-ranking budget (the sum
+// of the jobs' budgets); owner: per-leaf scratch.
+void Index::search_group(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
+                         const std::pair<uint32_t, size_t>* refs, size_t n, const float* q, size_t k,
+                         const Index** owner, Scratch& s, float* D, int64_t* I) {
+  const Index& first = *shards[jobs[refs[0].first].shard];
+  const bool l2 = first.p_.metric == Metric::kL2;
+  std::fill(D, D + k, l2 ? kPadBest : -kPadBest);
+  std::fill(I, I + k, int64_t(-1));
+  size_t probed = 0, budget = 0;
+  for (size_t t = 0; t < n; ++t) {
+    const LeafJob& job = jobs[refs[t].first];
+    const Index& x = *shards[job.shard];
+    const size_t r = refs[t].second;
+    const uint64_t b = static_cast<uint64_t>(job.reorder_k[r]);                   // (positive: checked)
+    budget = budget > SIZE_MAX - b ? SIZE_MAX : budget + static_cast<size_t>(b);  // saturating
+    const int32_t* li = job.leaves + r * job.w;
+    for (size_t j = 0; j < job.w; ++j)
+      if (li[j] >= 0) probed += x.leaves_[size_t(li[j])].n;
+  }
+  if (probed == 0) return;
+  first.prepare_query(q, s);
+  if (!s.lut_ready) {
+    first.build_lut(s.q.data(), s);
+    s.lut_ready = s.share_query;
+  }
+  const bool reorder = first.p_.reorder != ReorderMode::kNone;
+  s.topn.reset(std::max<size_t>(1, std::min(reorder ? std::max(k, budget) : k, probed)));
+  for (size_t t = 0; t < n; ++t) {
+    const LeafJob& job = jobs[refs[t].first];
+    const Index* x = shards[job.shard];
+    const int32_t* li = job.leaves + refs[t].second * job.w;
+    s.leaf_sel.clear();
+    for (size_t j = 0; j < job.w; ++j)
+      if (li[j] >= 0) {
+        s.leaf_sel.push_back({0.f, static_cast<uint32_t>(li[j])});
+        owner[size_t(li[j])] = x;
+      }
+    x->scan_probed(s.q.data(), s.leaf_sel.size(), s);
+  }
+  std::vector<Cand>& cands = s.topn.finish(!reorder);
+  first.finish_query(cands, s.q.data(), k, owner, s, D, I);
+}
+
 void Index::search_leaves_multi(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
                                 const float* q, size_t nq, size_t k, int nthreads, float* D, int64_t* I) {
   if (shards.empty()) throw InvalidArgument("no shards to search");
@@ -167,7 +213,8 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
     // The prepared query and the lookup table are shared: the same metric, layout and codebooks.
     if (x->p_.d != first.p_.d || x->p_.metric != first.p_.metric || x->p_.reorder != first.p_.reorder ||
         x->layout_.num_blocks != first.layout_.num_blocks || x->layout_.offset != first.layout_.offset ||
-        x->layout_.dims != first.layout_.dims || x->codebooks_t_ != first.codebooks_t_)
+        x->layout_.dims != first.layout_.dims || x->codebooks_t_ != first.codebooks_t_ ||
+        x->nleaves_ != first.nleaves_ || x->int8_scale_ != first.int8_scale_)
       throw InvalidArgument("the shards do not share one quantizer");
   }
   // The queries of every job, grouped by query (counting sort): (job, row) pairs.
@@ -195,10 +242,47 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
   }
   const bool l2 = first.p_.metric == Metric::kL2;
   const size_t d = first.p_.d;
+  // A query's jobs of one group are searched as one index holding all their shards (see index.h):
+  // the query's jobs sorted by group (stable), then every run of two or more jobs checked: no
+  // spilled copies (a SOAR copy's reference is per shard), no leaf given twice.
+  bool any_spill = false;
+  for (const Index* x : order) any_spill = any_spill || x->spill_;
+  {
+    std::vector<size_t> seen(first.nleaves_, SIZE_MAX);
+    size_t run_id = 0;
+    for (size_t i = 0; i < nq; ++i) {
+      auto by_group = [&](const std::pair<uint32_t, size_t>& x, const std::pair<uint32_t, size_t>& y) {
+        return jobs[x.first].group < jobs[y.first].group;
+      };
+      std::stable_sort(refs.begin() + start[i], refs.begin() + start[i + 1], by_group);
+      for (size_t a = start[i]; a < start[i + 1];) {
+        size_t z = a + 1;
+        while (z < start[i + 1] && jobs[refs[z].first].group == jobs[refs[a].first].group) ++z;
+        if (z - a > 1) {
+          if (any_spill) throw InvalidArgument("shards with spilled (SOAR) copies cannot share a group");
+          ++run_id;
+          for (size_t t = a; t < z; ++t) {
+            const LeafJob& job = jobs[refs[t].first];
+            const int32_t* li = job.leaves + refs[t].second * job.w;
+            for (size_t j = 0; j < job.w; ++j) {
+              if (li[j] < 0) continue;
+              if (seen[size_t(li[j])] == run_id)
+                throw InvalidArgument("leaf " + std::to_string(li[j]) + " is given to two shards of one group (query " +
+                                      std::to_string(i) + ")");
+              seen[size_t(li[j])] = run_id;
+            }
+          }
+        }
+        a = z;
+      }
+    }
+  }
   size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
     static thread_local Scratch s;
     static thread_local MergeScratch ms;
+    static thread_local std::vector<const Index*> owner;
+    owner.resize(first.nleaves_);
     std::vector<float> lD;
     std::vector<int64_t> lI;
     std::vector<MergeList> lists;
@@ -211,21 +295,34 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
         std::fill(Ii, Ii + k, int64_t(-1));
         continue;
       }
-      lD.resize((z - a) * k);
-      lI.resize((z - a) * k);
+      size_t nruns = 1;
+      for (size_t t = a + 1; t < z; ++t) nruns += jobs[refs[t].first].group != jobs[refs[t - 1].first].group;
+      lD.resize(nruns * k);
+      lI.resize(nruns * k);
       s.share_query = true;
       s.query_ready = s.lut_ready = false;
-      for (size_t t = a; t < z; ++t) {
-        const LeafJob& job = jobs[refs[t].first];
-        const size_t r = refs[t].second;
-        s.given_leaves = job.leaves + r * job.w;
-        s.given_n = job.w;
-        shards[job.shard]->search_one(q + i * d, k, job.w, static_cast<size_t>(job.reorder_k[r]), s,
-                                      lD.data() + (t - a) * k, lI.data() + (t - a) * k);
+      size_t run = 0;
+      for (size_t t0 = a; t0 < z; ++run) {
+        size_t t1 = t0 + 1;
+        while (t1 < z && jobs[refs[t1].first].group == jobs[refs[t0].first].group) ++t1;
+        float* rD = nruns == 1 ? Di : lD.data() + run * k;
+        int64_t* rI = nruns == 1 ? Ii : lI.data() + run * k;
+        if (t1 - t0 == 1) {
+          const LeafJob& job = jobs[refs[t0].first];
+          const size_t r = refs[t0].second;
+          s.given_leaves = job.leaves + r * job.w;
+          s.given_n = job.w;
+          shards[job.shard]->search_one(q + i * d, k, job.w, static_cast<size_t>(job.reorder_k[r]), s, rD, rI);
+        } else {
+          search_group(shards, jobs, refs.data() + t0, t1 - t0, q + i * d, k, owner.data(), s, rD, rI);
+        }
+        t0 = t1;
       }
-      lists.resize(z - a);
-      for (size_t t = 0; t < z - a; ++t) lists[t] = {lD.data() + t * k, lI.data() + t * k, k};
-      merge_lists(lists.data(), lists.size(), k, l2, false, ms, Di, Ii);
+      if (nruns > 1) {
+        lists.resize(nruns);
+        for (size_t t = 0; t < nruns; ++t) lists[t] = {lD.data() + t * k, lI.data() + t * k, k};
+        merge_lists(lists.data(), lists.size(), k, l2, false, ms, Di, Ii);
+      }
     }
     s.given_leaves = nullptr;
     s.share_query = s.query_ready = s.lut_ready = false;
@@ -367,6 +464,30 @@ bool Index::select_leaves_coarse(const float* q, size_t nprobe, Scratch& s) cons
   return true;
 }
 
+// The query as the scan and the re-scoring use it, in s.q (and s.q_unscale); kept for the other
+// shards of a query when s.share_query (search_leaves_multi: already prepared by a shard with the
+// same quantizer).
+void Index::prepare_query(const float* q_in, Scratch& s) const {
+  if (s.query_ready) return;
+  s.q.resize(p_.d);
+  prepare_vector(q_in, s.q.data());
+  s.q_unscale = 1.f;
+  if (p_.metric == Metric::kDot) {
+    // Rankings under dot do not depend on the query's scale: bring its largest coordinate into
+    // [1, 2) by a power of two (exact), so that small queries keep normal-float lookup tables
+    // and scores; the scores are scaled back on output.
+    float mx = 0.f;
+    for (float v : s.q) mx = std::max(mx, std::fabs(v));
+    if (mx > 0.f) {
+      const int e = std::ilogb(mx);
+      const double down = std::ldexp(1.0, -e);  // up to 2^149: not a float
+      for (float& v : s.q) v = static_cast<float>(v * down);
+      s.q_unscale = std::ldexp(1.f, e);
+    }
+  }
+  s.query_ready = s.share_query;
+}
+
 // Common start of search_one and search_one_float: fills D, I with the padding (-1 ids, the
 // worst score), prepares the query in s.q and selects the leaves in s.leaf_sel (nprobe is set
 // to their number). When the selected leaves hold fewer than min(k, ntotal) vectors (empty or
@@ -381,25 +502,7 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, siz
     I[j] = -1;
   }
   if (ntotal_ == 0) return nullptr;
-  if (!s.query_ready) {  // (search_leaves_multi: already prepared by a shard with the same quantizer)
-    s.q.resize(p_.d);
-    prepare_vector(q_in, s.q.data());
-    s.q_unscale = 1.f;
-    if (p_.metric == Metric::kDot) {
-      // Rankings under dot do not depend on the query's scale: bring its largest coordinate into
-      // [1, 2) by a power of two (exact), so that small queries keep normal-float lookup tables
-      // and scores; the scores are scaled back on output.
-      float mx = 0.f;
-      for (float v : s.q) mx = std::max(mx, std::fabs(v));
-      if (mx > 0.f) {
-        const int e = std::ilogb(mx);
-        const double down = std::ldexp(1.0, -e);  // up to 2^149: not a float
-        for (float& v : s.q) v = static_cast<float>(v * down);
-        s.q_unscale = std::ldexp(1.f, e);
-      }
-    }
-    s.query_ready = s.share_query;
-  }
+  prepare_query(q_in, s);
   if (s.given_leaves) {
     s.leaf_sel.clear();
     for (size_t j = 0; j < s.given_n; ++j)
@@ -470,9 +573,6 @@ void Index::build_lut(const float* q, Scratch& s) const {
 
 void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorder_k, Scratch& s, float* D,
                        int64_t* I) const {
-  const kernels::KernelTable& kt = kernels::active();
-  const size_t d = p_.d, Mp = layout_.num_blocks_pad;
-  const bool l2 = p_.metric == Metric::kL2;
   // 1. Padding, the prepared query, the leaves to probe.
   size_t probed = 0;
   const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
@@ -485,16 +585,30 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     build_lut(q, s);
     s.lut_ready = s.share_query;
   }
-  const double offset = s.lut_offset;
-  const float inv_scale = s.lut_inv_scale;
 
   // 3. Scan the probed leaves; keep the best `cap` approximate scores.
   const bool reorder = p_.reorder != ReorderMode::kNone;
   // At most the number of vectors probed (and at least 1): bounded before the top-N sizing.
   // SOAR: a vector can come twice (both copies): keep twice as many, then `want` distinct ones.
   const size_t want = std::max<size_t>(1, std::min(reorder ? std::max(k, reorder_k) : k, probed));
-  const size_t cap = spill_ ? 2 * want : want;
-  s.topn.reset(cap);
+  s.topn.reset(spill_ ? 2 * want : want);
+  scan_probed(q, nprobe, s);
+  std::vector<Cand>& cands = s.topn.finish(!reorder);
+  if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder);
+
+  // 4. Exact re-scoring of the candidates, output.
+  finish_query(cands, q, k, nullptr, s, D, I);
+}
+
+// Scans the leaves s.leaf_sel[0..nprobe) (and their spilled copies) with the query's lookup table
+// (s.lut8), appending to s.topn; candidates carry the leaf's id.
+void Index::scan_probed(const float* q, size_t nprobe, Scratch& s) const {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t d = p_.d, Mp = layout_.num_blocks_pad;
+  const bool l2 = p_.metric == Metric::kL2;
+  const double offset = s.lut_offset;
+  const float inv_scale = s.lut_inv_scale;
+  const size_t cap = s.topn.cap();
   // <q, mean> of every probed leaf in one call (dot_gather's sums are dot's, bit for bit).
   s.bias_rows.resize(nprobe);
   s.leaf_bias.resize(nprobe);
@@ -530,29 +644,38 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     }
     if (spilled) scan_spilled(li, kt, inv_scale, bias, s);  // after: it reuses s.acc
   }
-  std::vector<Cand>& cands = s.topn.finish(!reorder);
-  if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder);
+}
 
-  // 4. Exact re-scoring of the candidates.
-  if (reorder && !cands.empty()) {
+// Exact re-scoring of the candidates (unless reorder is none), the best k in the metric's units
+// into D, I. owner: null when every candidate is this index's; else owner[leaf] is the index
+// (a shard with this quantizer) holding the candidate's leaf.
+void Index::finish_query(std::vector<Cand>& cands, const float* q, size_t k, const Index* const* owner, Scratch& s,
+                         float* D, int64_t* I) const {
+  const kernels::KernelTable& kt = kernels::active();
+  const size_t d = p_.d;
+  const bool l2 = p_.metric == Metric::kL2;
+  auto holder = [&](uint32_t leaf) -> const Index& { return owner ? *owner[leaf] : *this; };
+  if (p_.reorder != ReorderMode::kNone && !cands.empty()) {
     const size_t nc = cands.size();
     s.exact.resize(nc);
     if (p_.reorder == ReorderMode::kFloat32) {
       s.rows.resize(nc);
       const size_t pf_bytes = std::min(d * sizeof(float), kReorderPrefetchBytes);
       for (size_t c = 0; c < nc; ++c) {
-        s.rows[c] = rvec_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
+        const Index& x = holder(cands[c].leaf);
+        s.rows[c] = x.rvec_p_ + (x.leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
         const char* row = reinterpret_cast<const char*>(s.rows[c]);
         for (size_t off = 0; off < pf_bytes; off += 64) __builtin_prefetch(row + off);
       }
       kt.dot_gather(q, s.rows.data(), nc, d, s.exact.data());
     } else {
       s.w.resize(d);
-      for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];
+      for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];  // (the shards' scales are this one's)
       s.rows8.resize(nc);
       const size_t pf_bytes = std::min(d, kReorderPrefetchBytes);
       for (size_t c = 0; c < nc; ++c) {
-        s.rows8[c] = rvec8_p_ + (leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
+        const Index& x = holder(cands[c].leaf);
+        s.rows8[c] = x.rvec8_p_ + (x.leaves_[cands[c].leaf].row_off + cands[c].pos) * d;
         for (size_t off = 0; off < pf_bytes; off += 64)
           __builtin_prefetch(reinterpret_cast<const char*>(s.rows8[c]) + off);
       }
@@ -560,7 +683,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     }
     for (size_t c = 0; c < nc; ++c) {
       float v = s.exact[c];
-      if (l2) v += leaves_[cands[c].leaf].bias_p[cands[c].pos];
+      if (l2) v += holder(cands[c].leaf).leaves_[cands[c].leaf].bias_p[cands[c].pos];
       cands[c].score = v;
     }
     size_t keep = std::min(k, nc);
@@ -568,7 +691,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
     cands.resize(keep);
   }
 
-  // 5. Output in the metric's units.
+  // Output in the metric's units.
   float qn2 = 0;
   if (l2) {
     double t = 0;
@@ -578,7 +701,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t nout = std::min(k, cands.size());
   for (size_t j = 0; j < nout; ++j) {
     const Cand& c = cands[j];
-    I[j] = leaves_[c.leaf].ids_p[c.pos];
+    I[j] = holder(c.leaf).leaves_[c.leaf].ids_p[c.pos];
     D[j] = l2 ? std::max(0.f, qn2 - 2.f * c.score) : c.score * s.q_unscale;
   }
 }
