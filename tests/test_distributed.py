@@ -367,6 +367,23 @@ def test_shard_placement_balances_the_scan_load_of_every_worker():
         per_worker = np.bincount(home, weights=shard_load, minlength=2)
         round_robin = np.bincount(np.arange(S) % 2, weights=shard_load, minlength=2)
         assert per_worker.max() <= round_robin.max() and per_worker.max() / per_worker.mean() < 1.1
+
+        # A worker searches its shards of a query as one: the shards are placed so that the
+        # sample queries visit fewer workers than with the load balance alone.
+        def workers_visited(h, g=g):
+            w = np.asarray(h)[g[probes]]
+            return np.mean([len(set(r)) for r in w.tolist()])
+
+        assert workers_visited(home) <= workers_visited(balanced_bins(shard_load, 2))
+    # Four shards of equal load, queries probing shards {0, 1} or {2, 3}: the load balance alone
+    # puts 0 and 2 on one worker (every query visits both workers); the search moves them apart.
+    from avq_plugin.distributed.placement import _home_by_coprobe
+
+    leaf_shard = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    pairs = np.array([[0, 2], [1, 3], [4, 6], [5, 7]] * 50)
+    assert balanced_bins(np.ones(4), 2) == [0, 1, 0, 1]
+    home = _home_by_coprobe(pairs, leaf_shard, 4, 2, np.ones(4))
+    assert home[0] == home[1] and home[2] == home[3] and home[0] != home[2]
     # balanced_bins: heaviest first to the least loaded bin.
     assert balanced_bins([5, 4, 3, 3, 1], 2) == [0, 1, 1, 0, 1]
     assert balanced_bins([1.0], 3) == [0]
