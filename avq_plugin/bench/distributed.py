@@ -110,7 +110,7 @@ def simulate(args):
     visits against one index's search without its probe (1 thread, the queries in the routed
     search's best-leaf order, the two interleaved over ``--repeats`` rounds, the minimum kept)."""
     from ..distributed.merge import merge_rows
-    from ..distributed.placement import place_shards, route_queries
+    from ..distributed.placement import group_jobs, place_shards, reranked_per_query, route_queries
 
     ds = load_hdf5(args.dataset)
     X, Q, gt = ds.train, ds.test[: args.batch], ds.neighbors[: args.batch]
@@ -126,10 +126,13 @@ def simulate(args):
     for S in (int(v) for v in args.simulate.split(",")):
         groups, home = place_shards(centres, counts, probes, S, _SWEEP_WORKERS)
         random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
-        jobs, visited, reranked, _ = route_queries(P, groups, counts, S, K, rk)
-        parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b, *_ in jobs.values()]
+        jobs, visited, _, _ = route_queries(P, groups, counts, S, K, rk)
+        # A worker searches its shards of a query as one index (the shards' search group).
+        reranked = reranked_per_query(jobs, np.asarray(home), len(Q), K)
+        parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b in group_jobs(jobs, home).values()]
         _, I = merge_rows(len(Q), K, parts, "cosine")
-        cost = _visit_cost(index, Q, P, S, groups, counts, rk, args.repeats) if args.visit_cost else None
+        workers = float(np.mean([len(set(r)) for r in np.asarray(home)[groups[P]].tolist()]))
+        cost = _visit_cost(index, Q, P, S, groups, home, counts, rk, args.repeats) if args.visit_cost else None
         work = int(round(reranked.mean()))
         same_work = _recall(index.search(Q, k=K, leaves_to_search=lts, reorder_k=work)[1], gt)
         sizes = np.bincount(groups, weights=counts, minlength=S)
@@ -140,6 +143,7 @@ def simulate(args):
             {
                 "shards": S,
                 "visited": float(visited.mean()),
+                "workers_visited": workers,
                 "visited_random_placement": float(np.mean([len(set(r)) for r in random[P].tolist()])),
                 "shard_vectors_min_max": [int(sizes.min()), int(sizes.max())],
                 "worker_scan_max_over_mean": float(per_worker.max() / per_worker.mean()),
@@ -152,13 +156,14 @@ def simulate(args):
             rows[-1].update(cost)
             print(
                 f"  S={S}: native search CPU per query {cost['routed_us_per_query']:.1f} us over "
-                f"{cost['visits_per_query']:.2f} visits, one index without its probe "
+                f"{cost['visits_per_query']:.2f} worker visits, one index without its probe "
                 f"{cost['single_us_per_query']:.1f} us (x{cost['routed_over_single']:.3f})",
                 flush=True,
             )
         r = rows[-1]
         print(
-            f"  S={S}: visited {r['visited']:.2f} (random placement {r['visited_random_placement']:.2f}), shard "
+            f"  S={S}: visited {r['visited']:.2f} (random placement {r['visited_random_placement']:.2f}; "
+            f"workers {r['workers_visited']:.2f}), shard "
             f"vectors {sizes.min():.0f}..{sizes.max():.0f}, scan load of the busiest of {_SWEEP_WORKERS} workers "
             f"{r['worker_scan_max_over_mean']:.3f}x the mean, re-ranked/query {r['reranked_per_query']:.1f}, recall "
             f"{r['recall']:.4f}; one AVQIndex at reorder_k={work}: {same_work:.4f}",
@@ -170,14 +175,18 @@ def simulate(args):
     return rows
 
 
-def _visit_cost(index, Q, P, S, groups, counts, rk, repeats):
-    """CPU of the routed shards' native search (one index playing every shard) against one
-    index's search of the same probed leaves, per query; interleaved rounds, minimum kept."""
-    from ..distributed.placement import route_queries
+def _visit_cost(index, Q, P, S, groups, home, counts, rk, repeats):
+    """CPU of the routed native search (one index playing every worker's search group) against
+    one index's search of the same probed leaves, per query; interleaved rounds, minimum kept."""
+    from ..distributed.placement import group_jobs, route_queries
 
     order = np.argsort(P[:, 0], kind="stable")  # as ShardedAVQIndex sends them
     Qs, Ps = np.ascontiguousarray(Q[order]), np.ascontiguousarray(P[order])
-    jobs, visited, _, _ = route_queries(Ps, groups, counts, S, K, rk)
+    routed_jobs, _, _, _ = route_queries(Ps, groups, counts, S, K, rk)
+    jobs = group_jobs(routed_jobs, home)
+    visits = np.zeros(len(Qs))
+    for r, _, _ in jobs.values():
+        visits[r] += 1
     budgets = np.full(len(Qs), rk, np.int64)
     threads, index.num_threads = index.num_threads, 1
     try:
@@ -190,11 +199,11 @@ def _visit_cost(index, Q, P, S, groups, counts, rk, repeats):
         single = routed = float("inf")
         for _ in range(max(1, repeats)):
             single = min(single, cpu(lambda: index._search_leaves(Qs, K, Ps, budgets)))
-            routed = min(routed, cpu(lambda: [index._search_leaves(Qs[r], K, lv, b) for r, lv, b, *_ in jobs.values()]))
+            routed = min(routed, cpu(lambda: [index._search_leaves(Qs[r], K, lv, b) for r, lv, b in jobs.values()]))
     finally:
         index.num_threads = threads
     return {
-        "visits_per_query": float(visited.mean()),
+        "visits_per_query": float(visits.mean()),
         "routed_us_per_query": routed / len(Qs) * 1e6,
         "single_us_per_query": single / len(Qs) * 1e6,
         "routed_over_single": routed / single,

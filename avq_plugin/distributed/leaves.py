@@ -26,7 +26,7 @@ from .manifest import (
     _write_manifest,
 )
 from .merge import merge_rows
-from .placement import place_shards, route_queries
+from .placement import place_shards, reranked_per_query, route_queries
 from .replicas import _Replicas
 from .sources import _allocate
 
@@ -150,7 +150,8 @@ class _LeafShards(_Replicas):
             for (shards, rows_w, _), (ok, res) in zip(flight, results):
                 if ok:  # else: the shards of a lost replica go again, to another one
                     parts.append((order[rows_w], res[0], res[1]))
-                    self._count_reranked(rerank, {j: remaining.pop(j) for j in shards}, k)
+                    done = {j: remaining.pop(j) for j in shards}
+                    rerank += reranked_per_query(done, self._shard_group, nq, k)
         t2 = time.perf_counter()
         D, I = merge_rows(nq, k, parts, self.metric)
         client_s += time.perf_counter() - t2
@@ -166,22 +167,6 @@ class _LeafShards(_Replicas):
         if self.replicas > 1:
             self._add_replicas()
         return D, I
-
-    def _count_reranked(self, rerank, jobs, k):
-        """Adds the re-ranking work of the searched jobs (a search group re-ranks the sum of its
-        shards' budgets once, at most its candidates) to rerank (per query)."""
-        groups = {}
-        for j, job in jobs.items():
-            groups.setdefault(int(self._shard_group[j]), []).append(job)
-        for members in groups.values():
-            budget = np.zeros(len(rerank), np.int64)
-            scanned = np.zeros(len(rerank), np.int64)
-            seen = np.zeros(len(rerank), bool)
-            for rows, _, b, _, sc in members:
-                budget[rows] += b
-                scanned[rows] += sc
-                seen[rows] = True
-            rerank[seen] += np.minimum(scanned[seen], np.maximum(k, budget[seen]))
 
     def _send_routed(self, Q, k, jobs, nt):
         """Sends each search group's jobs to its least busy live worker holding the whole group

@@ -645,3 +645,24 @@ def group_jobs(jobs: dict[int, tuple[Any, ...]], shard_group: Array) -> dict[int
             budget[pos] += b
         out[g] = (rows, leaves[:, : max(1, int(fill.max()))], budget)
     return out
+
+
+def reranked_per_query(jobs: dict[int, tuple[Any, ...]], shard_group: Array, nq: int, k: int) -> Array:
+    """Candidates re-scored per query by the jobs of ``route_queries`` searched by group (as
+    ``group_jobs``): a group re-ranks the sum of its shards' budgets once, at most its candidates
+    (and at least k)."""
+    rerank = np.zeros(nq, np.int64)
+    by_group: dict[int, list[int]] = {}
+    for j in jobs:
+        by_group.setdefault(int(shard_group[j]), []).append(j)
+    for js in by_group.values():
+        budget = np.zeros(nq, np.int64)
+        scanned = np.zeros(nq, np.int64)
+        seen = np.zeros(nq, bool)
+        for j in js:
+            rows, _, b, _, sc = jobs[j]
+            budget[rows] += b
+            scanned[rows] += sc
+            seen[rows] = True
+        rerank[seen] += np.minimum(scanned[seen], np.maximum(k, budget[seen]))
+    return rerank
