@@ -316,9 +316,9 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         ``shards_visited_per_query`` (mean), ``shard_tasks`` (shard sub-batches searched,
         retries included), ``dask_tasks`` (calls on the workers' search actors: one per worker per round),
         ``candidates_scanned_per_query`` (vectors in the probed leaves, mean; None for row
-        shards), ``reranked_per_query`` (candidates re-scored exactly over all shards, at most
-        about ``reorder_k`` + k per visited shard; None for row shards, where it is up to
-        n_shards x reorder_k) and ``client_seconds`` (time the client spent routing and
+        shards), ``reranked_per_query`` (candidates re-scored exactly over all shards, about
+        ``reorder_k`` plus up to k per visited search group, the shards of one worker placed
+        together; None for row shards, where it is up to n_shards x reorder_k) and ``client_seconds`` (time the client spent routing and
         merging, waiting excluded).
         """
         return None if self._stats is None else dict(self._stats)
