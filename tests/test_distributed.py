@@ -464,6 +464,43 @@ def test_multi_shard_search_equals_one_index_holding_the_shards(glove):
         search_leaves_multi(spilled, Q, 10, [(0, r, lv, b, 0), (1, r, np.full_like(lv, -1), b, 0)], 1)
 
 
+@pytest.mark.parametrize("metric, reorder", [("l2", "int8"), ("dot", "none"), ("cosine", "float32")])
+def test_group_search_equals_one_index_for_every_metric_and_reordering(metric, reorder):
+    """The native group search (``Index::search_group``): l2 biases, int8 re-ranking and no
+    re-ranking too, bit for bit one index holding the group's shards, merged across groups."""
+    from avq_plugin import AVQIndex
+    from avq_plugin._index_protected import search_leaves_multi
+    from avq_plugin.distributed.placement import group_jobs, route_queries
+
+    rng = np.random.default_rng(0)
+    C = rng.standard_normal((30, 32)).astype(np.float32)
+    X = (C[rng.integers(0, 30, 6000)] + 0.5 * rng.standard_normal((6000, 32))).astype(np.float32)
+    Q = (C[rng.integers(0, 30, 300)] + 0.5 * rng.standard_normal((300, 32))).astype(np.float32)
+    template = AVQIndex(metric=metric, num_leaves=40, reorder=reorder, seed=0, num_threads=1).train(X)
+    leaf = template._probe(X, 1)[:, 0]
+    leaf_to_shard = (np.arange(40) % 3).astype(np.int32)
+
+    def holding(shard_ids):
+        index = AVQIndex.from_bytes(template.to_bytes())
+        for j in shard_ids:
+            rows = np.flatnonzero(leaf_to_shard[leaf] == j)
+            index.add(X[rows], rows)
+        return index
+
+    shards = [holding([j]) for j in range(3)]
+    jobs, *_ = route_queries(template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=40), 3, 10, 30)
+    job_list = [(j, r, lv, b) for j, (r, lv, b, *_) in jobs.items()]
+    for shard_group in ([0, 0, 0], [0, 0, 1]):
+        parts = [
+            (r, *holding(np.flatnonzero(np.equal(shard_group, g)))._search_leaves(Q[r], 10, lv, b))
+            for g, (r, lv, b) in group_jobs(jobs, shard_group).items()
+        ]
+        D1, I1 = merge_rows(len(Q), 10, parts, metric)
+        D, I = search_leaves_multi(shards, Q, 10, [(*job, shard_group[job[0]]) for job in job_list], 2)
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+
+
 # ---------------------------------------------------------------------------------- exactness
 def test_shards_give_the_single_index_top_k(sharded, glove):
     X, Q = glove
