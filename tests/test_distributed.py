@@ -474,8 +474,8 @@ def test_group_search_equals_one_index_for_every_metric_and_reordering(metric, r
 
     rng = np.random.default_rng(0)
     C = rng.standard_normal((30, 32)).astype(np.float32)
-    X = (C[rng.integers(0, 30, 6000)] + 0.5 * rng.standard_normal((6000, 32))).astype(np.float32)
-    Q = (C[rng.integers(0, 30, 300)] + 0.5 * rng.standard_normal((300, 32))).astype(np.float32)
+    X = (C[rng.integers(0, 30, 3000)] + 0.5 * rng.standard_normal((3000, 32))).astype(np.float32)
+    Q = (C[rng.integers(0, 30, 200)] + 0.5 * rng.standard_normal((200, 32))).astype(np.float32)
     template = AVQIndex(metric=metric, num_leaves=40, reorder=reorder, seed=0, num_threads=1).train(X)
     leaf = template._probe(X, 1)[:, 0]
     leaf_to_shard = (np.arange(40) % 3).astype(np.int32)
