@@ -4,8 +4,8 @@ A LocalCluster of --workers worker processes (1 thread each) holds a leaf-routed
 (``sharding="leaves"``, ``replicas=2``) built from an ann-benchmarks HDF5 file (read by the
 workers). The client first computes the answer of every query batch once (the expected
 answers) and checks them against an in-process reference: one ``AVQIndex`` with the same
-quantizer over all the data playing every shard (``_search_leaves`` restricted to each shard's
-leaves, the same routing and merge code). Then it streams the batches again, several passes;
+quantizer over all the data playing every search group (``_search_leaves`` restricted to the
+group's leaves with its summed budget, the same routing and merge code). Then it streams the batches again, several passes;
 during batch --kill-at (--kill-delay seconds after it starts) it sends SIGKILL to the process
 of one worker (its pid from ``client.run(os.getpid)``): a real process death, not a graceful
 retire. Recorded per batch: wall time, whether it raised, whether its ids and scores equal the
@@ -33,16 +33,18 @@ from distributed import Client, LocalCluster
 
 from avq_plugin.distributed import ShardedAVQIndex
 from avq_plugin.distributed.merge import merge_rows
-from avq_plugin.distributed.placement import route_queries
+from avq_plugin.distributed.placement import group_jobs, route_queries
 
 K = 10
 
 
 def reference(index, single, Q, lts, rk):
-    """The routed search computed in this process: one AVQIndex over all the data plays every shard."""
+    """The routed search computed in this process: one AVQIndex over all the data plays every
+    search group (the shards a worker searches as one index)."""
     P = index._widen_short_probes(Q, single._probe(Q, lts), K)
     jobs, _, _, _ = route_queries(P, index.leaf_to_shard_, index._leaf_sizes, index._n_shards, K, rk)
-    parts = [(rows, *single._search_leaves(Q[rows], K, leaves, budget)) for rows, leaves, budget, *_ in jobs.values()]
+    groups = group_jobs(jobs, index._shard_group)
+    parts = [(rows, *single._search_leaves(Q[rows], K, leaves, budget)) for rows, leaves, budget in groups.values()]
     return merge_rows(len(Q), K, parts, index.metric)
 
 
