@@ -389,6 +389,39 @@ def test_shard_placement_balances_the_scan_load_of_every_worker():
     assert balanced_bins([1.0], 3) == [0]
 
 
+def _three_shards(template, X, Q):
+    """Leaf l of the trained template on shard l % 3. Returns a function giving one index that
+    holds the vectors of any set of shards (each leaf's vectors in the same order), the routed
+    jobs of Q (8 leaves probed, k = 10, reorder_k = 30) and the shards visited per query."""
+    from avq_plugin import AVQIndex
+    from avq_plugin.distributed.placement import route_queries
+
+    L = template.num_leaves_
+    leaf = template._probe(X, 1)[:, 0]
+    leaf_to_shard = (np.arange(L) % 3).astype(np.int32)
+
+    def holding(shard_ids):
+        index = AVQIndex.from_bytes(template.to_bytes())
+        for j in shard_ids:
+            rows = np.flatnonzero(leaf_to_shard[leaf] == j)
+            index.add(X[rows], rows)
+        return index
+
+    jobs, visited, _, _ = route_queries(template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=L), 3, 10, 30)
+    return holding, jobs, visited
+
+
+def _group_reference(holding, jobs, shard_group, Q, metric):
+    """The routed search by search groups, each played by one index holding its shards."""
+    from avq_plugin.distributed.placement import group_jobs
+
+    parts = [
+        (r, *holding(np.flatnonzero(np.equal(shard_group, g)))._search_leaves(Q[r], 10, lv, b))
+        for g, (r, lv, b) in group_jobs(jobs, shard_group).items()
+    ]
+    return merge_rows(len(Q), 10, parts, metric)
+
+
 def test_multi_shard_search_equals_one_index_holding_the_shards(glove):
     """A worker searches all its shards in one native call. A query's shards of one search group
     are searched as one index holding them all (one top-N over their leaves, the sum of their
@@ -397,37 +430,16 @@ def test_multi_shard_search_equals_one_index_holding_the_shards(glove):
     shard is its own group: the shards searched alone, then merged."""
     from avq_plugin import AVQIndex
     from avq_plugin._index_protected import search_leaves_multi
-    from avq_plugin.distributed.placement import group_jobs, route_queries
 
     X, Q = glove
     X = X[:6000]
     template = AVQIndex(metric="cosine", num_leaves=40, seed=0, num_threads=1).train(X)
-    leaf = template._probe(X, 1)[:, 0]
-    leaf_to_shard = (np.arange(40) % 3).astype(np.int32)
-
-    def holding(shard_ids):  # one index holding these shards' vectors, in the shards' leaf order
-        index = AVQIndex.from_bytes(template.to_bytes())
-        for j in shard_ids:
-            rows = np.flatnonzero(leaf_to_shard[leaf] == j)
-            index.add(X[rows], rows)
-        return index
-
+    holding, jobs, visited = _three_shards(template, X, Q)
     shards = [holding([j]) for j in range(3)]
-    jobs, visited, _, _ = route_queries(
-        template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=40), 3, 10, 30
-    )
     assert visited.mean() > 1.5  # most queries visit several shards
     job_list = [(j, r, lv, b) for j, (r, lv, b, *_) in jobs.items()]
     for shard_group in ([0, 1, 2], [0, 0, 0], [0, 0, 1]):
-        want = merge_rows(
-            len(Q),
-            10,
-            [
-                (r, *holding(np.flatnonzero(np.equal(shard_group, g)))._search_leaves(Q[r], 10, lv, b))
-                for g, (r, lv, b) in group_jobs(jobs, shard_group).items()
-            ],
-            "cosine",
-        )
+        want = _group_reference(holding, jobs, shard_group, Q, "cosine")
         for threads in (1, 2):
             D, I = search_leaves_multi(shards, Q, 10, [(*job, shard_group[job[0]]) for job in job_list], threads)
             np.testing.assert_array_equal(I, want[1])
@@ -470,32 +482,17 @@ def test_group_search_equals_one_index_for_every_metric_and_reordering(metric, r
     re-ranking too, bit for bit one index holding the group's shards, merged across groups."""
     from avq_plugin import AVQIndex
     from avq_plugin._index_protected import search_leaves_multi
-    from avq_plugin.distributed.placement import group_jobs, route_queries
 
     rng = np.random.default_rng(0)
     C = rng.standard_normal((30, 32)).astype(np.float32)
     X = (C[rng.integers(0, 30, 3000)] + 0.5 * rng.standard_normal((3000, 32))).astype(np.float32)
     Q = (C[rng.integers(0, 30, 200)] + 0.5 * rng.standard_normal((200, 32))).astype(np.float32)
     template = AVQIndex(metric=metric, num_leaves=40, reorder=reorder, seed=0, num_threads=1).train(X)
-    leaf = template._probe(X, 1)[:, 0]
-    leaf_to_shard = (np.arange(40) % 3).astype(np.int32)
-
-    def holding(shard_ids):
-        index = AVQIndex.from_bytes(template.to_bytes())
-        for j in shard_ids:
-            rows = np.flatnonzero(leaf_to_shard[leaf] == j)
-            index.add(X[rows], rows)
-        return index
-
+    holding, jobs, _ = _three_shards(template, X, Q)
     shards = [holding([j]) for j in range(3)]
-    jobs, *_ = route_queries(template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=40), 3, 10, 30)
     job_list = [(j, r, lv, b) for j, (r, lv, b, *_) in jobs.items()]
     for shard_group in ([0, 0, 0], [0, 0, 1]):
-        parts = [
-            (r, *holding(np.flatnonzero(np.equal(shard_group, g)))._search_leaves(Q[r], 10, lv, b))
-            for g, (r, lv, b) in group_jobs(jobs, shard_group).items()
-        ]
-        D1, I1 = merge_rows(len(Q), 10, parts, metric)
+        D1, I1 = _group_reference(holding, jobs, shard_group, Q, metric)
         D, I = search_leaves_multi(shards, Q, 10, [(*job, shard_group[job[0]]) for job in job_list], 2)
         np.testing.assert_array_equal(I, I1)
         np.testing.assert_array_equal(D, D1)
