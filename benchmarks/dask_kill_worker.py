@@ -42,7 +42,7 @@ def reference(index, single, Q, lts, rk):
     """The routed search computed in this process: one AVQIndex over all the data plays every
     search group (the shards a worker searches as one index)."""
     P = index._widen_short_probes(Q, single._probe(Q, lts), K)
-    jobs, _, _, _ = route_queries(P, index.leaf_to_shard_, index._leaf_sizes, index._n_shards, K, rk)
+    jobs, _, _ = route_queries(P, index.leaf_to_shard_, index._leaf_sizes, index._n_shards, rk)
     groups = group_jobs(jobs, index._shard_group)
     parts = [(rows, *single._search_leaves(Q[rows], K, leaves, budget)) for rows, leaves, budget in groups.values()]
     return merge_rows(len(Q), K, parts, index.metric)

@@ -171,12 +171,10 @@ def main(argv=None):
         for S in (16, 64):
             groups = (np.arange(L) * S // L).astype(np.int32)  # contiguous ranges: the probed leaves spread
             leaf_sizes = np.full(L, args.leaf_size, np.int64)
-            route_us = (
-                best_cpu(lambda a=(Pw, groups, leaf_sizes, S, K, 100): route_queries(*a), args.repeats) / nq * 1e6
-            )
-            jobs, visited, _, _ = route_queries(Pw, groups, leaf_sizes, S, K, 100)
+            route_us = best_cpu(lambda a=(Pw, groups, leaf_sizes, S, 100): route_queries(*a), args.repeats) / nq * 1e6
+            jobs, visited, _ = route_queries(Pw, groups, leaf_sizes, S, 100)
             parts = []
-            for rows, _, _, _ in jobs.values():
+            for rows, *_ in jobs.values():
                 D = rng.standard_normal((len(rows), K)).astype(np.float32)
                 parts.append((rows, -np.sort(-D, axis=1), rng.integers(0, 10**9, (len(rows), K))))
             merge_us = best_cpu(lambda parts=parts: merge_rows(nq, K, parts, "dot"), args.repeats) / nq * 1e6

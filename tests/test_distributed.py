@@ -407,7 +407,7 @@ def _three_shards(template, X, Q):
             index.add(X[rows], rows)
         return index
 
-    jobs, visited, _, _ = route_queries(template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=L), 3, 10, 30)
+    jobs, visited, _ = route_queries(template._probe(Q, 8), leaf_to_shard, np.bincount(leaf, minlength=L), 3, 30)
     return holding, jobs, visited
 
 

@@ -126,7 +126,7 @@ def simulate(args):
     for S in (int(v) for v in args.simulate.split(",")):
         groups, home = place_shards(centres, counts, probes, S, _SWEEP_WORKERS)
         random = np.random.default_rng(0).permutation(np.arange(len(groups)) % S)
-        jobs, visited, _, _ = route_queries(P, groups, counts, S, K, rk)
+        jobs, visited, _ = route_queries(P, groups, counts, S, rk)
         # A worker searches its shards of a query as one index (the shards' search group).
         reranked = reranked_per_query(jobs, np.asarray(home), len(Q), K)
         parts = [(r, *index._search_leaves(Q[r], K, lv, b)) for r, lv, b in group_jobs(jobs, home).values()]
@@ -182,7 +182,7 @@ def _visit_cost(index, Q, P, S, groups, home, counts, rk, repeats):
 
     order = np.argsort(P[:, 0], kind="stable")  # as ShardedAVQIndex sends them
     Qs, Ps = np.ascontiguousarray(Q[order]), np.ascontiguousarray(P[order])
-    routed_jobs, _, _, _ = route_queries(Ps, groups, counts, S, K, rk)
+    routed_jobs, _, _ = route_queries(Ps, groups, counts, S, rk)
     jobs = group_jobs(routed_jobs, home)
     visits = np.zeros(len(Qs))
     for r, _, _ in jobs.values():

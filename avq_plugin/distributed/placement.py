@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -557,16 +558,15 @@ def _home_by_coprobe(probes: ArrayLike, groups: Array, n_shards: int, n_workers:
 
 
 def route_queries(
-    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, k: int, reorder_k: int
-) -> tuple[dict[int, tuple[Array, Array, Array, int, Array]], Array, Array, Array]:
+    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, reorder_k: int
+) -> tuple[dict[int, tuple[Array, Array, Array, int, Array]], Array, Array]:
     """The work of a routed search: which shard scans which leaves for which queries.
 
     P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``), -1 for none.
-    Returns (jobs, visited, reranked, scanned): jobs maps a shard to (query rows, leaves int32
-    (rows, width) in probe order padded with -1, re-ranking budgets (rows,), candidates, candidates
-    per row (rows,)); reranked counts each shard searched on its own (a search group of several
-    shards re-ranks at most that);
-    per query the number of shards visited, the candidates re-ranked and the candidates scanned.
+    Returns (jobs, visited, scanned): jobs maps a shard to (query rows, leaves int32 (rows, width)
+    in probe order padded with -1, re-ranking budgets (rows,), candidates, candidates per row
+    (rows,)); per query the number of shards visited and the candidates scanned (the re-ranking
+    work: ``reranked_per_query``).
     """
     nq = P.shape[0]
     rk = reorder_k
@@ -578,7 +578,6 @@ def route_queries(
     total_weight = weights.sum(axis=1)
     jobs = {}
     visited = np.zeros(nq, np.int32)
-    rerank = np.zeros(nq, np.int64)
     # One stable sort of the (query, probed leaf) pairs by shard: each shard's pairs come out
     # grouped by query, in probe order.
     w = P.shape[1]
@@ -605,10 +604,18 @@ def route_queries(
         visited[rows] += 1
         weight = np.add.reduceat(weight_all[a:b], start)
         budget = split_reorder_budget(rk, weight, total_weight[rows], total[rows])
-        # Re-ranking work: the shard re-scores min(its candidates, max(k, its budget)).
-        rerank[rows] += np.minimum(scanned, np.maximum(k, budget))
         jobs[j] = (rows, leaves, budget, int(scanned.sum()), scanned)
-    return jobs, visited, rerank, total
+    return jobs, visited, total
+
+
+def shards_by_group(shards: Iterable[int], shard_group: ArrayLike) -> dict[int, list[int]]:
+    """The given shards by search group, each group's in increasing order (the order a worker
+    scans them in, ``worker.search``)."""
+    groups = np.asarray(shard_group)
+    out: dict[int, list[int]] = {}
+    for j in sorted(shards):
+        out.setdefault(int(groups[j]), []).append(int(j))
+    return out
 
 
 def group_jobs(jobs: dict[int, tuple[Any, ...]], shard_group: Array) -> dict[int, tuple[Array, Array, Array]]:
@@ -616,11 +623,8 @@ def group_jobs(jobs: dict[int, tuple[Any, ...]], shard_group: Array) -> dict[int
     as one index (``worker.search``). Returns group -> (query rows, leaves int32 (rows, width):
     each row's leaves of the group's shards in increasing shard order, padded with -1,
     re-ranking budgets (rows,): the sum of the shards' budgets)."""
-    by_group: dict[int, list[int]] = {}
-    for j in sorted(jobs):
-        by_group.setdefault(int(shard_group[j]), []).append(j)
     out = {}
-    for g, js in by_group.items():
+    for g, js in shards_by_group(jobs, shard_group).items():
         if len(js) == 1:
             out[g] = tuple(jobs[js[0]][:3])
             continue
@@ -645,10 +649,7 @@ def reranked_per_query(jobs: dict[int, tuple[Any, ...]], shard_group: Array, nq:
     ``group_jobs``): a group re-ranks the sum of its shards' budgets once, at most its candidates
     (and at least k)."""
     rerank = np.zeros(nq, np.int64)
-    by_group: dict[int, list[int]] = {}
-    for j in jobs:
-        by_group.setdefault(int(shard_group[j]), []).append(j)
-    for js in by_group.values():
+    for js in shards_by_group(jobs, shard_group).values():
         budget = np.zeros(nq, np.int64)
         scanned = np.zeros(nq, np.int64)
         seen = np.zeros(nq, bool)
