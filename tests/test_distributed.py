@@ -465,6 +465,12 @@ def test_multi_shard_search_equals_one_index_holding_the_shards(glove):
         search_leaves_multi(shards, Q, 10, [(3, r, lv, b)], 1)
     with pytest.raises(ValueError, match="out of range"):
         search_leaves_multi(shards, Q, 10, [(j, r, np.full_like(lv, 40), b)], 1)
+    twice = lv.copy()
+    twice[-1, -1] = twice[-1, 0]  # the last query lists its best leaf twice
+    with pytest.raises(ValueError, match=f"leaf {twice[-1, 0]} is listed twice \\(query {len(r) - 1}\\)"):
+        search_leaves_multi(shards, Q, 10, [(j, r, twice, b)], 1)
+    padded = np.concatenate([lv, np.full((len(r), 3), -1, lv.dtype)], axis=1)  # repeated -1: no leaf
+    np.testing.assert_array_equal(search_leaves_multi(shards, Q, 10, [(j, r, padded, b)], 1)[1], I)
     with pytest.raises(ValueError, match="given to two shards of one group"):
         search_leaves_multi(shards, Q, 10, [(j, r, lv, b, 0), ((j + 1) % 3, r, lv, b, 0)], 1)
     # SOAR copies are found through a per-shard reference: such shards are searched on their own.

@@ -117,18 +117,19 @@ void Index::probe(const float* q, size_t nq, size_t leaves_to_search, int nthrea
 
 void Index::check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const {
   if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
-  std::vector<int32_t> row(w);
+  // Repeats found with a per-leaf stamp (the row number + 1): linear in the lists' size.
+  std::vector<size_t> seen(nleaves_, 0);
   for (size_t i = 0; i < n; ++i) {
     if (reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
     const int32_t* li = leaves + i * w;
-    for (size_t j = 0; j < w; ++j)
+    for (size_t j = 0; j < w; ++j) {
       if (li[j] < -1 || li[j] >= static_cast<int64_t>(nleaves_))
         throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
-    row.assign(li, li + w);
-    std::sort(row.begin(), row.end());
-    for (size_t j = 1; j < w; ++j)
-      if (row[j] >= 0 && row[j] == row[j - 1])
-        throw InvalidArgument("leaf " + std::to_string(row[j]) + " is listed twice (query " + std::to_string(i) + ")");
+      if (li[j] < 0) continue;
+      if (seen[size_t(li[j])] == i + 1)
+        throw InvalidArgument("leaf " + std::to_string(li[j]) + " is listed twice (query " + std::to_string(i) + ")");
+      seen[size_t(li[j])] = i + 1;
+    }
   }
 }
 
