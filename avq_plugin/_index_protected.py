@@ -36,6 +36,22 @@ def merge_topk_rows(
     return _native.merge_topk_rows(nq, k, rows, D, I, l2, sort_single)
 
 
+def route_queries(
+    P: npt.NDArray[np.int32],
+    leaf_to_shard: npt.NDArray[np.int32],
+    leaf_sizes: npt.NDArray[np.int64],
+    n_shards: int,
+    reorder_k: int,
+) -> tuple[
+    dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64], int, npt.NDArray[np.int64]]],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int64],
+]:
+    """The native routing of a leaf-routed search (``native/src/routing.h``) for
+    avq_plugin.distributed.placement, which converts the inputs."""
+    return _native.route_queries(P, leaf_to_shard, leaf_sizes, n_shards, reorder_k)
+
+
 def search_leaves_multi(
     shards: Sequence[Any],
     Q: npt.ArrayLike,

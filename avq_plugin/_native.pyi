@@ -27,6 +27,17 @@ def search_leaves_multi(
     nthreads: int,
     job_group: list[int] = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def route_queries(
+    P: npt.NDArray[np.int32],
+    leaf_to_shard: npt.NDArray[np.int32],
+    leaf_sizes: npt.NDArray[np.int64],
+    n_shards: int,
+    reorder_k: int,
+) -> tuple[
+    dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64], int, npt.NDArray[np.int64]]],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int64],
+]: ...
 def merge_topk_rows(
     nq: int,
     k: int,

@@ -31,10 +31,9 @@ from avq_plugin.distributed.placement import (
     balanced_leaf_groups,
     place_leaves,
     place_shards,
-    probe_rank_weights,
     refine_leaf_groups,
+    route_queries,
     scan_load,
-    split_reorder_budget,
 )
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -292,15 +291,44 @@ def test_leaf_placement_is_balanced_and_keeps_neighbours_together():
     assert sizes.max() <= counts.sum() / 8 * 1.2 + 1e-9 and sizes.min() >= counts.sum() / 8 * 0.8 - 1e-9
     with pytest.raises(ValueError, match="n_shards"):
         balanced_leaf_groups(centres, counts, len(centres) + 1)
-    # Budgets: weighted shares, at least 1; the whole budget when it covers every candidate.
-    b = split_reorder_budget(100, np.array([300.0, 100.0, 0.0]), np.array([400.0] * 3), np.array([900] * 3))
-    assert b.tolist() == [75, 25, 1]
-    assert split_reorder_budget(500, np.array([300.0, 1.0]), np.array([301.0] * 2), np.array([400] * 2)).tolist() == [
-        500,
-        500,
-    ]
-    w = probe_rank_weights(np.array([[100, 100, 50]]))
-    assert w.tolist() == [[100.0, 50.0, 50 / 3]]
+
+
+def test_routing_splits_the_budget_by_rank_weighted_counts_and_lists_leaves_in_probe_order():
+    # 6 leaves on 3 shards: leaf -> shard 0 0 1 1 2 2, sizes 300 10 200 40 0 50.
+    leaf_to_shard = np.array([0, 0, 1, 1, 2, 2])
+    sizes = np.array([300, 10, 200, 40, 0, 50])
+    P = np.array(
+        [
+            [0, 2, 4],  # weights 300, 200 / 2, 0: budgets 75, 25, at least 1
+            [3, 1, -1],  # padding skipped: weights 40 / 1, 10 / 2 (shards 1 then 0)
+            [-1, -1, -1],  # no leaf: no shard
+            [5, 3, 2],  # one shard twice: its leaves in probe order
+        ]
+    )
+    jobs, visited, total = route_queries(P, leaf_to_shard, sizes, 3, 100)
+    assert visited.tolist() == [3, 2, 0, 2] and total.tolist() == [500, 50, 0, 290]
+    rows, leaves, budget, scanned_sum, scanned = jobs[0]
+    # query 1: 50 candidates <= reorder_k: every shard gets the whole budget (exact)
+    assert rows.tolist() == [0, 1] and leaves.tolist() == [[0], [1]] and budget.tolist() == [75, 100]
+    assert scanned.tolist() == [300, 10] and scanned_sum == 310
+    rows, leaves, budget, _, scanned = jobs[1]
+    assert rows.tolist() == [0, 1, 3] and leaves.tolist() == [[2, -1], [3, -1], [3, 2]]
+    # query 3: weights 50, 40 / 2 + 200 / 3 of 136.67: shares 0.366 and 0.634
+    assert budget.tolist() == [25, 100, 64] and scanned.tolist() == [200, 40, 240]
+    rows, leaves, budget, _, _ = jobs[2]
+    assert rows.tolist() == [0, 3] and leaves.tolist() == [[4], [5]] and budget.tolist() == [1, 37]
+    # The same routing for another n_shards that leaves shard 3 empty: no job for it.
+    assert sorted(route_queries(P, leaf_to_shard, sizes, 4, 100)[0]) == [0, 1, 2]
+    for bad, match in (
+        ((np.array([[6, 0, 1]]), leaf_to_shard, sizes, 3, 100), "leaf 6 is out of range"),
+        ((P, np.array([0, 0, 1, 1, 2, 3]), sizes, 3, 100), "leaf 5 belongs to no shard"),
+        ((P, leaf_to_shard, np.array([300, 10, -1, 40, 0, 50]), 3, 100), "leaf 2 has a size outside"),
+        ((P, leaf_to_shard, sizes, 7, 100), "n_shards"),
+        ((P, leaf_to_shard, sizes, 3, 0), "reorder_k"),
+        ((P, leaf_to_shard[:5], sizes, 3, 100), "one length"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            route_queries(*bad)
 
 
 def test_leaf_placement_bounded_imbalance_deterministic_and_better_than_the_bisection():

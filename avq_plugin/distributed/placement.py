@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .._index_protected import route_queries as route_queries_native
+
 Array = NDArray[Any]
 
 
@@ -144,32 +146,6 @@ class _CoProbeGraph:
         vals, vecs = np.linalg.eigh(V.T @ M(V))
         f = (V @ vecs[:, -1]) * dm
         return f * (1.0 if f[np.argmax(np.abs(f))] >= 0 else -1.0)
-
-
-def probe_rank_weights(sizes: ArrayLike) -> Array:
-    """Weight of each probed leaf in the re-ranking split: its vector count divided by (its rank
-    in the query's probe order + 1). The best candidates concentrate in the best-ranked leaves,
-    so the shards holding them get more of the budget: on GloVe-190k (20 leaves probed,
-    reorder_k=100) this weighting keeps recall@10 within 0.005 of one index at equal total
-    re-ranking work for 8 and 16 shards, where weighting by counts alone lost 0.01 to 0.02."""
-    sizes = np.asarray(sizes, np.float64)
-    return sizes / (np.arange(sizes.shape[1]) + 1.0)
-
-
-def split_reorder_budget(reorder_k: int, weight: ArrayLike, total_weight: ArrayLike, scanned_total: ArrayLike) -> Array:
-    """Per-shard re-ranking budgets that add up to about ``reorder_k`` per query.
-
-    A shard gets ``ceil(reorder_k * weight / total_weight)`` (its weighted share of the
-    query's probed leaves, see ``probe_rank_weights``). When ``reorder_k`` is at least the
-    query's scanned candidates (``scanned_total``: one index would re-rank all of them), every
-    shard gets the whole ``reorder_k``, which covers all its candidates and keeps the routed
-    search exact.
-    """
-    weight = np.asarray(weight, np.float64)
-    total_weight = np.asarray(total_weight, np.float64)
-    share = np.where(total_weight > 0, weight / np.maximum(total_weight, 1e-300), 1.0)
-    budget = np.maximum(1, np.ceil(reorder_k * share - 1e-9)).astype(np.int64)
-    return np.where(np.asarray(scanned_total) <= reorder_k, reorder_k, budget).astype(np.int64)
 
 
 #: Largest deviation of a shard's vector count from n / n_shards that the leaf placement allows
@@ -560,52 +536,24 @@ def _home_by_coprobe(probes: ArrayLike, groups: Array, n_shards: int, n_workers:
 def route_queries(
     P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, reorder_k: int
 ) -> tuple[dict[int, tuple[Array, Array, Array, int, Array]], Array, Array]:
-    """The work of a routed search: which shard scans which leaves for which queries.
+    """The work of a routed search: which shard scans which leaves for which queries (native:
+    ``native/src/routing.h``, which also states the rule of the re-ranking split).
 
     P: int (nq, w), the probed leaves of every query, best first (``AVQIndex._probe``), -1 for none.
     Returns (jobs, visited, scanned): jobs maps a shard to (query rows, leaves int32 (rows, width)
     in probe order padded with -1, re-ranking budgets (rows,), candidates, candidates per row
     (rows,)); per query the number of shards visited and the candidates scanned (the re-ranking
-    work: ``reranked_per_query``).
+    work: ``reranked_per_query``). A query's budget, ``reorder_k``, is split over its shards by
+    the vector counts of its probed leaves, each divided by its rank in the probe order + 1; every
+    shard gets all of it when it covers the query's candidates (the search is then exact).
     """
-    nq = P.shape[0]
-    rk = reorder_k
-    valid = P >= 0  # -1: no leaf (rows widened for a few queries, see ShardedAVQIndex)
-    owner = np.where(valid, leaf_to_shard[np.maximum(P, 0)], n_shards)  # n_shards: sorts last, unused
-    sizes = np.where(valid, leaf_sizes[np.maximum(P, 0)], 0)
-    total = sizes.sum(axis=1)
-    weights = probe_rank_weights(sizes)
-    total_weight = weights.sum(axis=1)
-    jobs = {}
-    visited = np.zeros(nq, np.int32)
-    # One stable sort of the (query, probed leaf) pairs by shard: each shard's pairs come out
-    # grouped by query, in probe order.
-    w = P.shape[1]
-    # A stable sort of small integers (NumPy: a radix sort up to 16 bits).
-    key = owner.ravel().astype(np.int16 if n_shards < np.iinfo(np.int16).max else np.int32)
-    order = np.argsort(key, kind="stable")
-    bounds = np.searchsorted(key[order], np.arange(n_shards + 1))
-    q_all = order // w
-    leaf_all = P.ravel()[order]
-    size_all = sizes.ravel()[order]
-    weight_all = weights.ravel()[order]
-    for j in range(n_shards):
-        a, b = bounds[j], bounds[j + 1]
-        if a == b:
-            continue
-        q = q_all[a:b]
-        start = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
-        rows = q[start]
-        count = np.diff(np.r_[start, b - a])
-        pos = np.arange(b - a) - np.repeat(start, count)
-        leaves = np.full((len(rows), int(count.max())), -1, np.int32)
-        leaves[np.repeat(np.arange(len(rows)), count), pos] = leaf_all[a:b]
-        scanned = np.add.reduceat(size_all[a:b], start)
-        visited[rows] += 1
-        weight = np.add.reduceat(weight_all[a:b], start)
-        budget = split_reorder_budget(rk, weight, total_weight[rows], total[rows])
-        jobs[j] = (rows, leaves, budget, int(scanned.sum()), scanned)
-    return jobs, visited, total
+    return route_queries_native(
+        np.ascontiguousarray(P, dtype=np.int32),
+        np.ascontiguousarray(leaf_to_shard, dtype=np.int32),
+        np.ascontiguousarray(leaf_sizes, dtype=np.int64),
+        int(n_shards),
+        int(reorder_k),
+    )
 
 
 def shards_by_group(shards: Iterable[int], shard_group: ArrayLike) -> dict[int, list[int]]:

@@ -21,6 +21,7 @@
 #include "io.h"
 #include "kernels/kernels.h"
 #include "merge.h"
+#include "routing.h"
 
 namespace py = pybind11;
 using avq::ExactIndex;
@@ -435,6 +436,39 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("nq"), py::arg("k"), py::arg("rows"), py::arg("D"), py::arg("I"), py::arg("l2"), py::arg("sort_single"),
       "Per query, the best k of the parts' top-k lists that answer it (see merge.h).");
+  m.def(
+      "route_queries",
+      [](const py::array_t<int32_t, py::array::c_style>& P,
+         const py::array_t<int32_t, py::array::c_style>& leaf_to_shard, const IArray& leaf_sizes, size_t n_shards,
+         int64_t reorder_k) {
+        if (P.ndim() != 2) throw py::value_error("P must be a 2-d array of probed leaves");
+        if (leaf_to_shard.ndim() != 1 || leaf_sizes.ndim() != 1 || leaf_sizes.shape(0) != leaf_to_shard.shape(0))
+          throw py::value_error("leaf_to_shard and leaf_sizes must be 1-d arrays of one length");
+        const size_t nq = static_cast<size_t>(P.shape(0)), w = static_cast<size_t>(P.shape(1));
+        const size_t L = static_cast<size_t>(leaf_to_shard.shape(0));
+        avq::Routing r;
+        {
+          py::gil_scoped_release release;
+          r = avq::route_queries(P.data(), nq, w, leaf_to_shard.data(), leaf_sizes.data(), L, n_shards, reorder_k);
+        }
+        auto vec = [](const auto& v) {
+          using T = typename std::decay_t<decltype(v)>::value_type;
+          return py::array_t<T>(static_cast<py::ssize_t>(v.size()), v.data());
+        };
+        py::dict jobs;
+        for (size_t s = 0; s < r.shards.size(); ++s) {
+          const avq::RoutedShard& x = r.shards[s];
+          if (x.rows.empty()) continue;
+          py::array_t<int32_t> leaves({static_cast<py::ssize_t>(x.rows.size()), static_cast<py::ssize_t>(x.width)},
+                                      x.leaves.data());
+          jobs[py::int_(s)] = py::make_tuple(vec(x.rows), leaves, vec(x.budget), x.scanned_sum, vec(x.scanned));
+        }
+        return py::make_tuple(jobs, vec(r.visited), vec(r.total));
+      },
+      py::arg("P").noconvert(), py::arg("leaf_to_shard").noconvert(), py::arg("leaf_sizes").noconvert(),
+      py::arg("n_shards"), py::arg("reorder_k"),
+      "The work of a leaf-routed search: per shard (rows, leaves, budgets, candidates, candidates per row), "
+      "shards visited and candidates per query (routing.h).");
   m.def("eta_exact", &avq::eta_exact, py::arg("t"), py::arg("d"),
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");
