@@ -819,6 +819,21 @@ def leafy(client, glove):
     )
 
 
+def test_search_uses_the_index_client_not_a_later_default_client(client, glove):
+    """Dask binds an actor handle to the default client. A second client made after this one
+    becomes the default; once it is closed, searches must still work through the index's own
+    client (they raised "Worker holding Actor was lost" before)."""
+    X, Q = glove
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as elsewhere:
+        with Client(elsewhere):  # now the default client, of another cluster
+            index = ShardedAVQIndex(metric="cosine", n_shards=2, client=client).fit(X[:4000])
+            D, I = index.search(Q[:50], k=10)
+    D2, I2 = index.search(Q[:50], k=10)
+    np.testing.assert_array_equal(I2, I)
+    np.testing.assert_array_equal(D2, D)
+    index.release()
+
+
 def test_leaf_shards_give_the_single_index_top_k(leafy, glove):
     X, Q = glove
     single = single_like(leafy, X)

@@ -25,7 +25,7 @@ from .sources import _allocate, _take_rows
 try:
     import dask
     import dask.array as da
-    from distributed import Client, default_client, wait
+    from distributed import Actor, Client, default_client, wait
     from distributed.scheduler import KilledWorker
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 
 # Dask's names, imported once here (with the message above when it is missing) for the other modules.
-__all__ = ["Client", "KilledWorker", "ShardLostError", "da", "dask", "default_client", "wait"]
+__all__ = ["Actor", "Client", "KilledWorker", "ShardLostError", "da", "dask", "default_client", "wait"]
 
 # Seconds between liveness checks of the workers while waiting for pinned tasks.
 _POLL_S = 0.2

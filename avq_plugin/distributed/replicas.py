@@ -17,7 +17,7 @@ import uuid
 import numpy as np
 
 from . import worker as W
-from .base import _POLL_S, ShardLostError, _is_loss, _ShardedBase, wait
+from .base import _POLL_S, Actor, ShardLostError, _is_loss, _ShardedBase, wait
 
 
 class _Replicas(_ShardedBase):
@@ -83,7 +83,12 @@ class _Replicas(_ShardedBase):
             )
             while True:  # a task pinned to a worker that left would wait for ever
                 try:
-                    entry = (fut, fut.result(timeout=_POLL_S))
+                    fut.result(timeout=_POLL_S)
+                    # The handle Dask returns is bound to the default client, which need not be
+                    # this index's (another client made later, then closed, would break every
+                    # search): a handle made while this index's client is current is bound to it.
+                    with self.client.as_current():
+                        entry = (fut, Actor(W.Searcher, w, fut.key))
                     break
                 except (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
                     if w not in set(self._live_workers()):
