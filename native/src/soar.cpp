@@ -314,11 +314,12 @@ void Index::spill_load(const uint8_t* data, size_t size) {
     }
     sl.ids.resize(sl.n);
     sl.ref.resize(sl.n);
-    std::memcpy(sl.ids.data(), ids + off * sizeof(int64_t), sl.n * sizeof(int64_t));
-    std::memcpy(sl.ref.data(), refs + off * sizeof(uint64_t), sl.n * sizeof(uint64_t));
+    // (an empty list has no buffer: memcpy's pointers must not be null, even for 0 bytes)
+    if (sl.n) std::memcpy(sl.ids.data(), ids + off * sizeof(int64_t), sl.n * sizeof(int64_t));
+    if (sl.n) std::memcpy(sl.ref.data(), refs + off * sizeof(uint64_t), sl.n * sizeof(uint64_t));
     if (l2) {
       sl.bias.resize(sl.n);
-      std::memcpy(sl.bias.data(), bias + off * sizeof(float), sl.n * sizeof(float));
+      if (sl.n) std::memcpy(sl.bias.data(), bias + off * sizeof(float), sl.n * sizeof(float));
       for (float b : sl.bias)
         if (!std::isfinite(b)) throw InvalidArgument("corrupted index file: non-finite value in SOAR");
     }
