@@ -182,13 +182,19 @@ class _LeafShards(_Replicas):
             busy[w] = busy.get(w, 0) + work[g]
             plan.setdefault(w, []).extend(groups[g])
         calls, rows_of_call = [], []
+        nq = Q.shape[0]
         for w, shards in plan.items():
             shards.sort()  # the worker scans a group's shards in this order (as shards_by_group)
-            rows_w = np.unique(np.concatenate([jobs[j][0] for j in shards]))
-            job_list = [
-                (j, np.searchsorted(rows_w, jobs[j][0]), jobs[j][1], jobs[j][2], int(self._shard_group[j]))
-                for j in shards
-            ]
+            if len(shards) == 1:  # (a job's rows are increasing and distinct)
+                rows_w, pos = jobs[shards[0]][0], [np.arange(len(jobs[shards[0]][0]))]
+            else:  # the union of the jobs' rows, and each job's rows as positions in it
+                seen = np.zeros(nq, bool)
+                for j in shards:
+                    seen[jobs[j][0]] = True
+                rows_w = np.flatnonzero(seen)
+                at = np.cumsum(seen) - 1
+                pos = [at[jobs[j][0]] for j in shards]
+            job_list = [(j, p, jobs[j][1], jobs[j][2], int(self._shard_group[j])) for j, p in zip(shards, pos)]
             calls.append((w, (self._token, Q[rows_w], k, job_list, nt)))
             rows_of_call.append(rows_w)
         pending = self._call_searchers(calls)
