@@ -306,6 +306,9 @@ def sweep(args):
                 ccpu = sum(m["sharded"]["cpu"]) / args.repeats / len(Q)
                 single_cpu = sum(m["single1"]["cpu"]) / args.repeats / len(Q)
                 per_round = np.array(m["single2"]["wall"]) / np.array(m["sharded"]["wall"])
+                cpu_rounds = (np.array(m["sharded"]["cpu"]) + np.array(m["sharded"]["worker_cpu"])) / np.array(
+                    m["single1"]["cpu"]
+                )
                 st = index.search_stats()
                 rows.append(
                     {
@@ -325,6 +328,9 @@ def sweep(args):
                         # QPS over the 2-thread in-process index's, round by round
                         "qps_over_2_threads_rounds": per_round.tolist(),
                         "qps_over_2_threads_median": float(np.median(per_round)),
+                        # CPU over the 1-thread in-process index's, round by round
+                        "cpu_over_single_rounds": cpu_rounds.tolist(),
+                        "cpu_over_single_median": float(np.median(cpu_rounds)),
                     }
                 )
                 r = rows[-1]
@@ -332,7 +338,8 @@ def sweep(args):
                     f"  {mode} S={S}: QPS {r['qps']:.0f}, CPU {r['cpu_us_per_query']:.1f} us/query (workers "
                     f"{wcpu * 1e6:.1f} + client {ccpu * 1e6:.1f}), visited {st['shards_visited_per_query']:.2f}, "
                     f"recall {r['recall']:.4f}, build {build:.1f} s; one AVQIndex next to it: "
-                    f"{single_cpu * 1e6:.1f} us/query (ratio {r['cpu_us_per_query'] / (single_cpu * 1e6):.2f}), "
+                    f"{single_cpu * 1e6:.1f} us/query (ratio {r['cpu_us_per_query'] / (single_cpu * 1e6):.2f}; round by "
+                    f"round: median {np.median(cpu_rounds):.2f}, {cpu_rounds.min():.2f}-{cpu_rounds.max():.2f}), "
                     f"QPS / its QPS with 2 threads, round by round: median {np.median(per_round):.2f} "
                     f"({per_round.min():.2f}-{per_round.max():.2f})",
                     flush=True,
