@@ -117,18 +117,26 @@ void Index::probe(const float* q, size_t nq, size_t leaves_to_search, int nthrea
 
 void Index::check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const {
   if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
-  // Repeats found with a per-leaf stamp (the row number + 1): linear in the lists' size.
-  std::vector<size_t> seen(nleaves_, 0);
+  // Repeats found with a per-leaf stamp, a new one per row: linear in the lists' size. The stamps
+  // (4 bytes per leaf of the largest index checked on this thread) are kept between calls, so a
+  // call costs no allocation once they are; they are cleared only when the counter wraps.
+  static thread_local std::vector<uint32_t> seen;
+  static thread_local uint32_t stamp = 0;
+  if (seen.size() < nleaves_) seen.resize(nleaves_, 0);
   for (size_t i = 0; i < n; ++i) {
     if (reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
+    if (++stamp == 0) {
+      std::fill(seen.begin(), seen.end(), 0u);
+      stamp = 1;
+    }
     const int32_t* li = leaves + i * w;
     for (size_t j = 0; j < w; ++j) {
       if (li[j] < -1 || li[j] >= static_cast<int64_t>(nleaves_))
         throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
       if (li[j] < 0) continue;
-      if (seen[size_t(li[j])] == i + 1)
+      if (seen[size_t(li[j])] == stamp)
         throw InvalidArgument("leaf " + std::to_string(li[j]) + " is listed twice (query " + std::to_string(i) + ")");
-      seen[size_t(li[j])] = i + 1;
+      seen[size_t(li[j])] = stamp;
     }
   }
 }
