@@ -67,6 +67,35 @@ void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<u
   }
 }
 
+// Finds a leaf listed twice in a set of leaf lists, in time linear in their size: one stamp per
+// leaf, a new stamp per set (next), a leaf marked twice with the same stamp is a repeat. The
+// stamps are per thread and kept between calls (4 bytes per leaf of the largest index checked
+// on the thread), so a check allocates nothing once they are; cleared only when the counter wraps.
+class LeafStamps {
+ public:
+  static LeafStamps& local(size_t nleaves) {
+    static thread_local LeafStamps s;
+    if (s.v_.size() < nleaves) s.v_.resize(nleaves, 0);
+    return s;
+  }
+  void next() {
+    if (++stamp_ == 0) {
+      std::fill(v_.begin(), v_.end(), 0u);
+      stamp_ = 1;
+    }
+  }
+  // False when the leaf was already marked since next().
+  bool mark(size_t leaf) {
+    if (v_[leaf] == stamp_) return false;
+    v_[leaf] = stamp_;
+    return true;
+  }
+
+ private:
+  std::vector<uint32_t> v_;
+  uint32_t stamp_ = 0;
+};
+
 }  // namespace
 
 // Per-thread scratch lives as long as its (pool) thread: beyond a few MB it is released after
@@ -117,26 +146,16 @@ void Index::probe(const float* q, size_t nq, size_t leaves_to_search, int nthrea
 
 void Index::check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const {
   if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
-  // Repeats found with a per-leaf stamp, a new one per row: linear in the lists' size. The stamps
-  // (4 bytes per leaf of the largest index checked on this thread) are kept between calls, so a
-  // call costs no allocation once they are; they are cleared only when the counter wraps.
-  static thread_local std::vector<uint32_t> seen;
-  static thread_local uint32_t stamp = 0;
-  if (seen.size() < nleaves_) seen.resize(nleaves_, 0);
+  LeafStamps& seen = LeafStamps::local(nleaves_);
   for (size_t i = 0; i < n; ++i) {
     if (reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
-    if (++stamp == 0) {
-      std::fill(seen.begin(), seen.end(), 0u);
-      stamp = 1;
-    }
+    seen.next();
     const int32_t* li = leaves + i * w;
     for (size_t j = 0; j < w; ++j) {
       if (li[j] < -1 || li[j] >= static_cast<int64_t>(nleaves_))
         throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
-      if (li[j] < 0) continue;
-      if (seen[size_t(li[j])] == stamp)
+      if (li[j] >= 0 && !seen.mark(size_t(li[j])))
         throw InvalidArgument("leaf " + std::to_string(li[j]) + " is listed twice (query " + std::to_string(i) + ")");
-      seen[size_t(li[j])] = stamp;
     }
   }
 }
@@ -257,8 +276,7 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
   bool any_spill = false;
   for (const Index* x : order) any_spill = any_spill || x->spill_;
   {
-    std::vector<size_t> seen(first.nleaves_, SIZE_MAX);
-    size_t run_id = 0;
+    LeafStamps& seen = LeafStamps::local(first.nleaves_);
     for (size_t i = 0; i < nq; ++i) {
       auto by_group = [&](const std::pair<uint32_t, size_t>& x, const std::pair<uint32_t, size_t>& y) {
         return jobs[x.first].group < jobs[y.first].group;
@@ -269,17 +287,14 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
         while (z < start[i + 1] && jobs[refs[z].first].group == jobs[refs[a].first].group) ++z;
         if (z - a > 1) {
           if (any_spill) throw InvalidArgument("shards with spilled (SOAR) copies cannot share a group");
-          ++run_id;
+          seen.next();
           for (size_t t = a; t < z; ++t) {
             const LeafJob& job = jobs[refs[t].first];
             const int32_t* li = job.leaves + refs[t].second * job.w;
-            for (size_t j = 0; j < job.w; ++j) {
-              if (li[j] < 0) continue;
-              if (seen[size_t(li[j])] == run_id)
+            for (size_t j = 0; j < job.w; ++j)
+              if (li[j] >= 0 && !seen.mark(size_t(li[j])))
                 throw InvalidArgument("leaf " + std::to_string(li[j]) + " is given to two shards of one group (query " +
                                       std::to_string(i) + ")");
-              seen[size_t(li[j])] = run_id;
-            }
           }
         }
         a = z;
