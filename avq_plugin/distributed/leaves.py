@@ -26,7 +26,7 @@ from .manifest import (
     _write_manifest,
 )
 from .merge import merge_rows
-from .placement import place_shards, reranked_per_query, route_queries, shards_by_group
+from .placement import place_shards, reranked_per_query, route_queries, shards_by_group, union_rows
 from .replicas import _Replicas
 from .sources import _allocate
 
@@ -182,18 +182,9 @@ class _LeafShards(_Replicas):
             busy[w] = busy.get(w, 0) + work[g]
             plan.setdefault(w, []).extend(groups[g])
         calls, rows_of_call = [], []
-        nq = Q.shape[0]
         for w, shards in plan.items():
             shards.sort()  # the worker scans a group's shards in this order (as shards_by_group)
-            if len(shards) == 1:  # (a job's rows are increasing and distinct)
-                rows_w, pos = jobs[shards[0]][0], [np.arange(len(jobs[shards[0]][0]))]
-            else:  # the union of the jobs' rows, and each job's rows as positions in it
-                seen = np.zeros(nq, bool)
-                for j in shards:
-                    seen[jobs[j][0]] = True
-                rows_w = np.flatnonzero(seen)
-                at = np.cumsum(seen) - 1
-                pos = [at[jobs[j][0]] for j in shards]
+            rows_w, pos = union_rows([jobs[j][0] for j in shards])
             job_list = [(j, p, jobs[j][1], jobs[j][2], int(self._shard_group[j])) for j, p in zip(shards, pos)]
             calls.append((w, (self._token, Q[rows_w], k, job_list, nt)))
             rows_of_call.append(rows_w)

@@ -566,6 +566,18 @@ def shards_by_group(shards: Iterable[int], shard_group: ArrayLike) -> dict[int, 
     return out
 
 
+def union_rows(row_arrays: list[Array]) -> tuple[Array, list[Array]]:
+    """The union of jobs' query rows (each array increasing and distinct, none empty), increasing,
+    and each job's rows as positions in it. One job's rows are the union as they are."""
+    if len(row_arrays) == 1:
+        return row_arrays[0], [np.arange(len(row_arrays[0]))]
+    seen = np.zeros(max(int(r[-1]) for r in row_arrays) + 1, bool)
+    for r in row_arrays:
+        seen[r] = True
+    at = np.cumsum(seen) - 1
+    return np.flatnonzero(seen), [at[r] for r in row_arrays]
+
+
 def group_jobs(jobs: dict[int, tuple[Any, ...]], shard_group: Array) -> dict[int, tuple[Array, Array, Array]]:
     """The jobs of ``route_queries`` as a worker searches them: the shards of one search group
     as one index (``worker.search``). Returns group -> (query rows, leaves int32 (rows, width):
@@ -576,13 +588,12 @@ def group_jobs(jobs: dict[int, tuple[Any, ...]], shard_group: Array) -> dict[int
         if len(js) == 1:
             out[g] = tuple(jobs[js[0]][:3])
             continue
-        rows = np.unique(np.concatenate([jobs[j][0] for j in js]))
+        rows, positions = union_rows([jobs[j][0] for j in js])
         leaves = np.full((len(rows), sum(jobs[j][1].shape[1] for j in js)), -1, np.int32)
         fill = np.zeros(len(rows), np.int64)
         budget = np.zeros(len(rows), np.int64)
-        for j in js:
-            r, lv, b = jobs[j][:3]
-            pos = np.searchsorted(rows, r)
+        for j, pos in zip(js, positions):
+            _, lv, b = jobs[j][:3]
             valid = lv >= 0  # (a prefix of each row)
             cols = fill[pos][:, None] + np.arange(lv.shape[1])
             leaves[np.broadcast_to(pos[:, None], lv.shape)[valid], cols[valid]] = lv[valid]
