@@ -12,6 +12,8 @@ import pickle
 import re
 import shutil
 import sys
+import threading
+import time
 
 import cloudpickle
 import dask
@@ -962,6 +964,39 @@ def test_replicas_survive_a_worker_killed_mid_stream(client, glove, tmp_path):
     infos = wait_for_replicas(index, 2)
     assert all(dead not in i["workers"] for i in infos)
     np.testing.assert_array_equal(index.search(Q, k=10)[1], np.concatenate([e[1] for e in expected]))
+    index.release()
+
+
+def test_searches_reuse_the_live_workers_and_survive_a_stale_list(client, glove, monkeypatch):
+    """A search asks the scheduler for the live workers at most every _LIVE_WORKERS_TTL_S; a search
+    whose list still names a worker that died since is answered by the surviving replicas, and the
+    lost call makes the next search ask again."""
+    from avq_plugin.distributed import base
+
+    X, Q = glove
+    ensure_two_workers(client)
+    monkeypatch.setattr(base, "_LIVE_WORKERS_TTL_S", 3600.0)  # every search below within it
+    index = ShardedAVQIndex(metric="cosine", n_shards=4, replicas=2, client=client).fit(
+        da.from_array(X[:4000], chunks=(2000, 50))
+    )
+    expected = index.search(Q, k=10)
+    asked = index._live_seen[0]
+    for _ in range(3):
+        index.search(Q[:5], k=10)
+    assert index._live_seen[0] == asked  # no round trip to the scheduler
+    victim = sorted(index._live_seen[1])[0]
+    # The worker exits just after this call returns (so the call itself does not fail).
+    client.run(lambda: threading.Timer(0.05, os._exit, (1,)).start(), workers=[victim])
+    deadline = time.monotonic() + 30
+    while victim in client.scheduler_info(n_workers=-1)["workers"]:
+        assert time.monotonic() < deadline, "the killed worker did not leave the cluster"
+        time.sleep(0.05)
+    assert victim in index._live_seen[1]  # the index's list is stale now
+    D, I = index.search(Q, k=10)
+    np.testing.assert_array_equal(I, expected[1])
+    np.testing.assert_array_equal(D, expected[0])
+    assert index._live_seen[0] > asked and victim not in index._live_seen[1]
+    ensure_two_workers(client)
     index.release()
 
 

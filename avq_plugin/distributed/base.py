@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 import uuid
 import warnings
 
@@ -39,6 +40,10 @@ __all__ = ["Actor", "Client", "KilledWorker", "ShardLostError", "da", "dask", "d
 
 # Seconds between liveness checks of the workers while waiting for pinned tasks.
 _POLL_S = 0.2
+# How long a search trusts the last list of live workers it asked the scheduler for (seconds).
+# Asking costs a round trip (about 0.8 ms on a LocalCluster, 10 % of a one-query search); a
+# worker that left within this time is found by its failed call, as one that dies mid-search.
+_LIVE_WORKERS_TTL_S = 1.0
 
 
 class ShardLostError(RuntimeError):
@@ -97,6 +102,7 @@ class _ShardedBase:
         self._next_id = 0
         self._rebuilding = {}  # shard -> future of the replica being rebuilt
         self._searchers = {}  # worker -> (future, handle) of its search actor (W.Searcher)
+        self._live_seen = (float("-inf"), [])  # (time.monotonic(), workers) of the last _live_workers
         self._dirty = set()  # shards changed since the last save
         self._lock = threading.RLock()  # the tables above
         self._update_lock = threading.Lock()  # one add/remove at a time; no rebuild meanwhile
@@ -128,11 +134,22 @@ class _ShardedBase:
     def _params(self):
         return {name: getattr(self, name) for name in _PARAM_NAMES}
 
-    def _live_workers(self):
+    def _live_workers(self, recent=False):
+        """The scheduler's workers. recent: the list asked for within _LIVE_WORKERS_TTL_S, if any
+        (searches); a worker marked lost since (_forget_live_workers) makes the next call ask."""
+        seen, workers = self._live_seen
+        if recent and time.monotonic() - seen < _LIVE_WORKERS_TTL_S:
+            return list(workers)
         # Asked of the scheduler directly: Client.scheduler_info() returns the client's cached
         # identity, which its periodic refresh (without per-worker entries) can overwrite.
         client = self.client
-        return list(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+        now = time.monotonic()
+        workers = list(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+        self._live_seen = (now, workers)
+        return list(workers)
+
+    def _forget_live_workers(self):
+        self._live_seen = (float("-inf"), [])
 
     def _template_task(self, X, n):
         """The delayed training of the shared quantizer on a sample from every row chunk."""

@@ -127,7 +127,7 @@ class _LeafShards(_Replicas):
     def _search_routed(self, Q, k, lts, rk, nt, timeout):
         t0 = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._refresh_replicas()
+        self._refresh_replicas(recent=True)
         nq = Q.shape[0]
         P = self._widen_short_probes(Q, self._router._probe(Q, lts), k)
         # Queries with the same best leaf sent together: a worker's scans of consecutive
@@ -165,7 +165,7 @@ class _LeafShards(_Replicas):
             "client_seconds": client_s,
         }
         if self.replicas > 1:
-            self._add_replicas()
+            self._add_replicas(recent=True)
         return D, I
 
     def _send_routed(self, Q, k, jobs, nt):

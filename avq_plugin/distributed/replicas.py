@@ -72,6 +72,12 @@ class _Replicas(_ShardedBase):
         """The search actor of this index on worker w (created on first use; the client holds it)."""
         with self._lock:
             entry = self._searchers.get(w)
+            if entry is not None and entry[0].status not in ("finished", "pending"):
+                # The actor went with its worker (a search whose list of live workers is recent,
+                # not fresh, can name a worker that died since; Dask's handle would raise a
+                # RuntimeError): a lost call, as the worker's death mid-search is.
+                del self._searchers[w]
+                raise OSError(f"worker {w} lost its search actor ({entry[0].status})")
         if entry is None:
             fut = self.client.submit(
                 W.Searcher,
@@ -152,15 +158,17 @@ class _Replicas(_ShardedBase):
         return gone
 
     def _mark_lost(self, w):
+        self._forget_live_workers()  # the next search asks the scheduler again
         with self._lock:
             self._searchers.pop(w, None)
             for hs in self._holders:
                 if w in hs:
                     hs.remove(w)
 
-    def _refresh_replicas(self):
-        """Forgets replicas on workers that left; starts rebuilding missing replicas."""
-        live = set(self._live_workers())
+    def _refresh_replicas(self, recent=False):
+        """Forgets replicas on workers that left; starts rebuilding missing replicas. recent: a
+        search's check (the live workers asked for within _LIVE_WORKERS_TTL_S will do)."""
+        live = set(self._live_workers(recent=recent))
         if not live:
             return  # no worker at all: leave the table as it is (the search fails on its tasks)
         with self._lock:
@@ -170,17 +178,17 @@ class _Replicas(_ShardedBase):
                 del self._searchers[w]
         self._add_replicas(live=live)
 
-    def _add_replicas(self, wait_for_them=False, live=None):
+    def _add_replicas(self, wait_for_them=False, live=None, recent=False):
         """Copies shards with fewer than `replicas` live replicas from a surviving one to other
         workers (Dask moves the bytes); in the background unless wait_for_them. Not while an
-        update runs (the update waits for the copies instead)."""
+        update runs (the update waits for the copies instead). recent: as _refresh_replicas."""
         if self.replicas == 1 and not self._rebuilding:
             return
         if not self._update_lock.acquire(blocking=False):
             return
         try:
             client = self.client
-            live = set(self._live_workers()) if live is None else live
+            live = set(self._live_workers(recent=recent)) if live is None else live
             started = []
             with self._lock:
                 for j, (target, fut) in list(self._rebuilding.items()):
