@@ -83,7 +83,13 @@ class Index:
         callback: _Progress = ...,
     ) -> None: ...
     def search(
-        self, q: npt.NDArray[np.float32], k: int, leaves_to_search: int, reorder_k: int, nthreads: int
+        self,
+        q: npt.NDArray[np.float32],
+        k: int,
+        leaves_to_search: int,
+        reorder_k: int,
+        nthreads: int,
+        leaf_margin: float = -1.0,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
     def remove(self, ids: npt.NDArray[np.int64]) -> int: ...
     def reset(self) -> None: ...

@@ -531,16 +531,18 @@ PYBIND11_MODULE(_native, m) {
           py::arg("callback") = py::none())
       .def(
           "search",
-          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, size_t reorder_k, int64_t nthreads) {
+          [](const Index& self, FArray q, size_t k, size_t leaves_to_search, size_t reorder_k, int64_t nthreads,
+             float leaf_margin) {
             size_t nq = check_search_queries(q, self.d());
             check_k(k, nq);
             const int nt = check_threads(nthreads);
             const float* qp = q.data();
-            return make_result(
-                nq, k, [&](float* D, int64_t* I) { self.search(qp, nq, k, leaves_to_search, reorder_k, nt, D, I); });
+            return make_result(nq, k, [&](float* D, int64_t* I) {
+              self.search(qp, nq, k, leaves_to_search, reorder_k, nt, D, I, leaf_margin);
+            });
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
-          py::arg("nthreads"))
+          py::arg("nthreads"), py::arg("leaf_margin") = -1.0f)
       .def(
           "probe",
           [](const Index& self, FArray q, size_t leaves_to_search, int nthreads) {

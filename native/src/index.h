@@ -106,8 +106,13 @@ class Index {
   // (dot), the cosine similarity (cosine) or the squared L2 distance (l2); exact when reordering,
   // else the quantized estimate. leaves_to_search is clamped to num_leaves. reorder_k: number of
   // candidates re-scored exactly (ignored when reorder is none; raised to k if smaller).
+  // leaf_margin >= 0 (dot and cosine only; negative: off): a query also probes every further
+  // leaf whose centre score is within leaf_margin * ||q|| of its best leaf's (the cosine of the
+  // query and the centre direction within leaf_margin of the best), and re-ranks reorder_k
+  // scaled by its leaves / leaves_to_search (rounded up). Easy queries (one clearly best region)
+  // then probe few leaves and hard ones many, for the same recall with less work on average.
   void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads, float* D,
-              int64_t* I) const;
+              int64_t* I, float leaf_margin = -1.f) const;
 
   // Routed search (sharded indexes, avq_plugin.distributed). probe(): the leaves search() would
   // scan for each query, best first: out (nq, w) with w = min(leaves_to_search, num_leaves); an
@@ -255,6 +260,9 @@ class Index {
   // select_leaves' two passes (bfloat16 table, then the float scores of the leaves that can still be
   // among the best); false when the coarse pass cannot decide cheaply (then the float pass runs).
   bool select_leaves_coarse(const float* q, size_t nprobe, Scratch& s) const;
+  // search()'s leaf_margin (s.leaf_margin >= 0): at least nprobe leaves, plus those within the
+  // margin, into s.leaf_sel best first; returns their number.
+  size_t select_leaves_by_margin(const float* q, size_t nprobe, Scratch& s) const;
   void select_top(const float* score, const uint32_t* leaf, size_t n, size_t nprobe, Scratch& s) const;
   const float* start_query(const float* q_in, size_t k, size_t& nprobe, size_t& probed, Scratch& s, float* D,
                            int64_t* I) const;

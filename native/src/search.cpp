@@ -110,10 +110,13 @@ void Index::check_queries(const float* q, size_t nq) const {
 }
 
 void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads,
-                   float* D, int64_t* I) const {
+                   float* D, int64_t* I, float leaf_margin) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
   if (k == 0) throw InvalidArgument("k must be positive");
+  if (!std::isfinite(leaf_margin)) throw InvalidArgument("leaf_margin must be a finite number");
+  if (leaf_margin >= 0.f && p_.metric == Metric::kL2)
+    throw InvalidArgument("leaf_margin needs metric 'cosine' or 'dot' (this index's metric is 'l2')");
   size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
   size_t chunk = std::max<size_t>(1, std::min<size_t>(64, nq / (size_t(std::max(1, nthreads)) * 8)));
   check_queries(q, nq);
@@ -122,7 +125,9 @@ void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search,
   reorder_k = std::min(reorder_k, ntotal_);
   parallel_for(nq, nthreads, chunk, [&](size_t b, size_t e) {
     static thread_local Scratch s;
+    s.leaf_margin = leaf_margin;
     for (size_t i = b; i < e; ++i) search_one(q + i * p_.d, k, nprobe, reorder_k, s, D + i * k, I + i * k);
+    s.leaf_margin = -1.f;
     release_large_scratch(s);
   });
 }
@@ -381,6 +386,25 @@ void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
   select_top(s.leaf_scores.data(), nullptr, L, nprobe, s);
 }
 
+size_t Index::select_leaves_by_margin(const float* q, size_t nprobe, Scratch& s) const {
+  // Every centre's float score (the float pass of select_leaves: the same scores, so the leaves
+  // chosen at margin 0 are select_leaves' own), the best, and how many are within the margin.
+  const size_t L = nleaves_, d = p_.d;
+  s.leaf_scores.resize(probe_table_.ngroups * 16);
+  probe_table_.score(q, true, s.leaf_scores.data());
+  const float* score = s.leaf_scores.data();
+  float best = -std::numeric_limits<float>::infinity();
+  for (size_t l = 0; l < L; ++l) best = std::max(best, score[l]);
+  double qq = 0;
+  for (size_t j = 0; j < d; ++j) qq += double(q[j]) * q[j];
+  const float cut = static_cast<float>(double(best) - double(s.leaf_margin) * std::sqrt(qq));
+  size_t within = 0;
+  for (size_t l = 0; l < L; ++l) within += score[l] >= cut;
+  const size_t w = std::min(L, std::max(nprobe, within));
+  select_top(score, nullptr, L, w, s);
+  return w;
+}
+
 // Best nprobe of n leaves (leaf[i], or i when leaf is null) by score[i]; ties: lower leaf id (one
 // 64-bit key per leaf: order-preserving bits of the score, then the inverted leaf id).
 void Index::select_top(const float* score, const uint32_t* leaf, size_t n, size_t nprobe, Scratch& s) const {
@@ -531,6 +555,8 @@ const float* Index::start_query(const float* q_in, size_t k, size_t& nprobe, siz
     s.leaf_sel.clear();
     for (size_t j = 0; j < s.given_n; ++j)
       if (s.given_leaves[j] >= 0) s.leaf_sel.push_back({0.f, static_cast<uint32_t>(s.given_leaves[j])});
+  } else if (s.leaf_margin >= 0.f) {
+    nprobe = select_leaves_by_margin(s.q.data(), nprobe, s);
   } else {
     select_leaves(s.q.data(), nprobe, s);
   }
@@ -599,8 +625,11 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
                        int64_t* I) const {
   // 1. Padding, the prepared query, the leaves to probe.
   size_t probed = 0;
+  const size_t asked = nprobe;
   const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
   if (!q) return;
+  if (s.leaf_margin >= 0.f && nprobe > asked)  // leaf_margin: the budget grows with the leaves
+    reorder_k = static_cast<size_t>(std::min(double(ntotal_), std::ceil(double(reorder_k) * double(nprobe) / asked)));
   if (spill_)  // SOAR: the probed leaves' spilled copies are probed too
     for (size_t t = 0; t < nprobe; ++t) probed += spill_->lists[s.leaf_sel[t].second].n;
 

@@ -34,6 +34,7 @@ struct Index::Scratch {
   std::vector<const float*> bias_rows;
   topk::TopN topn;
   const int32_t* given_leaves = nullptr;  // search_leaves: the leaves to scan instead of selecting
+  float leaf_margin = -1.f;               // search(): its leaf_margin (negative: off)
   size_t given_n = 0;
   // search_leaves_multi: one query searched in several shards with the same quantizer. With
   // share_query, the first shard's prepared query (q, q_unscale) and lookup table (lut8,
