@@ -30,6 +30,7 @@ def test_repository_families_parse_and_match_their_datasets():
                 c = bench.load_system_config(CONFIGS, system, 100_000, "angular", quick, family=f)
                 assert c.size_class == f"family:{f.name}" and c.builds and c.query_args
                 assert all(len(v) == len(c.query_arg_names) for v in c.query_args)
+                assert all(len(v) == len(c.query_arg_names) for b in c.builds for v in b.get("query_args", []))
         hnsw = bench.load_system_config(CONFIGS, "hnswlib", 100_000, "angular", family=f)
         assert sorted(b["args"]["M"] for b in hnsw.builds) == [16, 32, 48]
         assert {b["args"]["ef_construction"] for b in hnsw.builds} == {200}
@@ -82,6 +83,30 @@ def test_a_build_may_carry_its_own_grid(tmp_path):
     c = bench.load_system_config(tmp_path, "hnswlib", 1000, "angular", family=load_family(path))
     assert c.query_args == [(10,), (20,)]
     assert "query_args" not in c.builds[0] and c.builds[1]["query_args"] == [(5,), (7,), (9,)]
+
+
+def test_optional_query_args_and_settings_added_to_one_build(tmp_path):
+    text = (
+        "systems:\n  avq:\n    query_arg_names: [leaves_to_search, reorder_k, leaf_margin]\n"
+        "    optional_query_args: [leaf_margin]\n"
+        "    builds:\n      - {name: a, args: {dims_per_block: 2}}\n"
+        "      - {name: b, args: {dims_per_block: 4}, more_query_args: [[5, 15, 0.3]]}\n"
+        "    query_args: [[2, 20], [4, 40, 0.2]]\n"
+    )
+    path = _write_family(tmp_path / "families" / "f.yaml", text)
+    c = bench.load_system_config(tmp_path, "avq", 1000, "angular", family=load_family(path))
+    assert c.query_args == [(2, 20, None), (4, 40, 0.2)]
+    assert "query_args" not in c.builds[0]
+    assert c.builds[1]["query_args"] == [(2, 20, None), (4, 40, 0.2), (5, 15, 0.3)]
+    # only the declared optional names may be left out, and only at the end
+    _write_family(path.parent / "g.yaml", text.replace("[[2, 20], [4, 40, 0.2]]", "[[2]]"))
+    with pytest.raises(ValueError, match="do not match"):
+        bench.load_system_config(tmp_path, "avq", 1000, "angular", family=load_family(path.parent / "g.yaml"))
+    _write_family(
+        path.parent / "h.yaml", text.replace("optional_query_args: [leaf_margin]", "optional_query_args: [reorder_k]")
+    )
+    with pytest.raises(ValueError, match="must be the last"):
+        bench.load_system_config(tmp_path, "avq", 1000, "angular", family=load_family(path.parent / "h.yaml"))
 
 
 def _results(points, interpolate, targets=(0.8, 0.9, 0.99, 0.999)):

@@ -151,8 +151,10 @@ class SystemConfig:
     query_args: list
 
 
-def _expand_query_args(raw: Any, names: Sequence[str]) -> list[tuple]:
-    """List of lists -> tuples; mapping name -> values -> Cartesian product."""
+def _expand_query_args(raw: Any, names: Sequence[str], optional: Sequence[str] = ()) -> list[tuple]:
+    """List of lists -> tuples; mapping name -> values -> Cartesian product. A list entry may
+    leave out trailing names listed in ``optional`` (``optional_query_args``): they are None,
+    which the bench does not pass to the system."""
     if raw is None:
         return [()]
     if isinstance(raw, dict):
@@ -162,9 +164,10 @@ def _expand_query_args(raw: Any, names: Sequence[str]) -> list[tuple]:
     out = []
     for item in raw:
         item = tuple(item) if isinstance(item, (list, tuple)) else (item,)
-        if len(item) != len(names):
+        left_out = list(names[len(item) :])
+        if len(item) > len(names) or any(name not in optional for name in left_out):
             raise ValueError(f"query args {item} do not match names {list(names)}")
-        out.append(item)
+        out.append(item + (None,) * len(left_out))
     return out
 
 
@@ -318,6 +321,9 @@ def load_system_config(
             raise ValueError(f"{system}.yaml: no size class admits n_train={n_train}")
     assert chosen is not None
     names = list(raw.get("query_arg_names") or [])
+    optional = list(raw.get("optional_query_args") or [])
+    if not set(optional) <= set(names) or names[len(names) - len(optional) :] != optional:
+        raise ValueError(f"{system}: optional_query_args {optional} must be the last query_arg_names {names}")
     overrides = (raw.get("metric_overrides") or {}).get(metric) or {}
 
     builds = [dict(b) for b in chosen["builds"]]
@@ -332,6 +338,7 @@ def load_system_config(
             builds = [by_name[name] for name in q["builds"]]
         query_raw = q.get("query_args", query_raw)
 
+    grid = _expand_query_args(query_raw, names, optional)
     resolved: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for b in builds:
@@ -342,7 +349,11 @@ def load_system_config(
             continue
         seen[key] = b["name"]
         entry = {"name": b["name"], "args": args}
-        if b.get("query_args") is not None and not (quick and chosen.get("quick", {}).get("query_args")):
-            entry["query_args"] = _expand_query_args(b["query_args"], names)  # this build's own grid
+        full = not (quick and chosen.get("quick", {}).get("query_args"))
+        if b.get("query_args") is not None and full:
+            entry["query_args"] = _expand_query_args(b["query_args"], names, optional)  # this build's own grid
+        if b.get("more_query_args") is not None and full:  # settings added to the grid for this build
+            base = entry.get("query_args", grid)
+            entry["query_args"] = base + _expand_query_args(b["more_query_args"], names, optional)
         resolved.append(entry)
-    return SystemConfig(system, chosen.get("name", "?"), resolved, names, _expand_query_args(query_raw, names))
+    return SystemConfig(system, chosen.get("name", "?"), resolved, names, grid)

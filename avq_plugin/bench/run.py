@@ -118,7 +118,7 @@ def run_benchmark(
         bar = bars.bar(f"{runner_name(br)} sweep{label}", len(grid) * len(modes), "setting")
         try:
             for i, values in enumerate(grid):
-                qa = dict(zip(cfg.query_arg_names, values))
+                qa = {name: v for name, v in zip(cfg.query_arg_names, values) if v is not None}  # None: left out
                 for j, mode in enumerate(modes):
                     try:
                         qr = _measure_query(runner, dataset, rows, k, qa, mode, reps_now, targets["epsilon"], min_time)

@@ -41,13 +41,27 @@ class AVQRunner(Runner):
 
     def single_fn(self, k, qa):
         search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
+        margin = qa.get("leaf_margin")
+        if margin is not None:
+            margin = float(margin)
+            return lambda q: search(
+                q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt, leaf_margin=margin
+            )[1]
         return lambda q: search(q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
 
     def batch_fn(self, k, qa):
         search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
+        margin = qa.get("leaf_margin")
+        if margin is not None:
+            margin = float(margin)
+            return lambda Q: search(
+                Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt, leaf_margin=margin
+            )[1]
         return lambda Q: search(Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
 
     def budget(self, qa, k):
+        if qa.get("leaf_margin") is not None:
+            return None  # leaves and candidates vary per query: no matched-budget row
         return (qa["leaves_to_search"], qa["reorder_k"])
 
     def own_memory(self):
