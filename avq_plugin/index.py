@@ -348,12 +348,11 @@ class AVQIndex(_IndexIO, _IndexProtected):
             Query-adaptive probing (metric 'cosine' or 'dot'; default None: off). A query probes
             its ``leaves_to_search`` best leaves and also every further leaf whose centre is
             within ``leaf_margin`` of its best leaf's, in cosine of the query and the centre
-            direction, and re-ranks ``reorder_k`` scaled by its leaves / ``leaves_to_search``
+            direction, and re-ranks ``reorder_k`` times sqrt(its leaves / ``leaves_to_search``)
             (rounded up). Easy queries, with one clearly best region, stay at
             ``leaves_to_search`` leaves; hard ones probe more. At high recall this reaches the
-            same recall with less work than a fixed count (GloVe-50, recall 0.99:
-            ``leaves_to_search=30, reorder_k=90, leaf_margin=0.31`` against a fixed 85 leaves;
-            see docs/benchmarks.md). 0 probes exactly ``leaves_to_search`` leaves.
+            same recall with less work than a fixed count (see docs/parameters.md). 0 probes
+            exactly ``leaves_to_search`` leaves.
 
         Returns
         -------

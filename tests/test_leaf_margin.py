@@ -1,7 +1,7 @@
 """search(..., leaf_margin=m): query-adaptive probing (native/src/search.cpp,
 select_leaves_by_margin). A query probes its leaves_to_search best leaves plus every leaf whose
-centre score is within m * ||q|| of its best leaf's, and re-ranks reorder_k scaled by its leaves /
-leaves_to_search (rounded up). Checked against a NumPy statement of that rule replayed through
+centre score is within m * ||q|| of its best leaf's, and re-ranks reorder_k scaled by
+sqrt(its leaves / leaves_to_search) (rounded up). Checked against a NumPy statement of that rule replayed through
 _search_leaves (the same leaves and budgets give the same answer), at every SIMD level."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def rule(ix, Q, lts, rk, margin):
     near = (np.abs(S - cut[:, None]) <= 1e-5 * np.maximum(1.0, qn)[:, None]).any(axis=1)
     leaves = ix._probe(Q, int(n.max())).astype(np.int32)
     leaves[np.arange(leaves.shape[1])[None, :] >= n[:, None]] = -1
-    budgets = np.where(n > lts, np.ceil(rk * n / lts), rk).astype(np.int64)
+    budgets = np.where(n > lts, np.ceil(rk * np.sqrt(n / lts)), rk).astype(np.int64)
     return leaves, budgets, n, near
 
 
@@ -81,7 +81,7 @@ def test_large_leaf_margin_probes_every_leaf(indexes, glove):
     ix = indexes["cosine-soar"]
     _, Q = glove
     L = ix.num_leaves_
-    D0, I0 = ix.search(Q, K, L, math.ceil(40 * L / 8))
+    D0, I0 = ix.search(Q, K, L, math.ceil(40 * math.sqrt(L / 8)))
     D, I = ix.search(Q, K, 8, 40, leaf_margin=2.5)  # cosines differ by at most 2
     np.testing.assert_array_equal(I, I0)
     np.testing.assert_array_equal(D, D0)

@@ -109,7 +109,7 @@ class Index {
   // leaf_margin >= 0 (dot and cosine only; negative: off): a query also probes every further
   // leaf whose centre score is within leaf_margin * ||q|| of its best leaf's (the cosine of the
   // query and the centre direction within leaf_margin of the best), and re-ranks reorder_k
-  // scaled by its leaves / leaves_to_search (rounded up). Easy queries (one clearly best region)
+  // scaled by sqrt(its leaves / leaves_to_search) (rounded up). Easy queries (one clearly best region)
   // then probe few leaves and hard ones many, for the same recall with less work on average.
   void search(const float* q, size_t nq, size_t k, size_t leaves_to_search, size_t reorder_k, int nthreads, float* D,
               int64_t* I, float leaf_margin = -1.f) const;

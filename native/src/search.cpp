@@ -628,8 +628,9 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t asked = nprobe;
   const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
   if (!q) return;
-  if (s.leaf_margin >= 0.f && nprobe > asked)  // leaf_margin: the budget grows with the leaves
-    reorder_k = static_cast<size_t>(std::min(double(ntotal_), std::ceil(double(reorder_k) * double(nprobe) / asked)));
+  if (s.leaf_margin >= 0.f && nprobe > asked)  // leaf_margin: the budget grows as sqrt(leaves / asked)
+    reorder_k = static_cast<size_t>(
+        std::min(double(ntotal_), std::ceil(double(reorder_k) * std::sqrt(double(nprobe) / double(asked)))));
   if (spill_)  // SOAR: the probed leaves' spilled copies are probed too
     for (size_t t = 0; t < nprobe; ++t) probed += spill_->lists[s.leaf_sel[t].second].n;
 
