@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ..config import resolve_num_leaves
 from ..progress import _StageBars
 from .base import Runner, SystemUnavailable
@@ -39,25 +41,25 @@ class AVQRunner(Runner):
                 stages.close()
         self.resolved = f"{metric_name}, {self.index.num_leaves_} leaves"
 
+    def _search(self, k, qa):
+        """index.search with this setting bound (``leaf_margin`` only when the setting has one)."""
+        kw = {
+            "k": k,
+            "leaves_to_search": qa["leaves_to_search"],
+            "reorder_k": qa["reorder_k"],
+            "num_threads": self.threads,
+        }
+        if qa.get("leaf_margin") is not None:
+            kw["leaf_margin"] = float(qa["leaf_margin"])
+        return functools.partial(self.index.search, **kw)
+
     def single_fn(self, k, qa):
-        search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
-        margin = qa.get("leaf_margin")
-        if margin is not None:
-            margin = float(margin)
-            return lambda q: search(
-                q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt, leaf_margin=margin
-            )[1]
-        return lambda q: search(q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
+        search = self._search(k, qa)
+        return lambda q: search(q)[1]
 
     def batch_fn(self, k, qa):
-        search, leaves, reorder, nt = self.index.search, qa["leaves_to_search"], qa["reorder_k"], self.threads
-        margin = qa.get("leaf_margin")
-        if margin is not None:
-            margin = float(margin)
-            return lambda Q: search(
-                Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt, leaf_margin=margin
-            )[1]
-        return lambda Q: search(Q, k=k, leaves_to_search=leaves, reorder_k=reorder, num_threads=nt)[1]
+        search = self._search(k, qa)
+        return lambda Q: search(Q)[1]
 
     def budget(self, qa, k):
         if qa.get("leaf_margin") is not None:
