@@ -168,12 +168,10 @@ def check_reorder_k(value, name="reorder_k", allow_none=True):
     return check_int(name, value, minimum=1, maximum=LIMITS["max_reorder_k"], allow_none=allow_none)
 
 
-def check_leaf_margin(value, metric, name="leaf_margin"):
-    """search's leaf_margin: None (off) or a finite number >= 0, for metric 'cosine' or 'dot'."""
-    margin = check_float(name, value, minimum=0.0, allow_none=True)
-    if margin is not None and metric == "l2":
-        raise ValueError(f"{name} needs metric 'cosine' or 'dot' (this index's metric is 'l2')")
-    return margin
+def check_leaf_margin(value, name="leaf_margin"):
+    """search's leaf_margin: None (off) or a finite number >= 0 (the native search rejects it
+    under metric 'l2')."""
+    return check_float(name, value, minimum=0.0, allow_none=True)
 
 
 def check_training_sample_size(value, name="training_sample_size"):

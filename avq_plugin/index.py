@@ -402,9 +402,9 @@ class AVQIndex(_IndexIO, _IndexProtected):
         )
         if leaf_margin is None:
             return index.search(Q, k, lts, rk, nt)
-        # A plain float goes as it is (the native call rejects it under l2, with this message).
+        # A plain float in range goes as it is; the native call rejects it under l2.
         if type(leaf_margin) is not float or not 0.0 <= leaf_margin <= _MAX_MARGIN:
-            leaf_margin = V.check_leaf_margin(leaf_margin, self.metric)
+            leaf_margin = V.check_leaf_margin(leaf_margin)
         return index.search(Q, k, lts, rk, nt, leaf_margin)
 
     def tune(
