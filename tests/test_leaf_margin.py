@@ -1,8 +1,9 @@
 """search(..., leaf_margin=m): query-adaptive probing (native/src/search.cpp,
 select_leaves_by_margin). A query probes its leaves_to_search best leaves plus every leaf whose
 centre score is within m * ||q|| of its best leaf's, and re-ranks reorder_k scaled by
-sqrt(its leaves / leaves_to_search) (rounded up). Checked against a NumPy statement of that rule replayed through
-_search_leaves (the same leaves and budgets give the same answer), at every SIMD level."""
+sqrt(its leaves / leaves_to_search) (rounded up). Checked against a NumPy statement of that rule
+replayed through _search_leaves (the same leaves and budgets give the same answer), at every SIMD
+level."""
 
 from __future__ import annotations
 
