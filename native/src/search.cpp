@@ -30,6 +30,20 @@ constexpr float kPadBest = std::numeric_limits<float>::max();
 // [13, 65] and [24, 240]) and the same on GloVe (rows of 4 lines).
 constexpr size_t kReorderPrefetchBytes = 256;
 
+// A float's bits as an unsigned integer in the float's order (-0 below +0; NaN never occurs), and
+// back: keys that sort scores with their leaf id in one 64-bit compare.
+uint32_t order_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+float from_order_bits(uint32_t u) {
+  u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
 // SOAR: replaces the references of spilled copies by their primary copy's, drops repeated
 // vectors (keeping the first occurrence, order kept), then keeps the `want` best (by `better`;
 // `sorted`: cands are sorted best first). set: scratch for an open-addressing set.
@@ -377,7 +391,8 @@ void Index::build_probe_table() {
 }
 
 // Best nprobe leaves by <q, c> (dot, cosine) or -||q - c||^2 (l2); ties: lower id. Fills s.leaf_sel.
-// The scores are dot_t16's (float, a fixed summation order) whichever pass computes them.
+// The leaves and their order are those of dot_t16's float scores (a fixed summation order) whichever
+// pass selects them; the scores kept beside them are the coarse pass's when it decided alone.
 void Index::select_leaves(const float* q, size_t nprobe, Scratch& s) const {
   const size_t L = nleaves_;
   if (nprobe < L && probe_table_.has_coarse() && select_leaves_coarse(q, nprobe, s)) return;
@@ -415,22 +430,15 @@ void Index::select_top(const float* score, const uint32_t* leaf, size_t n, size_
   s.keys.clear();
   for (size_t i = 0; i < n; ++i) {
     if (!(score[i] >= cut)) continue;
-    uint32_t u;
-    std::memcpy(&u, &score[i], 4);
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     const uint32_t l = leaf ? leaf[i] : static_cast<uint32_t>(i);
-    s.keys.push_back((uint64_t(u) << 32) | uint32_t(~l));
+    s.keys.push_back((uint64_t(order_bits(score[i])) << 32) | uint32_t(~l));
   }
   std::sort(s.keys.begin(), s.keys.end(), std::greater<uint64_t>());
   const size_t w = std::min(nprobe, s.keys.size());
   s.leaf_sel.resize(w);
   for (size_t i = 0; i < w; ++i) {
     const uint64_t key = s.keys[i];
-    uint32_t u = uint32_t(key >> 32);
-    u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;  // back to the score's bits
-    float sc;
-    std::memcpy(&sc, &u, 4);
-    s.leaf_sel[i] = {sc, ~uint32_t(key)};
+    s.leaf_sel[i] = {from_order_bits(uint32_t(key >> 32)), ~uint32_t(key)};
   }
 }
 
@@ -442,9 +450,15 @@ void Index::select_top(const float* score, const uint32_t* leaf, size_t n, size_
 //    2 <q, x> - ||x||^2) both double, plus the rounding of the combination; a margin of 2^-10 of
 //    the bound, 2^-20 |a_l| and d FLT_MIN (underflow) covers the bounds' own arithmetic: e_l;
 // 2. T = the nprobe-th largest lower bound a_l - e_l (rounded down to a float): at least nprobe
-//    leaves have f_l >= T, so every leaf of the answer (ties included) has a_l + e_l >= T. The float
-//    scores of those leaves (dot_seq_gather: dot_t16's order, bit for bit) and select_top over
-//    them give the answer.
+//    leaves have f_l >= T, so every leaf of the answer (ties included) has a_l + e_l >= T;
+// 3. those candidates' intervals [a_l - e_l, a_l + e_l] (each holding f_l) merged where they
+//    overlap: the groups are in strict order of f (every f of a group is below every f of the
+//    groups before it). A group of one leaf is placed by its interval alone; the leaves of the
+//    others, up to the nprobe-th position, get their float scores (dot_seq_gather: dot_t16's
+//    order, bit for bit) and are ordered by them, ties to the lower id: select_top's answer.
+//    (Measured on 316 leaves of 384 dimensions: 6.2 candidates for 6 probes, 20.7 for 20; about
+//    half of the 6-probe queries need no float row, and the float rows are cache misses, as the
+//    coarse table is what every query reads.)
 // Returns false (the caller runs the float pass) for a zero query, a bound that is not finite, or
 // when more than a quarter of the leaves would need their float score.
 bool Index::select_leaves_coarse(const float* q, size_t nprobe, Scratch& s) const {
@@ -502,13 +516,67 @@ bool Index::select_leaves_coarse(const float* q, size_t nprobe, Scratch& s) cons
     if (ap[l] + bd[l] >= cut) s.cand_leaf.push_back(l);  // (rounding: as for lo, inside the margins)
   const size_t nc = s.cand_leaf.size();
   if (nc * 4 > L) return false;
-  s.cand_rows.resize(nc);
-  for (size_t i = 0; i < nc; ++i) s.cand_rows[i] = probe_centers_.data() + size_t(s.cand_leaf[i]) * d;
-  s.cand_score.resize(nc);
-  kernels::active().dot_seq_gather(q, s.cand_rows.data(), nc, d, s.cand_score.data());
-  if (l2)
-    for (size_t i = 0; i < nc; ++i) s.cand_score[i] = (s.cand_score[i] + s.cand_score[i]) - t.norm2[s.cand_leaf[i]];
-  select_top(s.cand_score.data(), s.cand_leaf.data(), nc, nprobe, s);
+  // Candidates by upper bound, best first (ties: lower id; the order within a group does not
+  // matter), as keys: order-preserving bits of the bound, then the inverted leaf id.
+  auto hi_of = [&](uint32_t l) {
+    const float h = ap[l] + bd[l];
+    return h + (r3 * std::fabs(h) + tiny);  // raised by more than its rounding, as lo is lowered
+  };
+  s.keys.clear();
+  for (uint32_t l : s.cand_leaf) s.keys.push_back((uint64_t(order_bits(hi_of(l))) << 32) | uint32_t(~l));
+  std::sort(s.keys.begin(), s.keys.end(), std::greater<uint64_t>());
+  auto leaf_at = [&](size_t i) { return ~uint32_t(s.keys[i]); };
+  // Groups [g, group_end[g]) of the sorted candidates: a candidate joins the group before it when
+  // its upper bound reaches that group's lowest lower bound.
+  s.group_end.assign(nc, 0);
+  size_t g0 = 0, need = 0;
+  float glo = lo[leaf_at(0)];
+  for (size_t i = 1; i <= nc; ++i) {
+    if (i < nc && hi_of(leaf_at(i)) >= glo) {
+      glo = std::min(glo, lo[leaf_at(i)]);
+      continue;
+    }
+    s.group_end[g0] = static_cast<uint32_t>(i);
+    if (i - g0 > 1 && g0 < nprobe) need += i - g0;
+    if (i < nc) {
+      g0 = i;
+      glo = lo[leaf_at(i)];
+    }
+  }
+  // The float scores of the groups of several leaves that start before the cut, in one gather.
+  s.cand_rows.resize(need);
+  s.cand_score.resize(need);
+  size_t nf = 0;
+  for (size_t g = 0; g < nprobe && g < nc; g = s.group_end[g]) {
+    if (s.group_end[g] - g == 1) continue;
+    for (size_t i = g; i < s.group_end[g]; ++i) {
+      const float* row = probe_centers_.data() + size_t(leaf_at(i)) * d;
+      // A row's first lines (the hardware prefetcher streams the rest): its misses start now.
+      for (size_t off = 0; off < std::min(d * sizeof(float), kReorderPrefetchBytes); off += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(row) + off);
+      s.cand_rows[nf++] = row;
+    }
+  }
+  if (need > 0) kernels::active().dot_seq_gather(q, s.cand_rows.data(), need, d, s.cand_score.data());
+  // The answer: the groups in order; within a group, by float score, ties to the lower id.
+  s.leaf_sel.clear();
+  nf = 0;
+  for (size_t g = 0; g < nc && s.leaf_sel.size() < nprobe; g = s.group_end[g]) {
+    const size_t e = s.group_end[g];
+    if (e - g == 1) {
+      s.leaf_sel.push_back({ap[leaf_at(g)], leaf_at(g)});
+      continue;
+    }
+    s.group_keys.clear();
+    for (size_t i = g; i < e; ++i, ++nf) {
+      const uint32_t l = leaf_at(i);
+      const float f = l2 ? (s.cand_score[nf] + s.cand_score[nf]) - t.norm2[l] : s.cand_score[nf];
+      s.group_keys.push_back((uint64_t(order_bits(f)) << 32) | uint32_t(~l));
+    }
+    std::sort(s.group_keys.begin(), s.group_keys.end(), std::greater<uint64_t>());
+    for (size_t i = 0; i < s.group_keys.size() && s.leaf_sel.size() < nprobe; ++i)
+      s.leaf_sel.push_back({from_order_bits(uint32_t(s.group_keys[i] >> 32)), ~uint32_t(s.group_keys[i])});
+  }
   return true;
 }
 

@@ -22,11 +22,13 @@ struct Index::Scratch {
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
   std::vector<uint64_t> seen;  // SOAR: de-duplication hash set of primary references
-  // coarse leaf selection: lower bounds, their selection scratch, the kept leaves and their scores
+  // coarse leaf selection: lower bounds, their selection scratch, the kept leaves and their scores,
+  // the groups of overlapping intervals and the keys of one group
   std::vector<float> lo, lo_tmp, cand_score, approx, bound;
   std::vector<int16_t> q16;
   std::vector<int32_t> isc;
-  std::vector<uint32_t> cand_leaf;
+  std::vector<uint32_t> cand_leaf, group_end;
+  std::vector<uint64_t> group_keys;
   std::vector<const float*> cand_rows;
   // the probed leaves' <q, mean> (the scan's bias), computed together
   std::vector<float> leaf_bias;
@@ -47,10 +49,11 @@ struct Index::Scratch {
             lo.capacity() + lo_tmp.capacity() + cand_score.capacity() + approx.capacity() + bound.capacity() +
             leaf_bias.capacity() + blk_mn.capacity() + blk_mx.capacity()) *
                sizeof(float) +
-           (idx.capacity() + cand_leaf.capacity() + isc.capacity()) * sizeof(uint32_t) +
+           (idx.capacity() + cand_leaf.capacity() + group_end.capacity() + isc.capacity()) * sizeof(uint32_t) +
            (cand_rows.capacity() + bias_rows.capacity()) * sizeof(void*) + q16.capacity() * sizeof(int16_t) +
-           leaf_sel.capacity() * sizeof(leaf_sel[0]) + keys.capacity() * sizeof(uint64_t) + lut8.capacity() +
-           acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
+           leaf_sel.capacity() * sizeof(leaf_sel[0]) + (keys.capacity() + group_keys.capacity()) * sizeof(uint64_t) +
+           lut8.capacity() + acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) +
+           topn.footprint();
   }
 };
 
