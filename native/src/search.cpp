@@ -46,9 +46,10 @@ float from_order_bits(uint32_t u) {
 
 // SOAR: replaces the references of spilled copies by their primary copy's, drops repeated
 // vectors (keeping the first occurrence, order kept), then keeps the `want` best (by `better`;
-// `sorted`: cands are sorted best first). set: scratch for an open-addressing set.
-void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<uint64_t>& set, size_t want,
-                   bool sorted) {
+// `sorted`: cands are sorted best first). set: scratch for an open-addressing set; scores, sel,
+// ties: scratch for the cut.
+void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<uint64_t>& set, size_t want, bool sorted,
+                   std::vector<float>& scores, std::vector<float>& sel, std::vector<Cand>& ties) {
   size_t cap = 64;
   int shift = 58;
   while (cap < 2 * cands.size()) {
@@ -75,10 +76,26 @@ void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<u
     cands[w++] = c;
   }
   cands.resize(w);
-  if (w > want) {
-    if (!sorted) std::nth_element(cands.begin(), cands.begin() + (want - 1), cands.end(), Better{});
-    cands.resize(want);
+  if (w <= want) return;
+  if (!sorted) {
+    // The `want` best by `better` (the set nth_element would keep, order free), by SIMD selection:
+    // the want-th best score, the candidates above it, then its ties of lowest (leaf, pos).
+    scores.resize(w);
+    for (size_t i = 0; i < w; ++i) scores[i] = cands[i].score;
+    const float cut = topk::kth_largest_f32(scores.data(), w, want - 1, sel);
+    ties.clear();
+    size_t out = 0;
+    for (size_t i = 0; i < w; ++i) {
+      if (cands[i].score > cut)
+        cands[out++] = cands[i];
+      else if (cands[i].score == cut)
+        ties.push_back(cands[i]);
+    }
+    const size_t need = want - out;  // 1 <= need <= ties.size()
+    if (need < ties.size()) std::nth_element(ties.begin(), ties.begin() + (need - 1), ties.end(), Better{});
+    std::copy(ties.begin(), ties.begin() + need, cands.begin() + out);
   }
+  cands.resize(want);
 }
 
 // Finds a leaf listed twice in a set of leaf lists, in time linear in their size: one stamp per
@@ -716,7 +733,7 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   s.topn.reset(spill_ ? 2 * want : want);
   scan_probed(q, nprobe, s);
   std::vector<Cand>& cands = s.topn.finish(!reorder);
-  if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder);
+  if (spill_) dedup_spilled(cands, *spill_, s.seen, want, !reorder, s.exact, s.lo_tmp, s.ties);
 
   // 4. Exact re-scoring of the candidates, output.
   finish_query(cands, q, k, nullptr, s, D, I);

@@ -21,7 +21,8 @@ struct Index::Scratch {
   std::vector<float> sc;
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
-  std::vector<uint64_t> seen;  // SOAR: de-duplication hash set of primary references
+  std::vector<uint64_t> seen;    // SOAR: de-duplication hash set of primary references
+  std::vector<topk::Cand> ties;  // SOAR: candidates tied at the cut to the re-ranking budget
   // coarse leaf selection: lower bounds, their selection scratch, the kept leaves and their scores,
   // the groups of overlapping intervals and the keys of one group
   std::vector<float> lo, lo_tmp, cand_score, approx, bound;
@@ -51,9 +52,10 @@ struct Index::Scratch {
                sizeof(float) +
            (idx.capacity() + cand_leaf.capacity() + group_end.capacity() + isc.capacity()) * sizeof(uint32_t) +
            (cand_rows.capacity() + bias_rows.capacity()) * sizeof(void*) + q16.capacity() * sizeof(int16_t) +
-           leaf_sel.capacity() * sizeof(leaf_sel[0]) + (keys.capacity() + group_keys.capacity()) * sizeof(uint64_t) +
-           lut8.capacity() + acc.capacity() * sizeof(uint16_t) + (rows.capacity() + rows8.capacity()) * sizeof(void*) +
-           topn.footprint();
+           leaf_sel.capacity() * sizeof(leaf_sel[0]) +
+           (keys.capacity() + group_keys.capacity() + seen.capacity()) * sizeof(uint64_t) + lut8.capacity() +
+           acc.capacity() * sizeof(uint16_t) + ties.capacity() * sizeof(topk::Cand) +
+           (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
   }
 };
 
