@@ -78,22 +78,9 @@ void dedup_spilled(std::vector<Cand>& cands, const SpillStore& sp, std::vector<u
   cands.resize(w);
   if (w <= want) return;
   if (!sorted) {
-    // The `want` best by `better` (the set nth_element would keep, order free), by SIMD selection:
-    // the want-th best score, the candidates above it, then its ties of lowest (leaf, pos).
     scores.resize(w);
     for (size_t i = 0; i < w; ++i) scores[i] = cands[i].score;
-    const float cut = topk::kth_largest_f32(scores.data(), w, want - 1, sel);
-    ties.clear();
-    size_t out = 0;
-    for (size_t i = 0; i < w; ++i) {
-      if (cands[i].score > cut)
-        cands[out++] = cands[i];
-      else if (cands[i].score == cut)
-        ties.push_back(cands[i]);
-    }
-    const size_t need = want - out;  // 1 <= need <= ties.size()
-    if (need < ties.size()) std::nth_element(ties.begin(), ties.begin() + (need - 1), ties.end(), Better{});
-    std::copy(ties.begin(), ties.begin() + need, cands.begin() + out);
+    topk::keep_best(cands.data(), w, scores.data(), want, sel, ties);
   }
   cands.resize(want);
 }
@@ -824,9 +811,11 @@ void Index::finish_query(std::vector<Cand>& cands, const float* q, size_t k, con
       float v = s.exact[c];
       if (l2) v += holder(cands[c].leaf).leaves_[cands[c].leaf].bias_p[cands[c].pos];
       cands[c].score = v;
+      s.exact[c] = v;
     }
-    size_t keep = std::min(k, nc);
-    std::partial_sort(cands.begin(), cands.begin() + keep, cands.end(), Better{});
+    const size_t keep = std::min(k, nc);
+    if (keep < nc) topk::keep_best(cands.data(), nc, s.exact.data(), keep, s.lo_tmp, s.ties);  // partial_sort's set
+    std::sort(cands.begin(), cands.begin() + keep, Better{});
     cands.resize(keep);
   }
 

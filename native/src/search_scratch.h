@@ -22,7 +22,7 @@ struct Index::Scratch {
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
   std::vector<uint64_t> seen;    // SOAR: de-duplication hash set of primary references
-  std::vector<topk::Cand> ties;  // SOAR: candidates tied at the cut to the re-ranking budget
+  std::vector<topk::Cand> ties;  // candidates tied at a cut (SOAR de-duplication, final top k)
   // coarse leaf selection: lower bounds, their selection scratch, the kept leaves and their scores,
   // the groups of overlapping intervals and the keys of one group
   std::vector<float> lo, lo_tmp, cand_score, approx, bound;

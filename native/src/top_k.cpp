@@ -38,6 +38,21 @@ float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& 
   return tail[k];
 }
 
+void keep_best(Cand* c, size_t n, const float* score, size_t keep, std::vector<float>& sel, std::vector<Cand>& ties) {
+  const float cut = kth_largest_f32(score, n, keep - 1, sel);
+  ties.clear();
+  size_t out = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (c[i].score > cut)
+      c[out++] = c[i];
+    else if (c[i].score == cut)
+      ties.push_back(c[i]);
+  }
+  const size_t need = keep - out;  // 1 <= need <= ties.size()
+  if (need < ties.size()) std::nth_element(ties.begin(), ties.begin() + (need - 1), ties.end(), Better{});
+  std::copy(ties.begin(), ties.begin() + need, c + out);
+}
+
 float first_leaf_threshold(const uint16_t* acc, size_t n, size_t cap, float a, float b) {
   const float none = -std::numeric_limits<float>::infinity();
   if (cap == 0 || cap >= n) return none;

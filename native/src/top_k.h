@@ -35,6 +35,12 @@ struct Better {
 // three-way partitions are the SIMD kernel partition_f32. scratch: 3 (n + 16) floats.
 float kth_largest_f32(const float* src, size_t n, size_t k, std::vector<float>& scratch);
 
+// Moves the `keep` best of c[0..n) by `better` to c[0..keep), in no order (keep < n): the set
+// nth_element with Better would keep, found by SIMD selection on score[i] = c[i].score (the
+// keep-th best score, the candidates above it, then its ties of lowest (leaf, pos)). sel: scratch
+// of kth_largest_f32; ties: scratch.
+void keep_best(Cand* c, size_t n, const float* score, size_t keep, std::vector<float>& sel, std::vector<Cand>& ties);
+
 // The (k+1)-th largest value of v (k < v.size()); v and aux are scratch (v is scrambled).
 template <class T>
 T kth_largest(std::vector<T>& v, size_t k, std::vector<T>& aux) {
