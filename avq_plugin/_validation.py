@@ -25,7 +25,7 @@ METRICS = ("dot", "cosine", "l2")
 LIMITS: dict[str, Any] = dict(_native.limits())  # ints, except the float bounds of vector values
 # The core's rule for the rows sampled to train an index (used through _params.training_sample_rows).
 native_training_sample_rows = _native.training_sample_rows
-REORDER_MODES = ("float32", "int8", "none")
+REORDER_MODES = ("float32", "float16", "int8", "none")
 
 
 def check_metric(metric: object) -> str:

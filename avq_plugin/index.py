@@ -73,9 +73,12 @@ class AVQIndex(_IndexIO, _IndexProtected):
     eta_formula : {"exact", "scann"}
         eta from T by the exact closed form (default) or ScaNN's large-d limit, which falls
         below 1 (no effect) when T < ||x|| / sqrt(d).
-    reorder : {"float32", "int8", "none"} or None
-        Exact re-scoring of the best candidates against float32 vectors, int8 vectors with
-        per-dimension scales (4x less memory), or none ("none" or None: codes only).
+    reorder : {"float32", "float16", "int8", "none"} or None
+        Exact re-scoring of the best candidates against float32 vectors, float16 vectors (half
+        the memory; each row with its own power-of-two scale, so any finite data fits; scores
+        within about 2^-11 relative per coordinate, the same neighbours in practice), int8
+        vectors with per-dimension scales (4x less memory), or none ("none" or None: codes
+        only).
     leaves_to_search, reorder_k : int or None
         Default search budget; None: ceil(3.5 sqrt(num_leaves)) leaves (at most all of them) and
         200 candidates, resolved by each training into the index (the attributes keep what was

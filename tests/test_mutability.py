@@ -291,7 +291,7 @@ def test_properties_follow_content(data):
     assert e.ntotal == 5 and sorted(e.get_ids().tolist()) == list(range(5))
 
 
-@pytest.mark.parametrize("reorder", ["float32", "int8"])
+@pytest.mark.parametrize("reorder", ["float32", "float16", "int8"])
 def test_many_small_adds_and_removes_keep_rows_consistent(reorder):
     """Leaves outgrow their room in the re-ranking store (they move; holes are compacted later):
     every stored row must stay attached to its id through adds, removes and a save/load."""

@@ -18,7 +18,7 @@ import pytest
 import avq_plugin
 
 METRICS = ("dot", "cosine", "l2")
-REORDERS = ("float32", "int8", "none")
+REORDERS = ("float32", "float16", "int8", "none")
 # Sections whose checksums a memory-mapped load does not verify (documented in AVQIndex.load
 # and io.h): the large arrays, so that mapping stays O(1) in the file size.
 MMAP_UNCHECKED = {"CODE", "RVEC", "RV8_"}

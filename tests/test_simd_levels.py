@@ -16,7 +16,7 @@ import avq_plugin
 
 LEVELS = tuple(avq_plugin.build_info()["supported_simd_levels"])
 METRICS = ("dot", "cosine", "l2")
-REORDERS = ("float32", "int8", "none")
+REORDERS = ("float32", "float16", "int8", "none")
 
 # (d, dims_per_block): odd dimensions, blocks that divide d or leave a remainder, dpb > d.
 SHAPES = [(1, 1), (1, 8), (3, 2), (3, 5), (17, 1), (17, 3), (17, 8), (50, 2), (50, 5), (97, 3), (97, 8)]
@@ -53,7 +53,7 @@ def test_at_least_scalar_level():
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("d,dpb", SHAPES, ids=[f"d{d}-dpb{b}" for d, b in SHAPES])
 def test_identical_codes_and_results_across_levels(metric, d, dpb):
-    reorder = REORDERS[(d + dpb) % 3]
+    reorder = REORDERS[(d + dpb) % len(REORDERS)]
     X, Q = make_data(d, seed=d * 10 + dpb)
     ids = np.arange(len(X), dtype=np.int64) * 3 + 5  # non-trivial user ids
     # A fixed eta exercises the same anisotropic kernels as a threshold, without tabulating the

@@ -9,7 +9,7 @@ import pytest
 import avq_plugin
 
 METRICS = ("dot", "cosine", "l2")
-REORDERS = ("float32", "int8", "none")
+REORDERS = ("float32", "float16", "int8", "none")
 LEVELS = tuple(avq_plugin.build_info()["supported_simd_levels"])
 
 

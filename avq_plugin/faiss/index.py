@@ -574,8 +574,8 @@ class IndexAVQ:
         obj.nlist = None if L == 1 else L
         obj._nprobe = p["default_leaves_to_search"] or None  # concrete once trained (AVQIndex.load)
         obj._stores_vectors = p["reorder"] != "none"
-        if p["reorder"] == "int8":
-            raise ValueError("int8 reordering has no IndexAVQ equivalent: load it with AVQIndex.load")
+        if p["reorder"] in ("int8", "float16"):
+            raise ValueError(f"{p['reorder']} reordering has no IndexAVQ equivalent: load it with AVQIndex.load")
         obj._reorder_k = (p["default_reorder_k"] or None) if obj._stores_vectors else None
         obj._float_lut = False
         obj._avq = avq

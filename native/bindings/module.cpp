@@ -227,6 +227,7 @@ avq::ReorderMode parse_reorder(const std::string& s) {
   if (s == "none") return avq::ReorderMode::kNone;
   if (s == "float32") return avq::ReorderMode::kFloat32;
   if (s == "int8") return avq::ReorderMode::kInt8;
+  if (s == "float16") return avq::ReorderMode::kFloat16;
   throw py::value_error("unknown reorder mode '" + s + "'");
 }
 

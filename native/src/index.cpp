@@ -38,6 +38,8 @@ const char* reorder_name(ReorderMode r) {
       return "float32";
     case ReorderMode::kInt8:
       return "int8";
+    case ReorderMode::kFloat16:
+      return "float16";
   }
   return "?";
 }
@@ -51,7 +53,7 @@ Index::Index(const IndexParams& p) : p_(p) {
   if (p_.d == 0) throw InvalidArgument("d must be positive");
   at_most("d", p_.d, limits::kMaxDim);
   if (static_cast<uint32_t>(p_.metric) > 2) throw InvalidArgument("unknown metric");
-  if (static_cast<uint32_t>(p_.reorder) > 2) throw InvalidArgument("unknown reorder mode");
+  if (!valid_reorder(static_cast<uint32_t>(p_.reorder))) throw InvalidArgument("unknown reorder mode");
   at_most("num_leaves", p_.num_leaves, limits::kMaxLeaves);
   if (p_.dims_per_block < 1) throw InvalidArgument("dims_per_block must be >= 1");
   at_most("dims_per_block", p_.dims_per_block, limits::kMaxDimsPerBlock);
@@ -217,6 +219,10 @@ void Index::materialize() {
     reserve_huge(rvec8_, arena_rows_ * d);
     rvec8_.assign(rvec8_p_, rvec8_p_ + arena_rows_ * d);
   }
+  if (rvec16_p_ && rvec16_.empty()) {
+    reserve_huge(rvec16_, arena_rows_ * f16_row_width());
+    rvec16_.assign(rvec16_p_, rvec16_p_ + arena_rows_ * f16_row_width());
+  }
   sync_store_views();
   mapping_.reset();
 }
@@ -357,8 +363,9 @@ size_t Index::memory_usage() const {
   if (mapping_) {
     if (rvec_p_) b += arena_rows_ * p_.d * sizeof(float);
     if (rvec8_p_) b += arena_rows_ * p_.d;
+    if (rvec16_p_) b += arena_rows_ * f16_row_width() * sizeof(uint16_t);
   } else {
-    b += rvec_.capacity() * sizeof(float) + rvec8_.capacity();
+    b += rvec_.capacity() * sizeof(float) + rvec8_.capacity() + rvec16_.capacity() * sizeof(uint16_t);
   }
   if (spill_) b += spill_->memory_usage();
   std::lock_guard<std::mutex> g(id_map_mu_);

@@ -28,7 +28,10 @@ struct KernelTable;
 }
 
 enum class Metric : uint32_t { kDot = 0, kCosine = 1, kL2 = 2 };
-enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2 };
+enum class ReorderMode : uint32_t { kNone = 0, kFloat32 = 1, kInt8 = 2, kFloat16 = 3 };
+inline bool valid_reorder(uint32_t r) {
+  return r <= static_cast<uint32_t>(ReorderMode::kFloat16);
+}
 
 const char* metric_name(Metric m);
 const char* reorder_name(ReorderMode r);
@@ -295,8 +298,13 @@ class Index {
   // half of it, and files are always written compact). Layout (arena_rows_, d).
   std::vector<float> rvec_;
   std::vector<int8_t> rvec8_;
+  // float16 rows: d IEEE binary16 values of v / s, then s (a power of two, float bits in the two
+  // last values) chosen per row so that max |v| / s is in [2^14, 2^15): f16_row_width() values.
+  std::vector<uint16_t> rvec16_;
   const float* rvec_p_ = nullptr;
   const int8_t* rvec8_p_ = nullptr;
+  const uint16_t* rvec16_p_ = nullptr;
+  size_t f16_row_width() const { return p_.d + 2; }
   size_t arena_rows_ = 0, hole_rows_ = 0;
   void compact_arena();
   void clear_arena();

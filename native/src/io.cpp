@@ -341,24 +341,35 @@ std::string Index::serialize() const {
     ByteWriter lw;
     for (const Leaf& l : leaves_) lw.put<uint64_t>(l.n);
     w.add_owned("LSIZ", lw.take());
-    ContainerWriter::Pieces ids, codes, vecs, vecs8, bias;
+    ContainerWriter::Pieces ids, codes, vecs, bias;
     const size_t d = p_.d, gb = group_bytes();
     // Reorder rows are written leaf by leaf, without the arena's holes.
-    const size_t row_bytes = p_.reorder == ReorderMode::kFloat32 ? d * sizeof(float) : d;
-    const uint8_t* store = p_.reorder == ReorderMode::kFloat32 ? reinterpret_cast<const uint8_t*>(rvec_p_)
-                                                               : reinterpret_cast<const uint8_t*>(rvec8_p_);
+    size_t row_bytes = 0;
+    const uint8_t* store = nullptr;
+    const char* section = nullptr;
+    switch (p_.reorder) {
+      case ReorderMode::kFloat32:
+        row_bytes = d * sizeof(float), store = reinterpret_cast<const uint8_t*>(rvec_p_), section = "RVEC";
+        break;
+      case ReorderMode::kInt8:
+        row_bytes = d, store = reinterpret_cast<const uint8_t*>(rvec8_p_), section = "RV8_";
+        break;
+      case ReorderMode::kFloat16:
+        row_bytes = f16_row_width() * sizeof(uint16_t), store = reinterpret_cast<const uint8_t*>(rvec16_p_);
+        section = "RV16";
+        break;
+      case ReorderMode::kNone:
+        break;
+    }
     for (const Leaf& l : leaves_) {
       ids.push_back({l.ids_p, l.n * sizeof(int64_t)});
       codes.push_back({l.codes_p, ((l.n + 31) / 32) * gb});
-      if (p_.reorder != ReorderMode::kNone)
-        (p_.reorder == ReorderMode::kFloat32 ? vecs : vecs8)
-            .push_back({store + l.row_off * row_bytes, l.n * row_bytes});
+      if (section) vecs.push_back({store + l.row_off * row_bytes, l.n * row_bytes});
       if (p_.metric == Metric::kL2) bias.push_back({l.bias_p, l.n * sizeof(float)});
     }
     w.add("IDS_", ids);
     w.add("CODE", codes);
-    if (p_.reorder == ReorderMode::kFloat32) w.add("RVEC", vecs);
-    if (p_.reorder == ReorderMode::kInt8) w.add("RV8_", vecs8);
+    if (section) w.add(section, vecs);
     if (p_.metric == Metric::kL2) w.add("BIAS", bias);
   }
   if (spill_) {
@@ -407,7 +418,7 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   p.training_sample_size = pr.get<uint64_t>();
   p.seed = pr.get<uint64_t>();
   uint32_t reorder = pr.get<uint32_t>();
-  if (reorder > 2) throw InvalidArgument("corrupted index file: unknown reorder mode");
+  if (!valid_reorder(reorder)) throw InvalidArgument("corrupted index file: unknown reorder mode");
   p.reorder = static_cast<ReorderMode>(reorder);
   bool trained = pr.get<uint32_t>() != 0;
   uint64_t L = pr.get<uint64_t>();
@@ -504,14 +515,17 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   const uint8_t* codes = expect_array<uint8_t>(r, "CODE", ngroups * gb);
   const float* vecs = nullptr;
   const int8_t* vecs8 = nullptr;
+  const uint16_t* vecs16 = nullptr;
   const float* bias = nullptr;
-  if (p.reorder != ReorderMode::kNone && ntotal > size / d)
+  const size_t hw = idx->f16_row_width();
+  if (p.reorder != ReorderMode::kNone && ntotal > size / hw)
     throw InvalidArgument("corrupted index file: invalid vector count");
   if (p.reorder == ReorderMode::kFloat32) vecs = expect_array<float>(r, "RVEC", ntotal * d);
   if (p.reorder == ReorderMode::kInt8) vecs8 = expect_array<int8_t>(r, "RV8_", ntotal * d);
+  if (p.reorder == ReorderMode::kFloat16) vecs16 = expect_array<uint16_t>(r, "RV16", ntotal * hw);
   if (p.metric == Metric::kL2) bias = expect_array<float>(r, "BIAS", ntotal);
   // The rules of add() for what the file holds. The large sections of a memory-mapped load
-  // (CODE, RVEC, RV8_) are used in place unread: like their checksums, their values are not
+  // (CODE, RVEC, RV8_, RV16) are used in place unread: like their checksums, their values are not
   // checked then (docs/reliability.md, "Memory-mapped files").
   check_stored_ids(ids, ntotal, next_id);
   if (bias) {
@@ -522,6 +536,18 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
   if (vecs8 && !mapping)
     for (uint64_t i = 0; i < ntotal * d; ++i)
       if (vecs8[i] == -128) throw InvalidArgument("corrupted index file: int8 value out of range in RV8_");
+  if (vecs16 && !mapping)
+    for (uint64_t i = 0; i < ntotal; ++i) {
+      const uint16_t* h = vecs16 + i * hw;
+      for (size_t j = 0; j < d; ++j)
+        if ((h[j] & 0x7C00u) == 0x7C00u)
+          throw InvalidArgument("corrupted index file: float16 value not finite in RV16");
+      float s;
+      std::memcpy(&s, h + d, sizeof(float));
+      int e = 0;
+      if (!(std::isfinite(s) && s > 0.f && std::frexp(s, &e) == 0.5f && e - 1 >= -126))
+        throw InvalidArgument("corrupted index file: invalid row scale in RV16");
+    }
   if (vecs && !mapping) {
     try {
       check_vectors(vecs, ntotal, d, p.metric, "RVEC row");
@@ -554,11 +580,16 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     off += leaf.n;
     goff += ng;
   }
-  idx->arena_rows_ = (vecs || vecs8) ? ntotal : 0;
+  idx->arena_rows_ = (vecs || vecs8 || vecs16) ? ntotal : 0;
   if (mapping) {
     idx->rvec_p_ = vecs;
     idx->rvec8_p_ = vecs8;
+    idx->rvec16_p_ = vecs16;
   } else {
+    if (vecs16) {
+      reserve_huge(idx->rvec16_, ntotal * hw);
+      idx->rvec16_.assign(vecs16, vecs16 + ntotal * hw);
+    }
     if (vecs) {
       reserve_huge(idx->rvec_, ntotal * d);
       idx->rvec_.assign(vecs, vecs + ntotal * d);

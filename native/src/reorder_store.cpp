@@ -1,4 +1,4 @@
-// The re-ranking store: float32 or int8 copies of the vectors in one arena, leaf by leaf (see
+// The re-ranking store: float32, int8 or float16 copies of the vectors in one arena, leaf by leaf (see
 // Index in index.h), its growth, compaction and rows, and the accessors of the float32 vectors.
 #include <algorithm>
 #include <cmath>
@@ -12,9 +12,31 @@
 
 namespace avq {
 
+namespace {
+// float -> IEEE binary16, rounded to nearest, ties to even, for finite |x| < 65520 (the caller
+// keeps |x| < 2^15).
+uint16_t float_to_half(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  const uint16_t sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
+  const uint32_t a = b & 0x7FFFFFFFu;
+  if (a >= 0x38800000u) {  // >= 2^-14: a normal half; round the 13 dropped bits to even
+    const uint32_t r = a + 0x0FFFu + ((a >> 13) & 1u);
+    return static_cast<uint16_t>(sign | ((r - (112u << 23)) >> 13));
+  }
+  if (a <= 0x33000000u) return sign;  // <= 2^-25: rounds to zero (2^-25 ties to even: zero)
+  float f;
+  std::memcpy(&f, &a, 4);
+  // A subnormal half (or the smallest normal, 0x0400, when it rounds up): m 2^-24, m = x 2^24
+  // rounded to nearest even (exact product; nearbyint uses the default rounding mode).
+  return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(f * 16777216.0f)));
+}
+}  // namespace
+
 void Index::clear_arena() {
   std::vector<float>().swap(rvec_);
   std::vector<int8_t>().swap(rvec8_);
+  std::vector<uint16_t>().swap(rvec16_);
   arena_rows_ = hole_rows_ = 0;
   for (Leaf& l : leaves_) l.row_off = l.row_cap = 0;
   sync_store_views();
@@ -28,20 +50,26 @@ void Index::compact_arena() {
   for (const Leaf& l : leaves_) rows += l.n;
   std::vector<float> nv;
   std::vector<int8_t> n8;
+  std::vector<uint16_t> n16;
+  const size_t hw = f16_row_width();
   if (p_.reorder == ReorderMode::kFloat32) reserve_huge(nv, rows * d);
   if (p_.reorder == ReorderMode::kInt8) reserve_huge(n8, rows * d);
+  if (p_.reorder == ReorderMode::kFloat16) reserve_huge(n16, rows * hw);
   size_t off = 0;
   for (Leaf& l : leaves_) {
     if (p_.reorder == ReorderMode::kFloat32)
       nv.insert(nv.end(), rvec_.begin() + l.row_off * d, rvec_.begin() + (l.row_off + l.n) * d);
     if (p_.reorder == ReorderMode::kInt8)
       n8.insert(n8.end(), rvec8_.begin() + l.row_off * d, rvec8_.begin() + (l.row_off + l.n) * d);
+    if (p_.reorder == ReorderMode::kFloat16)
+      n16.insert(n16.end(), rvec16_.begin() + l.row_off * hw, rvec16_.begin() + (l.row_off + l.n) * hw);
     l.row_off = off;
     l.row_cap = l.n;
     off += l.n;
   }
   rvec_.swap(nv);
   rvec8_.swap(n8);
+  rvec16_.swap(n16);
   arena_rows_ = rows;
   hole_rows_ = 0;
   sync_store_views();
@@ -50,6 +78,7 @@ void Index::compact_arena() {
 void Index::sync_store_views() {
   rvec_p_ = rvec_.empty() ? nullptr : rvec_.data();
   rvec8_p_ = rvec8_.empty() ? nullptr : rvec8_.data();
+  rvec16_p_ = rvec16_.empty() ? nullptr : rvec16_.data();
 }
 
 // Room in the arena for `more[l]` new rows of each leaf l: a leaf that needs more moves to the
@@ -72,18 +101,36 @@ void Index::reserve_rows(const std::vector<size_t>& more) {
   }
   if (p_.reorder == ReorderMode::kFloat32) grow_huge(rvec_, arena_rows_ * d);
   if (p_.reorder == ReorderMode::kInt8) grow_huge(rvec8_, arena_rows_ * d);
+  const size_t hw = f16_row_width();
+  if (p_.reorder == ReorderMode::kFloat16) grow_huge(rvec16_, arena_rows_ * hw);
   for (const auto& mv : moves) {
     const Leaf& leaf = leaves_[mv.first];
     if (!rvec_.empty())
       std::memcpy(&rvec_[leaf.row_off * d], &rvec_[mv.second * d], size_t(leaf.n) * d * sizeof(float));
     if (!rvec8_.empty()) std::memcpy(&rvec8_[leaf.row_off * d], &rvec8_[mv.second * d], size_t(leaf.n) * d);
+    if (!rvec16_.empty())
+      std::memcpy(&rvec16_[leaf.row_off * hw], &rvec16_[mv.second * hw], size_t(leaf.n) * hw * sizeof(uint16_t));
   }
   sync_store_views();
 }
 
-// Stores the prepared vector v in arena row `row` (float32, or int8 with the per-dimension scales).
+// Stores the prepared vector v in arena row `row` (float32, int8 with the per-dimension scales, or
+// float16 with the row's power-of-two scale).
 void Index::store_row(size_t row, const float* v) {
   const size_t d = p_.d;
+  if (p_.reorder == ReorderMode::kFloat16) {
+    float mx = 0.f;
+    for (size_t j = 0; j < d; ++j) mx = std::max(mx, std::fabs(v[j]));
+    // s = 2^(e - 14) with 2^e <= max |v| < 2^(e+1): max |v| / s in [2^14, 2^15), below the
+    // largest half (65504); s at least 2^-126 (a normal float: a row of tiny values only loses
+    // the precision of its smallest values). Dividing by s is exact.
+    const int e = mx > 0.f ? std::max(std::ilogb(mx) - 14, -126) : 0;
+    const float s = std::ldexp(1.f, e), inv = std::ldexp(1.f, -e);
+    uint16_t* h = &rvec16_[row * f16_row_width()];
+    for (size_t j = 0; j < d; ++j) h[j] = float_to_half(v[j] * inv);
+    std::memcpy(h + d, &s, sizeof(float));
+    return;
+  }
   if (p_.reorder == ReorderMode::kFloat32) std::memcpy(&rvec_[row * d], v, d * sizeof(float));
   if (p_.reorder == ReorderMode::kInt8)
     for (size_t j = 0; j < d; ++j) {
@@ -97,6 +144,8 @@ void Index::copy_row(size_t from, size_t to) {
   const size_t d = p_.d;
   if (!rvec_.empty()) std::memcpy(&rvec_[to * d], &rvec_[from * d], d * sizeof(float));
   if (!rvec8_.empty()) std::memcpy(&rvec8_[to * d], &rvec8_[from * d], d);
+  const size_t hw = f16_row_width();
+  if (!rvec16_.empty()) std::memcpy(&rvec16_[to * hw], &rvec16_[from * hw], hw * sizeof(uint16_t));
 }
 
 namespace {

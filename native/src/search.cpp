@@ -794,6 +794,21 @@ void Index::finish_query(std::vector<Cand>& cands, const float* q, size_t k, con
         for (size_t off = 0; off < pf_bytes; off += 64) __builtin_prefetch(row + off);
       }
       kt.dot_gather(q, s.rows.data(), nc, d, s.exact.data());
+    } else if (p_.reorder == ReorderMode::kFloat16) {
+      s.rows16.resize(nc);
+      const size_t hw = f16_row_width(), pf_bytes = std::min(hw * sizeof(uint16_t), kReorderPrefetchBytes);
+      for (size_t c = 0; c < nc; ++c) {
+        const Index& x = holder(cands[c].leaf);
+        s.rows16[c] = x.rvec16_p_ + (x.leaves_[cands[c].leaf].row_off + cands[c].pos) * hw;
+        for (size_t off = 0; off < pf_bytes; off += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(s.rows16[c]) + off);
+      }
+      kt.dot_f16_gather(q, s.rows16.data(), nc, d, s.exact.data());
+      for (size_t c = 0; c < nc; ++c) {  // times the row's scale (a power of two)
+        float sc;
+        std::memcpy(&sc, s.rows16[c] + d, sizeof(float));
+        s.exact[c] *= sc;
+      }
     } else {
       s.w.resize(d);
       for (size_t j = 0; j < d; ++j) s.w[j] = q[j] * int8_scale_[j];  // (the shards' scales are this one's)

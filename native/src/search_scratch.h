@@ -21,6 +21,7 @@ struct Index::Scratch {
   std::vector<float> sc;
   std::vector<const float*> rows;
   std::vector<const int8_t*> rows8;
+  std::vector<const uint16_t*> rows16;
   std::vector<uint64_t> seen;    // SOAR: de-duplication hash set of primary references
   std::vector<topk::Cand> ties;  // candidates tied at a cut (SOAR de-duplication, final top k)
   // coarse leaf selection: lower bounds, their selection scratch, the kept leaves and their scores,
@@ -55,7 +56,7 @@ struct Index::Scratch {
            leaf_sel.capacity() * sizeof(leaf_sel[0]) +
            (keys.capacity() + group_keys.capacity() + seen.capacity()) * sizeof(uint64_t) + lut8.capacity() +
            acc.capacity() * sizeof(uint16_t) + ties.capacity() * sizeof(topk::Cand) +
-           (rows.capacity() + rows8.capacity()) * sizeof(void*) + topn.footprint();
+           (rows.capacity() + rows8.capacity() + rows16.capacity()) * sizeof(void*) + topn.footprint();
   }
 };
 

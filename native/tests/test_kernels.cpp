@@ -172,6 +172,38 @@ void test_float_kernels(const k::KernelTable& t, const k::KernelTable& ref) {
         ok = ok && close_to(v_out[i], r, ra, d);
       }
       check(ok, ctx(t, "dot_i8_gather vs double", d, n));
+
+      // float16 rows: random finite halves (every exponent, subnormals and signed zeros included),
+      // separate allocations of exactly d values each; the reference decodes them independently.
+      std::vector<std::vector<uint16_t>> hrows(n);
+      std::vector<const uint16_t*> hptrs(n);
+      for (size_t i = 0; i < n; ++i) {
+        hrows[i].resize(d);
+        for (size_t j = 0; j < d; ++j) {
+          uint16_t h;
+          do h = static_cast<uint16_t>(rng()() & 0xFFFFu);
+          while (((h >> 10) & 0x1F) == 0x1F || ((h >> 10) & 0x1F) > 20);  // finite, |h| < 64
+          hrows[i][j] = h;
+        }
+        hptrs[i] = hrows[i].data();
+      }
+      ref.dot_f16_gather(q, hptrs.data(), n, d, s_out.data());
+      t.dot_f16_gather(q, hptrs.data(), n, d, v_out.data());
+      check(bits_equal(s_out.data(), v_out.data(), n), ctx(t, "dot_f16_gather bit-identical", d, n));
+      ok = true;
+      for (size_t i = 0; i < n; ++i) {
+        double r = 0, ra = 0;
+        for (size_t j = 0; j < d; ++j) {
+          const uint16_t h = hptrs[i][j];
+          const int e = (h >> 10) & 0x1F, m = h & 0x3FF;
+          const double mag = e == 0 ? std::ldexp(double(m), -24) : std::ldexp(double(1024 + m), e - 25);
+          const double p = static_cast<double>(q[j]) * ((h & 0x8000) ? -mag : mag);
+          r += p;
+          ra += std::fabs(p);
+        }
+        ok = ok && close_to(v_out[i], r, ra, d);
+      }
+      check(ok, ctx(t, "dot_f16_gather vs double", d, n));
     }
   }
 

@@ -2,9 +2,10 @@
 //
 // Compiled with the baseline flags only: nothing here may use AVX. A level is usable when it is
 // compiled in (AVQ_HAVE_X86_KERNELS for the AVX levels) and the CPU and OS support it:
-//  * AVX2:    CPUID AVX, AVX2, FMA, plus POPCNT, BMI1 and BMI2 (kernels_avx2.cpp is built with
-//             -mavx2 -mbmi -mbmi2, which let the compiler emit those instructions; every AVX2 CPU
-//             has them, the check only guards against odd virtual CPUs), OSXSAVE set and XCR0
+//  * AVX2:    CPUID AVX, AVX2, FMA, F16C (float16 re-ranking), plus POPCNT, BMI1 and BMI2
+//             (kernels_avx2.cpp is built with -mavx2 -mf16c -mbmi -mbmi2, which let the compiler
+//             emit those instructions; every AVX2 CPU has them, the check only guards against odd
+//             virtual CPUs), OSXSAVE set and XCR0
 //             showing the OS saves XMM and YMM state (bits 1, 2).
 //  * AVX-512: AVX-512 F, BW, VL, DQ, XCR0 bits 1, 2, 5, 6, 7 (XMM, YMM, opmask, ZMM_Hi256,
 //             Hi16_ZMM), and everything the AVX2 level needs (the AVX-512 TU is built with the
@@ -47,6 +48,7 @@ CpuFeatures detect() {
   if (!__get_cpuid_count(1, 0, &eax, &ebx, &ecx, &edx)) return f;
   const bool fma = (ecx >> 12) & 1u;
   const bool popcnt = (ecx >> 23) & 1u;
+  const bool f16c = (ecx >> 29) & 1u;
   const bool osxsave = (ecx >> 27) & 1u;
   const bool avx = (ecx >> 28) & 1u;
   if (!osxsave || !avx) return f;
@@ -66,7 +68,7 @@ CpuFeatures detect() {
   const bool avx512bw = (ebx >> 30) & 1u;
   const bool avx512vl = (ebx >> 31) & 1u;
 
-  f.avx2 = avx2 && fma && popcnt && bmi1 && bmi2;
+  f.avx2 = avx2 && fma && f16c && popcnt && bmi1 && bmi2;
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
   return f;
 }

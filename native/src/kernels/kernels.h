@@ -10,7 +10,7 @@
 //    in increasing i, each term and each sum rounded to float (no FMA contraction; the whole
 //    project builds with -ffp-contract=off), then acc[j] += acc[j + s] for s = 8, 4, 2, 1;
 //    the result is acc[0]. term(i) is a[i]*b[i] (dot), (a[i]-b[i])^2 computed as
-//    t = a[i]-b[i]; t*t (l2sqr), or w[i]*float(x8[i]) (int8 dot).
+//    t = a[i]-b[i]; t*t (l2sqr), w[i]*float(x8[i]) (int8 dot) or q[i]*float(h[i]) (float16 dot).
 //  * Integer kernels (LUT16 scan) are exact.
 //  * filter_scores computes float(acc)*a + b (+ bias[i]) as separately rounded mul and adds.
 // Hence search results and trained codes are identical at every SIMD level.
@@ -96,6 +96,9 @@ struct KernelTable {
   // lut8[i] = uint8(int(min(lut[i] * s + 0.5f, 255.f))) for i < n, each operation rounded to float
   // (a truncating conversion; the caller keeps lut[i] * s + 0.5f within [0, 2^31)).
   void (*lut_quantize)(const float* lut, size_t n, float s, uint8_t* lut8);
+  // out[i] = sum_j q[j] * float(rows[i][j]), canonical order, rows of d IEEE binary16 values
+  // (float16 reordering; the conversion to float is exact, so every level agrees bit for bit).
+  void (*dot_f16_gather)(const float* q, const uint16_t* const* rows, size_t n, size_t d, float* out);
 };
 
 // Implementations (each defined in its own TU; the AVX ones only exist on x86-64 builds).

@@ -217,6 +217,55 @@ void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d
   for (; i < n; ++i) rows_i8<1>(w, rows + i, d, out + i);
 }
 
+// R float16 rows at once: acc[i % 16] += q[i] * float(row[i]), canonical order (F16C: exact
+// conversions). The tail (rem < 16 values) is copied into a zeroed buffer, and q beyond d is
+// masked to +0: the extra terms are +0 * +0 = +0 and leave the lane sums unchanged.
+template <int R>
+inline void rows_f16(const float* q, const uint16_t* const* rows, size_t d, float* out) {
+  __m256 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) {
+    lo[r] = _mm256_setzero_ps();
+    hi[r] = _mm256_setzero_ps();
+  }
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    const __m256 q0 = _mm256_loadu_ps(q + i);
+    const __m256 q1 = _mm256_loadu_ps(q + i + 8);
+    for (int r = 0; r < R; ++r) {
+      const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + i)));
+      const __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + i + 8)));
+      lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(q0, x0));
+      hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(q1, x1));
+    }
+  }
+  const size_t rem = d - i;  // 0..15
+  if (rem > 0) {
+    __m256 q0, q1;
+    if (rem > 8) {
+      q0 = _mm256_loadu_ps(q + i);
+      q1 = _mm256_maskload_ps(q + i + 8, first_lanes_mask(rem - 8));
+    } else {
+      q0 = _mm256_maskload_ps(q + i, first_lanes_mask(rem));
+      q1 = _mm256_setzero_ps();
+    }
+    for (int r = 0; r < R; ++r) {
+      alignas(32) uint16_t tail[16] = {0};
+      std::memcpy(tail, rows[r] + i, rem * sizeof(uint16_t));
+      const __m256 x0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tail)));
+      const __m256 x1 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tail + 8)));
+      lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(q0, x0));
+      hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(q1, x1));
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = fold16(lo[r], hi[r]);
+}
+
+void dot_f16_gather(const float* q, const uint16_t* const* rows, size_t n, size_t d, float* out) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) rows_f16<4>(q, rows + i, d, out + i);
+  for (; i < n; ++i) rows_f16<1>(q, rows + i, d, out + i);
+}
+
 // LUT16 scan (FastScan-style in-register lookups).
 // codes: (ngroups, nblocks_pad, 16) bytes; byte j of block m in group g holds code(32g+j, m) in
 // its low nibble and code(32g+j+16, m) in its high nibble. lut: (nblocks_pad, 16) uint8.
@@ -459,9 +508,9 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx2, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,   &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi, &dot_t16_i16,
-    &dot_seq_gather,  &partition_f32, &lut_blocks,    &lut_quantize,
+    SimdLevel::kAvx2, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,    &dot_gather,
+    &dot_i8_gather,   &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi,  &dot_t16_i16,
+    &dot_seq_gather,  &partition_f32, &lut_blocks,    &lut_quantize, &dot_f16_gather,
 };
 
 }  // namespace

@@ -154,6 +154,37 @@ void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d
   for (; i < n; ++i) rows_i8<1>(w, rows + i, d, out + i);
 }
 
+// R float16 rows at once: acc[i % 16] += q[i] * float(row[i]), canonical order (exact
+// conversions). The tail is a masked load (zeros beyond d, q masked to +0: extra terms +0).
+template <int R>
+inline void rows_f16(const float* q, const uint16_t* const* rows, size_t d, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xf = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + i)));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(qv, xf));
+    }
+  }
+  if (i < d) {
+    const __mmask16 m = first_mask16(d - i);
+    const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xf = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, rows[r] + i));
+      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(qv, xf));
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = fold16(acc[r]);
+}
+
+void dot_f16_gather(const float* q, const uint16_t* const* rows, size_t n, size_t d, float* out) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) rows_f16<4>(q, rows + i, d, out + i);
+  for (; i < n; ++i) rows_f16<1>(q, rows + i, d, out + i);
+}
+
 // LUT16 scan; layouts as in kernels.h (codes (ngroups, nblocks_pad, 16) bytes, lut
 // (nblocks_pad, 16) uint8, out (ngroups * 32) uint16 in natural point order).
 //
@@ -387,9 +418,9 @@ void partition_f32(const float* src, size_t n, float pivot, float* gt_out, float
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kAvx512, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,     &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi, &dot_t16_i16,
-    &dot_seq_gather,    &partition_f32, &lut_blocks,    &lut_quantize,
+    SimdLevel::kAvx512, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,    &dot_gather,
+    &dot_i8_gather,     &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi,  &dot_t16_i16,
+    &dot_seq_gather,    &partition_f32, &lut_blocks,    &lut_quantize, &dot_f16_gather,
 };
 
 }  // namespace

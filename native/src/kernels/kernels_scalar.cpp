@@ -76,6 +76,38 @@ inline float reduce16_i8(const float* w, const int8_t* x, size_t d) {
   return fold16(acc);
 }
 
+// IEEE binary16 -> float, exact (normal, subnormal, zero, inf and NaN halves).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  uint32_t bits;
+  if (e == 0x1Fu) {
+    bits = sign | 0x7F800000u | (m << 13);
+  } else if (e != 0) {
+    bits = sign | ((e + 112u) << 23) | (m << 13);
+  } else if (m == 0) {
+    bits = sign;
+  } else {  // subnormal half: m * 2^-24, a normal float
+    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
+    std::memcpy(&bits, &v, 4);
+    bits |= sign;
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+// Canonical 16-lane reduction of q[i] * float(h[i]) over i < d.
+inline float reduce16_f16(const float* q, const uint16_t* h, size_t d) {
+  float acc[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += q[i + j] * half_to_float(h[i + j]);
+  }
+  for (size_t j = 0; i + j < d; ++j) acc[j] += q[i + j] * half_to_float(h[i + j]);
+  return fold16(acc);
+}
+
 float dot(const float* a, const float* b, size_t d) {
   return reduce16<DotTerm>(a, b, d);
 }
@@ -98,6 +130,10 @@ void dot_gather(const float* q, const float* const* rows, size_t n, size_t d, fl
 
 void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d, float* out) {
   for (size_t i = 0; i < n; ++i) out[i] = reduce16_i8(w, rows[i], d);
+}
+
+void dot_f16_gather(const float* q, const uint16_t* const* rows, size_t n, size_t d, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = reduce16_f16(q, rows[i], d);
 }
 
 // codes: (ngroups, nblocks_pad, 16) bytes. In group g, block m, byte j holds the code of point
@@ -223,9 +259,9 @@ void lut_quantize(const float* lut, size_t n, float s, uint8_t* lut8) {
 }
 
 constexpr KernelTable kTable = {
-    SimdLevel::kScalar, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,   &dot_gather,
-    &dot_i8_gather,     &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi, &dot_t16_i16,
-    &dot_seq_gather,    &partition_f32, &lut_blocks,    &lut_quantize,
+    SimdLevel::kScalar, &dot,           &l2sqr,         &dot_batch,    &l2sqr_batch,    &dot_gather,
+    &dot_i8_gather,     &scan_lut16,    &filter_scores, &dot_t16,      &dot_t16_multi,  &dot_t16_i16,
+    &dot_seq_gather,    &partition_f32, &lut_blocks,    &lut_quantize, &dot_f16_gather,
 };
 
 }  // namespace
