@@ -22,6 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _params
+from . import _validation as V
 from ._validation import LIMITS
 from .index import AVQIndex, ExactIndex
 
@@ -122,6 +123,12 @@ class _AVQNeighborsBase(BaseEstimator):
             maximum=LIMITS["max_leaves_to_search"],
         )
         _check_int("reorder_k", self.reorder_k, minimum=1, allow_none=True, maximum=LIMITS["max_reorder_k"])
+        V.check_leaf_margin(self.leaf_margin)
+        if self.leaf_margin is not None and _METRICS[self.metric][1] == "l2":
+            raise ValueError(
+                f"leaf_margin applies to metric 'cosine' or an inner product, not {self.metric!r}: "
+                "leave it None under a euclidean metric"
+            )
         _check_int(
             "dims_per_block", self.dims_per_block, minimum=1, allow_none=True, maximum=LIMITS["max_dims_per_block"]
         )
@@ -222,6 +229,10 @@ class _AVQNeighborsBase(BaseEstimator):
             rk = max(rk, _params.resolve_budget(None, self.n_features_in_, k, num_leaves=index.num_leaves_).reorder_k)
         return lts, max(rk, k)
 
+    def _margin(self) -> float | None:
+        """leaf_margin as AVQIndex.search takes it (validated at fit)."""
+        return None if self.leaf_margin is None else float(self.leaf_margin)
+
     def _query(
         self, Q: npt.NDArray[np.float32], k: int, n_threads: int, lts: int | None = None, rk: int | None = None
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
@@ -233,7 +244,9 @@ class _AVQNeighborsBase(BaseEstimator):
             if lts is None:
                 lts, rk = self._budget(k)
             # Rows are complete: the index widens the probe when its leaves hold fewer than k.
-            _, I = index.search(Q, k, leaves_to_search=lts, reorder_k=rk, num_threads=n_threads)
+            _, I = index.search(
+                Q, k, leaves_to_search=lts, reorder_k=rk, num_threads=n_threads, leaf_margin=self._margin()
+            )
         if (I < 0).any():  # pragma: no cover - k <= n_samples_fit is checked by the callers
             raise RuntimeError("the index returned fewer neighbours than requested")
         return self._exact_distances(Q, I)

@@ -80,6 +80,12 @@ default="euclidean"
         Seed of the index's training (k-means and codebooks). An int is used as the seed; a
         RandomState gives one draw; None draws from numpy's global RandomState. The same int
         and data give identical results.
+    leaf_margin : float >= 0, default=None
+        Query-adaptive probing (metric cosine or an inner product; not euclidean): a query also
+        probes every further partition whose centre is within ``leaf_margin`` of its best one's
+        (see :meth:`avq_plugin.AVQIndex.search`). None: off. With ``target_recall`` the tuned
+        ``leaves_to_search`` is the floor, so recall is at least the target's. Ignored by exact
+        search.
 """
 
 
@@ -151,6 +157,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         anisotropic_threshold: float | str | None = "auto",
         n_jobs: int | None = None,
         random_state: int | np.random.RandomState | None = None,
+        leaf_margin: float | None = None,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.radius = radius
@@ -164,6 +171,7 @@ class AVQNearestNeighbors(_AVQNeighborsBase):
         self.anisotropic_threshold = anisotropic_threshold
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.leaf_margin = leaf_margin
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -333,6 +341,7 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         anisotropic_threshold: float | str | None = "auto",
         n_jobs: int | None = None,
         random_state: int | np.random.RandomState | None = None,
+        leaf_margin: float | None = None,
     ) -> None:
         self.mode = mode
         self.n_neighbors = n_neighbors
@@ -346,6 +355,7 @@ class AVQKNeighborsTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         self.anisotropic_threshold = anisotropic_threshold
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.leaf_margin = leaf_margin
 
     def _validate_params(self) -> None:
         super()._validate_params()

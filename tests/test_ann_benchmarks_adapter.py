@@ -429,3 +429,32 @@ def test_bad_arguments():
     for bad in [(0, 10), (5, 0), (2.5, 10), ([1, 2, 3],), ([1],)]:
         with pytest.raises(ValueError):
             algo.set_query_arguments(*bad)
+
+
+def test_leaf_margin_query_argument():
+    # [leaves_to_search, reorder_k, leaf_margin] (angular): AVQIndex.search with that margin on the
+    # normalised data, single and batch; named; rejected on euclidean data and when malformed.
+    module = _load_module()
+    ds = load_glove_subset()
+    X, Q = ds.train[:5000], ds.test[:50]
+    algo = module.AVQ(70, 0.2, 2, "angular")
+    algo.fit(X)
+    algo.set_query_arguments([3, 30, 0.2])
+    assert "leaf_margin=0.2" in str(algo)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    want = algo._index.search(Q, K, leaves_to_search=3, reorder_k=30, leaf_margin=0.2)[1]
+    fixed = algo._index.search(Q, K, leaves_to_search=3, reorder_k=30)[1]
+    assert (want != fixed).any()
+    np.testing.assert_array_equal(np.array([algo.query(q, K) for q in Q]), want)
+    algo.batch_query(Q, K)
+    np.testing.assert_array_equal(np.array(algo.get_batch_results()), want)
+    assert np.allclose(algo._index.search(Xn[:3], 1, leaves_to_search=70, reorder_k=100)[0][:, 0], 1.0, atol=1e-5)
+    algo.set_query_arguments(3, 30)  # the pair form turns it off again
+    assert "leaf_margin" not in str(algo)
+    np.testing.assert_array_equal(np.array([algo.query(q, K) for q in Q]), fixed)
+    for bad in ([3, 30, -0.1], [3, 30, float("nan")], [3, 30, "0.2"], [3, 30, True], [3, 30, 0.2, 1]):
+        with pytest.raises(ValueError, match="leaf_margin|set_query_arguments"):
+            algo.set_query_arguments(bad)
+    euclid = module.AVQ(10, float("nan"), 2, "euclidean")
+    with pytest.raises(ValueError, match="angular"):
+        euclid.set_query_arguments([3, 30, 0.2])

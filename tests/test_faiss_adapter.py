@@ -161,6 +161,41 @@ def test_nprobe_and_params(data):
     assert D2 is D and I2 is I
 
 
+def test_leaf_margin(data):
+    # leaf_margin (inner product): the wrapped AVQIndex's search with that margin, as an attribute,
+    # per call, in range_search and through pickle; rejected under L2 and with float_lut.
+    X, Q = data
+    index = IndexAVQ(16, 8, 4, IP, nlist=40, nprobe=2, reorder_k=20, leaf_margin=0.5)
+    index.train(X)
+    index.add(X)
+    avq = index._avq
+    want = avq.search(Q, 10, leaves_to_search=2, reorder_k=20, leaf_margin=0.5)
+    fixed = avq.search(Q, 10, leaves_to_search=2, reorder_k=20)
+    assert (want[1] != fixed[1]).any()  # the margin adds leaves for some queries
+    np.testing.assert_array_equal(index.search(Q, 10)[1], want[1])
+    np.testing.assert_array_equal(index.search(Q, 10, params=SearchParametersAVQ(leaf_margin=0.5))[1], want[1])
+    index.leaf_margin = None
+    np.testing.assert_array_equal(index.search(Q, 10)[1], fixed[1])
+    np.testing.assert_array_equal(index.search(Q, 10, params=SearchParametersAVQ(leaf_margin=0.5))[1], want[1])
+    assert repr(SearchParametersAVQ(leaf_margin=0.5)).endswith("leaf_margin=0.5)")
+    index.leaf_margin = 0.5
+    lims, D, I = index.range_search(Q[:5], float(want[0][:, 4].min()))
+    assert set(want[1][0][want[0][0] > want[0][:, 4].min()]) <= set(I[lims[0] : lims[1]])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(index)).search(Q, 10)[1], want[1])
+    with pytest.raises(ValueError, match="float_lut"):
+        index.search(Q, 10, params=SearchParametersAVQ(float_lut=True))
+    with pytest.raises(ValueError, match="leaf_margin"):
+        index.leaf_margin = -1.0
+    with pytest.raises(TypeError, match="leaf_margin"):
+        SearchParametersAVQ(leaf_margin="0.5")
+    with pytest.raises(ValueError, match="leaf_margin needs metric METRIC_INNER_PRODUCT"):
+        IndexAVQ(16, 8, 4, L2, nlist=40, leaf_margin=0.5)
+    l2 = IndexAVQ(16, 8, 4, L2, nlist=40)
+    l2.train(X)
+    with pytest.raises(ValueError, match="params.leaf_margin needs metric"):
+        l2.search(Q, 10, params=SearchParametersAVQ(leaf_margin=0.5))
+
+
 @pytest.mark.parametrize("metric", [IP, L2])
 def test_range_search(data, metric):
     X, Q = data

@@ -113,3 +113,34 @@ def test_leaf_margin_rejects_bad_values(indexes, glove):
     with pytest.raises(ValueError, match="leaf_margin needs metric 'cosine' or 'dot'"):
         l2.search(Q[:2], K, 4, 40, leaf_margin=np.float64(0.2))  # the checked path
     np.testing.assert_array_equal(l2.search(Q[:2], K, 4, 40, leaf_margin=None)[1], l2.search(Q[:2], K, 4, 40)[1])
+
+
+def test_estimators_pass_leaf_margin_to_the_index(glove):
+    # AVQNearestNeighbors / AVQKNeighborsTransformer(leaf_margin=m): the index's search with m, at
+    # the estimator's budget; off (None) by default; euclidean metrics and bad values rejected at
+    # fit, naming the parameter.
+    X, Q = glove
+    X, Q = X[:6000], Q[:100]
+    common = dict(algorithm="avq", num_leaves=60, leaves_to_search=4, reorder_k=40, random_state=0)
+    nn = avq_plugin.AVQNearestNeighbors(n_neighbors=K, metric="cosine", leaf_margin=0.15, **common).fit(X)
+    assert nn.get_params()["leaf_margin"] == 0.15
+    ix = nn.index_
+    want = ix.search(Q, K, leaves_to_search=4, reorder_k=40, leaf_margin=0.15)[1]
+    fixed = ix.search(Q, K, leaves_to_search=4, reorder_k=40)[1]
+    assert (want != fixed).any()  # the margin changes some answers at this budget
+    np.testing.assert_array_equal(np.sort(nn.kneighbors(Q, return_distance=False), axis=1), np.sort(want, axis=1))
+    off = avq_plugin.AVQNearestNeighbors(n_neighbors=K, metric="cosine", **common).fit(X)
+    assert off.get_params()["leaf_margin"] is None
+    np.testing.assert_array_equal(np.sort(off.kneighbors(Q, return_distance=False), axis=1), np.sort(fixed, axis=1))
+    tr = avq_plugin.AVQKNeighborsTransformer(
+        n_neighbors=K, mode="connectivity", metric="ip", leaf_margin=0.15, **common
+    ).fit(X)
+    dot_want = tr.index_.search(Q, K, leaves_to_search=4, reorder_k=40, leaf_margin=0.15)[1]
+    G = tr.transform(Q)
+    np.testing.assert_array_equal(np.sort(G.indices.reshape(len(Q), -1), axis=1), np.sort(dot_want, axis=1))
+    with pytest.raises(ValueError, match="leaf_margin"):
+        avq_plugin.AVQNearestNeighbors(metric="euclidean", leaf_margin=0.1, **common).fit(X)
+    with pytest.raises(ValueError, match="leaf_margin"):
+        avq_plugin.AVQNearestNeighbors(metric="cosine", leaf_margin=-0.1, **common).fit(X)
+    with pytest.raises(TypeError, match="leaf_margin"):
+        avq_plugin.AVQNearestNeighbors(metric="cosine", leaf_margin="0.1", **common).fit(X)

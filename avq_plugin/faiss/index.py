@@ -83,19 +83,32 @@ class SearchParametersAVQ:
     float_lut : bool, optional
         True: score the codes with float lookup tables instead of the 8-bit ones (Faiss's scores
         for the same codes, no re-ranking; slower). None keeps the index's ``float_lut``.
+    leaf_margin : float >= 0, optional
+        Query-adaptive probing for this call (see ``IndexAVQ``'s ``leaf_margin``); None keeps
+        the index's.
 
     Any object with an ``nprobe`` attribute (e.g. ``faiss.SearchParametersIVF``) is accepted too.
     """
 
-    def __init__(self, nprobe: int | None = None, reorder_k: int | None = None, float_lut: bool | None = None) -> None:
+    def __init__(
+        self,
+        nprobe: int | None = None,
+        reorder_k: int | None = None,
+        float_lut: bool | None = None,
+        leaf_margin: float | None = None,
+    ) -> None:
         self.nprobe = V.check_int("nprobe", nprobe, minimum=1, allow_none=True)
+        self.leaf_margin = V.check_leaf_margin(leaf_margin)
         self.reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
         if float_lut is not None and not isinstance(float_lut, (bool, np.bool_)):
             raise TypeError(f"float_lut must be a bool or None, got {type(float_lut).__name__}")
         self.float_lut = None if float_lut is None else bool(float_lut)
 
     def __repr__(self) -> str:
-        return f"SearchParametersAVQ(nprobe={self.nprobe}, reorder_k={self.reorder_k}, float_lut={self.float_lut})"
+        return (
+            f"SearchParametersAVQ(nprobe={self.nprobe}, reorder_k={self.reorder_k}, float_lut={self.float_lut}, "
+            f"leaf_margin={self.leaf_margin})"
+        )
 
 
 class IndexAVQ:
@@ -138,6 +151,13 @@ class IndexAVQ:
         Score codes with float lookup tables (exactly Faiss's scores for the same codes, up to
         float summation order; no re-ranking; a slower scalar scan) instead of the default 8-bit
         SIMD scan. Settable; also per call through ``SearchParametersAVQ``.
+    leaf_margin : float >= 0, optional
+        Query-adaptive probing (inner product only; None, the default: off): a query also probes
+        every further leaf whose centre's inner product is within ``leaf_margin * ||q||`` of its
+        best leaf's, and re-ranks ``reorder_k`` times sqrt(its leaves / ``nprobe``) (see
+        :meth:`avq_plugin.AVQIndex.search`). Settable; also per call through
+        ``SearchParametersAVQ``; not with ``float_lut``. Kept by pickling, not by ``write_index``
+        (Faiss has no such field).
     num_threads : int, optional
         Threads for training and batched search (None or -1: all cores).
     seed : int
@@ -187,6 +207,7 @@ class IndexAVQ:
         anisotropic_threshold: float | str | None = "auto",
         reorder_k: int | None = None,
         float_lut: bool = False,
+        leaf_margin: float | None = None,
         training_iterations: int = 3,
         kmeans_iterations: int = 10,
         training_sample_size: int | None = None,
@@ -201,6 +222,7 @@ class IndexAVQ:
         self._stores_vectors = reorder_k is not None
         self._reorder_k = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
         self.float_lut = float_lut
+        self.leaf_margin = leaf_margin
         self._avq = AVQIndex(
             metric=_METRIC_NAMES[self.metric_type],
             num_leaves=self.nlist or 1,
@@ -266,6 +288,20 @@ class IndexAVQ:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"float_lut must be a bool, got {type(value).__name__}")
         self._float_lut = bool(value)
+
+    @property
+    def leaf_margin(self) -> float | None:
+        """Query-adaptive probing margin (None: off; inner product only)."""
+        return self._leaf_margin
+
+    @leaf_margin.setter
+    def leaf_margin(self, value: float | None) -> None:
+        self._leaf_margin = self._check_margin(V.check_leaf_margin(value), "leaf_margin")
+
+    def _check_margin(self, value: float | None, name: str) -> float | None:
+        if value is not None and self.metric_type != METRIC_INNER_PRODUCT:
+            raise ValueError(f"{name} needs metric METRIC_INNER_PRODUCT (query-adaptive probing ranks leaves by score)")
+        return value
 
     @property
     def reorder_k(self) -> int | None:
@@ -353,8 +389,8 @@ class IndexAVQ:
         return self._avq.remove(ids)
 
     # ------------------------------------------------------------------ search
-    def _budget(self, params: Any) -> tuple[int, int, bool]:
-        nprobe, reorder_k, float_lut = self.nprobe, self._reorder_k, self._float_lut
+    def _budget(self, params: Any) -> tuple[int, int, bool, float | None]:
+        nprobe, reorder_k, float_lut, margin = self.nprobe, self._reorder_k, self._float_lut, self._leaf_margin
         if params is not None:
             if not hasattr(params, "nprobe") and not hasattr(params, "reorder_k"):
                 raise TypeError(
@@ -371,16 +407,21 @@ class IndexAVQ:
             p_fl = getattr(params, "float_lut", None)
             if p_fl is not None:
                 float_lut = bool(p_fl)
-        return nprobe, (reorder_k or 1), float_lut
+            p_margin = getattr(params, "leaf_margin", None)
+            if p_margin is not None:
+                margin = self._check_margin(V.check_leaf_margin(p_margin, "params.leaf_margin"), "params.leaf_margin")
+        if float_lut and margin is not None:
+            raise ValueError("leaf_margin does not apply to the float_lut scan: set one of them only")
+        return nprobe, (reorder_k or 1), float_lut, margin
 
     def _native_search(
-        self, x: npt.NDArray[np.float32], k: int, budget: tuple[int, int, bool]
+        self, x: npt.NDArray[np.float32], k: int, budget: tuple[int, int, bool, float | None]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        nprobe, rk, float_lut = budget
+        nprobe, rk, float_lut, margin = budget
         avq = self._avq
         if float_lut:
             return avq._search_float_lut(x, k, nprobe, avq.num_threads)
-        return avq.search(x, k, leaves_to_search=nprobe, reorder_k=rk, num_threads=avq.num_threads)
+        return avq.search(x, k, leaves_to_search=nprobe, reorder_k=rk, num_threads=avq.num_threads, leaf_margin=margin)
 
     def search(
         self,
@@ -452,7 +493,7 @@ class IndexAVQ:
         self._require_trained()
         x = self._matrix(x)
         radius = V.check_float("radius", radius)
-        nprobe, rk, float_lut = self._budget(params)
+        nprobe, rk, float_lut, margin = self._budget(params)
         n = x.shape[0]
         # Every row is filled: a row leaves ``todo`` once not all its k results pass.
         no_result = (np.zeros(0, np.float32), np.zeros(0, np.int64))
@@ -461,7 +502,7 @@ class IndexAVQ:
         k = min(64, max(1, self.ntotal))
         ip = self.metric_type == METRIC_INNER_PRODUCT
         while todo.size:
-            Dk, Ik = self._native_search(np.ascontiguousarray(x[todo]), k, (nprobe, max(rk, k), float_lut))
+            Dk, Ik = self._native_search(np.ascontiguousarray(x[todo]), k, (nprobe, max(rk, k), float_lut, margin))
             keep = (Ik >= 0) & ((Dk > radius) if ip else (Dk < radius))
             # A row whose k results all pass may have more: search it again with a larger k.
             full = np.asarray(keep.all(axis=1))
@@ -578,6 +619,7 @@ class IndexAVQ:
             raise ValueError(f"{p['reorder']} reordering has no IndexAVQ equivalent: load it with AVQIndex.load")
         obj._reorder_k = (p["default_reorder_k"] or None) if obj._stores_vectors else None
         obj._float_lut = False
+        obj._leaf_margin = None
         obj._avq = avq
         return obj
 
@@ -588,6 +630,7 @@ class IndexAVQ:
             "nprobe": self._nprobe,
             "reorder_k": self._reorder_k,
             "float_lut": self._float_lut,
+            "leaf_margin": self._leaf_margin,
             "stores_vectors": self._stores_vectors,
             "d": self.d,
             "M": self.M,
@@ -600,6 +643,7 @@ class IndexAVQ:
         self._nprobe = state["nprobe"]
         self._reorder_k = state["reorder_k"]
         self._float_lut = state["float_lut"]
+        self._leaf_margin = state.get("leaf_margin")  # (absent in pickles made before it existed)
         self._stores_vectors = state["stores_vectors"]
         self.d, self.M, self.nbits = state["d"], state["M"], 4
         self.metric_type = state["metric_type"]

@@ -2,7 +2,9 @@
 
 The definition mirrors ann-benchmarks' ``scann`` entry: the constructor takes
 ``(n_leaves, avq_threshold, dims_per_block, metric)`` and the query arguments are
-``[leaves_to_search, reorder_k]``. It wraps :class:`avq_plugin.AVQIndex`:
+``[leaves_to_search, reorder_k]``, or ``[leaves_to_search, reorder_k, leaf_margin]`` on angular
+data (query-adaptive probing, ``AVQIndex.search(..., leaf_margin=...)``). It wraps
+:class:`avq_plugin.AVQIndex`:
 
 - ``angular`` data is L2-normalised into a new float32 array (zero rows stay zero) and
   indexed with ``metric="dot"``; for unit vectors the inner product orders points as the
@@ -51,6 +53,18 @@ def _positive_int(name, value):
     return int(value)
 
 
+def _margin(value):
+    """leaf_margin from the config: None (off) or a finite number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"leaf_margin must be a number or None, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"leaf_margin must be finite and >= 0, got {value!r}")
+    return value
+
+
 def _threshold(value):
     """avq_threshold from the config: a float >= 0, or NaN/None for plain PQ."""
     if value is None:
@@ -94,6 +108,7 @@ class AVQ(BaseANN):
         self._built_leaves = None
         self.leaves_to_search = None
         self.reorder_k = None
+        self.leaf_margin = None
         self._effective = None
         self._batch = None
         self._last_k = 0
@@ -111,6 +126,8 @@ class AVQ(BaseANN):
             if self._effective is not None and self._effective[0] != self.leaves_to_search:
                 lts += f" (clamped to {self._effective[0]})"
             name += f", leaves_to_search={lts}, reorder_k={self.reorder_k}"
+            if self.leaf_margin is not None:
+                name += f", leaf_margin={self.leaf_margin:g}"
         self.name = name + ")"
 
     def __str__(self):
@@ -148,23 +165,30 @@ class AVQ(BaseANN):
         self._update_name()
 
     # ------------------------------------------------------------------ search
-    def set_query_arguments(self, leaves_to_search, reorder_k=None):
+    def set_query_arguments(self, leaves_to_search, reorder_k=None, leaf_margin=None):
         """Search budget for the next queries; the index is not rebuilt.
 
-        Accepts ``(leaves_to_search, reorder_k)`` or one ``[leaves_to_search, reorder_k]``
-        pair (the form a config.yml list of pairs produces, as in scann's entry).
+        Accepts ``(leaves_to_search, reorder_k[, leaf_margin])`` or one such list (the form a
+        config.yml list of pairs or triples produces, as in scann's entry).
         ``leaves_to_search`` is clamped to the number of leaves built and ``reorder_k`` to
-        the number of indexed points.
+        the number of indexed points. ``leaf_margin`` (angular data only; default off): a
+        query also probes every further leaf whose centre is within that cosine of its best
+        leaf's, and re-ranks ``reorder_k`` times sqrt(its leaves / ``leaves_to_search``).
         """
         if reorder_k is None:
-            if not isinstance(leaves_to_search, (list, tuple)) or len(leaves_to_search) != 2:
+            if not isinstance(leaves_to_search, (list, tuple)) or len(leaves_to_search) not in (2, 3):
                 raise ValueError(
-                    "set_query_arguments expects (leaves_to_search, reorder_k) or one "
-                    f"[leaves_to_search, reorder_k] pair, got {leaves_to_search!r}"
+                    "set_query_arguments expects (leaves_to_search, reorder_k[, leaf_margin]) or one "
+                    f"[leaves_to_search, reorder_k] pair or [..., leaf_margin] triple, got {leaves_to_search!r}"
                 )
-            leaves_to_search, reorder_k = leaves_to_search
+            leaves_to_search, reorder_k, *rest = leaves_to_search
+            leaf_margin = rest[0] if rest else None
+        margin = _margin(leaf_margin)
+        if margin is not None and self.metric != "angular":
+            raise ValueError("leaf_margin applies to angular data only (the index ranks leaves by score)")
         self.leaves_to_search = _positive_int("leaves_to_search", leaves_to_search)
         self.reorder_k = _positive_int("reorder_k", reorder_k)
+        self.leaf_margin = margin
         if self._index is not None:
             self._clamp()
         self._update_name()
@@ -182,7 +206,9 @@ class AVQ(BaseANN):
     def query(self, v, n):
         lts, rk = self._budget()
         self._last_k = n
-        _, ids = self._index.search(v, n, leaves_to_search=lts, reorder_k=rk, num_threads=1)
+        _, ids = self._index.search(
+            v, n, leaves_to_search=lts, reorder_k=rk, num_threads=1, leaf_margin=self.leaf_margin
+        )
         ids = ids[0]
         # Fewer than n points can be found when few leaves are probed: drop the -1 padding.
         return ids if ids[-1] >= 0 else ids[ids >= 0]
@@ -190,7 +216,9 @@ class AVQ(BaseANN):
     def batch_query(self, X, n):
         lts, rk = self._budget()
         self._last_k = n
-        self._batch = self._index.search(X, n, leaves_to_search=lts, reorder_k=rk, num_threads=self.num_threads_batch)
+        self._batch = self._index.search(
+            X, n, leaves_to_search=lts, reorder_k=rk, num_threads=self.num_threads_batch, leaf_margin=self.leaf_margin
+        )
 
     def get_batch_results(self):
         _, ids = self._batch
@@ -207,6 +235,7 @@ class AVQ(BaseANN):
         if self._effective is not None:
             out["leaves_searched"] = int(self._effective[0])
             # The index re-scores max(k, reorder_k) candidates (at most the index size).
+            # (with leaf_margin: the base of each query's budget, which grows with its leaves)
             out["reorder_k_used"] = int(min(max(self._effective[1], self._last_k), self._index.ntotal))
         return out
 
