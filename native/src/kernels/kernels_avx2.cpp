@@ -170,9 +170,33 @@ inline __m128i load_i8_partial(const int8_t* p, size_t rem) {
   return _mm_set_epi64x(0, static_cast<long long>(tail));
 }
 
-// R int8 rows at once: acc[i % 16] += w[i] * float(row[i]), canonical order.
-template <int R>
-inline void rows_i8(const float* w, const int8_t* const* rows, size_t d, float* out) {
+// Row loaders of rows_cvt: 16 values of a row as two __m256 of exact floats (elements 0..7 and
+// 8..15), and the last rem (1..15) values zero-extended without reading past the row.
+struct I8Rows {  // int8 rows (int8 reordering)
+  using T = int8_t;
+  static void load16(const int8_t* p, __m256* a, __m256* b) {
+    i8x16_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), a, b);
+  }
+  static void load_tail(const int8_t* p, size_t rem, __m256* a, __m256* b) {
+    i8x16_to_f32(load_i8_partial(p, rem), a, b);
+  }
+};
+struct F16Rows {  // IEEE binary16 rows (float16 reordering; F16C conversions are exact)
+  using T = uint16_t;
+  static void load16(const uint16_t* p, __m256* a, __m256* b) {
+    *a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    *b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  }
+  static void load_tail(const uint16_t* p, size_t rem, __m256* a, __m256* b) {
+    alignas(16) uint16_t tail[16] = {0};
+    std::memcpy(tail, p, rem * sizeof(uint16_t));
+    load16(tail, a, b);
+  }
+};
+
+// R rows of L's type at once: acc[i % 16] += w[i] * float(row[i]), canonical order.
+template <class L, int R>
+inline void rows_cvt(const float* w, const typename L::T* const* rows, size_t d, float* out) {
   __m256 lo[R], hi[R];
   for (int r = 0; r < R; ++r) {
     lo[r] = _mm256_setzero_ps();
@@ -184,14 +208,14 @@ inline void rows_i8(const float* w, const int8_t* const* rows, size_t d, float* 
     const __m256 w1 = _mm256_loadu_ps(w + i + 8);
     for (int r = 0; r < R; ++r) {
       __m256 x0, x1;
-      i8x16_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + i)), &x0, &x1);
+      L::load16(rows[r] + i, &x0, &x1);
       lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(w0, x0));
       hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(w1, x1));
     }
   }
   const size_t rem = d - i;  // 0..15
   if (rem > 0) {
-    // Weights beyond d are masked to +0 and the int8 tail is zero-extended without reading past
+    // Weights beyond d are masked to +0 and the row's tail is zero-extended without reading past
     // the row, so the extra terms are +0 * 0 = +0 and leave the lane sums unchanged.
     __m256 w0, w1;
     if (rem > 8) {
@@ -203,7 +227,7 @@ inline void rows_i8(const float* w, const int8_t* const* rows, size_t d, float* 
     }
     for (int r = 0; r < R; ++r) {
       __m256 x0, x1;
-      i8x16_to_f32(load_i8_partial(rows[r] + i, rem), &x0, &x1);
+      L::load_tail(rows[r] + i, rem, &x0, &x1);
       lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(w0, x0));
       hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(w1, x1));
     }
@@ -211,59 +235,19 @@ inline void rows_i8(const float* w, const int8_t* const* rows, size_t d, float* 
   for (int r = 0; r < R; ++r) out[r] = fold16(lo[r], hi[r]);
 }
 
-void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d, float* out) {
+template <class L>
+void gather_cvt(const float* w, const typename L::T* const* rows, size_t n, size_t d, float* out) {
   size_t i = 0;
-  for (; i + 4 <= n; i += 4) rows_i8<4>(w, rows + i, d, out + i);
-  for (; i < n; ++i) rows_i8<1>(w, rows + i, d, out + i);
+  for (; i + 4 <= n; i += 4) rows_cvt<L, 4>(w, rows + i, d, out + i);
+  for (; i < n; ++i) rows_cvt<L, 1>(w, rows + i, d, out + i);
 }
 
-// R float16 rows at once: acc[i % 16] += q[i] * float(row[i]), canonical order (F16C: exact
-// conversions). The tail (rem < 16 values) is copied into a zeroed buffer, and q beyond d is
-// masked to +0: the extra terms are +0 * +0 = +0 and leave the lane sums unchanged.
-template <int R>
-inline void rows_f16(const float* q, const uint16_t* const* rows, size_t d, float* out) {
-  __m256 lo[R], hi[R];
-  for (int r = 0; r < R; ++r) {
-    lo[r] = _mm256_setzero_ps();
-    hi[r] = _mm256_setzero_ps();
-  }
-  size_t i = 0;
-  for (; i + 16 <= d; i += 16) {
-    const __m256 q0 = _mm256_loadu_ps(q + i);
-    const __m256 q1 = _mm256_loadu_ps(q + i + 8);
-    for (int r = 0; r < R; ++r) {
-      const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + i)));
-      const __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + i + 8)));
-      lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(q0, x0));
-      hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(q1, x1));
-    }
-  }
-  const size_t rem = d - i;  // 0..15
-  if (rem > 0) {
-    __m256 q0, q1;
-    if (rem > 8) {
-      q0 = _mm256_loadu_ps(q + i);
-      q1 = _mm256_maskload_ps(q + i + 8, first_lanes_mask(rem - 8));
-    } else {
-      q0 = _mm256_maskload_ps(q + i, first_lanes_mask(rem));
-      q1 = _mm256_setzero_ps();
-    }
-    for (int r = 0; r < R; ++r) {
-      alignas(32) uint16_t tail[16] = {0};
-      std::memcpy(tail, rows[r] + i, rem * sizeof(uint16_t));
-      const __m256 x0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tail)));
-      const __m256 x1 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tail + 8)));
-      lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(q0, x0));
-      hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(q1, x1));
-    }
-  }
-  for (int r = 0; r < R; ++r) out[r] = fold16(lo[r], hi[r]);
+void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d, float* out) {
+  gather_cvt<I8Rows>(w, rows, n, d, out);
 }
 
 void dot_f16_gather(const float* q, const uint16_t* const* rows, size_t n, size_t d, float* out) {
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) rows_f16<4>(q, rows + i, d, out + i);
-  for (; i < n; ++i) rows_f16<1>(q, rows + i, d, out + i);
+  gather_cvt<F16Rows>(q, rows, n, d, out);
 }
 
 // LUT16 scan (FastScan-style in-register lookups).

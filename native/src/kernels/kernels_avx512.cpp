@@ -122,67 +122,56 @@ void dot_gather(const float* q, const float* const* rows, size_t n, size_t d, fl
   for (; i < n; ++i) rows_f32<DotTerm, 1>(q, rows + i, d, out + i);
 }
 
-// R int8 rows at once: acc[i % 16] += w[i] * float(row[i]), canonical order.
-template <int R>
-inline void rows_i8(const float* w, const int8_t* const* rows, size_t d, float* out) {
+// Row loaders of rows_cvt: 16 values of a row as exact floats, and a masked tail (zeros beyond
+// the mask, nothing read there).
+struct I8Rows {  // int8 rows (int8 reordering)
+  using T = int8_t;
+  static __m512 load16(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static __m512 load_tail(const int8_t* p, __mmask16 m) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+  }
+};
+struct F16Rows {  // IEEE binary16 rows (float16 reordering; exact conversions)
+  using T = uint16_t;
+  static __m512 load16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static __m512 load_tail(const uint16_t* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+};
+
+// R rows of L's type at once: acc[i % 16] += w[i] * float(row[i]), canonical order.
+template <class L, int R>
+inline void rows_cvt(const float* w, const typename L::T* const* rows, size_t d, float* out) {
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   size_t i = 0;
   for (; i + 16 <= d; i += 16) {
     const __m512 wv = _mm512_loadu_ps(w + i);
-    for (int r = 0; r < R; ++r) {
-      const __m128i x8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + i));
-      const __m512 xf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x8));
-      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(wv, xf));
-    }
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(wv, L::load16(rows[r] + i)));
   }
   if (i < d) {
     const __mmask16 m = first_mask16(d - i);
     const __m512 wv = _mm512_maskz_loadu_ps(m, w + i);
-    for (int r = 0; r < R; ++r) {
-      const __m128i x8 = _mm_maskz_loadu_epi8(m, rows[r] + i);
-      const __m512 xf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x8));
-      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(wv, xf));
-    }
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(wv, L::load_tail(rows[r] + i, m)));
   }
   for (int r = 0; r < R; ++r) out[r] = fold16(acc[r]);
+}
+
+template <class L>
+void gather_cvt(const float* w, const typename L::T* const* rows, size_t n, size_t d, float* out) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) rows_cvt<L, 4>(w, rows + i, d, out + i);
+  for (; i < n; ++i) rows_cvt<L, 1>(w, rows + i, d, out + i);
 }
 
 void dot_i8_gather(const float* w, const int8_t* const* rows, size_t n, size_t d, float* out) {
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) rows_i8<4>(w, rows + i, d, out + i);
-  for (; i < n; ++i) rows_i8<1>(w, rows + i, d, out + i);
-}
-
-// R float16 rows at once: acc[i % 16] += q[i] * float(row[i]), canonical order (exact
-// conversions). The tail is a masked load (zeros beyond d, q masked to +0: extra terms +0).
-template <int R>
-inline void rows_f16(const float* q, const uint16_t* const* rows, size_t d, float* out) {
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  size_t i = 0;
-  for (; i + 16 <= d; i += 16) {
-    const __m512 qv = _mm512_loadu_ps(q + i);
-    for (int r = 0; r < R; ++r) {
-      const __m512 xf = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + i)));
-      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(qv, xf));
-    }
-  }
-  if (i < d) {
-    const __mmask16 m = first_mask16(d - i);
-    const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-    for (int r = 0; r < R; ++r) {
-      const __m512 xf = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, rows[r] + i));
-      acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(qv, xf));
-    }
-  }
-  for (int r = 0; r < R; ++r) out[r] = fold16(acc[r]);
+  gather_cvt<I8Rows>(w, rows, n, d, out);
 }
 
 void dot_f16_gather(const float* q, const uint16_t* const* rows, size_t n, size_t d, float* out) {
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) rows_f16<4>(q, rows + i, d, out + i);
-  for (; i < n; ++i) rows_f16<1>(q, rows + i, d, out + i);
+  gather_cvt<F16Rows>(q, rows, n, d, out);
 }
 
 // LUT16 scan; layouts as in kernels.h (codes (ngroups, nblocks_pad, 16) bytes, lut
