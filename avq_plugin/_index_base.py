@@ -73,14 +73,22 @@ class _IndexBase(_NativeWrapper[_native.Index]):
         p = self._require_trained().params()
         return p.default_leaves_to_search, p.default_reorder_k
 
+    def default_leaf_margin(self) -> float | None:
+        """The ``leaf_margin`` used when search() is not given one: None (the fixed count of
+        leaves) unless ``tune`` chose a margin; stored with the index like the budget."""
+        m = self._require_trained().params().default_leaf_margin
+        return None if m < 0 else float(m)
+
     def _store_search_default(self, name: str, value: int | None) -> None:
         """A budget attribute assigned a number on a trained index becomes its stored default."""
         index = self._index
         if value is None or index is None or not index.is_trained:
             return
-        lts, rk = self.default_search_params()
+        p = index.params()
         index.set_default_search_params(
-            value if name == "leaves_to_search" else lts, value if name == "reorder_k" else rk
+            value if name == "leaves_to_search" else p.default_leaves_to_search,
+            value if name == "reorder_k" else p.default_reorder_k,
+            p.default_leaf_margin,  # kept
         )
 
     def _new_native(self, d: int, threshold: float, budget: _params.Budget, *, spill: bool = True) -> _native.Index:

@@ -37,7 +37,9 @@ class _IndexIO(_IndexBase):
             # (saving the index again writes the concrete values, format version 2).
             budget = _params.resolve_budget(native.ntotal, p.d, num_leaves=native.num_leaves, spilled=p.spill != "none")
             native.set_default_search_params(
-                p.default_leaves_to_search or budget.leaves_to_search, p.default_reorder_k or budget.reorder_k
+                p.default_leaves_to_search or budget.leaves_to_search,
+                p.default_reorder_k or budget.reorder_k,
+                p.default_leaf_margin,
             )
             p = native.params()
         obj = cls.__new__(cls)

@@ -253,6 +253,7 @@ class _IndexProtected(_IndexBase):
         p.spill = layout.spill or "none"
         budget = _params.resolve_budget(None, index.d, num_leaves=index.num_leaves, spilled=layout.spill is not None)
         p.default_leaves_to_search, p.default_reorder_k = budget.leaves_to_search, budget.reorder_k
+        p.default_leaf_margin = -1.0  # none: the copy gets its own budget search
         try:
             return _native.Index(p)
         except ValueError as e:

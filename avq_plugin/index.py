@@ -348,14 +348,15 @@ class AVQIndex(_IndexIO, _IndexProtected):
         num_threads : int, optional
             Threads for this call (queries are split across a native pool, GIL released).
         leaf_margin : float, optional
-            Query-adaptive probing (metric 'cosine' or 'dot'; default None: off). A query probes
+            Query-adaptive probing (metric 'cosine' or 'dot'; default None: the index's stored
+            ``default_leaf_margin()``, which is off unless ``tune`` chose a margin). A query probes
             its ``leaves_to_search`` best leaves and also every further leaf whose centre is
             within ``leaf_margin`` of its best leaf's, in cosine of the query and the centre
             direction, and re-ranks ``reorder_k`` times sqrt(its leaves / ``leaves_to_search``)
             (rounded up). Easy queries, with one clearly best region, stay at
             ``leaves_to_search`` leaves; hard ones probe more. At high recall this reaches the
             same recall with less work than a fixed count (see docs/parameters.md). 0 probes
-            exactly ``leaves_to_search`` leaves.
+            exactly ``leaves_to_search`` leaves (the fixed count, also on a tuned index).
 
         Returns
         -------
@@ -403,7 +404,7 @@ class AVQIndex(_IndexIO, _IndexProtected):
                 else V.resolve_threads(num_threads)
             )
         )
-        if leaf_margin is None:
+        if leaf_margin is None:  # the native default: the margin stored with the index, if any
             return index.search(Q, k, lts, rk, nt)
         # A plain float in range goes as it is; the native call rejects it under l2.
         if type(leaf_margin) is not float or not 0.0 <= leaf_margin <= _MAX_MARGIN:
@@ -425,14 +426,16 @@ class AVQIndex(_IndexIO, _IndexProtected):
         margin: float | None = None,
         seed: int | None = None,
         layouts: str | Iterable[tuple[int, str | None]] | None = None,
+        leaf_margin: str | None = "auto",
     ) -> TuneReport:
         """Choose the fastest search budget that reaches a target recall, and make it the default.
 
         Finds, for a geometric grid of ``reorder_k`` values (k to 64k), the smallest
         ``leaves_to_search`` whose mean recall@k on tuning queries reaches ``target_recall``
         plus a small safety margin, times each of these settings (one thread, all tuning
-        queries in one call) and keeps the fastest. The chosen pair becomes the index's default
-        budget: ``search`` without budget arguments uses it, and it is kept by ``save``/``load``,
+        queries in one call) and keeps the fastest; on dot and cosine indexes it also tries
+        smaller budgets with a ``leaf_margin`` (see below). The chosen budget becomes the index's
+        default: ``search`` without budget arguments uses it, and it is kept by ``save``/``load``,
         ``to_bytes``/``from_bytes`` and pickle.
 
         Tuning queries and their exact neighbours come from one of:
@@ -487,11 +490,19 @@ class AVQIndex(_IndexIO, _IndexProtected):
             ``spill_`` change; the constructor parameters do not). ``spill`` is None, "none" or
             "soar". ``time_budget_s`` covers all layouts: none is trained once it has passed.
             Default None: keep the layout, tune the budget only.
+        leaf_margin : "auto" or None, default "auto"
+            "auto" (metric 'cosine' or 'dot', ``reorder_k`` not given): also try query-adaptive
+            probing. From the fastest fixed budget (L, R), smaller budgets (L/2 or L/3 leaves,
+            R/2 or 2R/3 candidates) each get the smallest ``leaf_margin`` (0.01 steps, up to
+            0.64) reaching the goal; a margin setting replaces the fixed budget when it is
+            faster (timed alternately). The chosen margin is stored with the index and used by
+            ``search`` when it is given no ``leaf_margin`` (``default_leaf_margin()``). None:
+            fixed counts only (and a stored margin is removed).
 
         Returns
         -------
         TuneReport
-            The chosen ``leaves_to_search`` and ``reorder_k``, the recall measured on the
+            The chosen ``leaves_to_search``, ``reorder_k`` and ``leaf_margin``, the recall measured on the
             tuning queries, the expected QPS (one thread, batched), the number of tuning
             queries and every setting evaluated; the layout (``dims_per_block``, ``spill``) and,
             with ``layouts``, every layout's measurement (``layouts``).
@@ -544,6 +555,7 @@ class AVQIndex(_IndexIO, _IndexProtected):
                 reorder_k=reorder_k,
                 margin=margin,
                 seed=seed,
+                leaf_margin=leaf_margin,
                 stacklevel=3,
             )
         else:
@@ -561,6 +573,7 @@ class AVQIndex(_IndexIO, _IndexProtected):
                 reorder_k=reorder_k,
                 margin=margin,
                 seed=seed,
+                leaf_margin=leaf_margin,
                 stacklevel=3,
             )
             if winner is not None:
@@ -575,7 +588,8 @@ class AVQIndex(_IndexIO, _IndexProtected):
         """
         index = self._require_trained()
         rk = index.params().default_reorder_k if report.reorder_k is None else int(report.reorder_k)
-        index.set_default_search_params(int(report.leaves_to_search), rk)
+        margin = -1.0 if report.leaf_margin is None else float(report.leaf_margin)
+        index.set_default_search_params(int(report.leaves_to_search), rk, margin)
 
     # ------------------------------------------------------------------ inspection
     def get_codes(self, ids: npt.ArrayLike) -> npt.NDArray[np.uint8]:

@@ -56,6 +56,14 @@ DEFAULT_NUM_QUERIES = 1000
 _MIN_TIMING_S = 0.05
 #: Timings (each at least _MIN_TIMING_S) of which the best counts, per setting and per comparison.
 _TIMING_REPEATS = 3
+#: leaf_margin search (``leaf_margin="auto"``): margins are j / 100 for j in 1.._MARGIN_STEPS_MAX
+#: (cosine units; 0.64 is far above every good margin measured, 0.15-0.33), found by bisection on j.
+_MARGIN_UNIT = 0.01
+_MARGIN_STEPS_MAX = 64
+#: The smaller fixed budgets a margin is added to, as fractions of the fastest fixed budget's
+#: (leaves_to_search, reorder_k): the measured best margin settings probe 0.35-0.45 of the
+#: leaves and re-rank 0.5-0.65 of the candidates of the fixed budget of the same recall.
+_MARGIN_BASES = ((1 / 2, 1 / 2), (1 / 2, 2 / 3), (1 / 3, 1 / 2), (1 / 3, 2 / 3))
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class LayoutTrial:
         are then None / False / 0.
     leaves_to_search, reorder_k : int or None
         The fastest budget of this layout reaching the goal (the largest tried when none does).
+    leaf_margin : float or None
+        The ``leaf_margin`` of that budget (None: the fixed count).
     recall : float or None
         Mean recall@k of that budget on the tuning queries.
     reached : bool
@@ -99,6 +109,7 @@ class LayoutTrial:
     recall: float | None = None
     reached: bool = False
     seconds_per_query: float | None = None
+    leaf_margin: float | None = None
     train_seconds: float = 0.0
     tune_seconds: float = 0.0
     evaluated: list[tuple[int, int | None, float]] = field(default_factory=list, repr=False)
@@ -117,6 +128,7 @@ class LayoutTrial:
             "status": self.status,
             "leaves_to_search": self.leaves_to_search,
             "reorder_k": self.reorder_k,
+            "leaf_margin": self.leaf_margin,
             "recall": self.recall,
             "reached": self.reached,
             "seconds_per_query": self.seconds_per_query,
@@ -138,6 +150,9 @@ class TuneReport:
     reorder_k : int or None
         Chosen number of candidates re-scored exactly (now the index's default); None when
         the index has ``reorder="none"``.
+    leaf_margin : float or None
+        Chosen ``leaf_margin`` (now the index's default, see ``AVQIndex.search``); None: the
+        fixed count of leaves was faster (or margins were not tried).
     recall : float
         Mean recall@k of the chosen setting on the tuning queries.
     qps : float
@@ -164,6 +179,8 @@ class TuneReport:
     evaluated : list of tuple
         Every setting measured, as ``(leaves_to_search, reorder_k, recall)`` (of the chosen
         layout when layouts were tuned).
+    evaluated_margins : list of tuple
+        Every margin setting measured, as ``(leaves_to_search, reorder_k, leaf_margin, recall)``.
     dims_per_block : int or None
         Dimensions per block of the layout the budget is for (the chosen one when layouts were
         tuned; None only in a report made by hand).
@@ -189,6 +206,8 @@ class TuneReport:
     dims_per_block: int | None = None
     spill: str | None = None
     layouts: tuple[LayoutTrial, ...] = ()
+    leaf_margin: float | None = None
+    evaluated_margins: list[tuple[int, int | None, float, float]] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a plain dict (JSON-serialisable)."""
@@ -208,6 +227,8 @@ class TuneReport:
             "dims_per_block": self.dims_per_block,
             "spill": self.spill,
             "layouts": [t.as_dict() for t in self.layouts],
+            "leaf_margin": self.leaf_margin,
+            "evaluated_margins": [list(e) for e in self.evaluated_margins],
         }
 
 
@@ -252,6 +273,8 @@ class _Setup:
     margin: float | None
     time_budget_s: float | None
     t_start: float
+    try_margins: bool  # leaf_margin="auto" on a dot / cosine index without a fixed reorder_k
+    off: float | None  # the leaf_margin that searches the fixed count (0; None under l2)
     X: npt.NDArray[np.float32] | None
     x_ids: npt.NDArray[np.int64] | None
 
@@ -277,6 +300,7 @@ def _prepare(
     margin: float | None,
     seed: int | None,
     t_start: float,
+    leaf_margin: object = "auto",
 ) -> _Setup:
     """Validate the arguments of :func:`tune`, draw the tuning queries and find their exact neighbours."""
     if not index.is_trained:
@@ -292,6 +316,11 @@ def _prepare(
         margin = V.check_float("margin", margin, minimum=0.0)
     num_queries = V.check_int("num_queries", num_queries, minimum=1, allow_none=True)
     fixed_reorder = V.check_int("reorder_k", reorder_k, minimum=1, allow_none=True)
+    if leaf_margin is not None and not (isinstance(leaf_margin, str) and leaf_margin == "auto"):
+        raise (ValueError if isinstance(leaf_margin, str) else TypeError)(
+            f"leaf_margin must be 'auto' (try margins) or None (fixed counts only), got {leaf_margin!r}"
+        )
+    ip = index.metric != "l2"
     seed = index.seed if seed is None else V.check_int("seed", seed, minimum=0, maximum=2**63 - 1)
     cosine = index.metric == "cosine"
     d = index.d
@@ -371,7 +400,14 @@ def _prepare(
             gt = _drop_self(gt, self_ids, k)
     elif index.reorder == "float32":
         # Probing every leaf and re-scoring every candidate against the float32 store is exact.
-        gt = index.search(Q, k_search, leaves_to_search=index.num_leaves_, reorder_k=ntotal, num_threads=nt)[1]
+        gt = index.search(
+            Q,
+            k_search,
+            leaves_to_search=index.num_leaves_,
+            reorder_k=ntotal,
+            num_threads=nt,
+            leaf_margin=0.0 if ip else None,
+        )[1]
         if self_ids is not None:
             gt = _drop_self(gt, self_ids, k)
     else:
@@ -393,15 +429,19 @@ def _prepare(
         t_start=t_start,
         X=X,
         x_ids=x_ids,
+        try_margins=leaf_margin == "auto" and ip and fixed_reorder is None,
+        off=0.0 if ip else None,
     )
 
 
-def _seconds_per_pass(index: AVQIndex, s: _Setup, L: int, R: int | None) -> float:
-    """One timing of a setting: repeated single-threaded passes over the tuning queries (at least
-    ``_MIN_TIMING_S`` of them), seconds per pass."""
+def _seconds_per_pass(index: AVQIndex, s: _Setup, L: int, R: int | None, M: float | None = None) -> float:
+    """One timing of a setting (M: its leaf_margin, None: the fixed count): repeated
+    single-threaded passes over the tuning queries (at least ``_MIN_TIMING_S`` of them), seconds
+    per pass."""
+    m = s.off if M is None else M
     passes, t0 = 0, time.perf_counter()
     while True:
-        index.search(s.Q, s.k, leaves_to_search=L, reorder_k=R if R is not None else s.k, num_threads=1)
+        index.search(s.Q, s.k, leaves_to_search=L, reorder_k=R if R is not None else s.k, num_threads=1, leaf_margin=m)
         passes += 1
         elapsed = time.perf_counter() - t0
         if elapsed >= _MIN_TIMING_S:
@@ -420,24 +460,33 @@ class _Budget:
     found: bool  # some setting reached the goal
     timed_out: bool
     evaluated: list[tuple[int, int | None, float]]
+    M: float | None = None  # leaf_margin (None: the fixed count)
+    evaluated_margins: list[tuple[int, int | None, float, float]] = field(default_factory=list)
 
     def reached(self, target: float) -> bool:
         return self.recall >= target
 
 
 def _search_budget(index: AVQIndex, s: _Setup) -> _Budget:
-    """The fastest (leaves_to_search, reorder_k) of ``index`` reaching the goal on the tuning queries."""
+    """The fastest (leaves_to_search, reorder_k[, leaf_margin]) of ``index`` reaching the goal on
+    the tuning queries."""
     ntotal = index.ntotal
     num_leaves = index.num_leaves_
     nt = index.num_threads
     target, k, k_search = s.target, s.k, s.k_search
-    evaluated: dict[tuple[int, int | None], tuple[float, float]] = {}
+    # (L, R, margin steps j: 0 for the fixed count) -> (mean recall, its standard error)
+    evaluated: dict[tuple[int, int | None, int], tuple[float, float]] = {}
 
-    def recall_of(L: int, R: int | None) -> tuple[float, float]:
-        key = (L, R)
+    def recall_of(L: int, R: int | None, j: int = 0) -> tuple[float, float]:
+        key = (L, R, j)
         if key not in evaluated:
             I = index.search(
-                s.Q, k_search, leaves_to_search=L, reorder_k=R if R is not None else k_search, num_threads=nt
+                s.Q,
+                k_search,
+                leaves_to_search=L,
+                reorder_k=R if R is not None else k_search,
+                num_threads=nt,
+                leaf_margin=s.off if j == 0 else j * _MARGIN_UNIT,
             )[1]
             if s.self_ids is not None:
                 I = _drop_self(I, s.self_ids, k)
@@ -445,12 +494,12 @@ def _search_budget(index: AVQIndex, s: _Setup) -> _Budget:
             evaluated[key] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else 0.0)
         return evaluated[key]
 
-    def goal_of(L: int, R: int | None) -> float:
-        mean, se = recall_of(L, R)
+    def goal_of(L: int, R: int | None, j: int = 0) -> float:
+        mean, se = recall_of(L, R, j)
         return min(1.0, target + (2.0 * se if s.margin is None else s.margin))
 
-    def reaches(L: int, R: int | None) -> bool:
-        return recall_of(L, R)[0] >= goal_of(L, R) - 1e-12
+    def reaches(L: int, R: int | None, j: int = 0) -> bool:
+        return recall_of(L, R, j)[0] >= goal_of(L, R, j) - 1e-12
 
     out_of_time = s.out_of_time
     r_grid: list[int | None]
@@ -503,27 +552,86 @@ def _search_budget(index: AVQIndex, s: _Setup) -> _Budget:
             break
 
     # ----------------------------------------------------------------- choose and time
-    def best_of_timings(L: int, R: int | None) -> float:
-        return min(_seconds_per_pass(index, s, L, R) for _ in range(_TIMING_REPEATS))
+    def best_of_timings(L: int, R: int | None, j: int = 0) -> float:
+        M = None if j == 0 else j * _MARGIN_UNIT
+        return min(_seconds_per_pass(index, s, L, R, M) for _ in range(_TIMING_REPEATS))
 
+    j_best = 0
     if candidates:
         # Fastest candidate; ties (equal timings) go to fewer leaves.
         secs, L, R = min((best_of_timings(L, R), L, R) for L, R in candidates)
+        if s.try_margins and not out_of_time():
+            secs, L, R, j_best = _margin_budget(L, R, secs, k, ntotal, reaches, best_of_timings, out_of_time)
     else:
         L, R = num_leaves, r_grid[-1]
         secs = best_of_timings(L, R)
     return _Budget(
         L=int(L),
         R=None if R is None else int(R),
-        recall=recall_of(L, R)[0],
-        goal=goal_of(L, R),
+        recall=recall_of(L, R, j_best)[0],
+        goal=goal_of(L, R, j_best),
         secs=secs,
         found=bool(candidates),
         timed_out=timed_out,
         evaluated=[
-            (l_, r_, m) for (l_, r_), (m, _) in sorted(evaluated.items(), key=lambda e: (e[0][1] or 0, e[0][0]))
+            (l_, r_, m)
+            for (l_, r_, j), (m, _) in sorted(evaluated.items(), key=lambda e: (e[0][1] or 0, e[0][0]))
+            if j == 0
+        ],
+        M=None if j_best == 0 else j_best * _MARGIN_UNIT,
+        evaluated_margins=[
+            (l_, r_, j * _MARGIN_UNIT, m)
+            for (l_, r_, j), (m, _) in sorted(evaluated.items(), key=lambda e: (e[0][1] or 0, e[0][0], e[0][2]))
+            if j > 0
         ],
     )
+
+
+def _margin_budget(
+    L: int,
+    R: int | None,
+    secs: float,
+    k: int,
+    ntotal: int,
+    reaches: Callable[[int, int | None, int], bool],
+    best_of_timings: Callable[[int, int | None, int], float],
+    out_of_time: Callable[[], bool],
+) -> tuple[float, int, int | None, int]:
+    """``leaf_margin="auto"``: the fastest fixed budget (L, R), timed ``secs`` per pass, against
+    smaller budgets (``_MARGIN_BASES``) each with the smallest margin (in steps of
+    ``_MARGIN_UNIT``, by bisection: recall grows with the margin) that reaches the goal.
+
+    Returns (secs, L, R, j) of the fastest, j margin steps (0: the fixed budget won). The
+    margin candidates and the fixed budget are timed alternately, under the same load.
+    """
+    found: list[tuple[int, int | None, int]] = []
+    for fl, fr in _MARGIN_BASES:
+        L0 = max(1, math.ceil(L * fl))
+        R0 = None if R is None else min(max(k, int(round(R * fr))), ntotal)
+        if L0 >= L or out_of_time() or any(c[:2] == (L0, R0) for c in found):
+            continue
+        if not reaches(L0, R0, _MARGIN_STEPS_MAX):
+            continue  # not even the widest margin tried reaches the goal from this budget
+        lo, hi = 0, _MARGIN_STEPS_MAX  # lo fails (0: the smaller fixed budget), hi reaches
+        while hi - lo > 1 and not out_of_time():
+            mid = (lo + hi) // 2
+            if reaches(L0, R0, mid):
+                hi = mid
+            else:
+                lo = mid
+        found.append((L0, R0, hi))
+    if not found:
+        return secs, L, R, 0
+    timed = {(L, R, 0): secs}
+    for c in found:
+        timed[c] = best_of_timings(*c)
+    # The best margin setting and the fixed budget, timed once more one after the other.
+    c_best = min(found, key=lambda c: timed[c])
+    timed[(L, R, 0)] = min(timed[(L, R, 0)], best_of_timings(L, R, 0))
+    timed[c_best] = min(timed[c_best], best_of_timings(*c_best))
+    if timed[c_best] < timed[(L, R, 0)]:
+        return (timed[c_best], *c_best)
+    return timed[(L, R, 0)], L, R, 0
 
 
 def _warn_if_not_reached(
@@ -567,6 +675,7 @@ def tune(
     reorder_k: int | None = None,
     margin: float | None = None,
     seed: int | None = None,
+    leaf_margin: str | None = "auto",
     stacklevel: int = 2,
 ) -> TuneReport:
     """Measure the fastest search budget of a trained ``index`` reaching ``target_recall``.
@@ -594,6 +703,7 @@ def tune(
         margin,
         seed,
         t_start,
+        leaf_margin,
     )
     b = _search_budget(index, s)
     _warn_if_not_reached(b, s, stacklevel, timed_out_before_any=not b.found and b.timed_out)
@@ -613,6 +723,8 @@ def tune(
         evaluated=b.evaluated,
         dims_per_block=layout.dims_per_block,
         spill=layout.spill,
+        leaf_margin=b.M,
+        evaluated_margins=b.evaluated_margins,
     )
 
 
@@ -635,6 +747,7 @@ def tune_layouts(
     reorder_k: int | None = None,
     margin: float | None = None,
     seed: int | None = None,
+    leaf_margin: str | None = "auto",
     stacklevel: int = 2,
 ) -> tuple[TuneReport, AVQIndex | None]:
     """Measure the fastest code layout and search budget reaching ``target_recall``.
@@ -671,6 +784,7 @@ def tune_layouts(
         margin,
         seed,
         t_start,
+        leaf_margin,
     )
     X_all, x_ids = s.X, s.x_ids  # X is given, so _prepare validated it and its ids
     assert X_all is not None and x_ids is not None
@@ -719,8 +833,8 @@ def tune_layouts(
                 # Two layouts reaching the target: their settings timed alternately, under the same load.
                 e0, index0, b0 = best
                 for _ in range(_TIMING_REPEATS):
-                    spq[e0] = min(spq[e0], _seconds_per_pass(index0, s, b0.L, b0.R) / s.nq)
-                    spq[e] = min(spq[e], _seconds_per_pass(candidate, s, b.L, b.R) / s.nq)
+                    spq[e0] = min(spq[e0], _seconds_per_pass(index0, s, b0.L, b0.R, b0.M) / s.nq)
+                    spq[e] = min(spq[e], _seconds_per_pass(candidate, s, b.L, b.R, b.M) / s.nq)
             if better(e, b):
                 best = (e, candidate, b)
             del candidate
@@ -736,6 +850,7 @@ def tune_layouts(
                     recall=b.recall,
                     reached=b.reached(s.target),
                     seconds_per_query=spq[e],
+                    leaf_margin=b.M,
                     train_seconds=t1 - t0,
                     tune_seconds=t2 - t1,
                     evaluated=b.evaluated,
@@ -746,7 +861,8 @@ def tune_layouts(
                     "tune layouts",
                     i + 1,
                     total,
-                    f"{_layout_name(e)}: leaves_to_search={b.L}, reorder_k={b.R}, recall={b.recall:.4f}, "
+                    f"{_layout_name(e)}: leaves_to_search={b.L}, reorder_k={b.R}, leaf_margin={b.M}, "
+                    f"recall={b.recall:.4f}, "
                     f"{1.0 / spq[e]:.0f} QPS",
                 )
 
@@ -781,5 +897,7 @@ def tune_layouts(
         dims_per_block=e.dims_per_block,
         spill=e.spill,
         layouts=tuple(trials),
+        leaf_margin=b.M,
+        evaluated_margins=b.evaluated_margins,
     )
     return report, None if winner is index else winner

@@ -44,17 +44,24 @@ def test_held_out_tuning_reaches_target_on_fresh_queries(glove, built, target):
     # The defaults are now the tuned budget (stored in the index; the parameters keep what was given) ...
     assert (index.leaves_to_search, index.reorder_k) == (built.leaves_to_search, built.reorder_k)
     assert index.default_search_params() == (report.leaves_to_search, report.reorder_k)
+    assert index.default_leaf_margin() == report.leaf_margin
     D, I = index.search(Q, k=10)
-    D2, I2 = index.search(Q, k=10, leaves_to_search=report.leaves_to_search, reorder_k=report.reorder_k)
+    M = 0.0 if report.leaf_margin is None else report.leaf_margin
+    D2, I2 = index.search(Q, k=10, leaves_to_search=report.leaves_to_search, reorder_k=report.reorder_k, leaf_margin=M)
     np.testing.assert_array_equal(I, I2)
     # ... and the shipped queries (never used for tuning) land near the target.
     r = recall_at_10(I, gt)
     assert target - 0.02 <= r <= target + 0.04, (r, report)
-    # Minimal for its reorder_k: one leaf fewer misses the goal on the tuning queries.
     L, R = report.leaves_to_search, report.reorder_k
-    if L > 1:
-        below = [rec for (l_, r_, rec) in report.evaluated if (l_, r_) == (L - 1, R)]
-        assert below and below[0] < report.goal
+    if report.leaf_margin is None:
+        # Minimal for its reorder_k: one leaf fewer misses the goal on the tuning queries.
+        if L > 1:
+            below = [rec for (l_, r_, rec) in report.evaluated if (l_, r_) == (L - 1, R)]
+            assert below and below[0] < report.goal
+    else:
+        # Minimal for its (leaves, reorder_k): one margin step less misses the goal.
+        below = [rec for (l_, r_, m, rec) in report.evaluated_margins if (l_, r_) == (L, R) and m < report.leaf_margin]
+        assert below and max(below) < report.goal
 
 
 def test_higher_target_needs_more_budget(glove, built):
@@ -420,3 +427,107 @@ def test_layouts_need_the_indexed_vectors(small):
         index.tune(0.9, queries=Q[:50], layouts=[(4, None)])
     with pytest.raises(ValueError, match="rows but the index holds"):
         index.tune(0.9, X=X[:100], layouts="auto")
+
+
+# ------------------------------------------------------------------------- leaf_margin
+def _timed(monkeypatch, margin_faster):
+    """Replace the timings of tune by a cost model, so the choice between a margin setting and the
+    fixed budget is made deterministically: margin settings cost 0.5 (or 100) times a fixed one of the same budget."""
+    from avq_plugin import tuning
+
+    def fake(index, s, L, R, M=None):
+        base = 1e-3 * L + 1e-5 * (R or 0)
+        return base if M is None else base * (0.5 if margin_faster else 100.0)
+
+    monkeypatch.setattr(tuning, "_seconds_per_pass", fake)
+
+
+def test_tune_chooses_and_stores_a_leaf_margin(glove, built, monkeypatch, tmp_path):
+    X, Q, gt = glove
+    index = fresh(built)
+    _timed(monkeypatch, margin_faster=True)
+    report = index.tune(0.95, X=X)
+    monkeypatch.undo()
+    assert report.leaf_margin is not None and 0 < report.leaf_margin <= 0.64
+    assert report.reached and report.recall >= report.goal
+    L, R, M = report.leaves_to_search, report.reorder_k, report.leaf_margin
+    # The margin search ran from smaller budgets than the fastest fixed one, and the chosen margin
+    # is the smallest of its 0.01 grid reaching the goal from (L, R).
+    fixed = [(l_, r_) for (l_, r_, rec) in report.evaluated if rec >= report.goal]
+    assert any(L < l_ and R < r_ for l_, r_ in fixed)
+    tried = {(l_, r_, round(m, 2)): rec for (l_, r_, m, rec) in report.evaluated_margins}
+    assert tried[(L, R, round(M, 2))] >= report.goal
+    if M > 0.01:
+        assert tried[(L, R, round(M - 0.01, 2))] < report.goal
+    # Stored: search() uses it, leaf_margin=0 turns it off, and every copy keeps it.
+    assert index.default_search_params() == (L, R) and index.default_leaf_margin() == M
+    I = index.search(Q, k=10)[1]
+    np.testing.assert_array_equal(I, index.search(Q, k=10, leaves_to_search=L, reorder_k=R, leaf_margin=M)[1])
+    fixed_count = index.search(Q, k=10, leaf_margin=0)[1]
+    assert not np.array_equal(I, fixed_count)
+    np.testing.assert_array_equal(fixed_count, built.search(Q, k=10, leaves_to_search=L, reorder_k=R)[1])
+    assert recall_at_10(I, gt) >= 0.93
+    path = tmp_path / "margin.avq"
+    index.save(path)
+    for c in (
+        avq_plugin.AVQIndex.load(path),
+        avq_plugin.AVQIndex.load(path, mmap=True),
+        avq_plugin.AVQIndex.from_bytes(index.to_bytes()),
+        fresh(index),
+    ):
+        assert c.default_leaf_margin() == M
+        np.testing.assert_array_equal(c.search(Q, k=10)[1], I)
+    # Assigning a budget attribute keeps the margin; a later tune without margins removes it.
+    index.leaves_to_search = L + 1
+    assert index.default_search_params() == (L + 1, R) and index.default_leaf_margin() == M
+    again = index.tune(0.95, X=X, leaf_margin=None)
+    assert again.leaf_margin is None and again.evaluated_margins == []
+    assert index.default_leaf_margin() is None
+    # The untuned index has none, and its file has no margin section.
+    assert built.default_leaf_margin() is None
+    assert b"MRGN" not in built.to_bytes() and b"MRGN" in c.to_bytes()
+
+
+def test_tune_keeps_the_fixed_count_when_it_is_faster(glove, built, monkeypatch):
+    X, _, _ = glove
+    index = fresh(built)
+    _timed(monkeypatch, margin_faster=False)
+    report = index.tune(0.95, X=X)
+    assert report.leaf_margin is None and report.evaluated_margins
+    assert index.default_leaf_margin() is None
+
+
+def test_tune_tries_no_margin_under_l2_or_a_fixed_reorder_k(glove, built):
+    X, _, _ = glove
+    l2 = avq_plugin.AVQIndex(metric="l2", seed=0).fit(X[:6000])
+    report = l2.tune(0.9, X=X[:6000], num_queries=200)
+    assert report.leaf_margin is None and report.evaluated_margins == []
+    report = fresh(built).tune(0.9, X=X, num_queries=200, reorder_k=40)
+    assert report.leaf_margin is None and report.evaluated_margins == []
+
+
+@pytest.mark.parametrize("value, error", [("yes", ValueError), (0.3, TypeError), (True, TypeError)])
+def test_tune_rejects_bad_leaf_margin(glove, built, value, error):
+    X, _, _ = glove
+    with pytest.raises(error, match="leaf_margin must be 'auto'"):
+        fresh(built).tune(0.9, X=X, leaf_margin=value)
+
+
+def test_stored_leaf_margin_is_checked(glove, built):
+    from avq_plugin import _native
+
+    index = fresh(built)
+    native = index._require_trained()
+    lts, rk = index.default_search_params()
+    for bad in (float("nan"), float("inf"), 1e39):
+        with pytest.raises(ValueError, match="default_leaf_margin"):
+            native.set_default_search_params(lts, rk, bad)
+    native.set_default_search_params(lts, rk, -5.0)  # negative: none
+    assert index.default_leaf_margin() is None
+    l2 = avq_plugin.AVQIndex(metric="l2", seed=0).fit(np.ascontiguousarray(glove[0][:2000]))
+    with pytest.raises(ValueError, match="default_leaf_margin needs metric"):
+        l2._require_trained().set_default_search_params(lts, rk, 0.2)
+    p = l2._require_trained().params()
+    p.default_leaf_margin = 0.2
+    with pytest.raises(ValueError, match="default_leaf_margin needs metric"):
+        _native.Index(p)

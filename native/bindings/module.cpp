@@ -496,6 +496,7 @@ PYBIND11_MODULE(_native, m) {
           [](avq::IndexParams& p, const std::string& s) { p.reorder = parse_reorder(s); })
       .def_readwrite("default_leaves_to_search", &avq::IndexParams::default_leaves_to_search)
       .def_readwrite("default_reorder_k", &avq::IndexParams::default_reorder_k)
+      .def_readwrite("default_leaf_margin", &avq::IndexParams::default_leaf_margin)
       .def_readwrite("l2_decoded_norms", &avq::IndexParams::l2_decoded_norms)
       .def_property(
           "spill", [](const avq::IndexParams& p) { return std::string(avq::spill_name(p.spill)); },
@@ -543,7 +544,7 @@ PYBIND11_MODULE(_native, m) {
             });
           },
           py::arg("q").noconvert(), py::arg("k"), py::arg("leaves_to_search"), py::arg("reorder_k"),
-          py::arg("nthreads"), py::arg("leaf_margin") = -1.0f)
+          py::arg("nthreads"), py::arg("leaf_margin") = std::numeric_limits<float>::quiet_NaN())
       .def(
           "probe",
           [](const Index& self, FArray q, size_t leaves_to_search, int nthreads) {
@@ -745,13 +746,14 @@ PYBIND11_MODULE(_native, m) {
           "params", [](const Index& self) { return nogil([&] { return self.params(); }); }, "A copy of the parameters.")
       .def(
           "set_default_search_params",
-          [](Index& self, uint32_t leaves_to_search, uint32_t reorder_k) {
+          [](Index& self, uint32_t leaves_to_search, uint32_t reorder_k, double leaf_margin) {
             if (leaves_to_search == 0 || reorder_k == 0)
               throw py::value_error("the default leaves_to_search and reorder_k must be positive");
             py::gil_scoped_release release;
-            self.set_default_search_params(leaves_to_search, reorder_k);
+            self.set_default_search_params(leaves_to_search, reorder_k, leaf_margin);
           },
-          py::arg("leaves_to_search"), py::arg("reorder_k"), "Search defaults stored with the index.")
+          py::arg("leaves_to_search"), py::arg("reorder_k"), py::arg("leaf_margin") = -1.0,
+          "Search defaults stored with the index (leaf_margin negative: none).")
       .def_property_readonly("d", &Index::d)
       .def_property_readonly("is_trained", [](const Index& self) { return nogil([&] { return self.is_trained(); }); })
       .def_property_readonly("num_leaves", [](const Index& self) { return nogil([&] { return self.num_leaves(); }); })

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 
@@ -17,6 +18,19 @@
 #include "io.h"
 
 namespace avq {
+
+namespace {
+// The one check of a stored default leaf_margin (IndexParams::default_leaf_margin): negative is
+// none (kept as -1); otherwise a finite float32 >= 0, under dot or cosine only.
+double checked_default_margin(double m, Metric metric) {
+  if (std::isnan(m) || std::isinf(m) || m > double(std::numeric_limits<float>::max()))
+    throw InvalidArgument("default_leaf_margin must be a finite float32 (negative: none)");
+  if (m < 0) return -1;
+  if (metric == Metric::kL2)
+    throw InvalidArgument("default_leaf_margin needs metric 'cosine' or 'dot' (this index's metric is 'l2')");
+  return m;
+}
+}  // namespace
 
 const char* metric_name(Metric m) {
   switch (m) {
@@ -68,6 +82,7 @@ Index::Index(const IndexParams& p) : p_(p) {
   at_most("seed", p_.seed, limits::kMaxSeed);
   at_most("default_leaves_to_search", p_.default_leaves_to_search, limits::kMaxLeavesToSearch);
   at_most("default_reorder_k", p_.default_reorder_k, limits::kMaxReorderK);
+  p_.default_leaf_margin = checked_default_margin(p_.default_leaf_margin, p_.metric);
   layout_ = BlockLayout(p_.d, p_.dims_per_block);
   init_spill();
 }
@@ -138,10 +153,12 @@ std::vector<uint64_t> Index::leaf_sizes() const {
   return out;
 }
 
-void Index::set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k) {
+void Index::set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k, double leaf_margin) {
+  leaf_margin = checked_default_margin(leaf_margin, p_.metric);  // metric: immutable
   std::unique_lock<std::shared_mutex> lock(mu_);
   p_.default_leaves_to_search = leaves_to_search;
   p_.default_reorder_k = reorder_k;
+  p_.default_leaf_margin = leaf_margin;
 }
 
 void Index::prepare_vector(const float* x, float* out) const {

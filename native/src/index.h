@@ -56,6 +56,9 @@ struct IndexParams {
   // Python layer", which completes them when it loads the file).
   uint32_t default_leaves_to_search = 0;
   uint32_t default_reorder_k = 0;
+  // The leaf_margin search() uses when it is given none (negative: none, the fixed count; dot
+  // and cosine only). Chosen by AVQIndex.tune; stored in the optional file section MRGN.
+  double default_leaf_margin = -1;
   // l2 only: the exact term of the quantized distance ||q||^2 - 2 <q, x~> + n(x) uses
   // n(x) = ||x~||^2 (the decoded vector: ScaNN's and Faiss's distance ||q - x~||^2) instead of
   // ||x||^2. Its error 2 <q - x, x - x~> + ||x - x~||^2 shrinks as q approaches x, where the
@@ -109,7 +112,8 @@ class Index {
   // (dot), the cosine similarity (cosine) or the squared L2 distance (l2); exact when reordering,
   // else the quantized estimate. leaves_to_search is clamped to num_leaves. reorder_k: number of
   // candidates re-scored exactly (ignored when reorder is none; raised to k if smaller).
-  // leaf_margin >= 0 (dot and cosine only; negative: off): a query also probes every further
+  // leaf_margin >= 0 (dot and cosine only; negative: off; NaN: the stored default_leaf_margin;
+  // 0 is the fixed count, searched by the normal path): a query also probes every further
   // leaf whose centre score is within leaf_margin * ||q|| of its best leaf's (the cosine of the
   // query and the centre direction within leaf_margin of the best), and re-ranks reorder_k
   // scaled by sqrt(its leaves / leaves_to_search) (rounded up). Easy queries (one clearly best region)
@@ -195,8 +199,9 @@ class Index {
   IndexParams params() const;
   uint32_t d() const { return p_.d; }  // immutable
   // Replaces the search defaults stored with the index; they are serialized with it. Takes the
-  // exclusive lock. Used by AVQIndex.tune (issue 6).
-  void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k);
+  // exclusive lock. Used by AVQIndex.tune (issue 6). leaf_margin: see IndexParams (negative:
+  // none; checked as the constructor checks it).
+  void set_default_search_params(uint32_t leaves_to_search, uint32_t reorder_k, double leaf_margin);
   bool is_trained() const;
   size_t ntotal() const;
   size_t num_leaves() const;

@@ -372,6 +372,12 @@ std::string Index::serialize() const {
     if (section) w.add(section, vecs);
     if (p_.metric == Metric::kL2) w.add("BIAS", bias);
   }
+  if (p_.default_leaf_margin >= 0) {  // optional section: absent when there is no stored margin
+    ByteWriter mw;
+    mw.put<uint32_t>(1);  // section version
+    mw.put<double>(p_.default_leaf_margin);
+    w.add_owned("MRGN", mw.take());
+  }
   if (spill_) {
     std::vector<const uint8_t*> spill_codes;
     for (const Leaf& l : leaves_) spill_codes.push_back(l.spill_p);
@@ -451,6 +457,12 @@ std::unique_ptr<Index> Index::deserialize(const uint8_t* data, size_t size, std:
     const SectionView sv = r.get("SOAR");
     p.spill = SpillMode::kSoar;
     p.soar_lambda = SpillStore::read_lambda(sv.data, sv.size);
+  }
+  if (r.has("MRGN")) {  // optional section: the stored default leaf_margin (absent: none)
+    ByteReader mr(r.get("MRGN"), "MRGN");
+    if (mr.get<uint32_t>() != 1) throw InvalidArgument("corrupted index file: unknown MRGN section version");
+    p.default_leaf_margin = mr.get<double>();
+    if (!(p.default_leaf_margin >= 0)) throw InvalidArgument("corrupted index file: invalid stored leaf_margin");
   }
   std::unique_ptr<Index> idx;
   try {

@@ -132,7 +132,10 @@ void Index::search(const float* q, size_t nq, size_t k, size_t leaves_to_search,
   std::shared_lock<std::shared_mutex> lock(mu_);
   if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
   if (k == 0) throw InvalidArgument("k must be positive");
+  if (std::isnan(leaf_margin)) leaf_margin = static_cast<float>(p_.default_leaf_margin);  // none: -1
   if (!std::isfinite(leaf_margin)) throw InvalidArgument("leaf_margin must be a finite number");
+  // Margin 0 probes exactly the fixed count's leaves, with the same budget: the normal path.
+  if (leaf_margin == 0.f) leaf_margin = -1.f;
   if (leaf_margin >= 0.f && p_.metric == Metric::kL2)
     throw InvalidArgument("leaf_margin needs metric 'cosine' or 'dot' (this index's metric is 'l2')");
   size_t nprobe = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
