@@ -36,12 +36,18 @@ def merge_topk_rows(
     return _native.merge_topk_rows(nq, k, rows, D, I, l2, sort_single)
 
 
+def margin_reorder_k(reorder_k: int, nprobe: npt.NDArray[np.int64], asked: int, ntotal: int) -> npt.NDArray[np.int64]:
+    """search()'s leaf_margin re-ranking budget of queries probing ``nprobe`` leaves where
+    ``asked`` were asked (``native/src/index.h``), for the routed search."""
+    return _native.margin_reorder_k(reorder_k, nprobe, asked, ntotal)
+
+
 def route_queries(
     P: npt.NDArray[np.int32],
     leaf_to_shard: npt.NDArray[np.int32],
     leaf_sizes: npt.NDArray[np.int64],
     n_shards: int,
-    reorder_k: int,
+    reorder_k: npt.NDArray[np.int64],
 ) -> tuple[
     dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64], int, npt.NDArray[np.int64]]],
     npt.NDArray[np.int32],
@@ -103,13 +109,23 @@ class _IndexProtected(_IndexBase):
     # ------------------------------------------------------------------ routed search
     # The building blocks of leaf-routed sharding, where a router chooses the leaves once and
     # each shard scans only those it holds.
-    def _probe(self, Q: npt.ArrayLike, leaves_to_search: int, num_threads: int | None = None) -> npt.NDArray[np.int32]:
-        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L))."""
+    def _probe(
+        self,
+        Q: npt.ArrayLike,
+        leaves_to_search: int,
+        num_threads: int | None = None,
+        leaf_margin: float | None = None,
+    ) -> npt.NDArray[np.int32]:
+        """The leaves ``search`` probes for each query, best first: int32 (nq, min(lts, L)); with
+        a ``leaf_margin`` (not None) those of ``search(..., leaf_margin=...)``, as wide as the widest
+        query's list and padded with -1."""
         index = self._require_trained()
         A = V.as_float_matrix(Q, "Q", d=self.d, allow_1d=True, nonzero_rows=self.metric == "cosine")
         lts = V.check_int("leaves_to_search", leaves_to_search, minimum=1)
         nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
-        return index.probe(A, lts, nt)
+        if leaf_margin is None:
+            return index.probe(A, lts, nt)
+        return index.probe_margin(A, lts, V.check_leaf_margin(leaf_margin), nt)
 
     def _search_leaves(
         self,

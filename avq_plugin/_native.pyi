@@ -27,12 +27,15 @@ def search_leaves_multi(
     nthreads: int,
     job_group: list[int] = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def margin_reorder_k(
+    reorder_k: int, nprobe: npt.NDArray[np.int64], asked: int, ntotal: int
+) -> npt.NDArray[np.int64]: ...
 def route_queries(
     P: npt.NDArray[np.int32],
     leaf_to_shard: npt.NDArray[np.int32],
     leaf_sizes: npt.NDArray[np.int64],
     n_shards: int,
-    reorder_k: int,
+    reorder_k: npt.NDArray[np.int64],
 ) -> tuple[
     dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64], int, npt.NDArray[np.int64]]],
     npt.NDArray[np.int32],
@@ -120,6 +123,9 @@ class Index:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
     def probe_centers(self) -> npt.NDArray[np.float32]: ...
     def probe(self, q: npt.NDArray[np.float32], leaves_to_search: int, nthreads: int) -> npt.NDArray[np.int32]: ...
+    def probe_margin(
+        self, q: npt.NDArray[np.float32], leaves_to_search: int, leaf_margin: float, nthreads: int
+    ) -> npt.NDArray[np.int32]: ...
     def search_leaves(
         self,
         q: npt.NDArray[np.float32],

@@ -321,7 +321,18 @@ def test_routing_splits_the_budget_by_rank_weighted_counts_and_lists_leaves_in_p
     assert rows.tolist() == [0, 3] and leaves.tolist() == [[4], [5]] and budget.tolist() == [1, 37]
     # The same routing for another n_shards that leaves shard 3 empty: no job for it.
     assert sorted(route_queries(P, leaf_to_shard, sizes, 4, 100)[0]) == [0, 1, 2]
+    # One budget per query (leaf_margin): each query's split is that of its own budget alone.
+    per_query = np.array([100, 30, 7, 250])
+    jobs_q = route_queries(P, leaf_to_shard, sizes, 3, per_query)[0]
+    for i, rk in enumerate(per_query):
+        alone = route_queries(P[i : i + 1], leaf_to_shard, sizes, 3, int(rk))[0]
+        for s, job in alone.items():
+            at = jobs_q[s][0].tolist().index(i)
+            assert jobs_q[s][2][at] == job[2][0], (i, s)
+    assert jobs_q[0][2].tolist() == [75, 4] and jobs_q[1][2].tolist() == [25, 27, 159]
     for bad, match in (
+        ((P, leaf_to_shard, sizes, 3, np.array([100, 100])), "one value or one per query"),
+        ((P, leaf_to_shard, sizes, 3, np.array([100, 0, 1, 1])), "reorder_k"),
         ((np.array([[6, 0, 1]]), leaf_to_shard, sizes, 3, 100), "leaf 6 is out of range"),
         ((P, np.array([0, 0, 1, 1, 2, 3]), sizes, 3, 100), "leaf 5 belongs to no shard"),
         ((P, leaf_to_shard, np.array([300, 10, -1, 40, 0, 50]), 3, 100), "leaf 2 has a size outside"),
@@ -882,6 +893,8 @@ def test_leaf_shards_without_reordering_match_single_index(client, glove):
         da.from_array(X, chunks=(1000, 50))
     )
     single = single_like(index, X)
+    with pytest.raises(ValueError, match="leaf_margin applies to metric"):
+        index.search(Q, k=10, leaf_margin=0.2)
     for lts in (3, 20):
         D, I = index.search(Q, k=10, leaves_to_search=lts)
         D1, I1 = single.search(Q, k=10, leaves_to_search=lts)
@@ -903,6 +916,46 @@ def test_leaf_shards_split_the_reorder_budget(leafy, glove):
         # One global budget, split by the shards' share of the candidates: about the single
         # index's re-ranking work, and about its recall.
         assert abs(recall(I) - recall(I1)) < 0.03
+
+
+def test_leaf_margin_in_both_shardings(leafy, sharded, glove):
+    """leaf_margin: with a budget covering the probed leaves both shardings equal one AVQIndex
+    searched with the same margin; leaf routing probes the margin's leaves and scales each
+    query's budget by sqrt(leaves / leaves_to_search) as AVQIndex.search does."""
+    X, Q = glove
+    for index in (leafy, sharded):
+        single = single_like(index, X)
+        for m in (0.1, 0.3):
+            D, I = index.search(Q, k=10, leaves_to_search=3, reorder_k=X.shape[0], leaf_margin=m)
+            D1, I1 = single.search(Q, k=10, leaves_to_search=3, reorder_k=X.shape[0], leaf_margin=m)
+            np.testing.assert_array_equal(I, I1)
+            np.testing.assert_array_equal(D, D1)
+        # 0 is the fixed count
+        D, I = index.search(Q, k=10, leaves_to_search=3, leaf_margin=0)
+        np.testing.assert_array_equal(I, index.search(Q, k=10, leaves_to_search=3)[1])
+        with pytest.raises(ValueError, match="leaf_margin"):
+            index.search(Q, k=10, leaf_margin=-0.1)
+        with pytest.raises(TypeError, match="leaf_margin"):
+            index.search(Q, k=10, leaf_margin="wide")
+    single = single_like(leafy, X)
+    P = single._probe(Q, 3, leaf_margin=0.3)
+    n = (P >= 0).sum(axis=1)
+    assert n.min() >= 3 and n.max() > 3 and P.shape[1] == n.max()
+    leafy.search(Q, k=10, leaves_to_search=3, reorder_k=40, leaf_margin=0.3)
+    stats = leafy.search_stats()
+    sizes = single._leaf_sizes()
+    assert stats["candidates_scanned_per_query"] == pytest.approx(np.where(P >= 0, sizes[P], 0).sum(1).mean())
+    # Each query's budget is split across its shards: re-ranked about ceil(40 sqrt(n / 3)) each.
+    budget = np.ceil(40 * np.sqrt(n / 3))
+    assert 0.95 * budget.mean() <= stats["reranked_per_query"] <= budget.mean() + 10 * stats["shards_visited_per_query"]
+    _, gt = ExactIndex(metric="cosine", num_threads=1).fit(X).search(Q, k=10)
+
+    def recall(I):
+        return (I[:, :, None] == gt[:, None, :]).any(1).mean()
+
+    _, I = leafy.search(Q, k=10, leaves_to_search=3, reorder_k=40, leaf_margin=0.3)
+    _, I1 = single.search(Q, k=10, leaves_to_search=3, reorder_k=40, leaf_margin=0.3)
+    assert abs(recall(I) - recall(I1)) < 0.03
 
 
 def test_leaf_shards_save_load(client, leafy, glove, tmp_path):

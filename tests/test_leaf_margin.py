@@ -144,3 +144,45 @@ def test_estimators_pass_leaf_margin_to_the_index(glove):
         avq_plugin.AVQNearestNeighbors(metric="cosine", leaf_margin=-0.1, **common).fit(X)
     with pytest.raises(TypeError, match="leaf_margin"):
         avq_plugin.AVQNearestNeighbors(metric="cosine", leaf_margin="0.1", **common).fit(X)
+
+
+@pytest.mark.parametrize("name", ["cosine", "dot", "cosine-soar"])
+def test_probe_with_leaf_margin_gives_the_search_leaves_and_budgets(indexes, glove, name):
+    """The routed search's pieces (ShardedAVQIndex): _probe(..., leaf_margin=m) lists the leaves
+    search(..., leaf_margin=m) probes, and margin_reorder_k its budgets, so that searching those
+    leaves with those budgets is the same search, at a small budget too."""
+    from avq_plugin._index_protected import margin_reorder_k
+
+    X, Q = glove
+    ix = indexes[name]
+    for lts, rk, m in ((3, 30, 0.1), (6, 40, 0.25), (2, 20, 0.6)):
+        P = ix._probe(Q, lts, leaf_margin=m)
+        n = (P >= 0).sum(axis=1)
+        leaves, budgets, n_rule, near = rule(ix, Q, lts, rk, m)
+        ok = ~near
+        assert P.shape[1] == n.max() and (n >= lts).all()
+        np.testing.assert_array_equal(n[ok], n_rule[ok])
+        b = margin_reorder_k(rk, n.astype(np.int64), lts, ix.ntotal)
+        np.testing.assert_array_equal(b[ok], budgets[ok])
+        D, I = ix._search_leaves(Q, K, P, b)
+        D1, I1 = ix.search(Q, K, leaves_to_search=lts, reorder_k=rk, leaf_margin=m)
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+    # P rows hold distinct leaves, best first (starting with the fixed count's), then -1 padding.
+    P, P4 = ix._probe(Q, 4, leaf_margin=0.3), ix._probe(Q, 4)
+    for row, fixed in zip(P, P4):
+        got = row[row >= 0]
+        assert len(set(got.tolist())) == len(got) and (row[len(got) :] == -1).all()
+        np.testing.assert_array_equal(got[:4], fixed)
+
+
+def test_margin_reorder_k_rule_and_bad_input():
+    from avq_plugin._index_protected import margin_reorder_k
+
+    got = margin_reorder_k(40, np.array([0, 3, 4, 12, 3000], np.int64), 3, 20000)
+    assert got.tolist() == [40, 40, math.ceil(40 * math.sqrt(4 / 3)), 80, 1265]
+    assert margin_reorder_k(50000, np.array([3, 12], np.int64), 3, 20000).tolist() == [20000, 20000]
+    with pytest.raises(ValueError, match="nprobe must be >= 0"):
+        margin_reorder_k(40, np.array([-1], np.int64), 3, 100)
+    with pytest.raises(ValueError, match="positive"):
+        margin_reorder_k(40, np.array([1], np.int64), 0, 100)

@@ -270,7 +270,9 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         lts, rk = self._default_budget
         return self.leaves_to_search or lts, self.reorder_k or rk
 
-    def search(self, Q, k=10, leaves_to_search=None, reorder_k=None, *, num_threads=None, timeout=None):
+    def search(
+        self, Q, k=10, leaves_to_search=None, reorder_k=None, *, num_threads=None, timeout=None, leaf_margin=None
+    ):
         """Global top-k of every query over all shards.
 
         Parameters
@@ -283,6 +285,14 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
             Native threads per shard task (default: the index's ``num_threads``).
         timeout : float, optional
             Seconds to wait for the shards; raises TimeoutError beyond.
+        leaf_margin : float >= 0, optional
+            Query-adaptive probing, as ``AVQIndex.search`` (metric 'cosine' or 'dot'; default
+            None: off, the fixed count; 0 is the same). Leaf sharding: the client chooses each
+            query's leaves with the margin and its budget grows as ``AVQIndex.search``'s,
+            ``reorder_k`` x sqrt(its leaves / ``leaves_to_search``), before the split across
+            shards; with a budget covering the probed leaves the answers equal one
+            ``AVQIndex`` searched with the same margin. Row sharding: every shard searches with
+            the margin.
 
         Returns
         -------
@@ -306,9 +316,14 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         if reorder_k is not None:
             rk = V.check_int("reorder_k", reorder_k, minimum=1)
         nt = self.num_threads if num_threads is None else V.resolve_threads(num_threads)
+        margin = V.check_leaf_margin(leaf_margin)
+        if margin is not None and self.metric == "l2":
+            raise ValueError(f"leaf_margin applies to metric 'cosine' or 'dot', not {self.metric!r}: leave it None")
+        if margin == 0.0:
+            margin = None  # the fixed count, as AVQIndex.search
         if self.sharding == "leaves":
-            return self._search_routed(Q, k, min(lts, self._num_leaves), rk, nt, timeout)
-        return self._search_rows(Q, k, lts, rk, nt, timeout)
+            return self._search_routed(Q, k, min(lts, self._num_leaves), rk, nt, timeout, margin)
+        return self._search_rows(Q, k, lts, rk, nt, timeout, margin)
 
     def search_stats(self):
         """Routing figures of the last ``search`` call (a dict), or None before any search.

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .. import _validation as V
+from .._index_protected import margin_reorder_k
 from ..index import AVQIndex
 from . import worker as W
 from .base import ShardLostError, _reemit, dask, wait
@@ -124,12 +125,14 @@ class _LeafShards(_Replicas):
         self._add_replicas(wait_for_them=True)
         return self
 
-    def _search_routed(self, Q, k, lts, rk, nt, timeout):
+    def _search_routed(self, Q, k, lts, rk, nt, timeout, margin=None):
         t0 = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._refresh_replicas(recent=True)
         nq = Q.shape[0]
-        P = self._widen_short_probes(Q, self._router._probe(Q, lts), k)
+        P = self._widen_short_probes(Q, self._router._probe(Q, lts, leaf_margin=margin), k)
+        if margin is not None:  # each query's budget as one AVQIndex's (native margin_reorder_k)
+            rk = margin_reorder_k(rk, (P >= 0).sum(axis=1).astype(np.int64), lts, self._ntotal)
         # Queries with the same best leaf sent together: a worker's scans of consecutive
         # queries then share the leaves' codes and vectors in cache (in-process, one AVQIndex,
         # 10,000 GloVe queries in this order: 8-20 % less CPU in _search_leaves).
@@ -195,7 +198,7 @@ class _LeafShards(_Replicas):
         """As one AVQIndex does: a query whose probed leaves hold fewer than k vectors probes
         the next leaves, best first, until they hold k (or every leaf is probed)."""
         need = min(k, self._ntotal)
-        short = np.flatnonzero(self._leaf_sizes[P].sum(axis=1) < need)
+        short = np.flatnonzero(np.where(P >= 0, self._leaf_sizes[P], 0).sum(axis=1) < need)
         if not len(short):
             return P
         full = self._router._probe(Q[short], self._num_leaves)

@@ -534,7 +534,7 @@ def _home_by_coprobe(probes: ArrayLike, groups: Array, n_shards: int, n_workers:
 
 
 def route_queries(
-    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, reorder_k: int
+    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, reorder_k: int | ArrayLike
 ) -> tuple[dict[int, tuple[Array, Array, Array, int, Array]], Array, Array]:
     """The work of a routed search: which shard scans which leaves for which queries (native:
     ``native/src/routing.h``, which also states the rule of the re-ranking split).
@@ -546,13 +546,14 @@ def route_queries(
     work: ``reranked_per_query``). A query's budget, ``reorder_k``, is split over its shards by
     the vector counts of its probed leaves, each divided by its rank in the probe order + 1; every
     shard gets all of it when it covers the query's candidates (the search is then exact).
+    ``reorder_k``: one budget for every query, or an array of one per query (``leaf_margin``).
     """
     return route_queries_native(
         np.ascontiguousarray(P, dtype=np.int32),
         np.ascontiguousarray(leaf_to_shard, dtype=np.int32),
         np.ascontiguousarray(leaf_sizes, dtype=np.int64),
         int(n_shards),
-        int(reorder_k),
+        np.ascontiguousarray(np.atleast_1d(reorder_k), dtype=np.int64),
     )
 
 

@@ -71,7 +71,7 @@ class _RowShards(_ShardedBase):
         self._d = int(d)
         self._num_leaves = int(L)
 
-    def _search_rows(self, Q, k, lts, rk, nt, timeout):
+    def _search_rows(self, Q, k, lts, rk, nt, timeout, margin=None):
         client = self.client
         qf = [client.scatter(Q, broadcast=True, hash=False)]
 
@@ -83,7 +83,9 @@ class _RowShards(_ShardedBase):
 
         try:
             parts = self._run_on_shards(
-                lambda j, key: client.submit(W.search_row_shard, self._shards[j], qf[0], k, lts, rk, nt, key=key),
+                lambda j, key: client.submit(
+                    W.search_row_shard, self._shards[j], qf[0], k, lts, rk, nt, margin, key=key
+                ),
                 "search",
                 timeout,
                 retry_inputs=rescatter,

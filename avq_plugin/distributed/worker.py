@@ -144,9 +144,24 @@ def build_row_shard(template: Template, start: int, num_threads: int, *blocks: A
 
 
 def search_row_shard(
-    index: AVQIndex, Q: Array, k: int, leaves_to_search: int, reorder_k: int, num_threads: int
+    index: AVQIndex,
+    Q: Array,
+    k: int,
+    leaves_to_search: int,
+    reorder_k: int,
+    num_threads: int,
+    leaf_margin: float | None = None,
 ) -> tuple[Array, Array]:
-    return index.search(Q, k, leaves_to_search=leaves_to_search, reorder_k=reorder_k, num_threads=num_threads)
+    # Every shard has the shared quantizer: the same leaves per query, the same scaled budget.
+    # None is passed as 0 (the fixed count): a shard has no stored margin of its own to apply.
+    return index.search(
+        Q,
+        k,
+        leaves_to_search=leaves_to_search,
+        reorder_k=reorder_k,
+        num_threads=num_threads,
+        leaf_margin=leaf_margin if leaf_margin is not None else (0.0 if index.metric != "l2" else None),
+    )
 
 
 def row_shard_info(index: AVQIndex) -> dict[str, Any]:

@@ -441,16 +441,19 @@ PYBIND11_MODULE(_native, m) {
       "route_queries",
       [](const py::array_t<int32_t, py::array::c_style>& P,
          const py::array_t<int32_t, py::array::c_style>& leaf_to_shard, const IArray& leaf_sizes, size_t n_shards,
-         int64_t reorder_k) {
+         const IArray& reorder_k) {
         if (P.ndim() != 2) throw py::value_error("P must be a 2-d array of probed leaves");
         if (leaf_to_shard.ndim() != 1 || leaf_sizes.ndim() != 1 || leaf_sizes.shape(0) != leaf_to_shard.shape(0))
           throw py::value_error("leaf_to_shard and leaf_sizes must be 1-d arrays of one length");
         const size_t nq = static_cast<size_t>(P.shape(0)), w = static_cast<size_t>(P.shape(1));
         const size_t L = static_cast<size_t>(leaf_to_shard.shape(0));
+        if (reorder_k.ndim() != 1) throw py::value_error("reorder_k must be a 1-d array (one value, or one per query)");
+        const size_t nb = static_cast<size_t>(reorder_k.shape(0));
         avq::Routing r;
         {
           py::gil_scoped_release release;
-          r = avq::route_queries(P.data(), nq, w, leaf_to_shard.data(), leaf_sizes.data(), L, n_shards, reorder_k);
+          r = avq::route_queries(P.data(), nq, w, leaf_to_shard.data(), leaf_sizes.data(), L, n_shards,
+                                 reorder_k.data(), nb);
         }
         auto vec = [](const auto& v) {
           using T = typename std::decay_t<decltype(v)>::value_type;
@@ -467,9 +470,28 @@ PYBIND11_MODULE(_native, m) {
         return py::make_tuple(jobs, vec(r.visited), vec(r.total));
       },
       py::arg("P").noconvert(), py::arg("leaf_to_shard").noconvert(), py::arg("leaf_sizes").noconvert(),
-      py::arg("n_shards"), py::arg("reorder_k"),
+      py::arg("n_shards"), py::arg("reorder_k").noconvert(),
       "The work of a leaf-routed search: per shard (rows, leaves, budgets, candidates, candidates per row), "
       "shards visited and candidates per query (routing.h).");
+  m.def(
+      "margin_reorder_k",
+      [](uint64_t reorder_k, const IArray& nprobe, uint64_t asked, uint64_t ntotal) {
+        if (nprobe.ndim() != 1) throw py::value_error("nprobe must be a 1-d array");
+        if (asked == 0 || reorder_k == 0) throw py::value_error("reorder_k and asked must be positive");
+        const size_t n = static_cast<size_t>(nprobe.shape(0));
+        IArray out(static_cast<py::ssize_t>(n));
+        const int64_t* p = nprobe.data();
+        int64_t* o = out.mutable_data();
+        const size_t rk = static_cast<size_t>(std::min(reorder_k, ntotal));
+        for (size_t i = 0; i < n; ++i) {
+          if (p[i] < 0) throw py::value_error("nprobe must be >= 0");
+          o[i] = static_cast<int64_t>(avq::margin_reorder_k(rk, static_cast<size_t>(p[i]), asked, ntotal));
+        }
+        return out;
+      },
+      py::arg("reorder_k"), py::arg("nprobe").noconvert(), py::arg("asked"), py::arg("ntotal"),
+      "search()'s leaf_margin re-ranking budget per query: min(reorder_k, ntotal) scaled by "
+      "sqrt(nprobe / asked), rounded up, at most ntotal (index.h).");
   m.def("eta_exact", &avq::eta_exact, py::arg("t"), py::arg("d"),
         "Exact anisotropic weight eta for t = T / ||x|| in dimension d.");
   m.def("eta_scann", &avq::eta_scann, py::arg("t"), py::arg("d"), "ScaNN's eta = (d-1) t^2 / (1 - t^2).");
@@ -559,6 +581,23 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("q").noconvert(), py::arg("leaves_to_search"), py::arg("nthreads"),
           "The leaves search() probes per query, best first: int32 (nq, min(leaves_to_search, L)).")
+      .def(
+          "probe_margin",
+          [](const Index& self, FArray q, size_t leaves_to_search, float leaf_margin, int nthreads) {
+            size_t nq = check_matrix(q, self.params().d, "queries");
+            const float* qp = q.data();
+            size_t width = 0;
+            std::vector<int32_t> out;
+            {
+              py::gil_scoped_release release;
+              out = self.probe_margin(qp, nq, leaves_to_search, leaf_margin, nthreads, width);
+            }
+            py::array_t<int32_t> arr({nq, width});
+            std::copy(out.begin(), out.end(), arr.mutable_data());
+            return arr;
+          },
+          py::arg("q").noconvert(), py::arg("leaves_to_search"), py::arg("leaf_margin"), py::arg("nthreads"),
+          "The leaves search() with leaf_margin probes per query, best first, padded with -1: int32 (nq, widest).")
       .def(
           "search_leaves",
           [](const Index& self, FArray q, size_t k, py::array_t<int32_t, py::array::c_style> leaves, IArray reorder_k,

@@ -2,6 +2,8 @@
 // exact reordering. See docs/parameters.md for the parameter glossary.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -35,6 +37,16 @@ inline bool valid_reorder(uint32_t r) {
 
 const char* metric_name(Metric m);
 const char* reorder_name(ReorderMode r);
+
+// search()'s leaf_margin budget, the one rule (also the routed search's, through the binding
+// margin_reorder_k): a query probing nprobe leaves where leaves_to_search asked for `asked`
+// re-ranks reorder_k * sqrt(nprobe / asked), rounded up, at most ntotal; reorder_k itself (at
+// most ntotal already) when nprobe <= asked.
+inline size_t margin_reorder_k(size_t reorder_k, size_t nprobe, size_t asked, size_t ntotal) {
+  if (nprobe <= asked || asked == 0) return reorder_k;
+  return static_cast<size_t>(
+      std::min(double(ntotal), std::ceil(double(reorder_k) * std::sqrt(double(nprobe) / double(asked)))));
+}
 
 // Every parameter of an index, concrete: the Python layer resolves the defaults
 // (avq_plugin/_params.py) before it builds one, and the file stores these values.
@@ -128,6 +140,11 @@ class Index {
   // skipped (rows may not repeat a leaf); reorder_k (nq) per query. Scores are identical to
   // search()'s for the same candidates (the lookup tables depend only on the query).
   void probe(const float* q, size_t nq, size_t leaves_to_search, int nthreads, int32_t* out) const;
+  // probe() with a leaf_margin >= 0 (dot and cosine): the leaves search() with that margin probes
+  // per query, best first, in rows as wide as the widest query's list (returned in width), padded
+  // with -1. The routed search scales each query's budget by sqrt(its leaves / leaves_to_search).
+  std::vector<int32_t> probe_margin(const float* q, size_t nq, size_t leaves_to_search, float leaf_margin, int nthreads,
+                                    size_t& width) const;
   void search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w, const int64_t* reorder_k,
                      int nthreads, float* D, int64_t* I) const;
   // search_leaves() of several shards (indexes with the same quantizer: codebooks, layout,

@@ -13,10 +13,12 @@ constexpr int64_t kMaxLeafSize = int64_t(1) << 32;
 }
 
 Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf_to_shard, const int64_t* leaf_sizes,
-                      size_t L, size_t n_shards, int64_t reorder_k) {
+                      size_t L, size_t n_shards, const int64_t* reorder_k_of, size_t n_budgets) {
   if (n_shards == 0 || n_shards > L) throw InvalidArgument("n_shards must be in [1, num_leaves]");
-  if (reorder_k < 1 || static_cast<uint64_t>(reorder_k) > limits::kMaxReorderK)
-    throw InvalidArgument("reorder_k must be in [1, " + std::to_string(limits::kMaxReorderK) + "]");
+  if (n_budgets != 1 && n_budgets != nq) throw InvalidArgument("reorder_k must be one value or one per query");
+  for (size_t i = 0; i < n_budgets; ++i)
+    if (reorder_k_of[i] < 1 || static_cast<uint64_t>(reorder_k_of[i]) > limits::kMaxReorderK)
+      throw InvalidArgument("reorder_k must be in [1, " + std::to_string(limits::kMaxReorderK) + "]");
   if (w > L) throw InvalidArgument("more probed leaves per query than leaves");
   for (size_t l = 0; l < L; ++l) {
     if (leaf_to_shard[l] < 0 || static_cast<uint64_t>(leaf_to_shard[l]) >= n_shards)
@@ -68,8 +70,9 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
   std::vector<double> weight(n_shards, 0.0);
   std::vector<int64_t> scanned(n_shards, 0);
   std::fill(last.begin(), last.end(), 0);
-  const double rk = static_cast<double>(reorder_k);
   for (size_t i = 0; i < nq; ++i) {
+    const int64_t reorder_k = reorder_k_of[n_budgets == 1 ? 0 : i];
+    const double rk = static_cast<double>(reorder_k);
     const int32_t* p = P + i * w;
     touched.clear();
     int64_t total = 0;

@@ -37,7 +37,8 @@ struct Routing {
 // (one index would re-rank all of them), every shard gets reorder_k, which keeps the routed
 // search exact. InvalidArgument for a leaf outside [-1, L), an owner outside [0, n_shards), a
 // size outside [0, 2^32], w > L, n_shards outside [1, L] or reorder_k outside [1, kMaxReorderK].
+// reorder_k: n_budgets values, one for every query (n_budgets = nq) or one for all (1).
 Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf_to_shard, const int64_t* leaf_sizes,
-                      size_t L, size_t n_shards, int64_t reorder_k);
+                      size_t L, size_t n_shards, const int64_t* reorder_k, size_t n_budgets);
 
 }  // namespace avq

@@ -170,6 +170,37 @@ void Index::probe(const float* q, size_t nq, size_t leaves_to_search, int nthrea
   });
 }
 
+std::vector<int32_t> Index::probe_margin(const float* q, size_t nq, size_t leaves_to_search, float leaf_margin,
+                                         int nthreads, size_t& width) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (!trained_) throw InvalidArgument("the index is not trained: call train() or fit() first");
+  if (!(std::isfinite(leaf_margin) && leaf_margin >= 0.f))
+    throw InvalidArgument("leaf_margin must be a finite number >= 0");
+  if (p_.metric == Metric::kL2)
+    throw InvalidArgument("leaf_margin needs metric 'cosine' or 'dot' (this index's metric is 'l2')");
+  const size_t w = std::max<size_t>(1, std::min(leaves_to_search, nleaves_));
+  check_queries(q, nq);
+  std::vector<std::vector<int32_t>> lists(nq);  // at most nq x num_leaves entries in all
+  parallel_for(nq, nthreads, 64, [&](size_t b, size_t e) {
+    static thread_local Scratch s;
+    s.q.resize(p_.d);
+    s.leaf_margin = leaf_margin;
+    for (size_t i = b; i < e; ++i) {
+      prepare_vector(q + i * p_.d, s.q.data());
+      const size_t chosen = select_leaves_by_margin(s.q.data(), w, s);  // (sequenced before the size)
+      const size_t n = std::min(chosen, s.leaf_sel.size());
+      lists[i].resize(n);
+      for (size_t j = 0; j < n; ++j) lists[i][j] = static_cast<int32_t>(s.leaf_sel[j].second);
+    }
+    s.leaf_margin = -1.f;
+  });
+  width = w;
+  for (const auto& l : lists) width = std::max(width, l.size());
+  std::vector<int32_t> out(nq * width, -1);
+  for (size_t i = 0; i < nq; ++i) std::copy(lists[i].begin(), lists[i].end(), out.begin() + i * width);
+  return out;
+}
+
 void Index::check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const {
   if (w == 0 || w > nleaves_) throw InvalidArgument("leaf lists must have 1 to num_leaves columns");
   LeafStamps& seen = LeafStamps::local(nleaves_);
@@ -703,9 +734,8 @@ void Index::search_one(const float* q_in, size_t k, size_t nprobe, size_t reorde
   const size_t asked = nprobe;
   const float* q = start_query(q_in, k, nprobe, probed, s, D, I);
   if (!q) return;
-  if (s.leaf_margin >= 0.f && nprobe > asked)  // leaf_margin: the budget grows as sqrt(leaves / asked)
-    reorder_k = static_cast<size_t>(
-        std::min(double(ntotal_), std::ceil(double(reorder_k) * std::sqrt(double(nprobe) / double(asked)))));
+  if (s.leaf_margin >= 0.f)  // leaf_margin: the budget grows as sqrt(leaves / asked)
+    reorder_k = margin_reorder_k(reorder_k, nprobe, asked, ntotal_);
   if (spill_)  // SOAR: the probed leaves' spilled copies are probed too
     for (size_t t = 0; t < nprobe; ++t) probed += spill_->lists[s.leaf_sel[t].second].n;
 
