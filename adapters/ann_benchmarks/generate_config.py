@@ -6,7 +6,8 @@
 The grid file is the single source of truth; config.yml is in ann-benchmarks' format
 (ann_benchmarks/definitions.py): one entry per metric with ``run_groups`` whose ``args`` are
 ``[[n_leaves], [avq_threshold], [dims_per_block], '@metric']`` and whose ``query_args`` are
-``[[[leaves_to_search, reorder_k], ...]]`` (one pair per result file, scann's form).
+``[[[leaves_to_search, reorder_k], ...]]`` (one pair per result file, scann's form); angular groups
+may also list ``[leaves_to_search, reorder_k, leaf_margin]`` triples (query-adaptive probing).
 Needs PyYAML.
 """
 
@@ -31,15 +32,21 @@ HEADER = (
 _BUILD_KEYS = ("n_leaves", "avq_threshold", "dims_per_block")
 
 
-def _check_pair(group, pair):
-    if (
-        not isinstance(pair, list)
-        or len(pair) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
-    ):
+def _check_pair(group, pair, metric):
+    """[leaves_to_search, reorder_k] (positive integers), or on angular data also
+    [leaves_to_search, reorder_k, leaf_margin] with a number leaf_margin >= 0."""
+    ok = (
+        isinstance(pair, list)
+        and len(pair) in (2, 3)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair[:2])
+    )
+    if ok and len(pair) == 3:
+        m = pair[2]
+        ok = metric == "angular" and isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m < math.inf
+    if not ok:
         raise ValueError(
-            f"run group {group!r}: query_args entries must be [leaves_to_search, reorder_k] "
-            f"pairs of positive integers, got {pair!r}"
+            f"run group {group!r}: query_args entries must be [leaves_to_search, reorder_k] pairs of "
+            f"positive integers (angular: or [leaves_to_search, reorder_k, leaf_margin >= 0]), got {pair!r}"
         )
 
 
@@ -47,8 +54,8 @@ def build_config(grid):
     """The config.yml content (a dict) for a parsed grid file."""
     if list(grid.get("build_arg_names", [])) != list(_BUILD_KEYS):
         raise ValueError(f"build_arg_names must be {list(_BUILD_KEYS)}")
-    if list(grid.get("query_arg_names", [])) != ["leaves_to_search", "reorder_k"]:
-        raise ValueError("query_arg_names must be [leaves_to_search, reorder_k]")
+    if list(grid.get("query_arg_names", [])) != ["leaves_to_search", "reorder_k", "leaf_margin"]:
+        raise ValueError("query_arg_names must be [leaves_to_search, reorder_k, leaf_margin]")
     out = {}
     for point_type, metrics in grid["point_types"].items():
         out[point_type] = {}
@@ -68,7 +75,7 @@ def build_config(grid):
                     args.append([v])
                 args.append("@metric")
                 for pair in g["query_args"]:
-                    _check_pair(name, pair)
+                    _check_pair(name, pair, metric)
                 run_groups[name] = {"args": args, "query_args": [[list(p) for p in g["query_args"]]]}
             out[point_type][metric] = [
                 {
