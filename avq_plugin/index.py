@@ -490,14 +490,17 @@ class AVQIndex(_IndexIO, _IndexProtected):
             ``spill_`` change; the constructor parameters do not). ``spill`` is None, "none" or
             "soar". ``time_budget_s`` covers all layouts: none is trained once it has passed.
             Default None: keep the layout, tune the budget only.
-        leaf_margin : "auto" or None, default "auto"
-            "auto" (metric 'cosine' or 'dot', ``reorder_k`` not given): also try query-adaptive
-            probing. From the fastest fixed budget (L, R), smaller budgets (L/2 or L/3 leaves,
+        leaf_margin : "auto", "always" or None, default "auto"
+            Also try query-adaptive probing (metric 'cosine' or 'dot', ``reorder_k`` not
+            given): from the fastest fixed budget (L, R), smaller budgets (L/2 or L/3 leaves,
             R/2 or 2R/3 candidates) each get the smallest ``leaf_margin`` (0.01 steps, up to
             0.64) reaching the goal; a margin setting replaces the fixed budget when it is
             faster (timed alternately). The chosen margin is stored with the index and used by
-            ``search`` when it is given no ``leaf_margin`` (``default_leaf_margin()``). None:
-            fixed counts only (and a stored margin is removed).
+            ``search`` when it is given no ``leaf_margin`` (``default_leaf_margin()``). "auto":
+            only when tuning on given ``queries``; held-out points are members of the
+            partition, for which a margin admits fewer leaves than for real queries, so they
+            choose margins too wide (see docs/parameters.md). "always": on held-out points too.
+            None: fixed counts only (and a stored margin is removed).
 
         Returns
         -------

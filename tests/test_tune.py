@@ -446,7 +446,7 @@ def test_tune_chooses_and_stores_a_leaf_margin(glove, built, monkeypatch, tmp_pa
     X, Q, gt = glove
     index = fresh(built)
     _timed(monkeypatch, margin_faster=True)
-    report = index.tune(0.95, X=X)
+    report = index.tune(0.95, X=X, leaf_margin="always")
     monkeypatch.undo()
     assert report.leaf_margin is not None and 0 < report.leaf_margin <= 0.64
     assert report.reached and report.recall >= report.goal
@@ -492,21 +492,36 @@ def test_tune_keeps_the_fixed_count_when_it_is_faster(glove, built, monkeypatch)
     X, _, _ = glove
     index = fresh(built)
     _timed(monkeypatch, margin_faster=False)
-    report = index.tune(0.95, X=X)
+    report = index.tune(0.95, X=X, leaf_margin="always")
     assert report.leaf_margin is None and report.evaluated_margins
     assert index.default_leaf_margin() is None
+
+
+def test_auto_tries_margins_on_given_queries_only(glove, built, monkeypatch):
+    """Held-out points choose margins too wide for real queries (docs/parameters.md): "auto"
+    tries margins when tuning on given queries, not on held-out points."""
+    X, Q, gt = glove
+    _timed(monkeypatch, margin_faster=True)
+    held_out = fresh(built).tune(0.95, X=X, num_queries=300)
+    assert held_out.source == "held-out" and held_out.evaluated_margins == [] and held_out.leaf_margin is None
+    index = fresh(built)
+    given = index.tune(0.95, queries=Q, ground_truth=gt)
+    assert given.source == "queries" and given.evaluated_margins and given.leaf_margin is not None
+    assert index.default_leaf_margin() == given.leaf_margin
 
 
 def test_tune_tries_no_margin_under_l2_or_a_fixed_reorder_k(glove, built):
     X, _, _ = glove
     l2 = avq_plugin.AVQIndex(metric="l2", seed=0).fit(X[:6000])
-    report = l2.tune(0.9, X=X[:6000], num_queries=200)
+    report = l2.tune(0.9, X=X[:6000], num_queries=200, leaf_margin="always")
     assert report.leaf_margin is None and report.evaluated_margins == []
-    report = fresh(built).tune(0.9, X=X, num_queries=200, reorder_k=40)
+    report = fresh(built).tune(0.9, X=X, num_queries=200, reorder_k=40, leaf_margin="always")
     assert report.leaf_margin is None and report.evaluated_margins == []
 
 
-@pytest.mark.parametrize("value, error", [("yes", ValueError), (0.3, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "value, error", [("yes", ValueError), (0.3, TypeError), (True, TypeError), ("Auto", ValueError)]
+)
 def test_tune_rejects_bad_leaf_margin(glove, built, value, error):
     X, _, _ = glove
     with pytest.raises(error, match="leaf_margin must be 'auto'"):
