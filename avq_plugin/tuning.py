@@ -605,7 +605,7 @@ def _margin_budget(
     best_of_timings: Callable[[int, int | None, int], float],
     out_of_time: Callable[[], bool],
 ) -> tuple[float, int, int | None, int]:
-    """``leaf_margin="auto"``: the fastest fixed budget (L, R), timed ``secs`` per pass, against
+    """The margin search (``_Setup.try_margins``): the fastest fixed budget (L, R), timed ``secs`` per pass, against
     smaller budgets (``_MARGIN_BASES``) each with the smallest margin (in steps of
     ``_MARGIN_UNIT``, by bisection: recall grows with the margin) that reaches the goal.
 
