@@ -133,6 +133,8 @@ def test_qps_at_targets_interpolated_on_the_pareto_frontier():
 
 
 def test_interleaved_run_times_every_setting_in_rounds(tmp_path):
+    # Two systems the test extra installs (faiss-cpu and avq), not an optional peer: on a fresh
+    # machine with only `pip install ".[test]"` every build below must run.
     g = datasets.load_glove_subset()
     ds = datasets.Dataset("g3k", "angular", g.train[:3000], g.test[:40], None, None)
     ds = bench.ensure_ground_truth(ds, 10, "compute", cache_dir=tmp_path / "cache")
@@ -140,28 +142,28 @@ def test_interleaved_run_times_every_setting_in_rounds(tmp_path):
     _write_family(
         tmp_path / "families" / "small.yaml",
         "match: {metric: angular, max_dim: 64}\nsystems:\n"
-        "  hnswlib:\n    query_arg_names: [ef]\n"
-        "    builds:\n      - {name: h8, args: {M: 8, ef_construction: 40}}\n"
-        "      - {name: h16, args: {M: 16, ef_construction: 40}}\n"
-        "    query_args: [[10], [40]]\n"
+        "  faiss:\n    query_arg_names: [nprobe, k_factor]\n"
+        "    builds:\n      - {name: f8, args: {factory: 'IVF{nlist},PQ{m}x4fsr', nlist: 8, dims_per_block: 2, refine: flat}}\n"
+        "      - {name: f16, args: {factory: 'IVF{nlist},PQ{m}x4fsr', nlist: 16, dims_per_block: 2, refine: flat}}\n"
+        "    query_args: [[2, 2], [8, 4]]\n"
         "  avq:\n    query_arg_names: [leaves_to_search, reorder_k]\n"
         "    builds: [{name: a, args: {num_leaves: 20, dims_per_block: 2, seed: 0}}]\n"
         "    query_args: [[2, 20], [8, 60]]\n",
     )
     kw = dict(reps=2, modes=("single",), min_time=0.0, log=None)
-    res = bench.run_benchmark(ds, tmp_path, ["hnswlib", "avq"], interleave=True, **kw)
+    res = bench.run_benchmark(ds, tmp_path, ["faiss", "avq"], interleave=True, **kw)
     assert res["settings"]["family"] == "small" and res["settings"]["interleave"] is True
-    assert [(b["system"], b["name"]) for b in res["builds"]] == [("hnswlib", "h8"), ("hnswlib", "h16"), ("avq", "a")]
+    assert [(b["system"], b["name"]) for b in res["builds"]] == [("faiss", "f8"), ("faiss", "f16"), ("avq", "a")]
     for b in res["builds"]:
         assert b["error"] is None and len(b["queries"]) == 2
         for q in b["queries"]:
             assert len(q["seconds"]) == 2 and q["best_seconds"] == min(q["seconds"])
             assert q["qps"] == pytest.approx(40 / q["best_seconds"])
-    one = bench.run_benchmark(ds, tmp_path, ["hnswlib", "avq"], only_builds=["h16"], **kw)
-    assert [b["name"] for b in one["builds"]] == ["h16"]
+    one = bench.run_benchmark(ds, tmp_path, ["faiss", "avq"], only_builds=["f16"], **kw)
+    assert [b["name"] for b in one["builds"]] == ["f16"]
     with pytest.raises(ValueError, match="nosuch"):
-        bench.run_benchmark(ds, tmp_path, ["hnswlib"], only_builds=["nosuch"], **kw)
-    plain = bench.run_benchmark(ds, tmp_path, ["hnswlib", "avq"], family="small", **kw)
+        bench.run_benchmark(ds, tmp_path, ["faiss"], only_builds=["nosuch"], **kw)
+    plain = bench.run_benchmark(ds, tmp_path, ["faiss", "avq"], family="small", **kw)
     assert plain["settings"]["interleave"] is False
     recalls = [[q["recall"] for q in b["queries"]] for b in res["builds"]]
     assert recalls == [[q["recall"] for q in b["queries"]] for b in plain["builds"]]
