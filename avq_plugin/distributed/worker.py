@@ -153,14 +153,9 @@ def search_row_shard(
     leaf_margin: float | None = None,
 ) -> tuple[Array, Array]:
     # Every shard has the shared quantizer: the same leaves per query, the same scaled budget.
-    # None is passed as 0 (the fixed count): a shard has no stored margin of its own to apply.
+    # (None: the fixed count; a shard, made from the untuned quantizer, stores no margin.)
     return index.search(
-        Q,
-        k,
-        leaves_to_search=leaves_to_search,
-        reorder_k=reorder_k,
-        num_threads=num_threads,
-        leaf_margin=leaf_margin if leaf_margin is not None else (0.0 if index.metric != "l2" else None),
+        Q, k, leaves_to_search=leaves_to_search, reorder_k=reorder_k, num_threads=num_threads, leaf_margin=leaf_margin
     )
 
 
