@@ -48,14 +48,11 @@ def route_queries(
     leaf_sizes: npt.NDArray[np.int64],
     n_shards: int,
     reorder_k: npt.NDArray[np.int64],
-) -> tuple[
-    dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64], int, npt.NDArray[np.int64]]],
-    npt.NDArray[np.int32],
-    npt.NDArray[np.int64],
-]:
+    compact: bool = False,
+) -> tuple[dict[int, tuple[Any, ...]], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
     """The native routing of a leaf-routed search (``native/src/routing.h``) for
     avq_plugin.distributed.placement, which converts the inputs."""
-    return _native.route_queries(P, leaf_to_shard, leaf_sizes, n_shards, reorder_k)
+    return _native.route_queries(P, leaf_to_shard, leaf_sizes, n_shards, reorder_k, compact)
 
 
 def search_leaves_multi(
@@ -68,7 +65,9 @@ def search_leaves_multi(
     """``_search_leaves`` of several shards (AVQIndex objects with one quantizer) at once.
 
     jobs: (position in ``shards``, query rows int (n,), leaves int (n, w), reorder_k int (n,)[,
-    group]). Each query is prepared and its lookup table built once for all the shards it visits.
+    group[, offsets]]); with offsets (n + 1,) in every job, leaves is a flat list, row r's at
+    ``leaves[offsets[r]:offsets[r + 1]]`` (1 to L of them, no padding) instead of a matrix padded
+    with -1. Each query is prepared and its lookup table built once for all the shards it visits.
     A query's jobs of one group are searched as one index holding those shards would be: one
     top-N over all their leaves and one re-ranking budget, the sum of the jobs' reorder_k (their
     leaves must be disjoint, the shards without SOAR copies). Without a group each shard is its
@@ -83,23 +82,29 @@ def search_leaves_multi(
     A = V.as_float_matrix(Q, "Q", d=first.d, allow_1d=True, nonzero_rows=first.metric == "cosine")
     k = V.check_k(k)
     V.check_result_size(A.shape[0], k)
-    pos, rows, leaves, budgets, groups = [], [], [], [], []
+    pos, rows, leaves, budgets, groups, offsets = [], [], [], [], [], []
+    flat = bool(jobs) and len(jobs[0]) > 5
     for job in jobs:
+        if (len(job) > 5) != flat:
+            raise ValueError("either every job gives leaf offsets or none does")
         j, r, lv, rk = job[:4]
         groups.append(int(job[4]) if len(job) > 4 else int(j))
         lv = np.asarray(lv)
         if (
-            lv.ndim != 2
+            lv.ndim != (1 if flat else 2)
             or not np.issubdtype(lv.dtype, np.integer)
             or (lv.size and (lv.min() < -1 or lv.max() > 2**31 - 1))
         ):
-            raise ValueError(f"leaves must be an integer array (n, w) of leaf numbers or -1, got {lv.shape}")
+            what = "a flat integer array of leaf numbers" if flat else "an integer array (n, w) of leaf numbers or -1"
+            raise ValueError(f"leaves must be {what}, got {lv.shape}")
+        if flat:
+            offsets.append(np.ascontiguousarray(job[5], np.int64))
         pos.append(int(j))
         rows.append(np.ascontiguousarray(r, np.int64))
         leaves.append(np.ascontiguousarray(lv, np.int32))
         budgets.append(np.ascontiguousarray(rk, np.int64))
     return _native.search_leaves_multi(
-        natives, A, k, pos, rows, leaves, budgets, V.resolve_threads(num_threads), groups
+        natives, A, k, pos, rows, leaves, budgets, V.resolve_threads(num_threads), groups, offsets
     )
 
 

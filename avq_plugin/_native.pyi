@@ -26,6 +26,7 @@ def search_leaves_multi(
     reorder_k: list[npt.NDArray[np.int64]],
     nthreads: int,
     job_group: list[int] = ...,
+    offsets: list[npt.NDArray[np.int64]] = ...,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def margin_reorder_k(
     reorder_k: int, nprobe: npt.NDArray[np.int64], asked: int, ntotal: int
@@ -36,11 +37,8 @@ def route_queries(
     leaf_sizes: npt.NDArray[np.int64],
     n_shards: int,
     reorder_k: npt.NDArray[np.int64],
-) -> tuple[
-    dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64], int, npt.NDArray[np.int64]]],
-    npt.NDArray[np.int32],
-    npt.NDArray[np.int64],
-]: ...
+    compact: bool = ...,
+) -> tuple[dict[int, tuple[Any, ...]], npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def merge_topk_rows(
     nq: int,
     k: int,

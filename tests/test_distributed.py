@@ -319,6 +319,18 @@ def test_routing_splits_the_budget_by_rank_weighted_counts_and_lists_leaves_in_p
     assert budget.tolist() == [25, 100, 64] and scanned.tolist() == [200, 40, 240]
     rows, leaves, budget, _, _ = jobs[2]
     assert rows.tolist() == [0, 3] and leaves.tolist() == [[4], [5]] and budget.tolist() == [1, 37]
+    # compact: the same jobs with each shard's leaves as offsets and a flat list (no padding).
+    compact = route_queries(P, leaf_to_shard, sizes, 3, 100, compact=True)[0]
+    assert sorted(compact) == sorted(jobs)
+    for s, (rows, offsets, flat, budget, scanned_sum, scanned) in compact.items():
+        padded = jobs[s][1]
+        assert offsets[0] == 0 and offsets[-1] == len(flat) and len(offsets) == len(rows) + 1
+        for r in range(len(rows)):
+            row = padded[r][padded[r] >= 0]
+            assert flat[offsets[r] : offsets[r + 1]].tolist() == row.tolist()
+        assert rows.tolist() == jobs[s][0].tolist() and budget.tolist() == jobs[s][2].tolist()
+        assert scanned_sum == jobs[s][3] and scanned.tolist() == jobs[s][4].tolist()
+    assert compact[1][1].tolist() == [0, 1, 2, 4] and compact[1][2].tolist() == [2, 3, 3, 2]
     # The same routing for another n_shards that leaves shard 3 empty: no job for it.
     assert sorted(route_queries(P, leaf_to_shard, sizes, 4, 100)[0]) == [0, 1, 2]
     # One budget per query (leaf_margin): each query's split is that of its own budget alone.
@@ -342,6 +354,46 @@ def test_routing_splits_the_budget_by_rank_weighted_counts_and_lists_leaves_in_p
     ):
         with pytest.raises(ValueError, match=match):
             route_queries(*bad)
+
+
+def test_packed_search_message_round_trips_in_the_smallest_types():
+    """A worker's jobs travel as five flat arrays (``wire.pack_jobs``): unpacked, the same jobs in
+    the native search's types; leaf numbers in int16 up to 32767 leaves, int32 above; result ids
+    as int32 when they fit; a message that does not match its spec raises."""
+    from avq_plugin.distributed.wire import compact_ids, pack_jobs, unpack_jobs
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for j, n in ((3, 5), (7, 1), (8, 4)):
+        counts = rng.integers(1, 6, n)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        leaves = rng.integers(0, 40000, offsets[-1]).astype(np.int32)
+        rows = np.sort(rng.choice(20, n, replace=False)).astype(np.int64)
+        jobs.append((j, rows, leaves, rng.integers(1, 2**32 - 1, n, dtype=np.int64), j // 4, offsets))
+    for num_leaves, leaf_type in ((300, np.int16), (40000, np.int32)):
+        small = [(j, r, lv % num_leaves, b, g, o) for j, r, lv, b, g, o in jobs]
+        packed = pack_jobs(small, 20, num_leaves)
+        assert packed[3].dtype == leaf_type and packed[2].dtype == leaf_type and packed[1].dtype == np.int32
+        assert packed[4].dtype == np.uint32 and packed[0].tolist() == [[3, 0, 5], [7, 1, 1], [8, 2, 4]]
+        back = unpack_jobs(packed)
+        assert len(back) == len(small)
+        for got, want in zip(back, small):
+            assert got[0] == want[0] and got[4] == want[4]
+            for a, b in zip(got[1:4] + got[5:], want[1:4] + want[5:]):
+                assert a.dtype == b.dtype and a.tolist() == b.tolist()
+    assert unpack_jobs(pack_jobs([], 0, 10)) == []
+    spec, rows, counts, leaves, budgets = pack_jobs(jobs, 20, 40000)
+    for bad in (
+        (spec[:, :2], rows, counts, leaves, budgets),
+        (spec, rows[:-1], counts, leaves, budgets),
+        (spec, rows, counts, leaves[:-1], budgets),
+        (spec * np.array([1, 1, 2]), rows, counts, leaves, budgets),
+    ):
+        with pytest.raises(ValueError, match="does not match its spec"):
+            unpack_jobs(bad)
+    ids = np.array([[5, 2**31 - 1, -1]])
+    assert compact_ids(ids).dtype == np.int32 and compact_ids(ids).tolist() == ids.tolist()
+    assert compact_ids(ids + 1).dtype == np.int64
 
 
 def test_leaf_placement_bounded_imbalance_deterministic_and_better_than_the_bisection():
@@ -488,9 +540,35 @@ def test_multi_shard_search_equals_one_index_holding_the_shards(glove):
         if shard_group == [0, 1, 2]:  # also the default (no groups given)
             D, I = search_leaves_multi(shards, Q, 10, job_list, 1)
             np.testing.assert_array_equal(I, want[1])
-            separate = want[0]
+            separate, separate_I = want
         if shard_group == [0, 0, 0]:  # one group re-ranks its summed budget over all its candidates
             assert want[0][:, -1].mean() >= separate[:, -1].mean()
+
+    # The leaves as offsets and flat lists (the packed message's form): the same answers.
+    def flat_job(job):
+        j, r, lv, b = job
+        offsets = np.concatenate([[0], np.cumsum((lv >= 0).sum(axis=1))])
+        return (j, r, lv[lv >= 0], b, j, offsets)
+
+    flat_list = [flat_job(job) for job in job_list]
+    for threads in (1, 2):
+        D, I = search_leaves_multi(shards, Q, 10, flat_list, threads)
+        np.testing.assert_array_equal(I, separate_I)
+        np.testing.assert_array_equal(D, separate)
+    j, r, flat, b, g, off = flat_list[0]
+    for bad_off, bad_flat, match in (
+        (off + 1, flat, "offsets must run from 0"),
+        (np.concatenate([off[:-1], [off[-1] - 1]]), flat, "offsets must run from 0"),
+        (np.concatenate([[0, 0], off[2:]]), flat, "1 to num_leaves leaves"),
+        (off, np.full_like(flat, -1), "out of range"),
+        (off, np.full_like(flat, flat[0]), "listed twice"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            search_leaves_multi(shards, Q, 10, [(j, r, bad_flat, b, g, bad_off)], 1)
+    with pytest.raises(ValueError, match="every job gives leaf offsets or none"):
+        search_leaves_multi(shards, Q, 10, [flat_list[0], job_list[1]], 1)
+    with pytest.raises(ValueError, match="leaf offsets"):
+        search_leaves_multi(shards, Q, 10, [(j, r, flat, b, g, off[:-1])], 1)
     # Queries no job asks for are padding; one job alone gives that shard's own answers.
     j, r, lv, b = job_list[0]
     D, I = search_leaves_multi(shards, Q, 10, job_list[:1], 1)

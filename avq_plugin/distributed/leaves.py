@@ -30,6 +30,7 @@ from .merge import merge_rows
 from .placement import place_shards, reranked_per_query, route_queries, shards_by_group, union_rows
 from .replicas import _Replicas
 from .sources import _allocate
+from .wire import pack_jobs
 
 # Sample queries (indexed vectors) whose probed leaves guide the leaf placement.
 _PLACEMENT_SAMPLE = 20000
@@ -138,7 +139,7 @@ class _LeafShards(_Replicas):
         # 10,000 GloVe queries in this order: 8-20 % less CPU in _search_leaves).
         order = np.argsort(P[:, 0], kind="stable")
         P, Qs = P[order], Q[order]
-        jobs, visited, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, rk)
+        jobs, visited, total = route_queries(P, self._leaf_to_shard, self._leaf_sizes, self._n_shards, rk, compact=True)
         rerank = np.zeros(nq, np.int64)
         client_s = time.perf_counter() - t0
         parts, tasks, shard_tasks = [], 0, 0
@@ -178,7 +179,7 @@ class _LeafShards(_Replicas):
         busy, plan = {}, {}
         self._recover_all(jobs)
         groups = shards_by_group(jobs, self._shard_group)
-        work = {g: sum(jobs[j][3] for j in js) for g, js in groups.items()}
+        work = {g: sum(jobs[j][4] for j in js) for g, js in groups.items()}
         for g in sorted(groups, key=lambda g: (-work[g], g)):
             hs = self._group_holders(groups[g])
             w = min(hs, key=lambda w: (busy.get(w, 0), w))
@@ -188,8 +189,12 @@ class _LeafShards(_Replicas):
         for w, shards in plan.items():
             shards.sort()  # the worker scans a group's shards in this order (as shards_by_group)
             rows_w, pos = union_rows([jobs[j][0] for j in shards])
-            job_list = [(j, p, jobs[j][1], jobs[j][2], int(self._shard_group[j])) for j, p in zip(shards, pos)]
-            calls.append((w, (self._token, Q[rows_w], k, job_list, nt)))
+            # (compact routing: rows, offsets, leaves, budgets, ...; wire.Job: shard, rows, leaves, budgets, group, offsets)
+            job_list = [
+                (j, p, jobs[j][2], jobs[j][3], int(self._shard_group[j]), jobs[j][1]) for j, p in zip(shards, pos)
+            ]
+            packed = pack_jobs(job_list, len(rows_w), self._num_leaves)
+            calls.append((w, (self._token, Q[rows_w], k, packed, nt)))
             rows_of_call.append(rows_w)
         pending = self._call_searchers(calls)
         return [(shards, rows_w, p) for shards, rows_w, p in zip(plan.values(), rows_of_call, pending)]

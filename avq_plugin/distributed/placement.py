@@ -534,8 +534,8 @@ def _home_by_coprobe(probes: ArrayLike, groups: Array, n_shards: int, n_workers:
 
 
 def route_queries(
-    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, reorder_k: int | ArrayLike
-) -> tuple[dict[int, tuple[Array, Array, Array, int, Array]], Array, Array]:
+    P: Array, leaf_to_shard: Array, leaf_sizes: Array, n_shards: int, reorder_k: int | ArrayLike, compact: bool = False
+) -> tuple[dict[int, tuple[Any, ...]], Array, Array]:
     """The work of a routed search: which shard scans which leaves for which queries (native:
     ``native/src/routing.h``, which also states the rule of the re-ranking split).
 
@@ -547,6 +547,8 @@ def route_queries(
     the vector counts of its probed leaves, each divided by its rank in the probe order + 1; every
     shard gets all of it when it covers the query's candidates (the search is then exact).
     ``reorder_k``: one budget for every query, or an array of one per query (``leaf_margin``).
+    ``compact``: each shard's leaves as offsets (rows + 1,) and a flat list without padding, in
+    place of the padded matrix: (rows, offsets, leaves, budgets, candidates, candidates per row).
     """
     return route_queries_native(
         np.ascontiguousarray(P, dtype=np.int32),
@@ -554,6 +556,7 @@ def route_queries(
         np.ascontiguousarray(leaf_sizes, dtype=np.int64),
         int(n_shards),
         np.ascontiguousarray(np.atleast_1d(reorder_k), dtype=np.int64),
+        bool(compact),
     )
 
 
@@ -613,8 +616,8 @@ def reranked_per_query(jobs: dict[int, tuple[Any, ...]], shard_group: Array, nq:
         budget = np.zeros(nq, np.int64)
         scanned = np.zeros(nq, np.int64)
         seen = np.zeros(nq, bool)
-        for j in js:
-            rows, _, b, _, sc = jobs[j]
+        for j in js:  # (rows, leaves, budgets, candidates, per row), or compact (rows, offsets, leaves, ...)
+            rows, b, sc = jobs[j][0], jobs[j][-3], jobs[j][-1]
             budget[rows] += b
             scanned[rows] += sc
             seen[rows] = True

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 from .._index_protected import search_leaves_multi
 from ..index import AVQIndex
 from .manifest import _QUANTIZER_FILE, _atomic_write_bytes, _check_file, _file_sha256
+from .wire import Packed, compact_ids, unpack_jobs
 
 Array = NDArray[Any]
 #: A trained quantizer as the build tasks pass it: (bytes, fingerprint, warnings).
@@ -273,26 +274,26 @@ def info(token: str, j: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- search
-def search(
-    token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array, int]], num_threads: int
-) -> tuple[Array, Array]:
+def search(token: str, Q: Array, k: int, packed: Packed, num_threads: int) -> tuple[Array, Array]:
     """Routed search of the shards this worker was given, merged here.
 
-    jobs: list of (shard, rows into Q, leaves (len(rows), w) int32, reorder_k (len(rows),),
-    search group of the shard). Returns (D, I) for every row of Q (rows no job covers are
-    padding). One native call for all the shards: a query's lookup table is built once for every
-    shard it visits here, and its shards of one group are searched as one index (one top-N, the
-    group's summed budget; ``search_leaves_multi``).
+    packed: the jobs (``wire.pack_jobs``): per shard, rows into Q, each row's leaves, its
+    reorder_k, and the search group of the shard. Returns (D, I) for every row of Q (rows no job
+    covers are padding; ids as int32 when they fit, ``wire.compact_ids``). One native call for all
+    the shards: a query's lookup table is built once for every shard it visits here, and its
+    shards of one group are searched as one index (one top-N, the group's summed budget;
+    ``search_leaves_multi``).
     """
     shards: list[AVQIndex] = []
     slot: dict[int, int] = {}
     native_jobs = []
-    for j, rows, leaves, rk, group in jobs:
+    for j, rows, leaves, rk, group, offsets in unpack_jobs(packed):
         if j not in slot:
             slot[j] = len(shards)
             shards.append(_get(token, j))
-        native_jobs.append((slot[j], rows, leaves, rk, group))
-    return search_leaves_multi(shards, Q, k, native_jobs, num_threads)
+        native_jobs.append((slot[j], rows, leaves, rk, group, offsets))
+    D, I = search_leaves_multi(shards, Q, k, native_jobs, num_threads)
+    return D, compact_ids(I)
 
 
 class Searcher:
@@ -302,11 +303,9 @@ class Searcher:
     the result. On a LocalCluster, two calls with 8,500 queries each took about half the wall time
     and 40 % of the client CPU of two pinned tasks (21 vs 44 ms, 10 vs 26 ms)."""
 
-    def search(
-        self, token: str, Q: Array, k: int, jobs: list[tuple[int, Array, Array, Array, int]], num_threads: int
-    ) -> tuple[Array, Array]:
+    def search(self, token: str, Q: Array, k: int, packed: Packed, num_threads: int) -> tuple[Array, Array]:
         # The module's search, looked up at call time (fault-injection tests replace it).
-        return search(token, Q, k, jobs, num_threads)
+        return search(token, Q, k, packed, num_threads)
 
 
 # ---------------------------------------------------------------------------------- updates

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -383,7 +384,8 @@ PYBIND11_MODULE(_native, m) {
       "search_leaves_multi",
       [](const std::vector<const Index*>& shards, FArray q, size_t k, const std::vector<int64_t>& job_shard,
          const std::vector<IArray>& rows, const std::vector<py::array_t<int32_t, py::array::c_style>>& leaves,
-         const std::vector<IArray>& reorder_k, int64_t nthreads, const std::vector<int64_t>& job_group) {
+         const std::vector<IArray>& reorder_k, int64_t nthreads, const std::vector<int64_t>& job_group,
+         const std::vector<IArray>& offsets) {
         if (shards.empty()) throw py::value_error("no shards to search");
         for (const Index* x : shards)
           if (x == nullptr) throw py::type_error("shards must be native indexes");
@@ -394,20 +396,27 @@ PYBIND11_MODULE(_native, m) {
         if (rows.size() != J || leaves.size() != J || reorder_k.size() != J)
           throw py::value_error("every job needs its shard, rows, leaves and reorder_k");
         if (!job_group.empty() && job_group.size() != J) throw py::value_error("every job needs its group");
+        // Offsets given: every job's leaves are a flat list, row r's at [offsets[r], offsets[r + 1]).
+        const bool flat = !offsets.empty();
+        if (flat && offsets.size() != J) throw py::value_error("every job needs its leaf offsets");
         std::vector<Index::LeafJob> jobs;
         for (size_t j = 0; j < J; ++j) {
           if (job_shard[j] < 0 || static_cast<size_t>(job_shard[j]) >= shards.size())
             throw py::value_error("job " + std::to_string(j) + ": no such shard");
-          if (rows[j].ndim() != 1 || leaves[j].ndim() != 2 || reorder_k[j].ndim() != 1 ||
-              leaves[j].shape(0) != rows[j].shape(0) || reorder_k[j].shape(0) != rows[j].shape(0))
+          if (flat ? (rows[j].ndim() != 1 || leaves[j].ndim() != 1 || reorder_k[j].ndim() != 1 ||
+                      offsets[j].ndim() != 1 || offsets[j].shape(0) != rows[j].shape(0) + 1 ||
+                      reorder_k[j].shape(0) != rows[j].shape(0))
+                   : (rows[j].ndim() != 1 || leaves[j].ndim() != 2 || reorder_k[j].ndim() != 1 ||
+                      leaves[j].shape(0) != rows[j].shape(0) || reorder_k[j].shape(0) != rows[j].shape(0)))
             throw py::value_error("job " + std::to_string(j) +
-                                  ": rows (n,), leaves (n, w), reorder_k (n,) do not match");
+                                  (flat ? ": rows (n,), leaf offsets (n + 1,), leaves (m,), reorder_k (n,) do not match"
+                                        : ": rows (n,), leaves (n, w), reorder_k (n,) do not match"));
           // No group given: each shard is its own group (searched on its own, then merged).
           const int64_t g = job_group.empty() ? job_shard[j] : job_group[j];
           if (g < 0) throw py::value_error("job " + std::to_string(j) + ": groups must be non-negative");
           jobs.push_back({static_cast<size_t>(job_shard[j]), rows[j].data(), static_cast<size_t>(rows[j].shape(0)),
-                          leaves[j].data(), static_cast<size_t>(leaves[j].shape(1)), reorder_k[j].data(),
-                          static_cast<size_t>(g)});
+                          leaves[j].data(), static_cast<size_t>(leaves[j].shape(flat ? 0 : 1)), reorder_k[j].data(),
+                          static_cast<size_t>(g), flat ? offsets[j].data() : nullptr});
         }
         const float* qp = q.data();
         return make_result(
@@ -415,7 +424,9 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("shards"), py::arg("q").noconvert(), py::arg("k"), py::arg("job_shard"), py::arg("rows"),
       py::arg("leaves"), py::arg("reorder_k"), py::arg("nthreads"), py::arg("job_group") = std::vector<int64_t>(),
-      "search_leaves() of several shards with one quantizer, by group, merged per query (index.h).");
+      py::arg("offsets") = std::vector<IArray>(),
+      "search_leaves() of several shards with one quantizer, by group, merged per query (index.h); with "
+      "offsets, each job's leaves are a flat list (row r's at [offsets[r], offsets[r + 1])).");
   m.def(
       "merge_topk_rows",
       [](size_t nq, size_t k, const std::vector<IArray>& rows, const std::vector<FArray>& D,
@@ -441,7 +452,7 @@ PYBIND11_MODULE(_native, m) {
       "route_queries",
       [](const py::array_t<int32_t, py::array::c_style>& P,
          const py::array_t<int32_t, py::array::c_style>& leaf_to_shard, const IArray& leaf_sizes, size_t n_shards,
-         const IArray& reorder_k) {
+         const IArray& reorder_k, bool compact) {
         if (P.ndim() != 2) throw py::value_error("P must be a 2-d array of probed leaves");
         if (leaf_to_shard.ndim() != 1 || leaf_sizes.ndim() != 1 || leaf_sizes.shape(0) != leaf_to_shard.shape(0))
           throw py::value_error("leaf_to_shard and leaf_sizes must be 1-d arrays of one length");
@@ -463,16 +474,25 @@ PYBIND11_MODULE(_native, m) {
         for (size_t s = 0; s < r.shards.size(); ++s) {
           const avq::RoutedShard& x = r.shards[s];
           if (x.rows.empty()) continue;
-          py::array_t<int32_t> leaves({static_cast<py::ssize_t>(x.rows.size()), static_cast<py::ssize_t>(x.width)},
-                                      x.leaves.data());
+          if (compact) {
+            jobs[py::int_(s)] = py::make_tuple(vec(x.rows), vec(x.offsets), vec(x.leaves), vec(x.budget), x.scanned_sum,
+                                               vec(x.scanned));
+            continue;
+          }
+          py::array_t<int32_t> leaves({static_cast<py::ssize_t>(x.rows.size()), static_cast<py::ssize_t>(x.width)});
+          int32_t* out = leaves.mutable_data();
+          std::fill(out, out + x.rows.size() * x.width, -1);
+          for (size_t r = 0; r < x.rows.size(); ++r)
+            std::copy(x.leaves.begin() + x.offsets[r], x.leaves.begin() + x.offsets[r + 1], out + r * x.width);
           jobs[py::int_(s)] = py::make_tuple(vec(x.rows), leaves, vec(x.budget), x.scanned_sum, vec(x.scanned));
         }
         return py::make_tuple(jobs, vec(r.visited), vec(r.total));
       },
       py::arg("P").noconvert(), py::arg("leaf_to_shard").noconvert(), py::arg("leaf_sizes").noconvert(),
-      py::arg("n_shards"), py::arg("reorder_k").noconvert(),
-      "The work of a leaf-routed search: per shard (rows, leaves, budgets, candidates, candidates per row), "
-      "shards visited and candidates per query (routing.h).");
+      py::arg("n_shards"), py::arg("reorder_k").noconvert(), py::arg("compact") = false,
+      "The work of a leaf-routed search: per shard (rows, leaves (rows, width) padded with -1, budgets, "
+      "candidates, candidates per row), or with compact (rows, leaf offsets, leaves, budgets, candidates, "
+      "candidates per row); shards visited and candidates per query (routing.h).");
   m.def(
       "margin_reorder_k",
       [](uint64_t reorder_k, const IArray& nprobe, uint64_t asked, uint64_t ntotal) {

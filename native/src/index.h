@@ -149,7 +149,9 @@ class Index {
                      int nthreads, float* D, int64_t* I) const;
   // search_leaves() of several shards (indexes with the same quantizer: codebooks, layout,
   // metric, re-ranking mode and int8 scales, else InvalidArgument) at once: job j asks shard
-  // jobs[j].shard for the queries rows[0..n) (in [0, nq)) with leaves (n, w) and reorder_k (n).
+  // jobs[j].shard for the queries rows[0..n) (in [0, nq)) with leaves and reorder_k (n): the
+  // leaves either as a matrix (n, w) padded with -1, or (offsets given: n + 1 values from 0 to w,
+  // each row 1 to num_leaves leaves) as w values, row r's at [offsets[r], offsets[r + 1]).
   // Each query is prepared and its lookup table built once for all its shards. A query's jobs of
   // one group (jobs[j].group) are searched as one index holding all their shards would be: one
   // top-N over their leaves (in job order, each job's in its order) and one re-ranking budget, the
@@ -165,6 +167,16 @@ class Index {
     size_t w;
     const int64_t* reorder_k;
     size_t group;
+    const int64_t* offsets = nullptr;  // (n + 1,) or null: leaves is the matrix (n, w)
+    // Row r's leaves and their count m (padding included for a matrix).
+    const int32_t* row(size_t r, size_t& m) const {
+      if (offsets == nullptr) {
+        m = w;
+        return leaves + r * w;
+      }
+      m = static_cast<size_t>(offsets[r + 1] - offsets[r]);
+      return leaves + offsets[r];
+    }
   };
   static void search_leaves_multi(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
                                   const float* q, size_t nq, size_t k, int nthreads, float* D, int64_t* I);
@@ -281,6 +293,7 @@ class Index {
   void build_lut(const float* q, Scratch& s) const;  // s.lut8, s.lut_offset, s.lut_inv_scale
   // search_leaves' checks of the leaf lists (range, no leaf twice) and budgets (positive).
   void check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const int64_t* reorder_k) const;
+  void check_leaf_job(const LeafJob& job) const;                        // check_leaf_lists, or its rule for offsets
   void select_leaves(const float* q, size_t nprobe, Scratch& s) const;  // fills s.leaf_sel
   // select_leaves' two passes (bfloat16 table, then the float scores of the leaves that can still be
   // among the best); false when the coarse pass cannot decide cheaply (then the float pass runs).

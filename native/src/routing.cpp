@@ -36,8 +36,8 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
   out.shards.resize(n_shards);
   out.visited.assign(nq, 0);
   out.total.assign(nq, 0);
-  // Pass 1: rows and width of every shard. last[s]: the last query counted in shard s (+1).
-  std::vector<size_t> last(n_shards, 0), count(n_shards, 0), nrows(n_shards, 0);
+  // Pass 1: rows, leaves and width of every shard. last[s]: the last query counted in shard s (+1).
+  std::vector<size_t> last(n_shards, 0), count(n_shards, 0), nrows(n_shards, 0), nleaves(n_shards, 0);
   std::vector<size_t> touched;
   for (size_t i = 0; i < nq; ++i) {
     const int32_t* p = P + i * w;
@@ -51,6 +51,7 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
         touched.push_back(s);
       }
       ++count[s];
+      ++nleaves[s];
     }
     for (size_t s : touched) {
       ++nrows[s];
@@ -61,11 +62,12 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
   for (size_t s = 0; s < n_shards; ++s) {
     RoutedShard& r = out.shards[s];
     r.rows.resize(nrows[s]);
-    r.leaves.assign(nrows[s] * r.width, -1);
+    r.leaves.resize(nleaves[s]);
+    r.offsets.assign(nrows[s] + 1, 0);
     r.budget.resize(nrows[s]);
     r.scanned.resize(nrows[s]);
   }
-  // Pass 2: fill. fill[s]: rows of shard s written; col[s]: leaves of the current row there.
+  // Pass 2: fill. fill[s]: rows of shard s written; col[s]: leaves of shard s written.
   std::vector<size_t> fill(n_shards, 0), col(n_shards, 0);
   std::vector<double> weight(n_shards, 0.0);
   std::vector<int64_t> scanned(n_shards, 0);
@@ -82,7 +84,6 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
       const size_t s = static_cast<size_t>(leaf_to_shard[p[j]]);
       if (last[s] != i + 1) {
         last[s] = i + 1;
-        col[s] = 0;
         weight[s] = 0.0;
         scanned[s] = 0;
         touched.push_back(s);
@@ -90,7 +91,7 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
       const int64_t size = leaf_sizes[p[j]];
       const double wt = static_cast<double>(size) / static_cast<double>(j + 1);
       RoutedShard& r = out.shards[s];
-      r.leaves[fill[s] * r.width + col[s]++] = p[j];
+      r.leaves[col[s]++] = p[j];
       weight[s] += wt;
       scanned[s] += size;
       total += size;
@@ -101,6 +102,7 @@ Routing route_queries(const int32_t* P, size_t nq, size_t w, const int32_t* leaf
       RoutedShard& r = out.shards[s];
       const size_t at = fill[s]++;
       r.rows[at] = static_cast<int64_t>(i);
+      r.offsets[at + 1] = static_cast<int64_t>(col[s]);
       r.scanned[at] = scanned[s];
       r.scanned_sum += scanned[s];
       if (total <= reorder_k) {

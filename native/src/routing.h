@@ -11,15 +11,16 @@ namespace avq {
 // One shard's part of a routed search: the queries that probe one of its leaves.
 struct RoutedShard {
   std::vector<int64_t> rows;     // query numbers, increasing
-  size_t width = 0;              // columns of leaves: the most leaves one of these queries probes here
-  std::vector<int32_t> leaves;   // (rows, width): each row's leaves here in probe order, padded with -1
+  size_t width = 0;              // the most leaves one of these queries probes here
+  std::vector<int32_t> leaves;   // every row's leaves here in probe order, row after row
+  std::vector<int64_t> offsets;  // (rows + 1,): row r's leaves are leaves[offsets[r], offsets[r + 1])
   std::vector<int64_t> budget;   // (rows,): re-ranking budgets
   std::vector<int64_t> scanned;  // (rows,): candidates each row scans here
   int64_t scanned_sum = 0;
 };
 
 struct Routing {
-  std::vector<RoutedShard> shards;  // (n_shards,); a shard no query visits has no rows
+  std::vector<RoutedShard> shards;  // (n_shards,); a shard no query visits has no rows (offsets {0})
   std::vector<int32_t> visited;     // (nq,): shards each query visits
   std::vector<int64_t> total;       // (nq,): candidates each query scans over all its leaves
 };

@@ -217,6 +217,30 @@ void Index::check_leaf_lists(const int32_t* leaves, size_t n, size_t w, const in
   }
 }
 
+void Index::check_leaf_job(const LeafJob& job) const {
+  if (job.offsets == nullptr) return check_leaf_lists(job.leaves, job.n, job.w, job.reorder_k);
+  if (job.offsets[0] != 0 || static_cast<uint64_t>(job.offsets[job.n]) != job.w)
+    throw InvalidArgument("leaf offsets must run from 0 to the number of leaves given");
+  LeafStamps& seen = LeafStamps::local(nleaves_);
+  for (size_t i = 0; i < job.n; ++i) {
+    if (job.reorder_k[i] < 1) throw InvalidArgument("reorder_k must be positive (query " + std::to_string(i) + ")");
+    // (offsets[i] is in [0, w]: checked as the previous row's end, or the first value)
+    if (job.offsets[i + 1] <= job.offsets[i] || static_cast<uint64_t>(job.offsets[i + 1]) > job.w ||
+        static_cast<uint64_t>(job.offsets[i + 1] - job.offsets[i]) > nleaves_)
+      throw InvalidArgument("leaf offsets must give each query 1 to num_leaves leaves (query " + std::to_string(i) +
+                            ")");
+    seen.next();
+    size_t m = 0;
+    const int32_t* li = job.row(i, m);
+    for (size_t j = 0; j < m; ++j) {
+      if (li[j] < 0 || li[j] >= static_cast<int64_t>(nleaves_))
+        throw InvalidArgument("leaf " + std::to_string(li[j]) + " is out of range (query " + std::to_string(i) + ")");
+      if (!seen.mark(size_t(li[j])))
+        throw InvalidArgument("leaf " + std::to_string(li[j]) + " is listed twice (query " + std::to_string(i) + ")");
+    }
+  }
+}
+
 void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* leaves, size_t w,
                           const int64_t* reorder_k, int nthreads, float* D, int64_t* I) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
@@ -254,8 +278,9 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
     const size_t r = refs[t].second;
     const uint64_t b = static_cast<uint64_t>(job.reorder_k[r]);                   // (positive: checked)
     budget = budget > SIZE_MAX - b ? SIZE_MAX : budget + static_cast<size_t>(b);  // saturating
-    const int32_t* li = job.leaves + r * job.w;
-    for (size_t j = 0; j < job.w; ++j)
+    size_t m = 0;
+    const int32_t* li = job.row(r, m);
+    for (size_t j = 0; j < m; ++j)
       if (li[j] >= 0) probed += x.leaves_[size_t(li[j])].n;
   }
   if (probed == 0) return;
@@ -269,9 +294,10 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
   for (size_t t = 0; t < n; ++t) {
     const LeafJob& job = jobs[refs[t].first];
     const Index* x = shards[job.shard];
-    const int32_t* li = job.leaves + refs[t].second * job.w;
+    size_t m = 0;
+    const int32_t* li = job.row(refs[t].second, m);
     s.leaf_sel.clear();
-    for (size_t j = 0; j < job.w; ++j)
+    for (size_t j = 0; j < m; ++j)
       if (li[j] >= 0) {
         s.leaf_sel.push_back({0.f, static_cast<uint32_t>(li[j])});
         owner[size_t(li[j])] = x;
@@ -308,7 +334,7 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
   for (size_t j = 0; j < jobs.size(); ++j) {
     const LeafJob& job = jobs[j];
     if (job.shard >= shards.size()) throw InvalidArgument("job " + std::to_string(j) + ": no such shard");
-    shards[job.shard]->check_leaf_lists(job.leaves, job.n, job.w, job.reorder_k);
+    shards[job.shard]->check_leaf_job(job);
     for (size_t r = 0; r < job.n; ++r) {
       if (job.rows[r] < 0 || static_cast<uint64_t>(job.rows[r]) >= nq)
         throw InvalidArgument("job " + std::to_string(j) + ": row " + std::to_string(job.rows[r]) + " is outside [0, " +
@@ -347,8 +373,9 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
           seen.next();
           for (size_t t = a; t < z; ++t) {
             const LeafJob& job = jobs[refs[t].first];
-            const int32_t* li = job.leaves + refs[t].second * job.w;
-            for (size_t j = 0; j < job.w; ++j)
+            size_t m = 0;
+            const int32_t* li = job.row(refs[t].second, m);
+            for (size_t j = 0; j < m; ++j)
               if (li[j] >= 0 && !seen.mark(size_t(li[j])))
                 throw InvalidArgument("leaf " + std::to_string(li[j]) + " is given to two shards of one group (query " +
                                       std::to_string(i) + ")");
@@ -391,9 +418,10 @@ void Index::search_leaves_multi(const std::vector<const Index*>& shards, const s
         if (t1 - t0 == 1) {
           const LeafJob& job = jobs[refs[t0].first];
           const size_t r = refs[t0].second;
-          s.given_leaves = job.leaves + r * job.w;
-          s.given_n = job.w;
-          shards[job.shard]->search_one(q + i * d, k, job.w, static_cast<size_t>(job.reorder_k[r]), s, rD, rI);
+          size_t m = 0;
+          s.given_leaves = job.row(r, m);
+          s.given_n = m;
+          shards[job.shard]->search_one(q + i * d, k, m, static_cast<size_t>(job.reorder_k[r]), s, rD, rI);
         } else {
           search_group(shards, jobs, refs.data() + t0, t1 - t0, q + i * d, k, owner.data(), s, rD, rI);
         }
