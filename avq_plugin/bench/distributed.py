@@ -82,6 +82,16 @@ def _cpu_of_workers(client):
     return sum(client.run(cpu).values())
 
 
+def _idle_cpu(client, seconds=3.0):
+    """CPU the cluster burns with nothing to do, as fractions of a core: (this process: the
+    client and, on a LocalCluster, the scheduler; all workers together). Dask's heartbeats,
+    monitors and the workers' statistical profiler run by the clock, not per query."""
+    w0, c0, t0 = _cpu_of_workers(client), time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    w1, c1, t1 = _cpu_of_workers(client), time.process_time(), time.perf_counter()
+    return (c1 - c0) / (t1 - t0), (w1 - w0) / (t1 - t0)
+
+
 def _interleaved(arms, rounds, client, seed=0):
     """Times every arm (a callable) once per round, the arms in a new random order each round.
     Per arm: wall seconds and this process's CPU seconds of each round, the workers' CPU seconds
@@ -289,6 +299,7 @@ def sweep(args):
                             flush=True,
                         )
                 index.search(Q[:100], k=K)  # warm-up
+                idle_client, idle_workers = _idle_cpu(client)
                 # The in-process index with 1 and 2 threads, timed next to this configuration in
                 # interleaved rounds (random order each round): ratios from the same moments.
                 m = _interleaved(
@@ -306,9 +317,14 @@ def sweep(args):
                 ccpu = sum(m["sharded"]["cpu"]) / args.repeats / len(Q)
                 single_cpu = sum(m["single1"]["cpu"]) / args.repeats / len(Q)
                 per_round = np.array(m["single2"]["wall"]) / np.array(m["sharded"]["wall"])
-                cpu_rounds = (np.array(m["sharded"]["cpu"]) + np.array(m["sharded"]["worker_cpu"])) / np.array(
-                    m["single1"]["cpu"]
-                )
+                sharded_cpu = np.array(m["sharded"]["cpu"]) + np.array(m["sharded"]["worker_cpu"])
+                single_cpus = np.array(m["single1"]["cpu"])
+                cpu_rounds = sharded_cpu / single_cpus
+                # Net of the idle burn over each call's wall time (the in-process index runs in
+                # this process, so its CPU includes this process's share of it).
+                sharded_net = sharded_cpu - (idle_client + idle_workers) * np.array(m["sharded"]["wall"])
+                single_net = single_cpus - idle_client * np.array(m["single1"]["wall"])
+                net_rounds = sharded_net / single_net
                 st = index.search_stats()
                 rows.append(
                     {
@@ -331,6 +347,15 @@ def sweep(args):
                         # CPU over the 1-thread in-process index's, round by round
                         "cpu_over_single_rounds": cpu_rounds.tolist(),
                         "cpu_over_single_median": float(np.median(cpu_rounds)),
+                        "cpu_over_single_sum": float(sharded_cpu.sum() / single_cpus.sum()),
+                        # the same, net of the cluster's idle CPU (fractions of a core)
+                        "idle_cpu_client": idle_client,
+                        "idle_cpu_workers": idle_workers,
+                        "cpu_net_us_per_query": float(sharded_net.sum() / args.repeats / len(Q) * 1e6),
+                        "single_cpu_net_us_per_query": float(single_net.sum() / args.repeats / len(Q) * 1e6),
+                        "cpu_over_single_net_rounds": net_rounds.tolist(),
+                        "cpu_over_single_net_median": float(np.median(net_rounds)),
+                        "cpu_over_single_net_sum": float(sharded_net.sum() / single_net.sum()),
                     }
                 )
                 r = rows[-1]
@@ -341,7 +366,9 @@ def sweep(args):
                     f"{single_cpu * 1e6:.1f} us/query (ratio {r['cpu_us_per_query'] / (single_cpu * 1e6):.2f}; round by "
                     f"round: median {np.median(cpu_rounds):.2f}, {cpu_rounds.min():.2f}-{cpu_rounds.max():.2f}), "
                     f"QPS / its QPS with 2 threads, round by round: median {np.median(per_round):.2f} "
-                    f"({per_round.min():.2f}-{per_round.max():.2f})",
+                    f"({per_round.min():.2f}-{per_round.max():.2f}); CPU ratio of the sums {r['cpu_over_single_sum']:.2f}, "
+                    f"net of the idle burn (client {100 * idle_client:.1f} %, workers {100 * idle_workers:.1f} % of a "
+                    f"core) {r['cpu_over_single_net_sum']:.2f} (round by round: median {np.median(net_rounds):.2f})",
                     flush=True,
                 )
                 index.release()
