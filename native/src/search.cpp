@@ -296,39 +296,50 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
   // by job, the best leaves of later shards come late; on GloVe-190k at 16 shards that cost
   // 8-16 % more search CPU.) The order changes no answer: the kept candidates are the best
   // `cap` whatever the order, up to exact ties at the cut.
+  // The group's jobs in the order of their best (first) leaf's centre score, each job's leaves in
+  // one call in probe order: the query's best leaves come first, as in one index holding the
+  // group's shards, and the top-N's cut rises early. (In job order the best leaves of later
+  // shards came late. In-process on GloVe-190k at 16 shards, the routed jobs of 10,000 queries
+  // against one index's search of the same leaves: 1.17-1.18x before, 1.11-1.14x after; every
+  // leaf in probe order, shards alternating call by call, 1.15-1.20x.) The order changes no
+  // answer: the kept candidates are the best `cap` whatever the order, up to exact ties at the cut.
   s.keys.clear();
   s.cand_rows.clear();
   for (size_t t = 0; t < n; ++t) {
     const LeafJob& job = jobs[refs[t].first];
     size_t m = 0;
     const int32_t* li = job.row(refs[t].second, m);
+    int32_t best = -1;
     for (size_t j = 0; j < m; ++j)
       if (li[j] >= 0) {
         owner[size_t(li[j])] = shards[job.shard];
-        s.keys.push_back(static_cast<uint32_t>(li[j]));
-        s.cand_rows.push_back(first.probe_centers_.data() + size_t(li[j]) * first.p_.d);
+        if (best < 0) best = li[j];
       }
+    s.cand_rows.push_back(first.probe_centers_.data() + size_t(best < 0 ? 0 : best) * first.p_.d);
+    s.keys.push_back(t);
   }
-  const size_t nl = s.keys.size();
-  s.cand_score.resize(nl);
-  kernels::active().dot_gather(s.q.data(), s.cand_rows.data(), nl, first.p_.d, s.cand_score.data());
-  for (size_t t = 0; t < nl; ++t) {
+  s.cand_score.resize(n);
+  kernels::active().dot_gather(s.q.data(), s.cand_rows.data(), n, first.p_.d, s.cand_score.data());
+  for (size_t t = 0; t < n; ++t) {
     float score = s.cand_score[t];
-    if (l2) {  // -||q - c||^2 + ||q||^2 = 2 <q, c> - ||c||^2
+    if (l2) {  // the probe's -||q - c||^2, up to ||q||^2: 2 <q, c> - ||c||^2
       double cc = 0;
       for (size_t j = 0; j < first.p_.d; ++j) cc += double(s.cand_rows[t][j]) * s.cand_rows[t][j];
       score = static_cast<float>(2.0 * double(score) - cc);
     }
-    s.keys[t] = (uint64_t(order_bits(score)) << 32) | uint32_t(~uint32_t(s.keys[t]));
+    s.keys[t] = (uint64_t(order_bits(score)) << 32) | uint32_t(~uint32_t(t));
   }
   std::sort(s.keys.begin(), s.keys.end(), std::greater<uint64_t>());
-  for (size_t a = 0; a < nl;) {  // runs of leaves of one shard, each scanned in one call
-    const Index* x = owner[~uint32_t(s.keys[a])];
+  for (size_t u = 0; u < n; ++u) {
+    const size_t t = ~uint32_t(s.keys[u]);
+    const LeafJob& job = jobs[refs[t].first];
+    const Index* x = shards[job.shard];
+    size_t m = 0;
+    const int32_t* li = job.row(refs[t].second, m);
     s.leaf_sel.clear();
-    size_t z = a;
-    for (; z < nl && owner[~uint32_t(s.keys[z])] == x; ++z) s.leaf_sel.push_back({0.f, ~uint32_t(s.keys[z])});
+    for (size_t j = 0; j < m; ++j)
+      if (li[j] >= 0) s.leaf_sel.push_back({0.f, static_cast<uint32_t>(li[j])});
     x->scan_probed(s.q.data(), s.leaf_sel.size(), s);
-    a = z;
   }
   std::vector<Cand>& cands = s.topn.finish(!reorder);
   first.finish_query(cands, s.q.data(), k, owner, s, D, I);
