@@ -187,7 +187,7 @@ class _LeafShards(_Replicas):
             plan.setdefault(w, []).extend(groups[g])
         calls, rows_of_call = [], []
         for w, shards in plan.items():
-            shards.sort()  # the worker scans a group's shards in this order (as shards_by_group)
+            shards.sort()  # (the worker orders a query's jobs of one group by their best leaf)
             rows_w, pos = union_rows([jobs[j][0] for j in shards])
             # (compact routing: rows, offsets, leaves, budgets, ...; wire.Job: shard, rows, leaves, budgets, group, offsets)
             job_list = [

@@ -154,11 +154,11 @@ class Index {
   // each row 1 to num_leaves leaves) as w values, row r's at [offsets[r], offsets[r + 1]).
   // Each query is prepared and its lookup table built once for all its shards. A query's jobs of
   // one group (jobs[j].group) are searched as one index holding all their shards would be: one
-  // top-N over their leaves (in job order, each job's in its order) and one re-ranking budget, the
-  // sum of their reorder_k; their leaves must be disjoint and their shards without spilled (SOAR)
-  // copies. A group of one job gives that shard's search_leaves() answer. The lists of a query's
-  // groups are merged as merge_topk_rows() does (merge.h). D, I (nq, k); queries of no job are
-  // padding.
+  // top-N over their leaves (the jobs by their first leaf's centre score, best first; each job's
+  // leaves in its order) and one re-ranking budget, the sum of their reorder_k; their leaves must
+  // be disjoint and their shards without spilled (SOAR) copies. A group of one job gives that
+  // shard's search_leaves() answer. The lists of a query's groups are merged as merge_topk_rows()
+  // does (merge.h). D, I (nq, k); queries of no job are padding.
   struct LeafJob {
     size_t shard;
     const int64_t* rows;
