@@ -262,8 +262,8 @@ void Index::search_leaves(const float* q, size_t nq, size_t k, const int32_t* le
 
 // One query in the n jobs refs[0..n) of one group, searched as one index holding all their shards
 // (disjoint leaves, no spilled copies: checked by the caller): the query prepared and its lookup
-// table built once, one top-N over every job's leaves in job order, one re-ranking budget (the sum
-// of the jobs' budgets); owner: per-leaf scratch.
+// table built once, one top-N over every job's leaves (the jobs by their best leaf, see below), one
+// re-ranking budget (the sum of the jobs' budgets); owner: per-leaf scratch.
 void Index::search_group(const std::vector<const Index*>& shards, const std::vector<LeafJob>& jobs,
                          const std::pair<uint32_t, size_t>* refs, size_t n, const float* q, size_t k,
                          const Index** owner, Scratch& s, float* D, int64_t* I) {
@@ -271,7 +271,11 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
   const bool l2 = first.p_.metric == Metric::kL2;
   std::fill(D, D + k, l2 ? kPadBest : -kPadBest);
   std::fill(I, I + k, int64_t(-1));
+  // Per job: its budget, its candidates, the owner of its leaves, and its best (first) leaf's
+  // centre in s.cand_rows (for the scan order below).
   size_t probed = 0, budget = 0;
+  s.keys.clear();
+  s.cand_rows.clear();
   for (size_t t = 0; t < n; ++t) {
     const LeafJob& job = jobs[refs[t].first];
     const Index& x = *shards[job.shard];
@@ -280,8 +284,15 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
     budget = budget > SIZE_MAX - b ? SIZE_MAX : budget + static_cast<size_t>(b);  // saturating
     size_t m = 0;
     const int32_t* li = job.row(r, m);
+    int32_t best = -1;
     for (size_t j = 0; j < m; ++j)
-      if (li[j] >= 0) probed += x.leaves_[size_t(li[j])].n;
+      if (li[j] >= 0) {
+        probed += x.leaves_[size_t(li[j])].n;
+        owner[size_t(li[j])] = &x;
+        if (best < 0) best = li[j];
+      }
+    s.cand_rows.push_back(first.probe_centers_.data() + size_t(best < 0 ? 0 : best) * first.p_.d);
+    s.keys.push_back(t);
   }
   if (probed == 0) return;
   first.prepare_query(q, s);
@@ -291,11 +302,6 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
   }
   const bool reorder = first.p_.reorder != ReorderMode::kNone;
   s.topn.reset(std::max<size_t>(1, std::min(reorder ? std::max(k, budget) : k, probed)));
-  // The group's leaves in probe order (best centre first, ties by the lower leaf), as one index
-  // holding the group's shards scans them: the top-N's cut then rises as early as there. (Job
-  // by job, the best leaves of later shards come late; on GloVe-190k at 16 shards that cost
-  // 8-16 % more search CPU.) The order changes no answer: the kept candidates are the best
-  // `cap` whatever the order, up to exact ties at the cut.
   // The group's jobs in the order of their best (first) leaf's centre score, each job's leaves in
   // one call in probe order: the query's best leaves come first, as in one index holding the
   // group's shards, and the top-N's cut rises early. (In job order the best leaves of later
@@ -303,21 +309,6 @@ void Index::search_group(const std::vector<const Index*>& shards, const std::vec
   // against one index's search of the same leaves: 1.17-1.18x before, 1.11-1.14x after; every
   // leaf in probe order, shards alternating call by call, 1.15-1.20x.) The order changes no
   // answer: the kept candidates are the best `cap` whatever the order, up to exact ties at the cut.
-  s.keys.clear();
-  s.cand_rows.clear();
-  for (size_t t = 0; t < n; ++t) {
-    const LeafJob& job = jobs[refs[t].first];
-    size_t m = 0;
-    const int32_t* li = job.row(refs[t].second, m);
-    int32_t best = -1;
-    for (size_t j = 0; j < m; ++j)
-      if (li[j] >= 0) {
-        owner[size_t(li[j])] = shards[job.shard];
-        if (best < 0) best = li[j];
-      }
-    s.cand_rows.push_back(first.probe_centers_.data() + size_t(best < 0 ? 0 : best) * first.p_.d);
-    s.keys.push_back(t);
-  }
   s.cand_score.resize(n);
   kernels::active().dot_gather(s.q.data(), s.cand_rows.data(), n, first.p_.d, s.cand_score.data());
   for (size_t t = 0; t < n; ++t) {
