@@ -26,7 +26,14 @@ from threadpoolctl import threadpool_limits
 
 from avq_plugin import ExactIndex
 from avq_plugin.datasets import load_glove_subset
-from avq_plugin.distributed import MANIFEST_NAME, ShardedAVQIndex, ShardLostError, merge_rows, merge_topk
+from avq_plugin.distributed import (
+    MANIFEST_NAME,
+    ShardedAVQIndex,
+    ShardLostError,
+    merge_rows,
+    merge_topk,
+    serving_config,
+)
 from avq_plugin.distributed.placement import (
     MAX_IMBALANCE,
     balanced_bins,
@@ -80,8 +87,9 @@ def client():
     # Worker processes forked from a server that has Dask and NumPy imported already (as Dask's
     # own test suite does): the cluster starts, and a killed worker comes back, in about half the
     # time of a fresh interpreter per worker ("spawn", the default).
+    # Started under serving_config(), as docs/dask.md recommends for serving (and checked below).
     with (
-        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}),
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", **serving_config()}),
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
         ) as cluster,
@@ -158,6 +166,27 @@ def search_with_worker_killed(client, index, Q, flag, **kw):
     dead = before - set(client.scheduler_info(n_workers=-1)["workers"])
     assert len(dead) == 1 and os.path.exists(flag), "no worker was killed during the search"
     return result, dead.pop()
+
+
+# ---------------------------------------------------------------------------------- Dask settings
+def test_serving_config_is_dasks_and_reaches_the_cluster(client):
+    """Every key of serving_config() is one of Dask's (a misspelt or renamed key would be set and
+    ignored), and the module's cluster, started under it, runs with it: no profiler on the
+    workers, the slower tick in every process."""
+    cfg = serving_config()
+    assert cfg and cfg is not serving_config()  # a copy each time
+    defaults = dask.config.merge(*dask.config.defaults)
+    for key in cfg:
+        dask.config.get(key, config=defaults)  # KeyError when Dask has no such setting
+    tick = dask.utils.parse_timedelta(cfg["distributed.admin.tick.interval"])
+    assert tick > dask.utils.parse_timedelta(dask.config.get("distributed.admin.tick.interval", config=defaults))
+
+    def observed(dask_worker):
+        return "profile" in dask_worker.periodic_callbacks, dask_worker._tick_interval
+
+    for profiling, interval in client.run(observed).values():
+        assert not profiling and interval == tick
+    assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval) == tick
 
 
 # ---------------------------------------------------------------------------------- merging

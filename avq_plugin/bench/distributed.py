@@ -112,17 +112,23 @@ def _interleaved(arms, rounds, client, seed=0):
     return out
 
 
-def _cluster(n_workers, threads):
+def _cluster(n_workers, threads, dask_config):
+    """A LocalCluster of n_workers processes; dask_config: "serving" (``serving_config()``: Dask's
+    clock-driven monitors slowed or off) or "default" (Dask's defaults)."""
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        memory_limit=0,
-    )
+    from ..distributed import serving_config
+
+    with dask.config.set(serving_config() if dask_config == "serving" else {}):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            memory_limit=0,
+        )
     return cluster, Client(cluster)
 
 
@@ -255,7 +261,8 @@ def sweep(args):
     n = len(X)
     lts, rk = (int(v) for v in args.budgets.split(",")[0].split(":"))
     rows = []
-    cluster, client = _cluster(_SWEEP_WORKERS, 1)
+    print(f"Dask settings: {args.dask_config}", flush=True)
+    cluster, client = _cluster(_SWEEP_WORKERS, 1, args.dask_config)
     try:
         client.run(lambda: __import__("avq_plugin.distributed"))
         single = None
@@ -378,7 +385,15 @@ def sweep(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"dataset": os.path.basename(args.dataset), "n": n, "nq": len(Q), "lts": lts, "rk": rk, "rows": rows},
+                {
+                    "dataset": os.path.basename(args.dataset),
+                    "n": n,
+                    "nq": len(Q),
+                    "lts": lts,
+                    "rk": rk,
+                    "dask_config": args.dask_config,
+                    "rows": rows,
+                },
                 f,
                 indent=1,
             )
@@ -398,6 +413,12 @@ def main(argv=None):
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--sweep", help="shard counts, e.g. 1,2,4,8,16: run the shard sweep instead")
     ap.add_argument("--modes", default="leaves,rows", help="shardings of the sweep")
+    ap.add_argument(
+        "--dask-config",
+        choices=("serving", "default"),
+        default="serving",
+        help="the LocalCluster's Dask settings: avq_plugin.distributed.serving_config() or Dask's defaults",
+    )
     ap.add_argument("--simulate", help="shard counts: routing counts and recall without Dask (no timing)")
     ap.add_argument(
         "--visit-cost",
@@ -425,6 +446,7 @@ def main(argv=None):
         "shards": args.shards,
         "batch": args.batch,
         "threshold": args.threshold,
+        "dask_config": args.dask_config,
     }
     print(f"{res['dataset']}: n={n} d={d} nq={len(Q)}, {args.shards} shards", flush=True)
 
@@ -432,7 +454,7 @@ def main(argv=None):
     paths = {}
     per_shard = {}
     # 1. Build once per re-ranking mode; per-shard figures.
-    cluster, client = _cluster(2, 1)
+    cluster, client = _cluster(2, 1, args.dask_config)
     try:
         for mode in ("float32", "int8", "none"):
             index = ShardedAVQIndex(
@@ -612,7 +634,7 @@ def main(argv=None):
     single = None
     memory = {}
     for workers, mmap in ((1, False), (2, False), (2, True)):
-        cluster, client = _cluster(workers, 1)
+        cluster, client = _cluster(workers, 1, args.dask_config)
         try:
             client.run(lambda: __import__("avq_plugin.distributed"))  # baseline includes the imports
             idle = _rss_of_workers(client)

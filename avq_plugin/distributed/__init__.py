@@ -21,7 +21,8 @@ Modules: ``index`` (ShardedAVQIndex, the public class), its parts by job ``base`
 training the shared quantizer), ``rows`` (row shards), ``leaves`` (leaf placement, routed search,
 updates), ``replicas`` (replica bookkeeping); ``worker`` (the worker-side tasks and replica
 registry), ``placement`` (leaf placement, budget split), ``merge`` (top-k merging), ``manifest``
-(saved directories), ``sources`` (input reading); the benchmark is
+(saved directories), ``sources`` (input reading), ``serving`` (Dask settings for a cluster that
+serves searches: :func:`serving_config`); the benchmark is
 ``avq_plugin.bench.distributed``. See docs/dask.md.
 
 Needs the ``distributed`` extra: ``pip install "avq-plugin[distributed]"``.
@@ -30,5 +31,14 @@ Needs the ``distributed`` extra: ``pip install "avq-plugin[distributed]"``.
 from .index import ShardedAVQIndex, ShardLostError
 from .manifest import FORMAT_VERSION, MANIFEST_NAME
 from .merge import merge_rows, merge_topk
+from .serving import serving_config
 
-__all__ = ["ShardedAVQIndex", "ShardLostError", "merge_topk", "merge_rows", "MANIFEST_NAME", "FORMAT_VERSION"]
+__all__ = [
+    "ShardedAVQIndex",
+    "ShardLostError",
+    "merge_topk",
+    "merge_rows",
+    "serving_config",
+    "MANIFEST_NAME",
+    "FORMAT_VERSION",
+]
