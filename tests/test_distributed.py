@@ -189,6 +189,30 @@ def test_serving_config_is_dasks_and_reaches_the_cluster(client):
     assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval) == tick
 
 
+def test_an_index_without_a_client_starts_its_cluster_under_serving_config(monkeypatch):
+    """With no client given and none current, the index starts a local cluster of its own, and
+    does so under serving_config() (the settings seen when Client() runs)."""
+    from avq_plugin.distributed import base
+
+    def no_default_client():
+        raise ValueError("No clients found")
+
+    seen = {}
+
+    def fake_client():
+        seen.update({key: dask.config.get(key) for key in serving_config()})
+        return "client"
+
+    monkeypatch.setattr(base, "default_client", no_default_client)
+    monkeypatch.setattr(base, "Client", fake_client)
+    before = {key: dask.config.get(key) for key in serving_config()}
+    with dask.config.set({key: "before" for key in serving_config()}):
+        index = ShardedAVQIndex(metric="cosine", n_shards=2)
+        assert index.client == "client" and seen == serving_config()
+        assert all(dask.config.get(key) == "before" for key in serving_config())  # only while starting it
+    assert {key: dask.config.get(key) for key in serving_config()} == before
+
+
 # ---------------------------------------------------------------------------------- merging
 def test_merge_topk_orders_ties_by_id_and_pads_last():
     D1 = np.array([[0.9, 0.5, -FLT_MAX]], np.float32)

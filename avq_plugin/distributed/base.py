@@ -21,6 +21,7 @@ import numpy as np
 from .. import _params
 from . import worker as W
 from .manifest import _PARAM_NAMES
+from .serving import serving_config
 from .sources import _allocate, _take_rows
 
 try:
@@ -114,8 +115,9 @@ class _ShardedBase:
         if self._client is None:
             try:
                 self._client = default_client()
-            except ValueError:
-                self._client = Client()
+            except ValueError:  # none: a local cluster of our own, set up to serve
+                with dask.config.set(serving_config()):
+                    self._client = Client()
         return self._client
 
     @property

@@ -51,7 +51,7 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         Training, a single task, uses every core of its worker.
     client : distributed.Client or None
         The cluster to use. None: the current default client, or a new ``Client()`` (a local
-        cluster) when there is none.
+        cluster, started under :func:`serving_config`) when there is none.
     sharding : {"leaves", "rows"}
         "leaves": whole leaves per shard, each query sent only to the shards owning its probed
         leaves, with one ``reorder_k`` budget per query split across them (see the package
@@ -365,7 +365,8 @@ class ShardedAVQIndex(_LeafShards, _RowShards):
         path : str or PathLike
             The directory, readable at the same path from every worker (shared storage).
         client : distributed.Client, optional
-            Default: the current default client, or a new local ``Client()``.
+            Default: the current default client, or a new local ``Client()`` (as in the
+            constructor).
         mmap : bool
             Memory-map the shards' codes and reorder vectors in the workers
             (``AVQIndex.load(mmap=True)``) instead of reading them into memory.
