@@ -12,6 +12,9 @@ Shard sweep (CPU per query against the number of shards, leaf-routed vs row shar
         --dataset /work/shared/data/glove6b-50-angular-200k.hdf5 --sweep 1,2,4,8,16 \\
         --budgets 20:100 --batch 10000 --json sweep.json
 
+The LocalCluster starts under ``avq_plugin.distributed.serving_config()`` (``--dask-config
+default``: Dask's own settings, whose clock-driven monitors burn CPU; see docs/dask.md).
+
 Steps, all with the same shards (built once, saved, then loaded by each cluster):
 
 1. build a 4-shard index from the HDF5 file (read by the workers) for float32, int8 and no

@@ -10,9 +10,11 @@ serving cluster spends on nothing it needs:
   thread's stack every 10 ms to draw the dashboard's profile page.
 
 On the 2-worker LocalCluster of docs/dask.md, with nothing to do, the client process (client and
-scheduler) burns 5-6 % of a core and the two workers 8-9 %; with these settings about 1 % each.
-At 60,000 queries per second that is about 2 µs per query, 10 % of a whole search of one
+scheduler) burned 3-6 % of a core and the two workers 5-9 %; with these settings 1-2 % and 0-2 %.
+At 76,000 queries per second that is 1-2 µs per query, 5-10 % of a whole search of one
 ``AVQIndex`` on GloVe-190k. Nothing else changes: the dashboard keeps its other pages.
+``ShardedAVQIndex`` applies them to a local cluster it starts itself (no client given and none
+current).
 
 Use them when the cluster starts (the scheduler and the workers read them then)::
 
