@@ -14,7 +14,8 @@ scheduler) burned 3-6 % of a core and the two workers 5-9 %; with these settings
 At 76,000 queries per second that is 1-2 µs per query, 5-10 % of a whole search of one
 ``AVQIndex`` on GloVe-190k. Nothing else changes: the dashboard keeps its other pages.
 ``ShardedAVQIndex`` applies them to a local cluster it starts itself (no client given and none
-current).
+current). Dask's own test clusters run with the same two values
+(``distributed.utils_test.config_for_cluster_tests``).
 
 Use them when the cluster starts (the scheduler and the workers read them then)::
 
